@@ -1,0 +1,57 @@
+//! The host's key-value store, for state that outlives a session: counters, greylisting
+//! triplets, caches. Keys are private: the host prefixes them with the tenant and the policy
+//! name, so no policy can read or overwrite another's keys whatever names it uses.
+
+use crate::__bindings::sluice::policy::host::{self, KvError as RawError};
+
+/// Why a key-value operation failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvError {
+    /// The tenant's quota of keys or bytes would be exceeded.
+    QuotaExceeded,
+    /// Key or value too large.
+    TooLarge,
+    /// The store could not be reached.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::QuotaExceeded => f.write_str("key-value quota exceeded"),
+            KvError::TooLarge => f.write_str("key or value too large"),
+            KvError::Unavailable(why) => write!(f, "key-value store unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for KvError {}
+
+fn convert(e: RawError) -> KvError {
+    match e {
+        RawError::QuotaExceeded => KvError::QuotaExceeded,
+        RawError::TooLarge => KvError::TooLarge,
+        RawError::Unavailable(why) => KvError::Unavailable(why),
+    }
+}
+
+/// Read a key.
+pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    host::kv_get(key).map_err(convert)
+}
+
+/// Write a key, expiring after `ttl_seconds` when given.
+pub fn set(key: &str, value: &[u8], ttl_seconds: Option<u32>) -> Result<(), KvError> {
+    host::kv_set(key, value, ttl_seconds).map_err(convert)
+}
+
+/// Delete a key.
+pub fn delete(key: &str) -> Result<(), KvError> {
+    host::kv_delete(key).map_err(convert)
+}
+
+/// Atomically add `delta` to a counter and return the new value; `ttl_seconds` applies when
+/// the counter is created, so a fixed window is `incr(key, 1, Some(window))`.
+pub fn incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> Result<i64, KvError> {
+    host::kv_incr(key, delta, ttl_seconds).map_err(convert)
+}

@@ -1,0 +1,3 @@
+//! The `sluice` command line: argument parsing and the subcommands.
+
+pub mod policy_test;

@@ -1,0 +1,17 @@
+//! # Sluice
+//!
+//! An SMTP relay whose spam and relay rules are sandboxed WebAssembly components.
+//!
+//! # Layout
+//!
+//! - [`policy`]: the policy engine — loading components, running a tenant's chain at each
+//!   SMTP stage, the host capabilities, and judging a transaction.
+//! - [`state`]: state that outlives a session (the key-value store behind policies).
+//! - [`dns`]: DNS for policies: the resolver trait and the fixture resolver of `policy test`.
+//! - [`cli`]: the `sluice` command line, including the offline `sluice policy test` runner.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod dns;
+pub mod policy;
+pub mod state;

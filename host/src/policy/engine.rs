@@ -1,0 +1,399 @@
+//! The one wasmtime engine of the process and the loading of policy components.
+//!
+//! Loading goes: read the file → compile (or take the precompiled copy from the cache, keyed
+//! by content hash and engine configuration) → link against the host imports (`InstancePre`,
+//! which also proves the component speaks our WIT version) → instantiate once to call
+//! `describe` and `init` with its configuration. Only a policy that passes every step becomes
+//! a [`LoadedPolicy`]; any failure is a [`LoadError`] naming the file and the cause.
+//!
+//! A ticker thread advances the engine's epoch; every store counts the ticks its guest runs
+//! through, which bounds CPU time per hook call (see [`super::instance`]).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::{Policy as PolicyWorld, PolicyPre};
+use super::context::{Stage, StageSet};
+use super::instance::{Fault, HostState, PolicyInstance};
+use super::{HostServices, PolicyLimits};
+
+/// Largest linear memory any policy may be given; per-policy caps must stay below.
+pub const MAX_MEMORY_CAP: usize = 1 << 30;
+
+/// How the engine is built.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Policy instances alive at once (the pooling allocator's slots).
+    pub max_instances: u32,
+    /// Where compiled code is cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Epoch tick: the granularity of CPU deadlines.
+    pub tick: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { max_instances: 1000, cache_dir: default_cache_dir(), tick: Duration::from_millis(1) }
+    }
+}
+
+/// `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("sluice"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("sluice"))
+}
+
+/// Why a policy could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// File.
+        file: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not a valid WebAssembly component.
+    #[error("{file}: not a valid WebAssembly component: {cause}")]
+    Invalid {
+        /// File.
+        file: PathBuf,
+        /// Cause.
+        cause: String,
+    },
+    /// Imports the host cannot satisfy: another WIT version or unknown interfaces.
+    #[error(
+        "{file}: does not match the host interface sluice:policy@0.1.0 (built for another WIT version, or imports something the host does not provide): {cause}"
+    )]
+    Link {
+        /// File.
+        file: PathBuf,
+        /// Cause.
+        cause: String,
+    },
+    /// Lacks the exports of the policy world.
+    #[error("{file}: missing or wrong exports of sluice:policy/hooks@0.1.0: {cause}")]
+    Exports {
+        /// File.
+        file: PathBuf,
+        /// Cause.
+        cause: String,
+    },
+    /// `describe` failed or answered nonsense.
+    #[error("{file}: describe failed: {cause}")]
+    Describe {
+        /// File.
+        file: PathBuf,
+        /// Cause.
+        cause: String,
+    },
+    /// `init` refused the configuration or faulted.
+    #[error("{file}: policy `{policy}` refused its configuration: {cause}")]
+    Init {
+        /// File.
+        file: PathBuf,
+        /// Policy name.
+        policy: String,
+        /// Cause.
+        cause: String,
+    },
+    /// The limits asked for are beyond what the engine allows.
+    #[error("{file}: {cause}")]
+    Limits {
+        /// File.
+        file: PathBuf,
+        /// Cause.
+        cause: String,
+    },
+}
+
+/// What to load: a component file, its configuration and limits.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    /// Path of the `.wasm`.
+    pub path: PathBuf,
+    /// Name to log the policy under; defaults to the name from `describe`.
+    pub name: Option<String>,
+    /// Key/value configuration passed to `init` and `config-get`.
+    pub config: Vec<(String, String)>,
+    /// Per-call limits.
+    pub limits: PolicyLimits,
+}
+
+impl PolicySpec {
+    /// A spec with default limits and no configuration.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), name: None, config: Vec::new(), limits: PolicyLimits::default() }
+    }
+}
+
+/// A policy ready to be instantiated for sessions.
+pub struct LoadedPolicy {
+    /// Name (configured or from `describe`).
+    pub name: String,
+    /// Version from `describe`.
+    pub version: String,
+    /// Stages it hooks.
+    pub stages: StageSet,
+    /// File it was loaded from.
+    pub file: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub hash: String,
+    pub(crate) pre: PolicyPre<HostState>,
+    pub(crate) io: Arc<PolicyIo>,
+    engine: Engine,
+    _ticker: Arc<Ticker>,
+}
+
+impl std::fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+/// What every instance of one loaded policy shares: identity, configuration, services.
+pub(crate) struct PolicyIo {
+    pub policy: String,
+    pub tenant: String,
+    pub config: Vec<(String, String)>,
+    pub limits: PolicyLimits,
+    pub services: HostServices,
+    pub tick: Duration,
+}
+
+/// Stops the epoch ticker thread when the engine and every policy loaded from it are gone.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The process's policy engine: one wasmtime `Engine`, one `Linker`, the compile cache.
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    options: EngineOptions,
+    ticker: Arc<Ticker>,
+}
+
+impl PolicyEngine {
+    /// Build the engine: pooling allocator, epoch interruption, async calls.
+    pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        let n = options.max_instances.max(1);
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n.min(512))
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(MAX_MEMORY_CAP)
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .wasm_component_model(true)
+            .max_wasm_stack(1 << 20)
+            .async_stack_size(2 << 20);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot build the wasm engine: {e}"))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+        PolicyWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow::anyhow!("cannot link host imports: {e}"))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            let engine = engine.clone();
+            let tick = options.tick;
+            std::thread::Builder::new()
+                .name("sluice-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
+        }
+        Ok(Self { engine, linker, options, ticker: Arc::new(Ticker { stop }) })
+    }
+
+    /// The epoch tick.
+    pub fn tick(&self) -> Duration {
+        self.options.tick
+    }
+
+
+
+    /// Load, link, describe and initialise one policy for `tenant`.
+    pub async fn load(
+        &self,
+        spec: &PolicySpec,
+        tenant: &str,
+        services: HostServices,
+    ) -> Result<Arc<LoadedPolicy>, LoadError> {
+        let file = spec.path.clone();
+        if spec.limits.memory_bytes > MAX_MEMORY_CAP {
+            return Err(LoadError::Limits {
+                file,
+                cause: format!("memory cap {} exceeds the engine maximum {MAX_MEMORY_CAP}", spec.limits.memory_bytes),
+            });
+        }
+        let bytes = tokio::fs::read(&file).await.map_err(|source| LoadError::Read { file: file.clone(), source })?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+
+        // Compilation is CPU-bound (milliseconds to seconds): keep it off the async workers.
+        let component = {
+            let engine = self.engine.clone();
+            let cache_dir = self.options.cache_dir.clone();
+            let hash = hash.clone();
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || compile(&engine, cache_dir.as_deref(), &bytes, &hash, &file))
+                .await
+                .map_err(|e| LoadError::Invalid { file: spec.path.clone(), cause: format!("compiler task failed: {e}") })??
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link { file: file.clone(), cause: format!("{e:#}") })?;
+        let pre = PolicyPre::new(instance_pre)
+            .map_err(|e| LoadError::Exports { file: file.clone(), cause: format!("{e:#}") })?;
+
+        let provisional_name = spec.name.clone().unwrap_or_else(|| {
+            file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "policy".into())
+        });
+        let io = Arc::new(PolicyIo {
+            policy: provisional_name.clone(),
+            tenant: tenant.to_string(),
+            config: spec.config.clone(),
+            limits: spec.limits.clone(),
+            services: services.clone(),
+            tick: self.options.tick,
+        });
+        let mut probe = PolicyInstance::instantiate(&self.engine, &pre, io)
+            .await
+            .map_err(|fault| LoadError::Describe { file: file.clone(), cause: fault.to_string() })?;
+        let info = probe.describe().await.map_err(|fault| LoadError::Describe { file: file.clone(), cause: fault.to_string() })?;
+        let described_name = info.name.trim().to_string();
+        if described_name.is_empty() || described_name.len() > 64 || described_name.chars().any(char::is_control) {
+            return Err(LoadError::Describe { file, cause: format!("invalid policy name {:?}", info.name) });
+        }
+        let mut stages = StageSet::default();
+        for stage in info.stages {
+            stages.insert(Stage::from_wit(stage));
+        }
+        let name = spec.name.clone().unwrap_or(described_name);
+        match probe.init().await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(LoadError::Init { file, policy: name, cause: message }),
+            Err(fault) => return Err(LoadError::Init { file, policy: name, cause: fault.to_string() }),
+        }
+        let io = Arc::new(PolicyIo {
+            policy: name.clone(),
+            tenant: tenant.to_string(),
+            config: spec.config.clone(),
+            limits: spec.limits.clone(),
+            services,
+            tick: self.options.tick,
+        });
+        Ok(Arc::new(LoadedPolicy {
+            name,
+            version: info.version,
+            stages,
+            file,
+            hash,
+            pre,
+            io,
+            engine: self.engine.clone(),
+            _ticker: self.ticker.clone(),
+        }))
+    }
+
+}
+
+fn cache_key(engine: &Engine, content_hash: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{content_hash}-{:016x}", hasher.finish())
+}
+
+/// Compile `bytes`, through the cache in `cache_dir` when one is configured.
+fn compile(
+    engine: &Engine,
+    cache_dir: Option<&Path>,
+    bytes: &[u8],
+    hash: &str,
+    file: &Path,
+) -> Result<Component, LoadError> {
+    let invalid = |e: wasmtime::Error| LoadError::Invalid { file: file.to_path_buf(), cause: format!("{e:#}") };
+    let Some(dir) = cache_dir else {
+        return Component::new(engine, bytes).map_err(invalid);
+    };
+    let key = cache_key(engine, hash);
+    let cached = dir.join(format!("{key}.cwasm"));
+        if cached.is_file() {
+            // SAFETY: files in the cache directory are written only by `compile` below, from
+            // this engine's own `serialize`, under a name that binds the content hash and the
+            // engine configuration. A corrupt or foreign file fails deserialisation's header
+            // checks and we fall back to compiling.
+            #[allow(unsafe_code)]
+            let loaded = unsafe { Component::deserialize_file(engine, &cached) };
+            match loaded {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "ignoring unreadable compiled cache entry"),
+            }
+        }
+        let component = Component::new(engine, bytes).map_err(invalid)?;
+        if let Ok(serialized) = component.serialize() {
+            let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&tmp, &serialized))
+                .and_then(|()| std::fs::rename(&tmp, &cached));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot write compiled cache entry");
+            }
+        }
+        Ok(component)
+    }
+
+impl LoadedPolicy {
+    /// A fresh instance for one session, initialised with the policy's configuration.
+    pub(crate) async fn instantiate(&self) -> Result<PolicyInstance, Fault> {
+        let mut instance = PolicyInstance::instantiate(&self.engine, &self.pre, self.io.clone()).await?;
+        match instance.init().await? {
+            Ok(()) => Ok(instance),
+            Err(message) => Err(Fault::InitRefused(message)),
+        }
+    }
+}

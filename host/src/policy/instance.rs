@@ -1,0 +1,317 @@
+//! One live policy instance: a wasmtime `Store` with its host state, made for one SMTP
+//! session and dropped with it. Every call into the guest goes through [`PolicyInstance`],
+//! which arms the CPU deadline, the memory cap and the per-call budgets, and turns anything
+//! that goes wrong into a [`Fault`] — never into a verdict.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{Policy as PolicyWorld, PolicyPre, types as wit};
+use super::decision::Decision;
+use super::engine::PolicyIo;
+use super::message::{MessageHandle, ParsedMessage};
+
+/// Why a call into a policy produced no decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    /// Ran past its CPU deadline.
+    #[error("CPU deadline of {0:?} exceeded")]
+    Deadline(Duration),
+    /// Tried to grow memory past its cap.
+    #[error("memory cap of {0} bytes exceeded")]
+    Memory(usize),
+    /// Wrote more to stdout/stderr than allowed.
+    #[error("printed more than {0} bytes to stdout/stderr")]
+    Output(usize),
+    /// Did not finish within the wall-clock bound.
+    #[error("no answer within {0:?} (wall clock)")]
+    WallClock(Duration),
+    /// A trap or host error.
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// `init` refused the configuration.
+    #[error("init refused the configuration: {0}")]
+    InitRefused(String),
+}
+
+/// Raised by the epoch callback when a call has used its CPU budget.
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CPU deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Raised by the limiter when memory would grow past the cap.
+#[derive(Debug)]
+struct MemoryCapExceeded;
+
+impl std::fmt::Display for MemoryCapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("memory cap exceeded")
+    }
+}
+
+impl std::error::Error for MemoryCapExceeded {}
+
+/// Memory and table caps of one store.
+struct Limiter {
+    memory_bytes: usize,
+    table_elements: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(wasmtime::Error::new(MemoryCapExceeded));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+}
+
+/// Per-call budgets, reset before every hook call.
+#[derive(Debug, Default)]
+pub(crate) struct CallBudget {
+    /// Epoch ticks the guest ran through in this call.
+    pub ticks_used: u64,
+    /// Ticks allowed.
+    pub ticks_allowed: u64,
+    /// DNS lookups made.
+    pub dns_lookups: u32,
+    /// Log bytes written.
+    pub log_bytes: usize,
+    /// A log line was dropped for exceeding the budget.
+    pub log_truncated: bool,
+}
+
+/// The data of a policy store: WASI context, resource table, limits, services.
+pub struct HostState {
+    wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    limiter: Limiter,
+    pub(crate) io: Arc<PolicyIo>,
+    pub(crate) budget: CallBudget,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    stdout_logged: usize,
+    stderr_logged: usize,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// What a hook is called with besides the context.
+pub(crate) enum HookInput<'a> {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt(&'a wit::Recipient),
+    Data(&'a Arc<ParsedMessage>),
+}
+
+/// A live instance of one policy.
+pub struct PolicyInstance {
+    store: Store<HostState>,
+    bindings: PolicyWorld,
+}
+
+impl PolicyInstance {
+    /// Instantiate `pre` in a fresh store with a deny-by-default WASI context: no files, no
+    /// sockets, no environment, no arguments; stdout and stderr go to the log.
+    pub(crate) async fn instantiate(
+        engine: &Engine,
+        pre: &PolicyPre<HostState>,
+        io: Arc<PolicyIo>,
+    ) -> Result<Self, Fault> {
+        let output_cap = io.limits.output_bytes;
+        let stdout = MemoryOutputPipe::new(output_cap);
+        let stderr = MemoryOutputPipe::new(output_cap);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limiter = Limiter { memory_bytes: io.limits.memory_bytes, table_elements: 100_000 };
+        let ticks = ticks_for(io.limits.cpu_deadline, io.tick);
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            io,
+            budget: CallBudget { ticks_allowed: ticks, ..CallBudget::default() },
+            stdout,
+            stderr,
+            stdout_logged: 0,
+            stderr_logged: 0,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(|mut ctx| {
+            let budget = &mut ctx.data_mut().budget;
+            budget.ticks_used += 1;
+            if budget.ticks_used > budget.ticks_allowed {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        let wall = wall_bound(&store.data().io);
+        let result = tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await;
+        let mut instance = match result {
+            Ok(Ok(bindings)) => Self { store, bindings },
+            Ok(Err(e)) => return Err(classify(&e, store.data())),
+            Err(_) => return Err(Fault::WallClock(wall)),
+        };
+        instance.flush_output();
+        Ok(instance)
+    }
+
+    fn begin_call(&mut self) {
+        let state = self.store.data_mut();
+        state.budget.ticks_used = 0;
+        state.budget.dns_lookups = 0;
+        state.budget.log_bytes = 0;
+        state.budget.log_truncated = false;
+        self.store.set_epoch_deadline(1);
+    }
+
+    /// Send what the guest printed since the last call to the log.
+    fn flush_output(&mut self) {
+        let state = self.store.data_mut();
+        for (pipe, logged, stream) in [
+            (&state.stdout, &mut state.stdout_logged, "stdout"),
+            (&state.stderr, &mut state.stderr_logged, "stderr"),
+        ] {
+            let contents = pipe.contents();
+            if contents.len() > *logged {
+                let text = String::from_utf8_lossy(&contents[*logged..]);
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    tracing::info!(policy = %state.io.policy, tenant = %state.io.tenant, stream, "{line}");
+                }
+                *logged = contents.len();
+            }
+        }
+    }
+
+    /// Call `describe`.
+    pub(crate) async fn describe(&mut self) -> Result<wit::PolicyInfo, Fault> {
+        self.begin_call();
+        let wall = wall_bound(&self.store.data().io);
+        let hooks = self.bindings.sluice_policy_hooks();
+        let result = tokio::time::timeout(wall, hooks.call_describe(&mut self.store)).await;
+        self.finish(result, wall)
+    }
+
+    /// Call `init` with the policy's configuration.
+    pub(crate) async fn init(&mut self) -> Result<Result<(), String>, Fault> {
+        self.begin_call();
+        let wall = wall_bound(&self.store.data().io);
+        let config = self.store.data().io.config.clone();
+        let hooks = self.bindings.sluice_policy_hooks();
+        let result = tokio::time::timeout(wall, hooks.call_init(&mut self.store, &config)).await;
+        self.finish(result, wall)
+    }
+
+    /// Call the hook of one stage.
+    pub(crate) async fn call_hook(&mut self, ctx: &wit::Context, input: HookInput<'_>) -> Result<Decision, Fault> {
+        self.begin_call();
+        let wall = wall_bound(&self.store.data().io);
+        let hooks = self.bindings.sluice_policy_hooks();
+        let store = &mut self.store;
+        let call = async {
+            match input {
+                HookInput::Connect => hooks.call_on_connect(&mut *store, ctx).await,
+                HookInput::Helo => hooks.call_on_helo(&mut *store, ctx).await,
+                HookInput::Mail => hooks.call_on_mail(&mut *store, ctx).await,
+                HookInput::Rcpt(rcpt) => hooks.call_on_rcpt(&mut *store, ctx, rcpt).await,
+                HookInput::Data(message) => {
+                    let handle = store.data_mut().table.push(MessageHandle(message.clone()))?;
+                    let borrowed = Resource::<MessageHandle>::new_borrow(handle.rep());
+                    let result = hooks.call_on_data(&mut *store, ctx, borrowed).await;
+                    store.data_mut().table.delete(handle)?;
+                    result
+                }
+            }
+        };
+        let result = tokio::time::timeout(wall, call).await;
+        self.finish(result, wall).map(Decision::from_wit)
+    }
+
+    fn finish<R>(
+        &mut self,
+        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+        wall: Duration,
+    ) -> Result<R, Fault> {
+        self.flush_output();
+        let state = self.store.data();
+        if state.budget.log_truncated {
+            tracing::warn!(policy = %state.io.policy, tenant = %state.io.tenant, "policy log output over budget was dropped");
+        }
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(classify(&e, state)),
+            Err(_) => Err(Fault::WallClock(wall)),
+        }
+    }
+}
+
+/// Ticks that make up `deadline` (at least one).
+fn ticks_for(deadline: Duration, tick: Duration) -> u64 {
+    let tick = tick.as_micros().max(1);
+    (deadline.as_micros() / tick).max(1) as u64
+}
+
+/// The wall-clock bound of one call: generous beyond the CPU deadline, because the guest may
+/// wait on DNS lookups (each bounded) and may be preempted by other sessions' work.
+fn wall_bound(io: &PolicyIo) -> Duration {
+    let dns = io.limits.dns_timeout * io.limits.dns_lookups_per_call;
+    io.limits.cpu_deadline * 20 + dns + Duration::from_secs(1)
+}
+
+/// Name the cause of a failed call.
+fn classify(error: &wasmtime::Error, state: &HostState) -> Fault {
+    if error.downcast_ref::<DeadlineExceeded>().is_some() {
+        return Fault::Deadline(state.io.limits.cpu_deadline);
+    }
+    if error.downcast_ref::<MemoryCapExceeded>().is_some() {
+        return Fault::Memory(state.io.limits.memory_bytes);
+    }
+    let text = format!("{error:#}");
+    if text.contains("write beyond capacity") {
+        return Fault::Output(state.io.limits.output_bytes);
+    }
+    // Keep the first line of the cause and any wasm backtrace summary short for the log.
+    let mut short: String = text.lines().take(3).collect::<Vec<_>>().join(" | ");
+    if short.len() > 500 {
+        let mut end = 500;
+        while !short.is_char_boundary(end) {
+            end -= 1;
+        }
+        short.truncate(end);
+    }
+    Fault::Trap(short)
+}
+
+/// Time a closure, in microseconds.
+pub(crate) fn micros_since(start: Instant) -> u64 {
+    start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
+}

@@ -1,0 +1,300 @@
+//! The message handed to policies at the data stage. The relay parses the received bytes once
+//! (mail-parser, as leniently as it allows) into a [`ParsedMessage`] that every policy of the
+//! chain reads through the `message` resource; nothing is parsed again per policy.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+
+/// Largest slice of the raw message one `raw` call may return.
+pub const MAX_RAW_READ: u32 = 1024 * 1024;
+
+/// One mailbox of an address header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Display name.
+    pub name: Option<String>,
+    /// Address.
+    pub address: Option<String>,
+}
+
+/// One attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// File name, if given.
+    pub name: Option<String>,
+    /// Content type, `type/subtype`.
+    pub content_type: String,
+    /// Decoded size in bytes.
+    pub size: u64,
+}
+
+/// A received message, parsed once. Cheap to share: clone the [`Arc`].
+#[derive(Debug)]
+pub struct ParsedMessage {
+    raw: Arc<[u8]>,
+    headers: Vec<(String, String)>,
+    subject: Option<String>,
+    from: Vec<Mailbox>,
+    to: Vec<Mailbox>,
+    cc: Vec<Mailbox>,
+    reply_to: Vec<Mailbox>,
+    date: Option<i64>,
+    message_id: Option<String>,
+    text_body: Option<String>,
+    html_body: Option<String>,
+    attachments: Vec<Attachment>,
+}
+
+/// The handle type behind the WIT `message` resource: a reference to the shared parse.
+pub struct MessageHandle(pub Arc<ParsedMessage>);
+
+fn mailboxes(address: Option<&Address<'_>>) -> Vec<Mailbox> {
+    let Some(address) = address else { return Vec::new() };
+    address
+        .iter()
+        .map(|a| Mailbox {
+            name: a.name().map(str::to_string),
+            address: a.address().map(str::to_string),
+        })
+        .collect()
+}
+
+/// Unfold a raw header value: CRLF/LF followed by white space becomes one space; trimmed.
+fn unfold(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut pending_space = false;
+    for c in raw.chars() {
+        if c == '\r' || c == '\n' {
+            pending_space = true;
+            continue;
+        }
+        if pending_space {
+            if !out.ends_with(' ') && !c.is_whitespace() {
+                out.push(' ');
+            }
+            pending_space = false;
+        }
+        out.push(c);
+    }
+    out.trim().to_string()
+}
+
+impl ParsedMessage {
+    /// Parse `raw` leniently. Never fails: bytes that are not a message at all give a message
+    /// with no headers and the whole input as its raw form.
+    pub fn parse(raw: impl Into<Arc<[u8]>>) -> Self {
+        let raw: Arc<[u8]> = raw.into();
+        let parsed = MessageParser::default().parse(&raw[..]);
+        let Some(msg) = parsed else {
+            return Self {
+                raw,
+                headers: Vec::new(),
+                subject: None,
+                from: Vec::new(),
+                to: Vec::new(),
+                cc: Vec::new(),
+                reply_to: Vec::new(),
+                date: None,
+                message_id: None,
+                text_body: None,
+                html_body: None,
+                attachments: Vec::new(),
+            };
+        };
+
+        let headers = msg
+            .headers()
+            .iter()
+            .map(|h| {
+                let value = match &h.value {
+                    HeaderValue::Text(text) => text.to_string(),
+                    HeaderValue::TextList(list) => list.join(", "),
+                    _ => {
+                        let start = h.offset_start as usize;
+                        let end = h.offset_end as usize;
+                        let bytes = raw.get(start..end).unwrap_or_default();
+                        unfold(&String::from_utf8_lossy(bytes))
+                    }
+                };
+                (h.name.as_str().to_string(), value)
+            })
+            .collect();
+
+        let join_bodies = |parts: Vec<Cow<'_, str>>| -> Option<String> {
+            if parts.is_empty() { None } else { Some(parts.join("\n")) }
+        };
+        let text_parts: Vec<Cow<'_, str>> = (0..msg.text_body_count()).filter_map(|i| msg.body_text(i)).collect();
+        let html_parts: Vec<Cow<'_, str>> = (0..msg.html_body_count()).filter_map(|i| msg.body_html(i)).collect();
+        // A text/html-only message answers body_text with a rendering of the HTML; keep only
+        // genuine text/plain parts as the text body.
+        let has_plain = msg.text_bodies().any(|p| !p.is_text_html());
+        let text_body = if has_plain { join_bodies(text_parts) } else { None };
+        let has_html = msg.html_bodies().any(|p| p.is_text_html());
+        let html_body = if has_html { join_bodies(html_parts) } else { None };
+
+        let attachments = msg
+            .attachments()
+            .map(|part| Attachment {
+                name: part.attachment_name().map(str::to_string),
+                content_type: part
+                    .content_type()
+                    .map(|ct| match ct.subtype() {
+                        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                        None => ct.ctype().to_string(),
+                    })
+                    .unwrap_or_else(|| "application/octet-stream".to_string())
+                    .to_ascii_lowercase(),
+                size: part.len() as u64,
+            })
+            .collect();
+
+        let subject = msg.subject().map(str::to_string);
+        let from = mailboxes(msg.from());
+        let to = mailboxes(msg.to());
+        let cc = mailboxes(msg.cc());
+        let reply_to = mailboxes(msg.reply_to());
+        let date = msg.date().map(|d| d.to_timestamp());
+        let message_id = msg.message_id().map(str::to_string);
+        drop(msg);
+        Self {
+            raw,
+            headers,
+            subject,
+            from,
+            to,
+            cc,
+            reply_to,
+            date,
+            message_id,
+            text_body,
+            html_body,
+            attachments,
+        }
+    }
+
+    /// First value of `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// All header fields in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// Decoded subject.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// From mailboxes.
+    pub fn from(&self) -> &[Mailbox] {
+        &self.from
+    }
+
+    /// To mailboxes.
+    pub fn to(&self) -> &[Mailbox] {
+        &self.to
+    }
+
+    /// Cc mailboxes.
+    pub fn cc(&self) -> &[Mailbox] {
+        &self.cc
+    }
+
+    /// Reply-To mailboxes.
+    pub fn reply_to(&self) -> &[Mailbox] {
+        &self.reply_to
+    }
+
+    /// Date as Unix seconds.
+    pub fn date(&self) -> Option<i64> {
+        self.date
+    }
+
+    /// Message-ID without brackets.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
+    }
+
+    /// Joined text/plain parts.
+    pub fn text_body(&self) -> Option<&str> {
+        self.text_body.as_deref()
+    }
+
+    /// Joined text/html parts.
+    pub fn html_body(&self) -> Option<&str> {
+        self.html_body.as_deref()
+    }
+
+    /// Attachments.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// The raw bytes as received.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Shared handle on the raw bytes.
+    pub fn raw_shared(&self) -> Arc<[u8]> {
+        self.raw.clone()
+    }
+}
+
+/// Cut `text` to at most `max_bytes` bytes on a character boundary.
+pub fn truncate_utf8(text: &str, max_bytes: u32) -> String {
+    let max = max_bytes as usize;
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_fields() {
+        let raw = b"From: \"Alice\" <alice@example.org>\r\nTo: bob@example.com, carol@example.com\r\n\
+Subject: =?utf-8?q?h=C3=A9llo?=\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\nMessage-ID: <a@b>\r\n\
+X-Folded: one\r\n two\r\n\r\nbody text\r\n";
+        let m = ParsedMessage::parse(&raw[..]);
+        assert_eq!(m.subject(), Some("héllo"));
+        assert_eq!(m.from()[0].name.as_deref(), Some("Alice"));
+        assert_eq!(m.to().len(), 2);
+        assert_eq!(m.date(), Some(1_767_225_600));
+        assert_eq!(m.message_id(), Some("a@b"));
+        assert_eq!(m.header("x-folded"), Some("one two"));
+        assert_eq!(m.text_body().map(str::trim), Some("body text"));
+        assert!(m.html_body().is_none());
+    }
+
+    #[test]
+    fn garbage_is_not_a_panic() {
+        for raw in [&b""[..], b"\0\0\0", b"\r\n\r\n", b"Subject", b"a: b\r\n\r\n--x--\r\n"] {
+            let m = ParsedMessage::parse(raw);
+            assert_eq!(m.raw(), raw);
+        }
+    }
+
+    #[test]
+    fn truncates_on_char_boundary() {
+        assert_eq!(truncate_utf8("héllo", 2), "h");
+        assert_eq!(truncate_utf8("héllo", 3), "hé");
+        assert_eq!(truncate_utf8("abc", 10), "abc");
+    }
+}

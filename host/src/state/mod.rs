@@ -1,0 +1,3 @@
+//! State that outlives a session: the key-value store behind the policies' `kv-*` imports.
+
+pub mod kv;
