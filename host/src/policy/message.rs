@@ -3,6 +3,7 @@
 //! chain reads through the `message` resource; nothing is parsed again per policy.
 
 use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
@@ -82,11 +83,41 @@ fn unfold(raw: &str) -> String {
 }
 
 impl ParsedMessage {
-    /// Parse `raw` leniently. Never fails: bytes that are not a message at all give a message
-    /// with no headers and the whole input as its raw form.
+    /// Parse `raw` leniently. Never fails and never panics: bytes that are not a message at
+    /// all give a message with no headers and the whole input as its raw form. mail-parser
+    /// can panic on some malformed MIME structures; such a message is parsed again for its
+    /// headers only, and failing that, handed over unparsed.
     pub fn parse(raw: impl Into<Arc<[u8]>>) -> Self {
         let raw: Arc<[u8]> = raw.into();
-        let parsed = MessageParser::default().parse(&raw[..]);
+        let full = std::panic::catch_unwind(AssertUnwindSafe(|| Self::parse_with(raw.clone(), false)));
+        if let Ok(parsed) = full {
+            return parsed;
+        }
+        tracing::warn!(bytes = raw.len(), "MIME parser failed on this message; giving policies its headers only");
+        std::panic::catch_unwind(AssertUnwindSafe(|| Self::parse_with(raw.clone(), true)))
+            .unwrap_or_else(|_| Self::unparsed(raw))
+    }
+
+    fn unparsed(raw: Arc<[u8]>) -> Self {
+        Self {
+            raw,
+            headers: Vec::new(),
+            subject: None,
+            from: Vec::new(),
+            to: Vec::new(),
+            cc: Vec::new(),
+            reply_to: Vec::new(),
+            date: None,
+            message_id: None,
+            text_body: None,
+            html_body: None,
+            attachments: Vec::new(),
+        }
+    }
+
+    fn parse_with(raw: Arc<[u8]>, headers_only: bool) -> Self {
+        let parser = MessageParser::default();
+        let parsed = if headers_only { parser.parse_headers(&raw[..]) } else { parser.parse(&raw[..]) };
         let Some(msg) = parsed else {
             return Self {
                 raw,

@@ -1,0 +1,707 @@
+//! The rules. Each looks at one trait of the message and, when it fires, yields a symbol with
+//! its default score. Scores follow SpamAssassin's scale: alone, no rule but the test
+//! signature and dangerous attachments reaches the 5.0 spam threshold; spam trips several.
+
+use sluice_policy::{Mailbox, Message};
+
+use crate::text::{Link, base_domain, html_links, html_to_text, parse_date, text_urls, url_host};
+
+/// Every symbol this policy can give.
+pub const SYMBOLS: &[&str] = &[
+    "GTUBE",
+    "MISSING_DATE",
+    "DATE_IN_FUTURE",
+    "DATE_IN_PAST",
+    "MISSING_MESSAGE_ID",
+    "INVALID_MESSAGE_ID",
+    "MISSING_FROM",
+    "FROM_DISPLAY_SPOOF",
+    "FROM_NAME_ALL_CAPS",
+    "REPLYTO_FREEMAIL_DIFFERS",
+    "MISSING_TO",
+    "TO_UNDISCLOSED",
+    "FROM_LOCAL_DIGITS",
+    "MANY_VISIBLE_RECIPIENTS",
+    "SUBJ_ALL_CAPS",
+    "SUBJ_EXCLAIM",
+    "SUBJ_MONEY",
+    "SUBJ_URGENCY",
+    "SUBJ_UNIQUE_ID",
+    "SUBJ_ADV",
+    "PRIORITY_HIGH",
+    "HTML_ONLY",
+    "HTML_HIDDEN_TEXT",
+    "HTML_TINY_FONT",
+    "HTML_BIG_FONT",
+    "HTML_IMAGE_HEAVY",
+    "HTML_SCRIPT_FORM",
+    "LINKS_MANY",
+    "LINK_IP_LITERAL",
+    "LINK_OBFUSCATED",
+    "LINK_TEXT_MISMATCH",
+    "LINK_SHORTENER",
+    "BODY_SPAM_PHRASES",
+    "BODY_REMOVE_INSTRUCTIONS",
+    "BODY_COMPLIANCE_CLAIM",
+    "BODY_ADVANCE_FEE",
+    "BODY_PHARMA",
+    "BODY_PHISH_ACCOUNT",
+    "BODY_SHOUTING",
+    "BODY_MONEY_AMOUNTS",
+    "ATTACH_EXECUTABLE",
+    "ATTACH_DOUBLE_EXTENSION",
+    "ATTACH_MACRO_DOCUMENT",
+    "RCVD_HELO_BARE_IP",
+];
+
+/// What the rules read, gathered from the message once.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// All header fields in order.
+    pub headers: Vec<(String, String)>,
+    /// Subject.
+    pub subject: Option<String>,
+    /// From mailboxes.
+    pub from: Vec<Mailbox>,
+    /// Reply-To mailboxes.
+    pub reply_to: Vec<Mailbox>,
+    /// To and Cc mailboxes.
+    pub recipients: Vec<Mailbox>,
+    /// Date as Unix seconds.
+    pub date: Option<i64>,
+    /// Message-ID.
+    pub message_id: Option<String>,
+    /// text/plain body.
+    pub text: Option<String>,
+    /// text/html body.
+    pub html: Option<String>,
+    /// Attachment names and content types.
+    pub attachments: Vec<(Option<String>, String)>,
+}
+
+impl Input {
+    /// Read what the rules need from the host's message.
+    pub fn from_message(message: &Message, max_body_bytes: u32) -> Self {
+        let headers = message.headers().into_iter().map(|h| (h.name, h.value)).collect();
+        let mut recipients = message.to();
+        recipients.extend(message.cc());
+        Self {
+            headers,
+            subject: message.subject(),
+            from: message.from(),
+            reply_to: message.reply_to(),
+            recipients,
+            date: message.date(),
+            message_id: message.message_id(),
+            text: message.text_body(max_body_bytes),
+            html: message.html_body(max_body_bytes),
+            attachments: message.attachments().into_iter().map(|a| (a.name, a.content_type)).collect(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A rule that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// Symbol name.
+    pub name: &'static str,
+    /// Default score.
+    pub score: f64,
+    /// What was seen.
+    pub detail: Option<String>,
+}
+
+struct Hits(Vec<Hit>);
+
+impl Hits {
+    fn add(&mut self, name: &'static str, score: f64, detail: impl Into<Option<String>>) {
+        self.0.push(Hit { name, score, detail: detail.into() });
+    }
+}
+
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+const FREEMAIL: &[&str] = &[
+    "gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "aol.com", "msn.com", "live.com", "mail.com",
+    "gmx.com", "gmx.net", "yandex.ru", "mail.ru", "protonmail.com", "icloud.com", "excite.com", "lycos.com",
+    "netscape.net", "juno.com", "rediffmail.com", "yahoo.co.uk", "hotmail.co.uk",
+];
+
+const SHORTENERS: &[&str] = &["bit.ly", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "is.gd", "buff.ly", "cutt.ly", "rb.gy"];
+
+const EXECUTABLE: &[&str] = &[
+    "exe", "scr", "pif", "bat", "com", "cmd", "vbs", "vbe", "js", "jse", "wsf", "wsh", "hta", "jar", "msi", "ps1",
+    "lnk", "reg", "cpl", "iso", "img",
+];
+
+const MACRO_DOCS: &[&str] = &["docm", "xlsm", "pptm", "dotm", "xlam"];
+
+const SUBJ_MONEY: &[&str] = &[
+    "free", "cash", "money", "income", "loan", "mortgage", "credit", "debt", "viagra", "pills", "weight", "winner",
+    "prize", "earn", "rich", "profit", "discount", "cheap", "lowest", "save ", "$$", "casino", "refinance", "bonus",
+];
+
+const SUBJ_URGENCY: &[&str] = &[
+    "urgent", "act now", "limited time", "last chance", "final notice", "immediately", "don't miss", "dont miss",
+    "expires", "response required", "action required", "attention:", "important notice",
+];
+
+/// Phrases of bulk advertising, each worth a little; their sum is capped.
+const SPAM_PHRASES: &[(&str, f64)] = &[
+    ("click here", 0.6),
+    ("click below", 0.6),
+    ("100% free", 1.0),
+    ("100% guaranteed", 1.0),
+    ("risk free", 0.8),
+    ("risk-free", 0.8),
+    ("no obligation", 0.8),
+    ("act now", 0.8),
+    ("order now", 0.6),
+    ("order today", 0.6),
+    ("limited time", 0.6),
+    ("money back", 0.6),
+    ("dear friend", 1.0),
+    ("special promotion", 0.6),
+    ("satisfaction guaranteed", 0.8),
+    ("work from home", 1.0),
+    ("home based business", 1.0),
+    ("extra income", 1.0),
+    ("make money", 0.8),
+    ("financial freedom", 1.0),
+    ("lose weight", 1.0),
+    ("weight loss", 0.8),
+    ("you have been selected", 1.0),
+    ("you have won", 1.0),
+    ("call now", 0.6),
+    ("toll free", 0.5),
+    ("toll-free", 0.5),
+    ("credit card", 0.4),
+    ("lowest rate", 0.8),
+    ("mortgage", 0.6),
+    ("refinance", 0.8),
+    ("amazing", 0.3),
+    ("guarantee", 0.4),
+    ("increase your", 0.5),
+    ("unlimited", 0.3),
+    ("incredible", 0.4),
+    ("as seen on", 0.8),
+    ("don't delete", 1.0),
+    ("do not delete", 1.0),
+    ("one time mailing", 1.2),
+    ("one-time mailing", 1.2),
+    ("bulk email", 1.0),
+    ("email marketing", 0.6),
+    ("millions of", 0.4),
+];
+
+const REMOVE_PHRASES: &[&str] = &[
+    "to be removed",
+    "to remove yourself",
+    "remove in the subject",
+    "remove\" in the subject",
+    "with remove in",
+    "removed from our list",
+    "removed from this list",
+    "removed from our mailing",
+    "removal instructions",
+    "to unsubscribe from this mailing, reply",
+    "opt-out",
+    "opt out",
+];
+
+const COMPLIANCE_PHRASES: &[&str] = &[
+    "this is not spam",
+    "this is not a spam",
+    "not unsolicited",
+    "bill s.1618",
+    "s. 1618",
+    "section 301",
+    "in compliance with",
+    "you are receiving this",
+    "you received this email because",
+    "you have received this",
+    "if you no longer wish",
+    "if you wish to be removed",
+];
+
+const ADVANCE_FEE_PHRASES: &[&str] = &[
+    "next of kin",
+    "beneficiary",
+    "wire transfer",
+    "bank account",
+    "million united states dollars",
+    "million us dollars",
+    "(usd",
+    "us$",
+    "strictly confidential",
+    "foreign partner",
+    "late husband",
+    "transfer of the fund",
+    "100% safe",
+    "bitcoin",
+    "btc wallet",
+];
+
+const PHARMA_PHRASES: &[&str] = &["viagra", "cialis", "prescription", "pharmacy", "vicodin", "xanax", "herbal", "penis", "enlarge"];
+
+const PHISH_PHRASES: &[&str] = &[
+    "verify your account",
+    "confirm your account",
+    "account has been suspended",
+    "account will be suspended",
+    "account suspended",
+    "update your account",
+    "update your information",
+    "unusual activity",
+    "verify your identity",
+    "confirm your identity",
+    "your password will expire",
+    "login to your account",
+    "log in to your account",
+];
+
+fn count_phrases(haystack: &str, phrases: &[&str]) -> Vec<String> {
+    phrases.iter().filter(|p| haystack.contains(*p)).map(|p| p.to_string()).collect()
+}
+
+fn is_ip_host(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok()
+        || (host.starts_with("0x") && host.len() > 3)
+        || (!host.is_empty() && host.bytes().all(|b| b.is_ascii_digit()) && host.len() >= 8)
+}
+
+/// Looks like a domain or URL as written for humans: `www.bank.com`, `https://bank.com/x`.
+fn displayed_domain(text: &str) -> Option<String> {
+    let text = text.trim().to_ascii_lowercase();
+    if text.contains(' ') || !text.contains('.') {
+        return None;
+    }
+    let host = if text.starts_with("http://") || text.starts_with("https://") {
+        url_host(&text)?
+    } else if text.starts_with("www.") {
+        text.split(['/', '?']).next()?.to_string()
+    } else {
+        return None;
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() < 2 || labels.iter().any(|l| l.is_empty()) || !labels.last()?.chars().all(|c| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    Some(host)
+}
+
+fn letters_caps_ratio(text: &str) -> (usize, f64) {
+    let letters = text.chars().filter(|c| c.is_alphabetic()).count();
+    let caps = text.chars().filter(|c| c.is_uppercase()).count();
+    (letters, if letters == 0 { 0.0 } else { caps as f64 / letters as f64 })
+}
+
+fn extension(name: &str) -> Option<String> {
+    let name = name.trim().trim_end_matches(['.', ' ']).to_ascii_lowercase();
+    name.rsplit_once('.').map(|(_, e)| e.to_string())
+}
+
+/// Run every rule.
+pub fn evaluate(input: &Input) -> Vec<Hit> {
+    let mut hits = Hits(Vec::new());
+    let html_text = input.html.as_deref().map(html_to_text).unwrap_or_default();
+    let text = input.text.clone().unwrap_or_default();
+    let visible = if text.trim().is_empty() { html_text.clone() } else { text.clone() };
+    let visible_lower = visible.to_ascii_lowercase();
+
+    if text.contains(GTUBE) || input.html.as_deref().is_some_and(|h| h.contains(GTUBE)) {
+        hits.add("GTUBE", 1000.0, "GTUBE test signature".to_string());
+    }
+
+    header_rules(input, &mut hits);
+    subject_rules(input, &mut hits);
+    html_rules(input, &html_text, &mut hits);
+    link_rules(input, &text, &mut hits);
+    body_rules(&visible, &visible_lower, &mut hits);
+    attachment_rules(input, &mut hits);
+    hits.0
+}
+
+fn header_rules(input: &Input, hits: &mut Hits) {
+    match input.date {
+        None if !input.has_header("Date") => hits.add("MISSING_DATE", 1.5, None),
+        None => hits.add("MISSING_DATE", 1.2, "unparseable Date".to_string()),
+        Some(date) => {
+            // Compare with the newest Received: the time our side of the world saw it.
+            let received = input.all("Received").find_map(|r| r.rsplit_once(';').and_then(|(_, d)| parse_date(d)));
+            if let Some(received) = received {
+                if date > received + 12 * 3600 {
+                    hits.add("DATE_IN_FUTURE", 2.0, format!("{}h ahead of Received", (date - received) / 3600));
+                } else if date < received - 96 * 3600 {
+                    hits.add("DATE_IN_PAST", 1.4, format!("{}h behind Received", (received - date) / 3600));
+                }
+            }
+        }
+    }
+    match &input.message_id {
+        None => hits.add("MISSING_MESSAGE_ID", 1.0, None),
+        Some(id) if !id.contains('@') || id.contains(' ') => hits.add("INVALID_MESSAGE_ID", 1.5, id.clone()),
+        _ => {}
+    }
+    let from = input.from.first();
+    match from.and_then(|m| m.address.as_deref()) {
+        None => hits.add("MISSING_FROM", 1.5, None),
+        Some(address) => {
+            let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            if let Some(name) = from.and_then(|m| m.name.as_deref()) {
+                let lower = name.to_ascii_lowercase();
+                let shown = lower
+                    .split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '"' | '\''))
+                    .filter_map(|w| w.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_string()))
+                    .find(|d| d.contains('.'));
+                if let Some(shown) = shown {
+                    if base_domain(&shown) != base_domain(&domain) {
+                        hits.add("FROM_DISPLAY_SPOOF", 2.5, format!("shows {shown}, sends from {domain}"));
+                    }
+                }
+                let (letters, caps) = letters_caps_ratio(name);
+                if letters >= 6 && caps > 0.9 && name.contains(' ') {
+                    hits.add("FROM_NAME_ALL_CAPS", 1.0, name.to_string());
+                }
+            }
+            if let Some(reply) = input.reply_to.first().and_then(|m| m.address.as_deref()) {
+                let reply_domain = reply.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+                if FREEMAIL.contains(&reply_domain.as_str()) && reply_domain != domain {
+                    hits.add("REPLYTO_FREEMAIL_DIFFERS", 1.5, format!("Reply-To {reply_domain}, From {domain}"));
+                }
+            }
+        }
+    }
+    if !input.has_header("To") && !input.has_header("Cc") {
+        hits.add("MISSING_TO", 0.8, None);
+    } else if input.header("To").is_some_and(|to| to.to_ascii_lowercase().contains("undisclosed")) || input.recipients.is_empty() {
+        hits.add("TO_UNDISCLOSED", 1.5, None);
+    }
+    if let Some(local) = input.from.first().and_then(|m| m.address.as_deref()).and_then(|a| a.rsplit_once('@')).map(|(l, _)| l) {
+        // A name followed by a long run of digits: "james5293102", "offers_8452970".
+        let letters = local.chars().take_while(|c| c.is_ascii_alphabetic()).count();
+        let rest = local[letters..].trim_start_matches('_');
+        if letters >= 2 && rest.len() >= 6 && rest.bytes().all(|b| b.is_ascii_digit()) {
+            hits.add("FROM_LOCAL_DIGITS", 1.2, local.to_string());
+        }
+    }
+    let mut domains: Vec<String> = input
+        .recipients
+        .iter()
+        .filter_map(|m| m.address.as_deref()?.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        .collect();
+    domains.sort();
+    domains.dedup();
+    if input.recipients.len() >= 8 && domains.len() >= 5 {
+        hits.add("MANY_VISIBLE_RECIPIENTS", 2.0, format!("{} recipients in {} domains", input.recipients.len(), domains.len()));
+    }
+    let priority = input.header("X-Priority").unwrap_or("").trim().starts_with('1')
+        || input.header("X-MSMail-Priority").is_some_and(|p| p.eq_ignore_ascii_case("high"));
+    if priority {
+        hits.add("PRIORITY_HIGH", 1.0, None);
+    }
+    // "Received: from 192.0.2.1 (...)": a client that greeted with a bare IP address.
+    let bare_ip_helo = input.all("Received").any(|r| {
+        r.trim_start()
+            .strip_prefix("from ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|helo| helo.parse::<std::net::Ipv4Addr>().is_ok())
+    });
+    if bare_ip_helo {
+        hits.add("RCVD_HELO_BARE_IP", 1.2, None);
+    }
+}
+
+fn subject_rules(input: &Input, hits: &mut Hits) {
+    let Some(subject) = input.subject.as_deref() else { return };
+    let lower = subject.to_ascii_lowercase();
+    let (letters, caps) = letters_caps_ratio(subject);
+    if letters >= 8 && caps >= 0.8 {
+        hits.add("SUBJ_ALL_CAPS", 2.0, subject.to_string());
+    }
+    if subject.contains("!!") || (subject.contains('!') && subject.contains('$')) {
+        hits.add("SUBJ_EXCLAIM", 1.0, None);
+    } else if subject.trim_end().ends_with('!') {
+        hits.add("SUBJ_EXCLAIM", 0.4, None);
+    }
+    let money = count_phrases(&lower, SUBJ_MONEY);
+    let dollar = lower.contains('$') && lower.chars().any(|c| c.is_ascii_digit());
+    if !money.is_empty() || dollar {
+        let n = money.len() + usize::from(dollar);
+        hits.add("SUBJ_MONEY", (1.0 + 0.5 * (n as f64 - 1.0)).min(2.0), money.join(","));
+    }
+    let urgency = count_phrases(&lower, SUBJ_URGENCY);
+    if !urgency.is_empty() {
+        hits.add("SUBJ_URGENCY", 1.0, urgency.join(","));
+    }
+    // A tracking tag appended after a run of spaces, or a bare trailing token mixing letters
+    // and digits: "Great offer        28374", "Hello [ID:7x9q2]".
+    let trimmed = subject.trim_end();
+    if let Some((head, tail)) = trimmed.rsplit_once(char::is_whitespace) {
+        let tail = tail.trim_matches(|c| matches!(c, '[' | ']' | '(' | ')' | '#' | '-'));
+        let spaced = head.ends_with("   ");
+        let tokenish = tail.len() >= 5
+            && tail.chars().any(|c| c.is_ascii_digit())
+            && tail.chars().all(|c| c.is_ascii_alphanumeric())
+            && tail.chars().any(|c| c.is_ascii_alphabetic())
+            && !tail.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if (spaced && tail.len() >= 3) || tokenish {
+            hits.add("SUBJ_UNIQUE_ID", 2.5, tail.to_string());
+        }
+    }
+    if lower.starts_with("adv") && lower[3..].starts_with([':', ' ', '-']) {
+        hits.add("SUBJ_ADV", 3.0, None);
+    }
+}
+
+fn html_rules(input: &Input, html_text: &str, hits: &mut Hits) {
+    let Some(html) = input.html.as_deref() else { return };
+    let lower = html.to_ascii_lowercase();
+    if input.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        hits.add("HTML_ONLY", 0.5, None);
+    }
+    let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
+    let hidden = ["display:none", "visibility:hidden", "font-size:0px", "font-size:0;", "font-size:1px"]
+        .iter()
+        .any(|p| compact.contains(p))
+        || (compact.contains("color=\"#ffffff\"") || compact.contains("color=#ffffff") || compact.contains("color:#ffffff"))
+            && !compact.contains("bgcolor=\"#000")
+            && !compact.contains("background-color:#000");
+    if hidden {
+        hits.add("HTML_HIDDEN_TEXT", 0.6, None);
+    }
+    if compact.contains("<fontsize=1") || compact.contains("<fontsize=\"1\"") || compact.contains("font-size:2px") {
+        hits.add("HTML_TINY_FONT", 0.6, None);
+    }
+    if ["<fontsize=+3", "<fontsize=\"+3\"", "<fontsize=\"6\"", "<fontsize=6", "<fontsize=\"7\"", "<fontsize=7", "<fontsize=+4"]
+        .iter()
+        .any(|p| compact.contains(p))
+    {
+        hits.add("HTML_BIG_FONT", 1.0, None);
+    }
+    let images = lower.matches("<img").count();
+    if images >= 1 && html_text.len() < 300 {
+        hits.add("HTML_IMAGE_HEAVY", 1.2, format!("{images} images, {} characters of text", html_text.len()));
+    }
+    if lower.contains("<form") || lower.contains("<script") || lower.contains("<iframe") {
+        hits.add("HTML_SCRIPT_FORM", 0.3, None);
+    }
+}
+
+fn link_rules(input: &Input, text: &str, hits: &mut Hits) {
+    let mut links: Vec<Link> = input.html.as_deref().map(html_links).unwrap_or_default();
+    links.extend(text_urls(text).into_iter().map(|url| Link { url, text: String::new() }));
+    let hosts: Vec<String> = links.iter().filter_map(|l| url_host(&l.url)).collect();
+    let mut distinct = hosts.clone();
+    distinct.sort();
+    distinct.dedup();
+    if links.len() > 25 {
+        hits.add("LINKS_MANY", 0.1, format!("{} links", links.len()));
+    }
+    if let Some(ip) = hosts.iter().find(|h| is_ip_host(h)) {
+        hits.add("LINK_IP_LITERAL", 2.5, ip.clone());
+    }
+    let obfuscated = links.iter().find(|l| {
+        let authority = l
+            .url
+            .strip_prefix("http://")
+            .or_else(|| l.url.strip_prefix("https://"))
+            .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""))
+            .unwrap_or("");
+        authority.contains('@') || authority.contains('%') || authority.contains("&#")
+    });
+    if let Some(link) = obfuscated {
+        hits.add("LINK_OBFUSCATED", 2.0, link.url.clone());
+    }
+    let mismatch = links.iter().find_map(|l| {
+        let shown = displayed_domain(&l.text)?;
+        let real = url_host(&l.url)?;
+        (base_domain(&shown) != base_domain(&real)).then(|| format!("shows {shown}, goes to {real}"))
+    });
+    if let Some(detail) = mismatch {
+        hits.add("LINK_TEXT_MISMATCH", 2.5, detail);
+    }
+    if let Some(short) = distinct.iter().find(|h| SHORTENERS.contains(&h.as_str())) {
+        hits.add("LINK_SHORTENER", 0.5, short.clone());
+    }
+}
+
+fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
+    let found: Vec<(&str, f64)> = SPAM_PHRASES.iter().filter(|(p, _)| lower.contains(p)).copied().collect();
+    if !found.is_empty() {
+        let total: f64 = found.iter().map(|(_, s)| s).sum();
+        let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
+        hits.add("BODY_SPAM_PHRASES", total.min(3.0), names.join(","));
+    }
+    let remove = count_phrases(lower, REMOVE_PHRASES);
+    if !remove.is_empty() {
+        hits.add("BODY_REMOVE_INSTRUCTIONS", 2.5, remove.join(","));
+    }
+    let compliance = count_phrases(lower, COMPLIANCE_PHRASES);
+    if !compliance.is_empty() {
+        hits.add("BODY_COMPLIANCE_CLAIM", (0.7 + 0.7 * compliance.len() as f64).min(2.5), compliance.join(","));
+    }
+    let fee = count_phrases(lower, ADVANCE_FEE_PHRASES);
+    if fee.len() >= 2 {
+        hits.add("BODY_ADVANCE_FEE", (0.9 * fee.len() as f64).min(3.5), fee.join(","));
+    }
+    let pharma = count_phrases(lower, PHARMA_PHRASES);
+    if pharma.len() >= 2 {
+        hits.add("BODY_PHARMA", 2.0, pharma.join(","));
+    }
+    let phish = count_phrases(lower, PHISH_PHRASES);
+    if !phish.is_empty() {
+        hits.add("BODY_PHISH_ACCOUNT", 1.5, phish.join(","));
+    }
+    let (letters, caps) = letters_caps_ratio(visible);
+    if letters >= 200 && caps > 0.35 {
+        hits.add("BODY_SHOUTING", 1.2, format!("{:.0}% capitals", caps * 100.0));
+    }
+    let amounts = visible.match_indices('$').filter(|(i, _)| visible[i + 1..].starts_with(|c: char| c.is_ascii_digit())).count();
+    if amounts >= 3 {
+        hits.add("BODY_MONEY_AMOUNTS", 0.5, format!("{amounts} dollar amounts"));
+    }
+}
+
+fn attachment_rules(input: &Input, hits: &mut Hits) {
+    for (name, content_type) in &input.attachments {
+        let Some(name) = name.as_deref() else {
+            if content_type.contains("x-msdownload") || content_type.contains("x-dosexec") {
+                hits.add("ATTACH_EXECUTABLE", 4.5, content_type.clone());
+            }
+            continue;
+        };
+        let lower = name.trim().to_ascii_lowercase();
+        let Some(ext) = extension(&lower) else { continue };
+        if EXECUTABLE.contains(&ext.as_str()) {
+            let inner = lower.trim_end_matches(['.', ' ']).rsplit_once('.').and_then(|(stem, _)| extension(stem));
+            let disguised = inner.is_some_and(|inner| {
+                ["pdf", "doc", "docx", "xls", "xlsx", "jpg", "jpeg", "png", "gif", "txt", "zip", "htm", "html"]
+                    .contains(&inner.as_str())
+            }) || lower.contains("     ");
+            if disguised {
+                hits.add("ATTACH_DOUBLE_EXTENSION", 5.0, name.to_string());
+            } else {
+                hits.add("ATTACH_EXECUTABLE", 4.5, name.to_string());
+            }
+        } else if MACRO_DOCS.contains(&ext.as_str()) {
+            hits.add("ATTACH_MACRO_DOCUMENT", 1.5, name.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(input: &Input) -> Vec<&'static str> {
+        evaluate(input).into_iter().map(|h| h.name).collect()
+    }
+
+    fn mailbox(name: Option<&str>, address: &str) -> Mailbox {
+        Mailbox { name: name.map(str::to_string), address: Some(address.to_string()) }
+    }
+
+    fn plain() -> Input {
+        Input {
+            headers: vec![
+                ("To".into(), "bob@example.com".into()),
+                ("Date".into(), "Thu, 1 Jan 2026 00:00:00 +0000".into()),
+                ("Received".into(), "from mx.example.org by mx.example.com; Thu, 1 Jan 2026 00:01:00 +0000".into()),
+            ],
+            subject: Some("Lunch on Friday?".into()),
+            from: vec![mailbox(Some("Alice Example"), "alice@example.org")],
+            recipients: vec![mailbox(None, "bob@example.com")],
+            date: Some(1_767_225_600),
+            message_id: Some("abc@example.org".into()),
+            text: Some("Shall we meet at noon?".into()),
+            ..Input::default()
+        }
+    }
+
+    #[test]
+    fn an_ordinary_message_fires_nothing() {
+        assert!(names(&plain()).is_empty(), "{:?}", evaluate(&plain()));
+    }
+
+    #[test]
+    fn structure_rules() {
+        let mut m = plain();
+        m.date = None;
+        m.headers.retain(|(n, _)| n != "Date");
+        m.message_id = None;
+        m.from = vec![mailbox(Some("service@paypal.com"), "x@evil.example")];
+        m.subject = Some("YOUR ACCOUNT IS SUSPENDED!!".into());
+        let n = names(&m);
+        for expected in ["MISSING_DATE", "MISSING_MESSAGE_ID", "FROM_DISPLAY_SPOOF", "SUBJ_ALL_CAPS", "SUBJ_EXCLAIM"] {
+            assert!(n.contains(&expected), "{expected} missing from {n:?}");
+        }
+    }
+
+    #[test]
+    fn date_far_from_received() {
+        let mut m = plain();
+        m.date = Some(1_767_225_600 + 48 * 3600);
+        assert!(names(&m).contains(&"DATE_IN_FUTURE"));
+        m.date = Some(1_767_225_600 - 30 * 86_400);
+        assert!(names(&m).contains(&"DATE_IN_PAST"));
+    }
+
+    #[test]
+    fn html_and_link_tricks() {
+        let mut m = plain();
+        m.text = None;
+        m.html = Some(
+            "<p style='display:none'>hidden</p><a href=\"http://192.0.2.7/login\">https://www.bank.com/login</a>\
+             <a href='http://www.bank.com@evil.example/'>x</a><img src=x>"
+                .into(),
+        );
+        let n = names(&m);
+        for expected in ["HTML_ONLY", "HTML_HIDDEN_TEXT", "LINK_IP_LITERAL", "LINK_OBFUSCATED", "LINK_TEXT_MISMATCH", "HTML_IMAGE_HEAVY"] {
+            assert!(n.contains(&expected), "{expected} missing from {n:?}");
+        }
+    }
+
+    #[test]
+    fn attachments() {
+        let mut m = plain();
+        m.attachments = vec![
+            (Some("invoice.pdf.exe".into()), "application/octet-stream".into()),
+            (Some("setup.scr".into()), "application/octet-stream".into()),
+            (Some("report.docm".into()), "application/vnd.ms-word".into()),
+            (Some("photo.jpg".into()), "image/jpeg".into()),
+        ];
+        let n = names(&m);
+        assert_eq!(n, vec!["ATTACH_DOUBLE_EXTENSION", "ATTACH_EXECUTABLE", "ATTACH_MACRO_DOCUMENT"]);
+    }
+
+    #[test]
+    fn gtube() {
+        let mut m = plain();
+        m.text = Some(format!("test {GTUBE} test"));
+        assert!(evaluate(&m).iter().any(|h| h.name == "GTUBE" && h.score >= 1000.0));
+    }
+
+    #[test]
+    fn every_symbol_is_declared() {
+        // Symbols given by the rules must be listed so that `disable`/`score.` can name them.
+        let mut m = plain();
+        m.subject = Some("ADV: FREE CASH NOW!!       x7k2q9".into());
+        for hit in evaluate(&m) {
+            assert!(SYMBOLS.contains(&hit.name), "{}", hit.name);
+        }
+    }
+}
