@@ -28,10 +28,10 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::dns::{FixtureResolver, Resolver};
+use crate::policy::simulate::{Envelope, Simulation, simulate};
 use crate::policy::{
-    Chain, ChainSession, ChainSettings, Clock, EngineOptions, EnvelopeAddress, FailureMode, HostServices, Judgement,
-    Outcome, ParsedMessage, PolicyEngine, PolicyLimits, PolicySpec, SessionInfo, Stage, StageInput, StageResult,
-    Thresholds, Transaction, Verdict,
+    Chain, ChainSettings, Clock, EngineOptions, FailureMode, HostServices, Outcome, ParsedMessage, PolicyEngine,
+    PolicyLimits, PolicySpec, Thresholds, Verdict,
 };
 use crate::state::kv::MemoryKv;
 
@@ -244,19 +244,10 @@ fn strip_brackets(addr: &str) -> String {
     addr.trim().to_string()
 }
 
-/// One recipient's fate at RCPT.
-#[derive(Debug, Clone)]
-struct RcptFate {
-    address: String,
-    verdict: Verdict,
-}
-
 /// Everything that happened to one message.
 struct Report {
     file: PathBuf,
-    stages: Vec<StageResult>,
-    recipients: Vec<RcptFate>,
-    judgement: Judgement,
+    simulation: Simulation,
 }
 
 async fn run_case(chain: &Arc<Chain>, args: &PolicyTestArgs, case: &Case, index: usize) -> Result<Report, UsageError> {
@@ -278,65 +269,16 @@ async fn run_case(chain: &Arc<Chain>, args: &PolicyTestArgs, case: &Case, index:
     if to.is_empty() {
         to.push("postmaster@localhost".into());
     }
-    let client_ip = case.client_ip.or(args.client_ip).unwrap_or(IpAddr::from([192, 0, 2, 1]));
-    let helo = case.helo.clone().or_else(|| args.helo.clone()).unwrap_or_else(|| "client.example".into());
-
-    let mut session = SessionInfo {
-        tenant: args.tenant.clone(),
-        transaction_id: format!("test-{}", index + 1),
-        client_ip,
-        client_port: 49152,
-        reverse_dns: None,
-        helo: None,
-        tls: None,
+    let envelope = Envelope {
+        client_ip: case.client_ip.or(args.client_ip).unwrap_or(IpAddr::from([192, 0, 2, 1])),
+        helo: case.helo.clone().or_else(|| args.helo.clone()).unwrap_or_else(|| "client.example".into()),
+        from,
+        to,
         authenticated_user: args.auth_user.clone(),
-        listener: "127.0.0.1:25".into(),
-        hostname: "sluice.test".into(),
-        mail_from: None,
-        recipients: Vec::new(),
+        transaction_id: format!("test-{}", index + 1),
     };
-    let mut chain_session = ChainSession::new(chain.clone());
-    let mut transaction = Transaction::new();
-    let mut stages = Vec::new();
-    let mut fates = Vec::new();
-    let file = case.file.clone();
-
-    for stage in [Stage::Connect, Stage::Helo, Stage::Mail] {
-        match stage {
-            Stage::Helo => session.helo = Some(helo.clone()),
-            Stage::Mail => session.mail_from = Some(EnvelopeAddress::plain(from.clone())),
-            _ => {}
-        }
-        let result = chain_session.run(stage, &session, StageInput::Session).await;
-        let settled = transaction.absorb(&result);
-        stages.push(result);
-        if let Some(judgement) = settled {
-            return Ok(Report { file, stages, recipients: fates, judgement });
-        }
-    }
-
-    let mut last_refusal = None;
-    for address in &to {
-        let rcpt = EnvelopeAddress::plain(address.clone());
-        let result = chain_session.run(Stage::Rcpt, &session, StageInput::Recipient(&rcpt)).await;
-        transaction.absorb(&result);
-        match &result.verdict {
-            Verdict::Reject(_) | Verdict::Tempfail(_) => last_refusal = Some(result.clone()),
-            _ => session.recipients.push(rcpt),
-        }
-        fates.push(RcptFate { address: address.clone(), verdict: result.verdict.clone() });
-        stages.push(result);
-    }
-    if session.recipients.is_empty() {
-        if let Some(judgement) = last_refusal.and_then(|refusal| transaction.no_recipients(&refusal)) {
-            return Ok(Report { file, stages, recipients: fates, judgement });
-        }
-    }
-
-    let result = chain_session.run(Stage::Data, &session, StageInput::Message(&message)).await;
-    let judgement = transaction.finish(&result, &chain.settings.thresholds);
-    stages.push(result);
-    Ok(Report { file, stages, recipients: fates, judgement })
+    let simulation = simulate(chain, &envelope, &message).await;
+    Ok(Report { file: case.file.clone(), simulation })
 }
 
 fn verdict_text(verdict: &Verdict) -> String {
@@ -348,8 +290,9 @@ fn verdict_text(verdict: &Verdict) -> String {
 }
 
 fn report_json(report: &Report) -> serde_json::Value {
-    let j = &report.judgement;
+    let j = &report.simulation.judgement;
     let stages: Vec<serde_json::Value> = report
+        .simulation
         .stages
         .iter()
         .flat_map(|stage| {
@@ -393,7 +336,7 @@ fn report_json(report: &Report) -> serde_json::Value {
         "route": j.route,
         "quarantine_reason": j.quarantine_reason,
         "disconnect": j.disconnect,
-        "recipients": report.recipients.iter().map(|r| json!({"address": r.address, "verdict": verdict_text(&r.verdict)})).collect::<Vec<_>>(),
+        "recipients": report.simulation.recipients.iter().map(|r| json!({"address": r.address, "verdict": verdict_text(&r.verdict)})).collect::<Vec<_>>(),
         "policies": stages,
     })
 }
@@ -402,7 +345,7 @@ fn report_text(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{}", report.file.display());
-    for stage in &report.stages {
+    for stage in &report.simulation.stages {
         for run in &stage.runs {
             let outcome = match &run.outcome {
                 Ok(v) => verdict_text(v),
@@ -417,7 +360,7 @@ fn report_text(report: &Report) -> String {
             let _ = writeln!(out, "  {:<8} {:<18} {:<40} {}", stage.stage.as_str(), run.policy, outcome, symbols);
         }
     }
-    let j = &report.judgement;
+    let j = &report.simulation.judgement;
     let _ = writeln!(
         out,
         "  final: {} ({}) at {}{}  score {:.1}",
@@ -440,7 +383,7 @@ fn report_text(report: &Report) -> String {
 }
 
 fn check(report: &Report, expect: &Expectation) -> Vec<String> {
-    let j = &report.judgement;
+    let j = &report.simulation.judgement;
     let mut problems = Vec::new();
     if let Some(outcome) = expect.outcome.filter(|o| *o != j.outcome) {
         problems.push(format!("expected {}, got {} ({})", outcome.as_str(), j.outcome.as_str(), j.reply));

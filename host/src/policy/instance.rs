@@ -295,12 +295,14 @@ fn classify(error: &wasmtime::Error, state: &HostState) -> Fault {
     if error.downcast_ref::<MemoryCapExceeded>().is_some() {
         return Fault::Memory(state.io.limits.memory_bytes);
     }
-    let text = format!("{error:#}");
-    if text.contains("write beyond capacity") {
-        return Fault::Output(state.io.limits.output_bytes);
+    // A full output pipe makes the guest's write fail; most languages then abort, which
+    // surfaces as a trap. Name the real cause.
+    let cap = state.io.limits.output_bytes;
+    let full = |pipe: &MemoryOutputPipe| pipe.contents().len() + 4096 >= cap;
+    if full(&state.stdout) || full(&state.stderr) || format!("{error:#}").contains("write beyond capacity") {
+        return Fault::Output(cap);
     }
-    // Keep the first line of the cause and any wasm backtrace summary short for the log.
-    let mut short: String = text.lines().take(3).collect::<Vec<_>>().join(" | ");
+    let mut short = error.root_cause().to_string().lines().next().unwrap_or("unknown trap").to_string();
     if short.len() > 500 {
         let mut end = 500;
         while !short.is_char_boundary(end) {

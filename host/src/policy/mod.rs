@@ -21,6 +21,7 @@ pub mod engine;
 mod imports;
 pub mod instance;
 pub mod message;
+pub mod simulate;
 
 use std::sync::Arc;
 use std::time::Duration;

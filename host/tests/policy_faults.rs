@@ -1,0 +1,105 @@
+//! A policy that traps, loops, hoards memory, prints or logs without end is a fault: it maps
+//! to the chain's failure mode (451 4.3.0 by default), is never an acceptance, and leaves the
+//! rest of the chain and later sessions unaffected.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sluice::policy::{ChainSettings, Fault, FailureMode, Outcome, Stage};
+use sluice_test_artifacts::PROBE;
+
+async fn faulting(fault: &str) -> (Outcome, u16, Vec<String>, Option<Fault>) {
+    let engine = engine();
+    let probe = load(&engine, PROBE, &[("fault", fault), ("fault_stage", "data")]).await;
+    let chain = chain(vec![probe]);
+    let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    let fault = sim.stages.iter().flat_map(|s| &s.runs).find_map(|r| r.outcome.clone().err());
+    (sim.judgement.outcome, sim.judgement.reply.code, symbols(&sim), fault)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_is_a_tempfail_not_a_verdict() {
+    let (outcome, code, _, fault) = faulting("trap").await;
+    assert_eq!((outcome, code), (Outcome::Tempfail, 451));
+    assert!(matches!(fault, Some(Fault::Trap(ref why)) if why.contains("unreachable")), "{fault:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_hits_the_cpu_deadline() {
+    let started = Instant::now();
+    let (outcome, code, _, fault) = faulting("loop").await;
+    assert_eq!((outcome, code), (Outcome::Tempfail, 451));
+    assert_eq!(fault, Some(Fault::Deadline(Duration::from_millis(50))));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_allocation_hits_the_memory_cap() {
+    let (outcome, _, _, fault) = faulting("alloc").await;
+    assert_eq!(outcome, Outcome::Tempfail);
+    assert_eq!(fault, Some(Fault::Memory(64 << 20)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printing_without_end_is_cut_off() {
+    let (outcome, _, _, fault) = faulting("print").await;
+    assert_eq!(outcome, Outcome::Tempfail);
+    assert_eq!(fault, Some(Fault::Output(64 << 10)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_without_end_is_stopped_by_the_deadline() {
+    // Lines over the per-call log budget are dropped; the endless loop around them is
+    // stopped like any other.
+    let (outcome, _, _, fault) = faulting("log").await;
+    assert_eq!(fault, Some(Fault::Deadline(Duration::from_millis(50))));
+    assert_eq!(outcome, Outcome::Tempfail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_mode_skips_the_faulty_policy_and_runs_the_rest() {
+    let engine = engine();
+    let faulty = load(&engine, PROBE, &[("fault", "trap"), ("fault_stage", "mail")]).await;
+    let scorer = engine
+        .load(&{
+            let mut s = spec(PROBE, &[("symbol", "AFTER_FAULT=1.5")]);
+            s.name = Some("scorer".into());
+            s
+        }, "tenant-a", services())
+        .await
+        .expect("load");
+    let chain = chain_with(vec![faulty, scorer], ChainSettings { failure_mode: FailureMode::Continue, ..Default::default() });
+    let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    assert_eq!(sim.judgement.outcome, Outcome::Accept);
+    assert!(symbols(&sim).contains(&"AFTER_FAULT".to_string()));
+    // The faulted instance was replaced: later stages of the same session ran on a new one.
+    let data_runs: Vec<_> = sim.stages.iter().filter(|s| s.stage == Stage::Data).flat_map(|s| &s.runs).collect();
+    assert!(data_runs.iter().all(|r| r.outcome.is_ok()), "{data_runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_early_in_the_chain_stops_it_in_tempfail_mode() {
+    let engine = engine();
+    let faulty = load(&engine, PROBE, &[("fault", "loop"), ("fault_stage", "connect")]).await;
+    let chain = chain(vec![faulty]);
+    let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    assert_eq!((sim.judgement.outcome, sim.judgement.stage), (Outcome::Tempfail, Stage::Connect));
+    assert_eq!(sim.judgement.reply.enhanced.as_deref(), Some("4.3.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_serves_sessions_after_faults() {
+    let engine = engine();
+    let faulty = load(&engine, PROBE, &[("fault", "alloc")]).await;
+    let good = load(&engine, PROBE, &[("verdict", "accept")]).await;
+    for _ in 0..3 {
+        let sim = run(&chain(vec![faulty.clone()]), &envelope("192.0.2.1", "a@b.org", &["c@d.org"]), PLAIN).await;
+        assert_eq!(sim.judgement.outcome, Outcome::Tempfail);
+    }
+    for _ in 0..20 {
+        let sim = run(&chain(vec![good.clone()]), &envelope("192.0.2.1", "a@b.org", &["c@d.org"]), PLAIN).await;
+        assert_eq!(sim.judgement.outcome, Outcome::Accept);
+    }
+}
