@@ -113,7 +113,7 @@ impl FixtureResolver {
                 continue;
             }
             let err = |message: String| FixtureError { file: origin.to_string(), line: index + 1, message };
-            let mut words = line.splitn(3, char::is_whitespace).filter(|w| !w.is_empty());
+            let mut words = line.split_whitespace();
             let name = normalise(words.next().unwrap_or_default());
             let kind = words.next().ok_or_else(|| err("expected a record type".into()))?;
             let value = line.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
@@ -165,7 +165,7 @@ mod tests {
     #[tokio::test]
     async fn fixture_answers() {
         let r = FixtureResolver::parse(
-            "# test\n2.0.2.192.bl.test A 127.0.0.2\nEXAMPLE.com. MX 10 mx.example.com\n\
+            "# test\n2.0.2.192.bl.test    A\t 127.0.0.2\nEXAMPLE.com. MX 10 mx.example.com\n\
              example.com TXT \"v=spf1 -all\"\nslow.test TIMEOUT\n",
             "inline",
         )

@@ -1,0 +1,115 @@
+//! One instance per session: state lives across the stages of a session and never crosses
+//! sessions. Key-value keys are namespaced by tenant and policy. DNS lookups per call are
+//! bounded. The message handed to policies is the parsed message; their changes come back.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use sluice::dns::FixtureResolver;
+use sluice::policy::{Clock, Outcome};
+use sluice::state::kv::MemoryKv;
+use sluice_test_artifacts::PROBE;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_lives_for_one_session() {
+    let engine = engine();
+    let chain = chain(vec![load(&engine, PROBE, &[("calls", "yes")]).await]);
+    // connect, helo, mail, two rcpt, data = 6 hooks on the same instance, in every session.
+    for _ in 0..3 {
+        let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com", "c@example.com"]), PLAIN).await;
+        assert!(symbols(&sim).contains(&"CALLS_6".to_string()), "{:?}", symbols(&sim));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_keys_are_private_to_tenant_and_policy() {
+    let kv = Arc::new(MemoryKv::new(1000));
+    let services = services_with(kv, Arc::new(FixtureResolver::default()), Clock::System);
+    let engine = engine();
+    let named = |name: &str, config: &[(&str, &str)]| {
+        let mut s = spec(PROBE, config);
+        s.name = Some(name.into());
+        s
+    };
+    let env = envelope("192.0.2.1", "a@example.org", &["b@example.com"]);
+    let writer = engine.load(&named("writer", &[("kv_set", "secret=42")]), "tenant-a", services.clone()).await.expect("load");
+    run(&chain(vec![writer]), &env, PLAIN).await;
+
+    let same = engine.load(&named("writer", &[("kv_get", "secret")]), "tenant-a", services.clone()).await.expect("load");
+    assert!(symbols(&run(&chain(vec![same]), &env, PLAIN).await).contains(&"KV_42".to_string()));
+
+    let other_policy = engine.load(&named("reader", &[("kv_get", "secret")]), "tenant-a", services.clone()).await.expect("load");
+    assert!(symbols(&run(&chain(vec![other_policy]), &env, PLAIN).await).contains(&"KV_NONE".to_string()));
+
+    let other_tenant = engine.load(&named("writer", &[("kv_get", "secret")]), "tenant-b", services.clone()).await.expect("load");
+    assert!(symbols(&run(&chain(vec![other_tenant]), &env, PLAIN).await).contains(&"KV_NONE".to_string()));
+
+    // Keys that look like another namespace's prefix do not reach it.
+    let sneaky = engine
+        .load(&named("reader", &[("kv_get", "../writer/secret")]), "tenant-a", services)
+        .await
+        .expect("load");
+    assert!(symbols(&run(&chain(vec![sneaky]), &env, PLAIN).await).contains(&"KV_NONE".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_lookups_per_call_are_bounded() {
+    let resolver = FixtureResolver::parse("known.test A 192.0.2.53\n", "test").expect("fixture");
+    let services = services_with(Arc::new(MemoryKv::new(10)), Arc::new(resolver), Clock::System);
+    let engine = engine();
+    let probe = engine.load(&spec(PROBE, &[("dns", "known.test")]), "t", services).await.expect("load");
+    let sim = run(&chain(vec![probe]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    let names = symbols(&sim);
+    assert!(names.contains(&"DNS_ANSWERS_10".to_string()), "{names:?}");
+    assert!(names.contains(&"DNS_BudgetExceeded".to_string()), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_read_the_message_and_their_changes_come_back() {
+    let engine = engine();
+    let probe = load(&engine, PROBE, &[("symbol", "SEEN=0.5"), ("header", "X-Probe: checked")]).await;
+    let sim = run(&chain(vec![probe]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    assert_eq!(sim.judgement.outcome, Outcome::Accept);
+    let seen = sim.judgement.symbols.iter().find(|s| s.symbol.name == "SEEN").expect("symbol");
+    assert_eq!(seen.symbol.detail.as_deref(), Some("Lunch"), "the policy read the subject");
+    let headers = &sim.judgement.added_headers;
+    assert!(headers.contains(&("X-Probe".into(), "checked".into())), "{headers:?}");
+    assert!(headers.contains(&("X-Spam-Score".into(), "0.5".into())), "{headers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_map_to_outcomes() {
+    let engine = engine();
+    let env = envelope("192.0.2.1", "a@example.org", &["b@example.com"]);
+    for (verdict, stage, outcome, code) in [
+        ("reject", "mail", Outcome::Reject, 550),
+        ("tempfail", "helo", Outcome::Tempfail, 451),
+        ("discard", "rcpt", Outcome::Discard, 250),
+        ("quarantine", "data", Outcome::Quarantine, 250),
+        ("accept", "connect", Outcome::Accept, 250),
+    ] {
+        let probe = load(&engine, PROBE, &[("verdict", verdict), ("verdict_stage", stage)]).await;
+        let sim = run(&chain(vec![probe]), &env, PLAIN).await;
+        assert_eq!((sim.judgement.outcome, sim.judgement.reply.code), (outcome, code), "{verdict} at {stage}");
+    }
+    let probe = load(&engine, PROBE, &[("verdict", "reject"), ("verdict_stage", "connect"), ("disconnect", "true")]).await;
+    assert!(run(&chain(vec![probe]), &env, PLAIN).await.judgement.disconnect);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_corpus_messages_reach_policies_without_a_panic() {
+    let engine = engine();
+    let chain = chain(vec![load(&engine, PROBE, &[("symbol", "SEEN=0")]).await]);
+    let env = envelope("192.0.2.1", "a@example.org", &["b@example.com"]);
+    let mut count = 0;
+    for entry in std::fs::read_dir(corpus().join("malformed")).expect("corpus").flatten() {
+        let raw = std::fs::read(entry.path()).expect("read");
+        let message = Arc::new(sluice::policy::ParsedMessage::parse(raw));
+        let sim = sluice::policy::simulate::simulate(&chain, &env, &message).await;
+        assert_eq!(sim.judgement.outcome, Outcome::Accept, "{}", entry.path().display());
+        count += 1;
+    }
+    assert!(count > 200, "read {count} messages");
+}
