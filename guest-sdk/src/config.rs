@@ -15,7 +15,7 @@ impl Config {
     }
 
     /// Build a configuration by hand, e.g. in a native unit test of a policy.
-    pub fn from_iter<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn from_entries<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         Self { pairs: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
     }
 
@@ -32,7 +32,9 @@ impl Config {
     {
         match self.get(key) {
             None => Ok(default),
-            Some(raw) => raw.trim().parse().map_err(|e| format!("config key `{key}`: cannot parse {raw:?}: {e}")),
+            Some(raw) => {
+                raw.trim().parse().map_err(|e| format!("config key `{key}`: cannot parse {raw:?}: {e}"))
+            }
         }
     }
 

@@ -56,10 +56,8 @@ impl Reply {
         if !(100..=599).contains(&code) || first != Some(class) {
             return Err(InvalidReply(format!("reply code {code} must be {class}xx")));
         }
-        if let Some(status) = enhanced {
-            if !is_enhanced_status(status, class) {
-                return Err(InvalidReply(format!("enhanced status {status:?} must look like {class}.x.y")));
-            }
+        if let Some(status) = enhanced.filter(|s| !is_enhanced_status(s, class)) {
+            return Err(InvalidReply(format!("enhanced status {status:?} must look like {class}.x.y")));
         }
         Ok(Self { code, enhanced: enhanced.map(str::to_string), text: one_line(text) })
     }

@@ -68,8 +68,8 @@ pub mod dns;
 mod envelope;
 pub mod kv;
 pub mod log;
-pub mod net;
 mod message;
+pub mod net;
 
 pub use config::Config;
 pub use decision::{Change, Decision, InvalidReply, Reply, Symbol, Verdict};
@@ -174,8 +174,9 @@ macro_rules! export_policy {
                         ::std::env!("CARGO_PKG_VERSION"),
                     )
                 }
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
-                    -> ::std::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::init::<$policy>(&SLUICE_POLICY_INSTANCE, config)
                 }
                 fn on_connect(ctx: $crate::__private::RawContext) -> $crate::__private::RawDecision {
@@ -204,7 +205,7 @@ macro_rules! export_policy {
             // Exports exist only in the component; native builds (unit tests of a policy's
             // logic) leave them out.
             #[cfg(target_arch = "wasm32")]
-            $crate::__bindings::__export_sluice_policy!(SluiceExports with_types_in $crate::__bindings);
+    $crate::__bindings::__export_sluice_policy!(SluiceExports with_types_in $crate::__bindings);
         };
     };
 }
@@ -230,8 +231,8 @@ pub mod __private {
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
-    use crate::__bindings::sluice::policy::types as raw;
     pub use crate::__bindings::exports::sluice::policy::hooks::Guest;
+    use crate::__bindings::sluice::policy::types as raw;
     pub use raw::{
         Context as RawContext, Decision as RawDecision, Message as RawMessage, PolicyInfo,
         Recipient as RawRecipient,

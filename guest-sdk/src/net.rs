@@ -20,7 +20,11 @@ impl Cidr {
         let network: IpAddr = addr.parse().map_err(|_| format!("invalid network {text:?}"))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("invalid prefix in {text:?}"))?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid prefix in {text:?}"))?,
             None => max,
         };
         Ok(Self { network, prefix })
@@ -60,9 +64,14 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// that no public block list lists.
 pub fn is_non_public(ip: IpAddr) -> bool {
     match canonical(ip) {
-        IpAddr::V4(a) => a.is_loopback() || a.is_private() || a.is_link_local() || a.is_unspecified() || a.octets()[0] == 0,
+        IpAddr::V4(a) => {
+            a.is_loopback() || a.is_private() || a.is_link_local() || a.is_unspecified() || a.octets()[0] == 0
+        }
         IpAddr::V6(a) => {
-            a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xfe00) == 0xfc00 || (a.segments()[0] & 0xffc0) == 0xfe80
+            a.is_loopback()
+                || a.is_unspecified()
+                || (a.segments()[0] & 0xfe00) == 0xfc00
+                || (a.segments()[0] & 0xffc0) == 0xfe80
         }
     }
 }
@@ -73,7 +82,9 @@ pub fn domain_matches(domain: &str, pattern: &str) -> bool {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let pattern = pattern.trim().trim_end_matches('.').to_ascii_lowercase();
     if let Some(parent) = pattern.strip_prefix("*.").or_else(|| pattern.strip_prefix('.')) {
-        return domain.len() > parent.len() && domain.ends_with(parent) && domain[..domain.len() - parent.len()].ends_with('.');
+        return domain.len() > parent.len()
+            && domain.ends_with(parent)
+            && domain[..domain.len() - parent.len()].ends_with('.');
     }
     domain == pattern
 }

@@ -23,7 +23,8 @@ fn crates_in(dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     let mut crates = crates_in(&root.join("policies"));
     let shipped: Vec<String> = crates.iter().map(|(n, _)| n.clone()).collect();
@@ -42,7 +43,9 @@ fn main() {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_TARGET_DIR");
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER");
     for (name, _) in &crates {
         cmd.args(["-p", name]);
     }
@@ -53,12 +56,17 @@ fn main() {
     );
 
     let mut out = String::new();
-    let mut all = String::from("/// Every component: (package name, path, shipped in `policies/`).\npub const ALL: &[(&str, &str, bool)] = &[\n");
+    let mut all = String::from(
+        "/// Every component: (package name, path, shipped in `policies/`).\npub const ALL: &[(&str, &str, bool)] = &[\n",
+    );
     for (name, _) in &crates {
         let file = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
         assert!(file.is_file(), "{} was not built", file.display());
         let constant = name.to_uppercase().replace('-', "_");
-        out.push_str(&format!("/// `{name}` component.\npub const {constant}: &str = {:?};\n", file.display().to_string()));
+        out.push_str(&format!(
+            "/// `{name}` component.\npub const {constant}: &str = {:?};\n",
+            file.display().to_string()
+        ));
         all.push_str(&format!("    ({name:?}, {constant}, {}),\n", shipped.contains(name)));
     }
     all.push_str("];\n");

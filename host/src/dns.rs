@@ -131,7 +131,11 @@ impl FixtureResolver {
                         return Err(err("expected a value".into()));
                     }
                     let value = value.trim_matches('"').to_string();
-                    match resolver.records.entry((name, Some(kind))).or_insert(FixtureAnswer::Records(Vec::new())) {
+                    match resolver
+                        .records
+                        .entry((name, Some(kind)))
+                        .or_insert(FixtureAnswer::Records(Vec::new()))
+                    {
                         FixtureAnswer::Records(list) => list.push(value),
                         _ => unreachable!("typed entries only hold records"),
                     }

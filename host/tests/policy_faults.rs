@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sluice::policy::{ChainSettings, Fault, FailureMode, Outcome, Stage};
+use sluice::policy::{ChainSettings, FailureMode, Fault, Outcome, Stage};
 use sluice_test_artifacts::PROBE;
 
 async fn faulting(fault: &str) -> (Outcome, u16, Vec<String>, Option<Fault>) {
@@ -63,19 +63,27 @@ async fn continue_mode_skips_the_faulty_policy_and_runs_the_rest() {
     let engine = engine();
     let faulty = load(&engine, PROBE, &[("fault", "trap"), ("fault_stage", "mail")]).await;
     let scorer = engine
-        .load(&{
-            let mut s = spec(PROBE, &[("symbol", "AFTER_FAULT=1.5")]);
-            s.name = Some("scorer".into());
-            s
-        }, "tenant-a", services())
+        .load(
+            &{
+                let mut s = spec(PROBE, &[("symbol", "AFTER_FAULT=1.5")]);
+                s.name = Some("scorer".into());
+                s
+            },
+            "tenant-a",
+            services(),
+        )
         .await
         .expect("load");
-    let chain = chain_with(vec![faulty, scorer], ChainSettings { failure_mode: FailureMode::Continue, ..Default::default() });
+    let chain = chain_with(
+        vec![faulty, scorer],
+        ChainSettings { failure_mode: FailureMode::Continue, ..Default::default() },
+    );
     let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
     assert_eq!(sim.judgement.outcome, Outcome::Accept);
     assert!(symbols(&sim).contains(&"AFTER_FAULT".to_string()));
     // The faulted instance was replaced: later stages of the same session ran on a new one.
-    let data_runs: Vec<_> = sim.stages.iter().filter(|s| s.stage == Stage::Data).flat_map(|s| &s.runs).collect();
+    let data_runs: Vec<_> =
+        sim.stages.iter().filter(|s| s.stage == Stage::Data).flat_map(|s| &s.runs).collect();
     assert!(data_runs.iter().all(|r| r.outcome.is_ok()), "{data_runs:?}");
 }
 
@@ -95,11 +103,13 @@ async fn the_engine_serves_sessions_after_faults() {
     let faulty = load(&engine, PROBE, &[("fault", "alloc")]).await;
     let good = load(&engine, PROBE, &[("verdict", "accept")]).await;
     for _ in 0..3 {
-        let sim = run(&chain(vec![faulty.clone()]), &envelope("192.0.2.1", "a@b.org", &["c@d.org"]), PLAIN).await;
+        let sim =
+            run(&chain(vec![faulty.clone()]), &envelope("192.0.2.1", "a@b.org", &["c@d.org"]), PLAIN).await;
         assert_eq!(sim.judgement.outcome, Outcome::Tempfail);
     }
     for _ in 0..20 {
-        let sim = run(&chain(vec![good.clone()]), &envelope("192.0.2.1", "a@b.org", &["c@d.org"]), PLAIN).await;
+        let sim =
+            run(&chain(vec![good.clone()]), &envelope("192.0.2.1", "a@b.org", &["c@d.org"]), PLAIN).await;
         assert_eq!(sim.judgement.outcome, Outcome::Accept);
     }
 }

@@ -82,7 +82,8 @@ async fn every_shipped_policy_loads_and_describes_itself() {
         if !shipped {
             continue;
         }
-        let config: &[(&str, &str)] = if *name == "sender-guard" { &[("domains", "example.com")] } else { &[] };
+        let config: &[(&str, &str)] =
+            if *name == "sender-guard" { &[("domains", "example.com")] } else { &[] };
         let policy = load(&engine, path, config).await;
         assert_eq!(policy.name, *name);
         assert_eq!(policy.version, "0.1.0");
@@ -97,7 +98,11 @@ async fn every_shipped_policy_loads_and_describes_itself() {
 async fn the_compiled_cache_is_reused() {
     let cache = std::env::temp_dir().join(format!("sluice-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let options = sluice::policy::EngineOptions { max_instances: 8, cache_dir: Some(cache.clone()), ..Default::default() };
+    let options = sluice::policy::EngineOptions {
+        max_instances: 8,
+        cache_dir: Some(cache.clone()),
+        ..Default::default()
+    };
     let engine = sluice::policy::PolicyEngine::new(options.clone()).expect("engine");
     engine.load(&PolicySpec::new(PROBE), "t", services()).await.expect("load");
     let entries: Vec<_> = std::fs::read_dir(&cache).expect("cache dir").flatten().collect();

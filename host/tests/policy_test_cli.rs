@@ -32,13 +32,25 @@ fn repo() -> PathBuf {
 }
 
 fn count_eml(dir: &Path) -> usize {
-    std::fs::read_dir(dir).expect("dir").flatten().filter(|e| e.path().extension().is_some_and(|x| x == "eml")).count()
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .count()
 }
 
 #[test]
 fn json_output_has_the_documented_fields() {
     let gtube = common::corpus().join("spam/rspamd-gtube.eml");
-    let out = sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--eml", gtube.to_str().expect("path"), "--json"]);
+    let out = sluice(&[
+        "policy",
+        "test",
+        "--policy",
+        SPAM_HEURISTICS,
+        "--eml",
+        gtube.to_str().expect("path"),
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 1);
@@ -56,8 +68,16 @@ fn json_output_has_the_documented_fields() {
 fn human_output_shows_each_stage_and_the_final_outcome() {
     let ham = common::corpus().join("ham/sa-t-nice-001.eml");
     let out = sluice(&[
-        "policy", "test", "--policy", SPAM_HEURISTICS, "--policy", PROBE, "--policy-config", "probe.header=X-Seen: 1",
-        "--eml", ham.to_str().expect("path"),
+        "policy",
+        "test",
+        "--policy",
+        SPAM_HEURISTICS,
+        "--policy",
+        PROBE,
+        "--policy-config",
+        "probe.header=X-Seen: 1",
+        "--eml",
+        ham.to_str().expect("path"),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -73,7 +93,8 @@ fn expect_sets_the_exit_status() {
     let path = gtube.to_str().expect("path");
     let ok = sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--eml", path, "--expect", "reject"]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
-    let mismatch = sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--eml", path, "--expect", "accept"]);
+    let mismatch =
+        sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--eml", path, "--expect", "accept"]);
     assert_eq!(mismatch.status.code(), Some(1));
     assert!(stderr(&mismatch).contains("expected accept, got reject"), "{}", stderr(&mismatch));
 }
@@ -82,10 +103,11 @@ fn expect_sets_the_exit_status() {
 fn the_golden_suite_passes() {
     let suite = repo().join("policies/suite");
     let args_file = std::fs::read_to_string(suite.join("config.args")).expect("config.args");
-    let mut args: Vec<String> = ["policy", "test", "--policy", DNSBL, "--policy", SENDER_GUARD, "--policy", SPAM_HEURISTICS]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> =
+        ["policy", "test", "--policy", DNSBL, "--policy", SENDER_GUARD, "--policy", SPAM_HEURISTICS]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     args.extend(args_file.split_whitespace().map(str::to_string));
     args.extend(["--dns".into(), suite.join("dns.txt").display().to_string()]);
     args.extend(["--suite".into(), suite.display().to_string()]);
@@ -101,11 +123,13 @@ fn a_failing_suite_fails() {
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("m.eml"), common::PLAIN).expect("eml");
     std::fs::write(dir.join("m.expect"), "final: reject\n").expect("expect");
-    let out = sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--suite", dir.to_str().expect("path")]);
+    let out =
+        sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--suite", dir.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("0 passed, 1 failed"), "{}", stderr(&out));
     std::fs::remove_file(dir.join("m.expect")).expect("rm");
-    let out = sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--suite", dir.to_str().expect("path")]);
+    let out =
+        sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--suite", dir.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("missing expectation file"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&dir);
@@ -118,7 +142,16 @@ fn a_bad_policy_is_a_clear_error() {
     let out = sluice(&["policy", "test", "--policy", "/nonexistent.wasm", "--eml", ham]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/nonexistent.wasm"), "{}", stderr(&out));
-    let out = sluice(&["policy", "test", "--policy", SPAM_HEURISTICS, "--policy-config", "nosuch.key=1", "--eml", ham]);
+    let out = sluice(&[
+        "policy",
+        "test",
+        "--policy",
+        SPAM_HEURISTICS,
+        "--policy-config",
+        "nosuch.key=1",
+        "--eml",
+        ham,
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
 }
@@ -127,9 +160,25 @@ fn a_bad_policy_is_a_clear_error() {
 fn the_whole_corpus_runs_through_every_shipped_policy() {
     let corpus = common::corpus();
     let mut args = vec![
-        "policy", "test", "--json", "--policy", DNSBL, "--policy", SENDER_GUARD, "--policy", RATE_LIMIT, "--policy",
-        GREYLIST, "--policy", SPAM_HEURISTICS, "--policy-config", "sender-guard.domains=sluice.invalid",
-        "--policy-config", "greylist.delay_seconds=0", "--policy-config", "rate-limit.messages=1000000",
+        "policy",
+        "test",
+        "--json",
+        "--policy",
+        DNSBL,
+        "--policy",
+        SENDER_GUARD,
+        "--policy",
+        RATE_LIMIT,
+        "--policy",
+        GREYLIST,
+        "--policy",
+        SPAM_HEURISTICS,
+        "--policy-config",
+        "sender-guard.domains=sluice.invalid",
+        "--policy-config",
+        "greylist.delay_seconds=0",
+        "--policy-config",
+        "rate-limit.messages=1000000",
     ];
     let dirs: Vec<String> = ["spam", "ham", "malformed", "rspamd-functional"]
         .iter()
@@ -146,14 +195,25 @@ fn the_whole_corpus_runs_through_every_shipped_policy() {
     // Nothing faulted. Greylisting defers each new triplet; a triplet seen again (the same
     // sender and recipient in several corpus messages) passes, its delay being 0.
     for line in &lines {
-        assert!(line["policies"].as_array().expect("policies").iter().all(|p| p["verdict"] != "fault"), "{line}");
+        assert!(
+            line["policies"].as_array().expect("policies").iter().all(|p| p["verdict"] != "fault"),
+            "{line}"
+        );
     }
     let deferred = lines.iter().filter(|l| l["final"] == "tempfail" && l["stage"] == "rcpt").count();
-    let passed = lines.iter().filter(|l| l["symbols"].as_array().is_some_and(|s| s.iter().any(|n| n == "GREYLIST_PASSED"))).count();
-    assert!(deferred > lines.len() / 2 && passed > 0, "{deferred} deferred, {passed} passed of {}", lines.len());
+    let passed = lines
+        .iter()
+        .filter(|l| l["symbols"].as_array().is_some_and(|s| s.iter().any(|n| n == "GREYLIST_PASSED")))
+        .count();
+    assert!(
+        deferred > lines.len() / 2 && passed > 0,
+        "{deferred} deferred, {passed} passed of {}",
+        lines.len()
+    );
     // The message that makes the MIME parser panic is handled (headers only).
     let mime9 = corpus.join("ham/sa-t-nice-mime9.eml");
-    let out = sluice(&["policy", "test", "--json", "--policy", PROBE, "--eml", mime9.to_str().expect("path")]);
+    let out =
+        sluice(&["policy", "test", "--json", "--policy", PROBE, "--eml", mime9.to_str().expect("path")]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(json_lines(&out)[0]["final"], "accept");
 }

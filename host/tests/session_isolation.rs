@@ -18,7 +18,9 @@ async fn an_instance_lives_for_one_session() {
     let chain = chain(vec![load(&engine, PROBE, &[("calls", "yes")]).await]);
     // connect, helo, mail, two rcpt, data = 6 hooks on the same instance, in every session.
     for _ in 0..3 {
-        let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com", "c@example.com"]), PLAIN).await;
+        let sim =
+            run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com", "c@example.com"]), PLAIN)
+                .await;
         assert!(symbols(&sim).contains(&"CALLS_6".to_string()), "{:?}", symbols(&sim));
     }
 }
@@ -34,16 +36,28 @@ async fn key_value_keys_are_private_to_tenant_and_policy() {
         s
     };
     let env = envelope("192.0.2.1", "a@example.org", &["b@example.com"]);
-    let writer = engine.load(&named("writer", &[("kv_set", "secret=42")]), "tenant-a", services.clone()).await.expect("load");
+    let writer = engine
+        .load(&named("writer", &[("kv_set", "secret=42")]), "tenant-a", services.clone())
+        .await
+        .expect("load");
     run(&chain(vec![writer]), &env, PLAIN).await;
 
-    let same = engine.load(&named("writer", &[("kv_get", "secret")]), "tenant-a", services.clone()).await.expect("load");
+    let same = engine
+        .load(&named("writer", &[("kv_get", "secret")]), "tenant-a", services.clone())
+        .await
+        .expect("load");
     assert!(symbols(&run(&chain(vec![same]), &env, PLAIN).await).contains(&"KV_42".to_string()));
 
-    let other_policy = engine.load(&named("reader", &[("kv_get", "secret")]), "tenant-a", services.clone()).await.expect("load");
+    let other_policy = engine
+        .load(&named("reader", &[("kv_get", "secret")]), "tenant-a", services.clone())
+        .await
+        .expect("load");
     assert!(symbols(&run(&chain(vec![other_policy]), &env, PLAIN).await).contains(&"KV_NONE".to_string()));
 
-    let other_tenant = engine.load(&named("writer", &[("kv_get", "secret")]), "tenant-b", services.clone()).await.expect("load");
+    let other_tenant = engine
+        .load(&named("writer", &[("kv_get", "secret")]), "tenant-b", services.clone())
+        .await
+        .expect("load");
     assert!(symbols(&run(&chain(vec![other_tenant]), &env, PLAIN).await).contains(&"KV_NONE".to_string()));
 
     // Keys that look like another namespace's prefix do not reach it.
@@ -60,7 +74,8 @@ async fn dns_lookups_per_call_are_bounded() {
     let services = services_with(Arc::new(MemoryKv::new(10)), Arc::new(resolver), Clock::System);
     let engine = engine();
     let probe = engine.load(&spec(PROBE, &[("dns", "known.test")]), "t", services).await.expect("load");
-    let sim = run(&chain(vec![probe]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    let sim =
+        run(&chain(vec![probe]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
     let names = symbols(&sim);
     assert!(names.contains(&"DNS_ANSWERS_10".to_string()), "{names:?}");
     assert!(names.contains(&"DNS_BudgetExceeded".to_string()), "{names:?}");
@@ -70,7 +85,8 @@ async fn dns_lookups_per_call_are_bounded() {
 async fn policies_read_the_message_and_their_changes_come_back() {
     let engine = engine();
     let probe = load(&engine, PROBE, &[("symbol", "SEEN=0.5"), ("header", "X-Probe: checked")]).await;
-    let sim = run(&chain(vec![probe]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    let sim =
+        run(&chain(vec![probe]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
     assert_eq!(sim.judgement.outcome, Outcome::Accept);
     let seen = sim.judgement.symbols.iter().find(|s| s.symbol.name == "SEEN").expect("symbol");
     assert_eq!(seen.symbol.detail.as_deref(), Some("Lunch"), "the policy read the subject");
@@ -92,9 +108,15 @@ async fn verdicts_map_to_outcomes() {
     ] {
         let probe = load(&engine, PROBE, &[("verdict", verdict), ("verdict_stage", stage)]).await;
         let sim = run(&chain(vec![probe]), &env, PLAIN).await;
-        assert_eq!((sim.judgement.outcome, sim.judgement.reply.code), (outcome, code), "{verdict} at {stage}");
+        assert_eq!(
+            (sim.judgement.outcome, sim.judgement.reply.code),
+            (outcome, code),
+            "{verdict} at {stage}"
+        );
     }
-    let probe = load(&engine, PROBE, &[("verdict", "reject"), ("verdict_stage", "connect"), ("disconnect", "true")]).await;
+    let probe =
+        load(&engine, PROBE, &[("verdict", "reject"), ("verdict_stage", "connect"), ("disconnect", "true")])
+            .await;
     assert!(run(&chain(vec![probe]), &env, PLAIN).await.judgement.disconnect);
 }
 

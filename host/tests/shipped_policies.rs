@@ -10,7 +10,8 @@ use sluice::policy::{Clock, Outcome, Stage, Verdict};
 use sluice::state::kv::MemoryKv;
 use sluice_test_artifacts::{DNSBL, GREYLIST, RATE_LIMIT, SENDER_GUARD, SPAM_HEURISTICS};
 
-const GUARD: &[(&str, &str)] = &[("domains", "example.com, *.example.com"), ("trusted_networks", "10.0.0.0/8")];
+const GUARD: &[(&str, &str)] =
+    &[("domains", "example.com, *.example.com"), ("trusted_networks", "10.0.0.0/8")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_guard_limits_relaying_senders_to_their_domains() {
@@ -27,7 +28,10 @@ async fn sender_guard_limits_relaying_senders_to_their_domains() {
     assert_eq!(sim.judgement.outcome, Outcome::Accept);
     // Internal client, foreign domain: refused at MAIL.
     let sim = run(&chain, &envelope("10.1.2.3", "alice@gmail.com", &["x@elsewhere.org"]), &plain).await;
-    assert_eq!((sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code), (Outcome::Reject, Stage::Mail, 553));
+    assert_eq!(
+        (sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code),
+        (Outcome::Reject, Stage::Mail, 553)
+    );
     // Authenticated from anywhere counts as internal; the user's domain must match.
     let mut env = envelope("198.51.100.7", "alice@example.com", &["x@elsewhere.org"]);
     env.authenticated_user = Some("alice@example.com".into());
@@ -43,7 +47,12 @@ async fn sender_guard_limits_relaying_senders_to_their_domains() {
     let sim = run(&chain, &envelope("198.51.100.7", "a@example.org", &["x@example.com"]), PLAIN).await;
     assert_eq!(sim.judgement.outcome, Outcome::Accept);
     // Address tricks are refused from everyone.
-    for trick in ["a%evil.org@example.com", "evil.org!a@example.com", "@hop.example:a@evil.org", "a@example.com@evil.org"] {
+    for trick in [
+        "a%evil.org@example.com",
+        "evil.org!a@example.com",
+        "@hop.example:a@evil.org",
+        "a@example.com@evil.org",
+    ] {
         let sim = run(&chain, &envelope("10.1.2.3", trick, &["x@elsewhere.org"]), &plain).await;
         assert_eq!((sim.judgement.outcome, sim.judgement.reply.code), (Outcome::Reject, 553), "{trick}");
     }
@@ -67,7 +76,10 @@ async fn dnsbl_refuses_listed_clients_at_rcpt_and_scores_link_domains() {
         .expect("load");
     let chain = chain(vec![reject]);
     let sim = run(&chain, &envelope("198.51.100.7", "a@example.org", &["b@example.com"]), PLAIN).await;
-    assert_eq!((sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code), (Outcome::Reject, Stage::Rcpt, 554));
+    assert_eq!(
+        (sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code),
+        (Outcome::Reject, Stage::Rcpt, 554)
+    );
     assert!(sim.judgement.reply.text.contains("bl.test"), "{}", sim.judgement.reply);
     // An error answer (127.255.255.x) is not a listing; an unlisted client passes.
     for ip in ["198.51.100.9", "198.51.100.8"] {
@@ -82,7 +94,8 @@ async fn dnsbl_refuses_listed_clients_at_rcpt_and_scores_link_domains() {
         .load(&spec(DNSBL, &[("zones", "bl.test"), ("action", "score"), ("score", "3.5")]), "t", services)
         .await
         .expect("load");
-    let sim = run(&chain_one(scoring), &envelope("198.51.100.7", "a@example.org", &["b@example.com"]), PLAIN).await;
+    let sim =
+        run(&chain_one(scoring), &envelope("198.51.100.7", "a@example.org", &["b@example.com"]), PLAIN).await;
     assert_eq!(sim.judgement.outcome, Outcome::Accept);
     assert_eq!(sim.judgement.score, 3.5);
 }
@@ -100,7 +113,10 @@ async fn rate_limit_tempfails_past_the_limit_and_counts_across_sessions() {
         assert_eq!(run(&chain, &env, PLAIN).await.judgement.outcome, Outcome::Accept, "message {n}");
     }
     let sim = run(&chain, &env, PLAIN).await;
-    assert_eq!((sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code), (Outcome::Tempfail, Stage::Mail, 451));
+    assert_eq!(
+        (sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code),
+        (Outcome::Tempfail, Stage::Mail, 451)
+    );
     // Another client has its own counter.
     let other = envelope("203.0.113.6", "a@example.org", &["b@example.com"]);
     assert_eq!(run(&chain, &other, PLAIN).await.judgement.outcome, Outcome::Accept);
@@ -115,14 +131,19 @@ async fn rate_limit_tempfails_past_the_limit_and_counts_across_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_defers_the_first_attempt_and_passes_a_timely_retry() {
     let kv = Arc::new(MemoryKv::new(1000));
-    let at = |seconds: i64| services_with(kv.clone(), Arc::new(FixtureResolver::default()), Clock::pinned(seconds * 1000));
+    let at = |seconds: i64| {
+        services_with(kv.clone(), Arc::new(FixtureResolver::default()), Clock::pinned(seconds * 1000))
+    };
     let engine = engine();
     let config = spec(GREYLIST, &[("delay_seconds", "300"), ("retry_window_seconds", "3600")]);
     let env = envelope("192.0.2.10", "a@example.org", &["b@example.com"]);
     let t0 = 1_800_000_000;
     let first = chain_one(engine.load(&config, "t", at(t0)).await.expect("load"));
     let sim = run(&first, &env, PLAIN).await;
-    assert_eq!((sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code), (Outcome::Tempfail, Stage::Rcpt, 451));
+    assert_eq!(
+        (sim.judgement.outcome, sim.judgement.stage, sim.judgement.reply.code),
+        (Outcome::Tempfail, Stage::Rcpt, 451)
+    );
     // Too early: still deferred.
     let early = chain_one(engine.load(&config, "t", at(t0 + 60)).await.expect("load"));
     assert_eq!(run(&early, &env, PLAIN).await.judgement.outcome, Outcome::Tempfail);
@@ -159,7 +180,9 @@ Subject: URGENT: VERIFY YOUR ACCOUNT NOW!!\r\nContent-Type: text/html\r\n\r\n\
 <p>Dear friend, verify your account: <a href=\"http://192.0.2.66/login\">https://www.paypal.com/login</a></p>\r\n";
     let sim = run(&chain, &env, spam).await;
     assert!(sim.judgement.score >= 5.0, "{:?}", symbols(&sim));
-    for expected in ["MISSING_DATE", "FROM_DISPLAY_SPOOF", "SUBJ_ALL_CAPS", "LINK_IP_LITERAL", "LINK_TEXT_MISMATCH"] {
+    for expected in
+        ["MISSING_DATE", "FROM_DISPLAY_SPOOF", "SUBJ_ALL_CAPS", "LINK_IP_LITERAL", "LINK_TEXT_MISMATCH"]
+    {
         assert!(symbols(&sim).contains(&expected.to_string()), "{expected}: {:?}", symbols(&sim));
     }
     let flagged = sim.judgement.added_headers.iter().any(|(n, v)| n == "X-Spam-Flag" && v == "YES");

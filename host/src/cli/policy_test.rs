@@ -30,8 +30,8 @@ use serde_json::json;
 use crate::dns::{FixtureResolver, Resolver};
 use crate::policy::simulate::{Envelope, Simulation, simulate};
 use crate::policy::{
-    Chain, ChainSettings, Clock, EngineOptions, FailureMode, HostServices, Outcome, ParsedMessage, PolicyEngine,
-    PolicyLimits, PolicySpec, Thresholds, Verdict,
+    Chain, ChainSettings, Clock, EngineOptions, FailureMode, HostServices, Outcome, ParsedMessage,
+    PolicyEngine, PolicyLimits, PolicySpec, Thresholds, Verdict,
 };
 use crate::state::kv::MemoryKv;
 
@@ -154,12 +154,15 @@ fn read_expect(path: &Path, case: &mut Case) -> Result<(), UsageError> {
         }
         let bad = |what: &str| UsageError(format!("{}:{}: {what}", path.display(), n + 1));
         let Some((key, value)) = line.split_once(':') else {
-            expect.outcome = Some(Outcome::parse(line).ok_or_else(|| bad("expected `key: value` or an outcome"))?);
+            expect.outcome =
+                Some(Outcome::parse(line).ok_or_else(|| bad("expected `key: value` or an outcome"))?);
             continue;
         };
         let value = value.trim();
         match key.trim().to_ascii_lowercase().as_str() {
-            "final" | "outcome" => expect.outcome = Some(Outcome::parse(value).ok_or_else(|| bad("unknown outcome"))?),
+            "final" | "outcome" => {
+                expect.outcome = Some(Outcome::parse(value).ok_or_else(|| bad("unknown outcome"))?)
+            }
             "code" => expect.code = Some(value.parse().map_err(|_| bad("code must be a number"))?),
             "stage" => expect.stage = Some(value.to_ascii_lowercase()),
             "symbols" => expect.symbols.extend(split_list(value)),
@@ -250,7 +253,12 @@ struct Report {
     simulation: Simulation,
 }
 
-async fn run_case(chain: &Arc<Chain>, args: &PolicyTestArgs, case: &Case, index: usize) -> Result<Report, UsageError> {
+async fn run_case(
+    chain: &Arc<Chain>,
+    args: &PolicyTestArgs,
+    case: &Case,
+    index: usize,
+) -> Result<Report, UsageError> {
     let raw = std::fs::read(&case.file).map_err(|e| UsageError(format!("{}: {e}", case.file.display())))?;
     let message = Arc::new(ParsedMessage::parse(to_crlf(&raw)));
 
@@ -357,7 +365,8 @@ fn report_text(report: &Report) -> String {
                 .map(|s| format!("{}({:+.1})", s.name, s.score))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let _ = writeln!(out, "  {:<8} {:<18} {:<40} {}", stage.stage.as_str(), run.policy, outcome, symbols);
+            let _ =
+                writeln!(out, "  {:<8} {:<18} {:<40} {}", stage.stage.as_str(), run.policy, outcome, symbols);
         }
     }
     let j = &report.simulation.judgement;
@@ -412,7 +421,9 @@ async fn build_chain(args: &PolicyTestArgs) -> Result<Arc<Chain>, UsageError> {
     let failure_mode = match args.failure_mode.as_str() {
         "tempfail" => FailureMode::default(),
         "continue" => FailureMode::Continue,
-        other => return Err(UsageError(format!("--failure-mode: expected tempfail or continue, got {other:?}"))),
+        other => {
+            return Err(UsageError(format!("--failure-mode: expected tempfail or continue, got {other:?}")));
+        }
     };
     let thresholds = Thresholds {
         add_header: threshold(&args.add_header_score, "add-header-score")?,
@@ -457,13 +468,19 @@ async fn build_chain(args: &PolicyTestArgs) -> Result<Arc<Chain>, UsageError> {
             used.insert(stem.clone());
         }
         let spec = PolicySpec { path: path.clone(), name: None, config, limits: limits.clone() };
-        let mut loaded = engine.load(&spec, &args.tenant, services.clone()).await.map_err(|e| UsageError(e.to_string()))?;
+        let mut loaded = engine
+            .load(&spec, &args.tenant, services.clone())
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
         // Configuration addressed by the described name (when it differs from the file stem).
         let described = normalise_name(&loaded.name);
         if described != stem && configs.contains_key(&described) {
             used.insert(described.clone());
             let spec = PolicySpec { config: configs[&described].clone(), ..spec };
-            loaded = engine.load(&spec, &args.tenant, services.clone()).await.map_err(|e| UsageError(e.to_string()))?;
+            loaded = engine
+                .load(&spec, &args.tenant, services.clone())
+                .await
+                .map_err(|e| UsageError(e.to_string()))?;
         }
         policies.push(loaded);
     }
@@ -481,7 +498,9 @@ async fn build_chain(args: &PolicyTestArgs) -> Result<Arc<Chain>, UsageError> {
 pub async fn run(args: PolicyTestArgs) -> Result<i32, UsageError> {
     let expect_all = match &args.expect {
         Some(text) => Some(Outcome::parse(text).ok_or_else(|| {
-            UsageError(format!("--expect: expected accept, reject, tempfail, discard or quarantine, got {text:?}"))
+            UsageError(format!(
+                "--expect: expected accept, reject, tempfail, discard or quarantine, got {text:?}"
+            ))
         })?),
         None => None,
     };

@@ -12,5 +12,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use sluice::policy::host as host;
-pub use sluice::policy::types as types;
+pub use sluice::policy::host;
+pub use sluice::policy::types;

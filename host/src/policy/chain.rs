@@ -128,7 +128,11 @@ impl StageResult {
     /// Symbols given in this stage, with their policies.
     pub fn symbols(&self) -> impl Iterator<Item = ScoredSymbol> + '_ {
         self.runs.iter().flat_map(move |run| {
-            run.symbols.iter().map(move |s| ScoredSymbol { policy: run.policy.clone(), stage: self.stage, symbol: s.clone() })
+            run.symbols.iter().map(move |s| ScoredSymbol {
+                policy: run.policy.clone(),
+                stage: self.stage,
+                symbol: s.clone(),
+            })
         })
     }
 }
@@ -154,8 +158,13 @@ impl ChainSession {
 
     /// Run `stage` through the chain.
     pub async fn run(&mut self, stage: Stage, session: &SessionInfo, input: StageInput<'_>) -> StageResult {
-        let mut result =
-            StageResult { stage, verdict: Verdict::Continue, decided_by: None, disconnect: false, runs: Vec::new() };
+        let mut result = StageResult {
+            stage,
+            verdict: Verdict::Continue,
+            decided_by: None,
+            disconnect: false,
+            runs: Vec::new(),
+        };
         if !self.chain.policies.iter().any(|p| p.stages.contains(stage)) {
             return result;
         }
@@ -355,7 +364,11 @@ impl Transaction {
         let by = result.decided_by.clone().unwrap_or_default();
         match &result.verdict {
             Verdict::Reject(reply) | Verdict::Tempfail(reply) if result.stage != Stage::Rcpt => {
-                let outcome = if matches!(result.verdict, Verdict::Reject(_)) { Outcome::Reject } else { Outcome::Tempfail };
+                let outcome = if matches!(result.verdict, Verdict::Reject(_)) {
+                    Outcome::Reject
+                } else {
+                    Outcome::Tempfail
+                };
                 Some(self.settle(outcome, reply.clone(), result.stage, result.decided_by.clone(), Vec::new()))
             }
             Verdict::Discard => {
@@ -440,10 +453,22 @@ impl Transaction {
         let score = self.score();
         match &result.verdict {
             Verdict::Reject(reply) => {
-                return self.settle(Outcome::Reject, reply.clone(), Stage::Data, result.decided_by.clone(), Vec::new());
+                return self.settle(
+                    Outcome::Reject,
+                    reply.clone(),
+                    Stage::Data,
+                    result.decided_by.clone(),
+                    Vec::new(),
+                );
             }
             Verdict::Tempfail(reply) => {
-                return self.settle(Outcome::Tempfail, reply.clone(), Stage::Data, result.decided_by.clone(), Vec::new());
+                return self.settle(
+                    Outcome::Tempfail,
+                    reply.clone(),
+                    Stage::Data,
+                    result.decided_by.clone(),
+                    Vec::new(),
+                );
             }
             _ => {}
         }
@@ -460,7 +485,12 @@ impl Transaction {
             _ => None,
         };
         let threshold_hold = thresholds.quarantine.filter(|t| score >= *t).map(|t| {
-            (Outcome::Quarantine, Some(format!("spam score {score:.1} >= {t:.1}")), Stage::Data, "threshold".to_string())
+            (
+                Outcome::Quarantine,
+                Some(format!("spam score {score:.1} >= {t:.1}")),
+                Stage::Data,
+                "threshold".to_string(),
+            )
         });
         let hold = match (self.held.take(), data_hold, threshold_hold) {
             (Some(h @ (Outcome::Discard, ..)), _, _) | (_, Some(h @ (Outcome::Discard, ..)), _) => Some(h),
@@ -520,7 +550,8 @@ mod tests {
     fn scores_add_up_across_stages_and_thresholds_apply() {
         let mut t = Transaction::new();
         assert!(t.absorb(&result(Stage::Connect, Verdict::Continue, &[("A", 3.0)])).is_none());
-        let j = t.clone().finish(&result(Stage::Data, Verdict::Continue, &[("B", 2.5)]), &Thresholds::default());
+        let j =
+            t.clone().finish(&result(Stage::Data, Verdict::Continue, &[("B", 2.5)]), &Thresholds::default());
         assert_eq!(j.outcome, Outcome::Accept);
         assert_eq!(j.score, 5.5);
         assert!(j.added_headers.contains(&("X-Spam-Flag".into(), "YES".into())));

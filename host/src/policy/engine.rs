@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{Policy as PolicyWorld, PolicyPre};
 use super::context::{Stage, StageSet};
@@ -222,7 +222,8 @@ impl PolicyEngine {
             .wasm_component_model(true)
             .max_wasm_stack(1 << 20)
             .async_stack_size(2 << 20);
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot build the wasm engine: {e}"))?;
+        let engine =
+            Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot build the wasm engine: {e}"))?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -253,8 +254,6 @@ impl PolicyEngine {
         self.options.tick
     }
 
-
-
     /// Load, link, describe and initialise one policy for `tenant`.
     pub async fn load(
         &self,
@@ -266,10 +265,14 @@ impl PolicyEngine {
         if spec.limits.memory_bytes > MAX_MEMORY_CAP {
             return Err(LoadError::Limits {
                 file,
-                cause: format!("memory cap {} exceeds the engine maximum {MAX_MEMORY_CAP}", spec.limits.memory_bytes),
+                cause: format!(
+                    "memory cap {} exceeds the engine maximum {MAX_MEMORY_CAP}",
+                    spec.limits.memory_bytes
+                ),
             });
         }
-        let bytes = tokio::fs::read(&file).await.map_err(|source| LoadError::Read { file: file.clone(), source })?;
+        let bytes =
+            tokio::fs::read(&file).await.map_err(|source| LoadError::Read { file: file.clone(), source })?;
         let hash = hex::encode(Sha256::digest(&bytes));
 
         // Compilation is CPU-bound (milliseconds to seconds): keep it off the async workers.
@@ -280,7 +283,10 @@ impl PolicyEngine {
             let file = file.clone();
             tokio::task::spawn_blocking(move || compile(&engine, cache_dir.as_deref(), &bytes, &hash, &file))
                 .await
-                .map_err(|e| LoadError::Invalid { file: spec.path.clone(), cause: format!("compiler task failed: {e}") })??
+                .map_err(|e| LoadError::Invalid {
+                    file: spec.path.clone(),
+                    cause: format!("compiler task failed: {e}"),
+                })??
         };
         let instance_pre = self
             .linker
@@ -303,9 +309,15 @@ impl PolicyEngine {
         let mut probe = PolicyInstance::instantiate(&self.engine, &pre, io)
             .await
             .map_err(|fault| LoadError::Describe { file: file.clone(), cause: fault.to_string() })?;
-        let info = probe.describe().await.map_err(|fault| LoadError::Describe { file: file.clone(), cause: fault.to_string() })?;
+        let info = probe
+            .describe()
+            .await
+            .map_err(|fault| LoadError::Describe { file: file.clone(), cause: fault.to_string() })?;
         let described_name = info.name.trim().to_string();
-        if described_name.is_empty() || described_name.len() > 64 || described_name.chars().any(char::is_control) {
+        if described_name.is_empty()
+            || described_name.len() > 64
+            || described_name.chars().any(char::is_control)
+        {
             return Err(LoadError::Describe { file, cause: format!("invalid policy name {:?}", info.name) });
         }
         let mut stages = StageSet::default();
@@ -338,7 +350,6 @@ impl PolicyEngine {
             _ticker: self.ticker.clone(),
         }))
     }
-
 }
 
 fn cache_key(engine: &Engine, content_hash: &str) -> String {
@@ -355,37 +366,40 @@ fn compile(
     hash: &str,
     file: &Path,
 ) -> Result<Component, LoadError> {
-    let invalid = |e: wasmtime::Error| LoadError::Invalid { file: file.to_path_buf(), cause: format!("{e:#}") };
+    let invalid =
+        |e: wasmtime::Error| LoadError::Invalid { file: file.to_path_buf(), cause: format!("{e:#}") };
     let Some(dir) = cache_dir else {
         return Component::new(engine, bytes).map_err(invalid);
     };
     let key = cache_key(engine, hash);
     let cached = dir.join(format!("{key}.cwasm"));
-        if cached.is_file() {
-            // SAFETY: files in the cache directory are written only by `compile` below, from
-            // this engine's own `serialize`, under a name that binds the content hash and the
-            // engine configuration. A corrupt or foreign file fails deserialisation's header
-            // checks and we fall back to compiling.
-            #[allow(unsafe_code)]
-            let loaded = unsafe { Component::deserialize_file(engine, &cached) };
-            match loaded {
-                Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "ignoring unreadable compiled cache entry"),
+    if cached.is_file() {
+        // SAFETY: files in the cache directory are written only by `compile` below, from
+        // this engine's own `serialize`, under a name that binds the content hash and the
+        // engine configuration. A corrupt or foreign file fails deserialisation's header
+        // checks and we fall back to compiling.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(engine, &cached) };
+        match loaded {
+            Ok(component) => return Ok(component),
+            Err(e) => {
+                tracing::warn!(file = %cached.display(), error = %e, "ignoring unreadable compiled cache entry")
             }
         }
-        let component = Component::new(engine, bytes).map_err(invalid)?;
-        if let Ok(serialized) = component.serialize() {
-            let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
-            let written = std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&tmp, &serialized))
-                .and_then(|()| std::fs::rename(&tmp, &cached));
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp);
-                tracing::debug!(dir = %dir.display(), error = %e, "cannot write compiled cache entry");
-            }
-        }
-        Ok(component)
     }
+    let component = Component::new(engine, bytes).map_err(invalid)?;
+    if let Ok(serialized) = component.serialize() {
+        let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, &serialized))
+            .and_then(|()| std::fs::rename(&tmp, &cached));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot write compiled cache entry");
+        }
+    }
+    Ok(component)
+}
 
 impl LoadedPolicy {
     /// A fresh instance for one session, initialised with the policy's configuration.

@@ -8,7 +8,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::{host, types as wit};
 use super::instance::HostState;
-use super::message::{Mailbox, MAX_RAW_READ, MessageHandle, truncate_utf8};
+use super::message::{MAX_RAW_READ, Mailbox, MessageHandle, truncate_utf8};
 use crate::dns::{DnsError, RecordType};
 use crate::state::kv::{self, KvError};
 
@@ -22,11 +22,19 @@ fn mailboxes(list: &[Mailbox]) -> Vec<wit::Mailbox> {
 impl wit::Host for HostState {}
 
 impl wit::HostMessage for HostState {
-    async fn header(&mut self, this: Resource<MessageHandle>, name: String) -> wasmtime::Result<Option<String>> {
+    async fn header(
+        &mut self,
+        this: Resource<MessageHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         Ok(self.table.get(&this)?.0.header(&name).map(str::to_string))
     }
 
-    async fn header_all(&mut self, this: Resource<MessageHandle>, name: String) -> wasmtime::Result<Vec<String>> {
+    async fn header_all(
+        &mut self,
+        this: Resource<MessageHandle>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(self.table.get(&this)?.0.header_all(&name))
     }
 
@@ -63,11 +71,19 @@ impl wit::HostMessage for HostState {
         Ok(self.table.get(&this)?.0.message_id().map(str::to_string))
     }
 
-    async fn text_body(&mut self, this: Resource<MessageHandle>, max_bytes: u32) -> wasmtime::Result<Option<String>> {
+    async fn text_body(
+        &mut self,
+        this: Resource<MessageHandle>,
+        max_bytes: u32,
+    ) -> wasmtime::Result<Option<String>> {
         Ok(self.table.get(&this)?.0.text_body().map(|t| truncate_utf8(t, max_bytes)))
     }
 
-    async fn html_body(&mut self, this: Resource<MessageHandle>, max_bytes: u32) -> wasmtime::Result<Option<String>> {
+    async fn html_body(
+        &mut self,
+        this: Resource<MessageHandle>,
+        max_bytes: u32,
+    ) -> wasmtime::Result<Option<String>> {
         Ok(self.table.get(&this)?.0.html_body().map(|t| truncate_utf8(t, max_bytes)))
     }
 
@@ -76,7 +92,11 @@ impl wit::HostMessage for HostState {
         Ok(message
             .attachments()
             .iter()
-            .map(|a| wit::Attachment { name: a.name.clone(), content_type: a.content_type.clone(), size: a.size })
+            .map(|a| wit::Attachment {
+                name: a.name.clone(),
+                content_type: a.content_type.clone(),
+                size: a.size,
+            })
             .collect())
     }
 
@@ -84,7 +104,12 @@ impl wit::HostMessage for HostState {
         Ok(self.table.get(&this)?.0.raw().len() as u64)
     }
 
-    async fn raw(&mut self, this: Resource<MessageHandle>, offset: u64, length: u32) -> wasmtime::Result<Vec<u8>> {
+    async fn raw(
+        &mut self,
+        this: Resource<MessageHandle>,
+        offset: u64,
+        length: u32,
+    ) -> wasmtime::Result<Vec<u8>> {
         let raw = self.table.get(&this)?.0.raw();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(raw.len());
         let end = start.saturating_add(length.min(MAX_RAW_READ) as usize).min(raw.len());
@@ -139,11 +164,21 @@ impl host::Host for HostState {
         let fields = fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(" ");
         let (policy, tenant) = (&self.io.policy, &self.io.tenant);
         match level {
-            host::LogLevel::Trace => tracing::trace!(policy = %policy, tenant = %tenant, fields = %fields, "{message}"),
-            host::LogLevel::Debug => tracing::debug!(policy = %policy, tenant = %tenant, fields = %fields, "{message}"),
-            host::LogLevel::Info => tracing::info!(policy = %policy, tenant = %tenant, fields = %fields, "{message}"),
-            host::LogLevel::Warn => tracing::warn!(policy = %policy, tenant = %tenant, fields = %fields, "{message}"),
-            host::LogLevel::Error => tracing::error!(policy = %policy, tenant = %tenant, fields = %fields, "{message}"),
+            host::LogLevel::Trace => {
+                tracing::trace!(policy = %policy, tenant = %tenant, fields = %fields, "{message}")
+            }
+            host::LogLevel::Debug => {
+                tracing::debug!(policy = %policy, tenant = %tenant, fields = %fields, "{message}")
+            }
+            host::LogLevel::Info => {
+                tracing::info!(policy = %policy, tenant = %tenant, fields = %fields, "{message}")
+            }
+            host::LogLevel::Warn => {
+                tracing::warn!(policy = %policy, tenant = %tenant, fields = %fields, "{message}")
+            }
+            host::LogLevel::Error => {
+                tracing::error!(policy = %policy, tenant = %tenant, fields = %fields, "{message}")
+            }
         }
         Ok(())
     }

@@ -70,14 +70,24 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             return Err(wasmtime::Error::new(MemoryCapExceeded));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= self.table_elements)
     }
 }
@@ -232,7 +242,11 @@ impl PolicyInstance {
     }
 
     /// Call the hook of one stage.
-    pub(crate) async fn call_hook(&mut self, ctx: &wit::Context, input: HookInput<'_>) -> Result<Decision, Fault> {
+    pub(crate) async fn call_hook(
+        &mut self,
+        ctx: &wit::Context,
+        input: HookInput<'_>,
+    ) -> Result<Decision, Fault> {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
         let hooks = self.bindings.sluice_policy_hooks();

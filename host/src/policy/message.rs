@@ -55,10 +55,7 @@ fn mailboxes(address: Option<&Address<'_>>) -> Vec<Mailbox> {
     let Some(address) = address else { return Vec::new() };
     address
         .iter()
-        .map(|a| Mailbox {
-            name: a.name().map(str::to_string),
-            address: a.address().map(str::to_string),
-        })
+        .map(|a| Mailbox { name: a.name().map(str::to_string), address: a.address().map(str::to_string) })
         .collect()
 }
 
@@ -93,7 +90,10 @@ impl ParsedMessage {
         if let Ok(parsed) = full {
             return parsed;
         }
-        tracing::warn!(bytes = raw.len(), "MIME parser failed on this message; giving policies its headers only");
+        tracing::warn!(
+            bytes = raw.len(),
+            "MIME parser failed on this message; giving policies its headers only"
+        );
         std::panic::catch_unwind(AssertUnwindSafe(|| Self::parse_with(raw.clone(), true)))
             .unwrap_or_else(|_| Self::unparsed(raw))
     }
@@ -156,8 +156,10 @@ impl ParsedMessage {
         let join_bodies = |parts: Vec<Cow<'_, str>>| -> Option<String> {
             if parts.is_empty() { None } else { Some(parts.join("\n")) }
         };
-        let text_parts: Vec<Cow<'_, str>> = (0..msg.text_body_count()).filter_map(|i| msg.body_text(i)).collect();
-        let html_parts: Vec<Cow<'_, str>> = (0..msg.html_body_count()).filter_map(|i| msg.body_html(i)).collect();
+        let text_parts: Vec<Cow<'_, str>> =
+            (0..msg.text_body_count()).filter_map(|i| msg.body_text(i)).collect();
+        let html_parts: Vec<Cow<'_, str>> =
+            (0..msg.html_body_count()).filter_map(|i| msg.body_html(i)).collect();
         // A text/html-only message answers body_text with a rendering of the HTML; keep only
         // genuine text/plain parts as the text body.
         let has_plain = msg.text_bodies().any(|p| !p.is_text_html());

@@ -95,10 +95,10 @@ pub async fn simulate(chain: &Arc<Chain>, envelope: &Envelope, message: &Arc<Par
         recipients.push(RecipientFate { address: address.clone(), verdict: result.verdict.clone() });
         stages.push(result);
     }
-    if session.recipients.is_empty() {
-        if let Some(judgement) = last_refusal.and_then(|refusal| transaction.no_recipients(&refusal)) {
-            return Simulation { stages, recipients, judgement };
-        }
+    if session.recipients.is_empty()
+        && let Some(judgement) = last_refusal.and_then(|refusal| transaction.no_recipients(&refusal))
+    {
+        return Simulation { stages, recipients, judgement };
     }
 
     let result = chain_session.run(Stage::Data, &session, StageInput::Message(message)).await;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use sluice::dns::{FixtureResolver, Resolver};
 use sluice::policy::simulate::{Envelope, Simulation, simulate};
 use sluice::policy::{
-    Chain, ChainSettings, Clock, EngineOptions, HostServices, LoadError, LoadedPolicy, ParsedMessage, PolicyEngine,
-    PolicyLimits, PolicySpec,
+    Chain, ChainSettings, Clock, EngineOptions, HostServices, LoadError, LoadedPolicy, ParsedMessage,
+    PolicyEngine, PolicyLimits, PolicySpec,
 };
 use sluice::state::kv::{KvStore, MemoryKv};
 

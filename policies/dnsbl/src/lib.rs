@@ -53,10 +53,8 @@ pub fn link_domains(text: &str) -> BTreeSet<String> {
         let mut rest = lower.as_str();
         while let Some(pos) = rest.find(scheme) {
             rest = &rest[pos + scheme.len()..];
-            let host: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
-                .collect();
+            let host: String =
+                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-').collect();
             let host = host.trim_matches('.').to_string();
             if host.contains('.') && host.parse::<std::net::IpAddr>().is_err() {
                 out.insert(host);
@@ -70,11 +68,12 @@ pub fn link_domains(text: &str) -> BTreeSet<String> {
 /// second-level labels such as `co.uk`).
 pub fn base_domain(host: &str) -> String {
     let labels: Vec<&str> = host.split('.').collect();
-    let keep = if labels.len() >= 3 && labels[labels.len() - 2].len() <= 3 && labels[labels.len() - 1].len() == 2 {
-        3
-    } else {
-        2
-    };
+    let keep =
+        if labels.len() >= 3 && labels[labels.len() - 2].len() <= 3 && labels[labels.len() - 1].len() == 2 {
+            3
+        } else {
+            2
+        };
     labels[labels.len().saturating_sub(keep)..].join(".")
 }
 
@@ -116,7 +115,8 @@ impl Policy for Dnsbl {
                     if let Some(answer) = answers.iter().find(|a| is_listing(a)) {
                         self.listed_in.push((zone.clone(), answer.clone()));
                         if !self.reject {
-                            decision = decision.symbol("RBL_LISTED", self.score, Some(&format!("{zone}={answer}")));
+                            decision =
+                                decision.symbol("RBL_LISTED", self.score, Some(&format!("{zone}={answer}")));
                         }
                     }
                 }
@@ -150,10 +150,11 @@ impl Policy for Dnsbl {
         for domain in domains.iter().take(5) {
             for zone in &self.url_zones {
                 let query = format!("{domain}.{}", zone.trim_end_matches('.'));
-                if let Ok(answers) = dns::a(&query) {
-                    if answers.iter().any(|a| is_listing(a)) {
-                        decision = decision.symbol("URIBL_LISTED", self.url_score, Some(&format!("{domain} in {zone}")));
-                    }
+                if let Ok(answers) = dns::a(&query)
+                    && answers.iter().any(|a| is_listing(a))
+                {
+                    decision =
+                        decision.symbol("URIBL_LISTED", self.url_score, Some(&format!("{domain} in {zone}")));
                 }
             }
         }
@@ -178,7 +179,10 @@ mod tests {
     #[test]
     fn links() {
         let d = link_domains("see HTTP://Www.Example.com/x and https://a.b.co.uk?q, http://192.0.2.1/");
-        assert_eq!(d.into_iter().collect::<Vec<_>>(), vec!["a.b.co.uk".to_string(), "www.example.com".to_string()]);
+        assert_eq!(
+            d.into_iter().collect::<Vec<_>>(),
+            vec!["a.b.co.uk".to_string(), "www.example.com".to_string()]
+        );
         assert_eq!(base_domain("www.example.com"), "example.com");
         assert_eq!(base_domain("a.b.co.uk"), "b.co.uk");
     }

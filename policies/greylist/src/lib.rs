@@ -87,7 +87,10 @@ impl Policy for Greylist {
                     }
                     Decision::no_opinion().symbol("GREYLIST_PASSED", 0.0, Some(&format!("after {waited}s")))
                 } else {
-                    Decision::tempfail(&format!("4.7.1 Greylisted, please try again in {} seconds", self.delay - waited))
+                    Decision::tempfail(&format!(
+                        "4.7.1 Greylisted, please try again in {} seconds",
+                        self.delay - waited
+                    ))
                 }
             }
             None => {

@@ -35,15 +35,15 @@ impl RateLimit {
         if self.by_ip {
             keys.push(format!("ip:{}", ctx.client.ip));
         }
-        if self.by_sender {
-            if let Some(from) = ctx.mail_from.as_ref().filter(|m| !m.is_null()) {
-                keys.push(format!("sender:{}", from.address.to_ascii_lowercase()));
-            }
+        if self.by_sender
+            && let Some(from) = ctx.mail_from.as_ref().filter(|m| !m.is_null())
+        {
+            keys.push(format!("sender:{}", from.address.to_ascii_lowercase()));
         }
-        if self.by_user {
-            if let Some(user) = &ctx.client.authenticated_user {
-                keys.push(format!("user:{}", user.to_ascii_lowercase()));
-            }
+        if self.by_user
+            && let Some(user) = &ctx.client.authenticated_user
+        {
+            keys.push(format!("user:{}", user.to_ascii_lowercase()));
         }
         keys
     }
@@ -57,11 +57,15 @@ impl RateLimit {
             let counter = format!("{what}:{window_index}:{key}");
             match kv::incr(&counter, 1, Some(self.window)) {
                 Ok(n) if n > limit => {
-                    return Decision::tempfail(&format!("4.7.1 Rate limit exceeded for {key} ({what}), try again later"))
-                        .symbol("RATE_LIMITED", 0.0, Some(&key));
+                    return Decision::tempfail(&format!(
+                        "4.7.1 Rate limit exceeded for {key} ({what}), try again later"
+                    ))
+                    .symbol("RATE_LIMITED", 0.0, Some(&key));
                 }
                 Ok(_) => {}
-                Err(e) => log::warn("rate counter unavailable", &[("key", &counter), ("error", &e.to_string())]),
+                Err(e) => {
+                    log::warn("rate counter unavailable", &[("key", &counter), ("error", &e.to_string())])
+                }
             }
         }
         Decision::no_opinion()
@@ -76,7 +80,8 @@ impl Policy for RateLimit {
         if window == 0 {
             return Err("`window_seconds` must be positive".into());
         }
-        let by = if config.get("by").is_some() { config.list("by") } else { vec!["ip".into(), "user".into()] };
+        let by =
+            if config.get("by").is_some() { config.list("by") } else { vec!["ip".into(), "user".into()] };
         for item in &by {
             if !matches!(item.as_str(), "ip" | "sender" | "user") {
                 return Err(format!("`by` items must be ip, sender or user, not {item:?}"));

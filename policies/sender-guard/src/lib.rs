@@ -137,8 +137,12 @@ impl Policy for SenderGuard {
         };
         if self.is_internal(ctx) {
             if !self.owns(&domain) {
-                return Decision::reject_with(553, Some("5.7.1"), &format!("Sender domain {domain} is not yours to use"))
-                    .unwrap_or_else(|_| Decision::reject("5.7.1 Sender domain not allowed"));
+                return Decision::reject_with(
+                    553,
+                    Some("5.7.1"),
+                    &format!("Sender domain {domain} is not yours to use"),
+                )
+                .unwrap_or_else(|_| Decision::reject("5.7.1 Sender domain not allowed"));
             }
             if let Some(user) = &ctx.client.authenticated_user {
                 let user = user.to_ascii_lowercase();
@@ -148,16 +152,24 @@ impl Policy for SenderGuard {
                     AuthMatch::Domain => domain_of(&user).is_some_and(|d| d != domain),
                 };
                 if refused {
-                    return Decision::reject_with(553, Some("5.7.1"), &format!("Sender address not owned by user {user}"))
-                        .unwrap_or_else(|_| Decision::reject("5.7.1 Sender not owned by user"));
+                    return Decision::reject_with(
+                        553,
+                        Some("5.7.1"),
+                        &format!("Sender address not owned by user {user}"),
+                    )
+                    .unwrap_or_else(|_| Decision::reject("5.7.1 Sender not owned by user"));
                 }
             }
             return Decision::no_opinion();
         }
         if self.owns(&domain) {
             return match self.external_spoof {
-                Spoof::Reject => Decision::reject(&format!("5.7.1 Mail from {domain} must come from its own servers")),
-                Spoof::Score => Decision::no_opinion().symbol("SENDER_SPOOFS_LOCAL_DOMAIN", 4.0, Some(&domain)),
+                Spoof::Reject => {
+                    Decision::reject(&format!("5.7.1 Mail from {domain} must come from its own servers"))
+                }
+                Spoof::Score => {
+                    Decision::no_opinion().symbol("SENDER_SPOOFS_LOCAL_DOMAIN", 4.0, Some(&domain))
+                }
                 Spoof::Off => Decision::no_opinion(),
             };
         }
@@ -172,7 +184,9 @@ impl Policy for SenderGuard {
             match mailbox.domain() {
                 Some(domain) if self.owns(&domain) => {}
                 Some(domain) => {
-                    return Decision::reject(&format!("5.7.1 From: header domain {domain} is not yours to use"));
+                    return Decision::reject(&format!(
+                        "5.7.1 From: header domain {domain} is not yours to use"
+                    ));
                 }
                 None => return Decision::reject("5.7.1 From: header has no usable address"),
             }

@@ -32,7 +32,8 @@ impl Policy for SpamHeuristics {
         let mut overrides = BTreeMap::new();
         for (key, value) in config.pairs() {
             if let Some(name) = key.strip_prefix("score.") {
-                let score: f64 = value.trim().parse().map_err(|_| format!("`{key}`: not a number: {value:?}"))?;
+                let score: f64 =
+                    value.trim().parse().map_err(|_| format!("`{key}`: not a number: {value:?}"))?;
                 if !rules::SYMBOLS.contains(&name) {
                     return Err(format!("`{key}`: unknown symbol {name}"));
                 }

@@ -10,6 +10,7 @@ use crate::text::{Link, base_domain, html_links, html_to_text, parse_date, text_
 pub const SYMBOLS: &[&str] = &[
     "GTUBE",
     "MISSING_DATE",
+    "DATE_NO_TIMEZONE",
     "DATE_IN_FUTURE",
     "DATE_IN_PAST",
     "MISSING_MESSAGE_ID",
@@ -28,6 +29,8 @@ pub const SYMBOLS: &[&str] = &[
     "SUBJ_URGENCY",
     "SUBJ_UNIQUE_ID",
     "SUBJ_ADV",
+    "SUBJ_PERCENT",
+    "BODY_TOLL_FREE",
     "PRIORITY_HIGH",
     "HTML_ONLY",
     "HTML_HIDDEN_TEXT",
@@ -134,28 +137,80 @@ impl Hits {
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
 const FREEMAIL: &[&str] = &[
-    "gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "aol.com", "msn.com", "live.com", "mail.com",
-    "gmx.com", "gmx.net", "yandex.ru", "mail.ru", "protonmail.com", "icloud.com", "excite.com", "lycos.com",
-    "netscape.net", "juno.com", "rediffmail.com", "yahoo.co.uk", "hotmail.co.uk",
+    "gmail.com",
+    "yahoo.com",
+    "hotmail.com",
+    "outlook.com",
+    "aol.com",
+    "msn.com",
+    "live.com",
+    "mail.com",
+    "gmx.com",
+    "gmx.net",
+    "yandex.ru",
+    "mail.ru",
+    "protonmail.com",
+    "icloud.com",
+    "excite.com",
+    "lycos.com",
+    "netscape.net",
+    "juno.com",
+    "rediffmail.com",
+    "yahoo.co.uk",
+    "hotmail.co.uk",
 ];
 
-const SHORTENERS: &[&str] = &["bit.ly", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "is.gd", "buff.ly", "cutt.ly", "rb.gy"];
+const SHORTENERS: &[&str] =
+    &["bit.ly", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "is.gd", "buff.ly", "cutt.ly", "rb.gy"];
 
 const EXECUTABLE: &[&str] = &[
-    "exe", "scr", "pif", "bat", "com", "cmd", "vbs", "vbe", "js", "jse", "wsf", "wsh", "hta", "jar", "msi", "ps1",
-    "lnk", "reg", "cpl", "iso", "img",
+    "exe", "scr", "pif", "bat", "com", "cmd", "vbs", "vbe", "js", "jse", "wsf", "wsh", "hta", "jar", "msi",
+    "ps1", "lnk", "reg", "cpl", "iso", "img",
 ];
 
 const MACRO_DOCS: &[&str] = &["docm", "xlsm", "pptm", "dotm", "xlam"];
 
 const SUBJ_MONEY: &[&str] = &[
-    "free", "cash", "money", "income", "loan", "mortgage", "credit", "debt", "viagra", "pills", "weight", "winner",
-    "prize", "earn", "rich", "profit", "discount", "cheap", "lowest", "save ", "$$", "casino", "refinance", "bonus",
+    "free",
+    "cash",
+    "money",
+    "income",
+    "loan",
+    "mortgage",
+    "credit",
+    "debt",
+    "viagra",
+    "pills",
+    "weight",
+    "winner",
+    "prize",
+    "earn",
+    "rich",
+    "profit",
+    "discount",
+    "cheap",
+    "lowest",
+    "save ",
+    "$$",
+    "casino",
+    "refinance",
+    "bonus",
 ];
 
 const SUBJ_URGENCY: &[&str] = &[
-    "urgent", "act now", "limited time", "last chance", "final notice", "immediately", "don't miss", "dont miss",
-    "expires", "response required", "action required", "attention:", "important notice",
+    "urgent",
+    "act now",
+    "limited time",
+    "last chance",
+    "final notice",
+    "immediately",
+    "don't miss",
+    "dont miss",
+    "expires",
+    "response required",
+    "action required",
+    "attention:",
+    "important notice",
 ];
 
 /// Phrases of bulk advertising, each worth a little; their sum is capped.
@@ -204,6 +259,22 @@ const SPAM_PHRASES: &[(&str, f64)] = &[
     ("bulk email", 1.0),
     ("email marketing", 0.6),
     ("millions of", 0.4),
+    ("24 hours a day", 0.8),
+    ("call today", 0.8),
+    ("apply now", 0.8),
+    ("free quote", 0.8),
+    ("no cost", 0.6),
+    ("pre-approved", 1.0),
+    ("you're approved", 1.0),
+    ("you are approved", 1.0),
+    ("print this page", 0.8),
+    ("no one is turned down", 1.2),
+    ("serious inquiries", 1.0),
+    ("marketing company", 1.0),
+    ("this advertisement", 0.6),
+    ("investment opportunity", 1.0),
+    ("excluded from further", 1.5),
+    ("per cent", 0.2),
 ];
 
 const REMOVE_PHRASES: &[&str] = &[
@@ -254,7 +325,8 @@ const ADVANCE_FEE_PHRASES: &[&str] = &[
     "btc wallet",
 ];
 
-const PHARMA_PHRASES: &[&str] = &["viagra", "cialis", "prescription", "pharmacy", "vicodin", "xanax", "herbal", "penis", "enlarge"];
+const PHARMA_PHRASES: &[&str] =
+    &["viagra", "cialis", "prescription", "pharmacy", "vicodin", "xanax", "herbal", "penis", "enlarge"];
 
 const PHISH_PHRASES: &[&str] = &[
     "verify your account",
@@ -297,7 +369,10 @@ fn displayed_domain(text: &str) -> Option<String> {
         return None;
     };
     let labels: Vec<&str> = host.split('.').collect();
-    if labels.len() < 2 || labels.iter().any(|l| l.is_empty()) || !labels.last()?.chars().all(|c| c.is_ascii_alphabetic()) {
+    if labels.len() < 2
+        || labels.iter().any(|l| l.is_empty())
+        || !labels.last()?.chars().all(|c| c.is_ascii_alphabetic())
+    {
         return None;
     }
     Some(host)
@@ -307,6 +382,36 @@ fn letters_caps_ratio(text: &str) -> (usize, f64) {
     let letters = text.chars().filter(|c| c.is_alphabetic()).count();
     let caps = text.chars().filter(|c| c.is_uppercase()).count();
     (letters, if letters == 0 { 0.0 } else { caps as f64 / letters as f64 })
+}
+
+/// RFC 5322 requires a zone: a numeric offset, or one of the obsolete names.
+fn has_timezone(date: &str) -> bool {
+    date.split(|c: char| c.is_whitespace() || c == '(' || c == ')').any(|token| {
+        let numeric = token.len() == 5
+            && (token.starts_with('+') || token.starts_with('-'))
+            && token[1..].bytes().all(|b| b.is_ascii_digit());
+        numeric
+            || matches!(
+                token.to_ascii_uppercase().as_str(),
+                "GMT" | "UT" | "UTC" | "Z" | "EST" | "EDT" | "CST" | "CDT" | "MST" | "MDT" | "PST" | "PDT"
+            )
+    })
+}
+
+/// "remove" written as an instruction: near a subject line, a reply, an address or a list.
+fn remove_instruction(lower: &str) -> Option<String> {
+    for (at, _) in lower.match_indices("remove") {
+        let start = lower.floor_char_boundary(at.saturating_sub(80));
+        let end = lower.ceil_char_boundary((at + 120).min(lower.len()));
+        let window = &lower[start..end];
+        let cue = ["subject", "reply", "mailto", "list", "e-mail", "email", "click", "send"]
+            .into_iter()
+            .find(|cue| window.contains(cue));
+        if let Some(cue) = cue {
+            return Some(format!("remove … {cue}"));
+        }
+    }
+    None
 }
 
 fn extension(name: &str) -> Option<String> {
@@ -340,11 +445,20 @@ fn header_rules(input: &Input, hits: &mut Hits) {
         None if !input.has_header("Date") => hits.add("MISSING_DATE", 1.5, None),
         None => hits.add("MISSING_DATE", 1.2, "unparseable Date".to_string()),
         Some(date) => {
+            let raw_date = input.header("Date").unwrap_or("");
+            if !has_timezone(raw_date) {
+                hits.add("DATE_NO_TIMEZONE", 1.5, raw_date.to_string());
+            }
             // Compare with the newest Received: the time our side of the world saw it.
-            let received = input.all("Received").find_map(|r| r.rsplit_once(';').and_then(|(_, d)| parse_date(d)));
+            let received =
+                input.all("Received").find_map(|r| r.rsplit_once(';').and_then(|(_, d)| parse_date(d)));
             if let Some(received) = received {
                 if date > received + 12 * 3600 {
-                    hits.add("DATE_IN_FUTURE", 2.0, format!("{}h ahead of Received", (date - received) / 3600));
+                    hits.add(
+                        "DATE_IN_FUTURE",
+                        2.0,
+                        format!("{}h ahead of Received", (date - received) / 3600),
+                    );
                 } else if date < received - 96 * 3600 {
                     hits.add("DATE_IN_PAST", 1.4, format!("{}h behind Received", (received - date) / 3600));
                 }
@@ -367,10 +481,10 @@ fn header_rules(input: &Input, hits: &mut Hits) {
                     .split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '"' | '\''))
                     .filter_map(|w| w.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_string()))
                     .find(|d| d.contains('.'));
-                if let Some(shown) = shown {
-                    if base_domain(&shown) != base_domain(&domain) {
-                        hits.add("FROM_DISPLAY_SPOOF", 2.5, format!("shows {shown}, sends from {domain}"));
-                    }
+                if let Some(shown) = shown
+                    && base_domain(&shown) != base_domain(&domain)
+                {
+                    hits.add("FROM_DISPLAY_SPOOF", 2.5, format!("shows {shown}, sends from {domain}"));
                 }
                 let (letters, caps) = letters_caps_ratio(name);
                 if letters >= 6 && caps > 0.9 && name.contains(' ') {
@@ -378,19 +492,28 @@ fn header_rules(input: &Input, hits: &mut Hits) {
                 }
             }
             if let Some(reply) = input.reply_to.first().and_then(|m| m.address.as_deref()) {
-                let reply_domain = reply.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+                let reply_domain =
+                    reply.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
                 if FREEMAIL.contains(&reply_domain.as_str()) && reply_domain != domain {
-                    hits.add("REPLYTO_FREEMAIL_DIFFERS", 1.5, format!("Reply-To {reply_domain}, From {domain}"));
+                    hits.add(
+                        "REPLYTO_FREEMAIL_DIFFERS",
+                        1.5,
+                        format!("Reply-To {reply_domain}, From {domain}"),
+                    );
                 }
             }
         }
     }
     if !input.has_header("To") && !input.has_header("Cc") {
         hits.add("MISSING_TO", 0.8, None);
-    } else if input.header("To").is_some_and(|to| to.to_ascii_lowercase().contains("undisclosed")) || input.recipients.is_empty() {
+    } else if input.header("To").is_some_and(|to| to.to_ascii_lowercase().contains("undisclosed"))
+        || input.recipients.is_empty()
+    {
         hits.add("TO_UNDISCLOSED", 1.5, None);
     }
-    if let Some(local) = input.from.first().and_then(|m| m.address.as_deref()).and_then(|a| a.rsplit_once('@')).map(|(l, _)| l) {
+    if let Some(local) =
+        input.from.first().and_then(|m| m.address.as_deref()).and_then(|a| a.rsplit_once('@')).map(|(l, _)| l)
+    {
         // A name followed by a long run of digits: "james5293102", "offers_8452970".
         let letters = local.chars().take_while(|c| c.is_ascii_alphabetic()).count();
         let rest = local[letters..].trim_start_matches('_');
@@ -406,7 +529,11 @@ fn header_rules(input: &Input, hits: &mut Hits) {
     domains.sort();
     domains.dedup();
     if input.recipients.len() >= 8 && domains.len() >= 5 {
-        hits.add("MANY_VISIBLE_RECIPIENTS", 2.0, format!("{} recipients in {} domains", input.recipients.len(), domains.len()));
+        hits.add(
+            "MANY_VISIBLE_RECIPIENTS",
+            2.0,
+            format!("{} recipients in {} domains", input.recipients.len(), domains.len()),
+        );
     }
     let priority = input.header("X-Priority").unwrap_or("").trim().starts_with('1')
         || input.header("X-MSMail-Priority").is_some_and(|p| p.eq_ignore_ascii_case("high"));
@@ -462,6 +589,9 @@ fn subject_rules(input: &Input, hits: &mut Hits) {
             hits.add("SUBJ_UNIQUE_ID", 2.5, tail.to_string());
         }
     }
+    if subject.contains('%') {
+        hits.add("SUBJ_PERCENT", 1.0, None);
+    }
     if lower.starts_with("adv") && lower[3..].starts_with([':', ' ', '-']) {
         hits.add("SUBJ_ADV", 3.0, None);
     }
@@ -477,18 +607,31 @@ fn html_rules(input: &Input, html_text: &str, hits: &mut Hits) {
     let hidden = ["display:none", "visibility:hidden", "font-size:0px", "font-size:0;", "font-size:1px"]
         .iter()
         .any(|p| compact.contains(p))
-        || (compact.contains("color=\"#ffffff\"") || compact.contains("color=#ffffff") || compact.contains("color:#ffffff"))
+        || (compact.contains("color=\"#ffffff\"")
+            || compact.contains("color=#ffffff")
+            || compact.contains("color:#ffffff"))
             && !compact.contains("bgcolor=\"#000")
             && !compact.contains("background-color:#000");
     if hidden {
         hits.add("HTML_HIDDEN_TEXT", 0.6, None);
     }
-    if compact.contains("<fontsize=1") || compact.contains("<fontsize=\"1\"") || compact.contains("font-size:2px") {
+    if compact.contains("<fontsize=1")
+        || compact.contains("<fontsize=\"1\"")
+        || compact.contains("font-size:2px")
+    {
         hits.add("HTML_TINY_FONT", 0.6, None);
     }
-    if ["<fontsize=+3", "<fontsize=\"+3\"", "<fontsize=\"6\"", "<fontsize=6", "<fontsize=\"7\"", "<fontsize=7", "<fontsize=+4"]
-        .iter()
-        .any(|p| compact.contains(p))
+    if [
+        "<fontsize=+3",
+        "<fontsize=\"+3\"",
+        "<fontsize=\"6\"",
+        "<fontsize=6",
+        "<fontsize=\"7\"",
+        "<fontsize=7",
+        "<fontsize=+4",
+    ]
+    .iter()
+    .any(|p| compact.contains(p))
     {
         hits.add("HTML_BIG_FONT", 1.0, None);
     }
@@ -547,12 +690,21 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
         hits.add("BODY_SPAM_PHRASES", total.min(3.0), names.join(","));
     }
     let remove = count_phrases(lower, REMOVE_PHRASES);
-    if !remove.is_empty() {
-        hits.add("BODY_REMOVE_INSTRUCTIONS", 2.5, remove.join(","));
+    if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
+        hits.add("BODY_REMOVE_INSTRUCTIONS", 2.5, detail);
+    }
+    let toll_free =
+        ["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
+    if let Some(number) = toll_free.iter().find(|n| lower.contains(*n)) {
+        hits.add("BODY_TOLL_FREE", 0.8, number.to_string());
     }
     let compliance = count_phrases(lower, COMPLIANCE_PHRASES);
     if !compliance.is_empty() {
-        hits.add("BODY_COMPLIANCE_CLAIM", (0.7 + 0.7 * compliance.len() as f64).min(2.5), compliance.join(","));
+        hits.add(
+            "BODY_COMPLIANCE_CLAIM",
+            (0.7 + 0.7 * compliance.len() as f64).min(2.5),
+            compliance.join(","),
+        );
     }
     let fee = count_phrases(lower, ADVANCE_FEE_PHRASES);
     if fee.len() >= 2 {
@@ -570,7 +722,10 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     if letters >= 200 && caps > 0.35 {
         hits.add("BODY_SHOUTING", 1.2, format!("{:.0}% capitals", caps * 100.0));
     }
-    let amounts = visible.match_indices('$').filter(|(i, _)| visible[i + 1..].starts_with(|c: char| c.is_ascii_digit())).count();
+    let amounts = visible
+        .match_indices('$')
+        .filter(|(i, _)| visible[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
+        .count();
     if amounts >= 3 {
         hits.add("BODY_MONEY_AMOUNTS", 0.5, format!("{amounts} dollar amounts"));
     }
@@ -587,10 +742,14 @@ fn attachment_rules(input: &Input, hits: &mut Hits) {
         let lower = name.trim().to_ascii_lowercase();
         let Some(ext) = extension(&lower) else { continue };
         if EXECUTABLE.contains(&ext.as_str()) {
-            let inner = lower.trim_end_matches(['.', ' ']).rsplit_once('.').and_then(|(stem, _)| extension(stem));
+            let inner =
+                lower.trim_end_matches(['.', ' ']).rsplit_once('.').and_then(|(stem, _)| extension(stem));
             let disguised = inner.is_some_and(|inner| {
-                ["pdf", "doc", "docx", "xls", "xlsx", "jpg", "jpeg", "png", "gif", "txt", "zip", "htm", "html"]
-                    .contains(&inner.as_str())
+                [
+                    "pdf", "doc", "docx", "xls", "xlsx", "jpg", "jpeg", "png", "gif", "txt", "zip", "htm",
+                    "html",
+                ]
+                .contains(&inner.as_str())
             }) || lower.contains("     ");
             if disguised {
                 hits.add("ATTACH_DOUBLE_EXTENSION", 5.0, name.to_string());
@@ -620,7 +779,10 @@ mod tests {
             headers: vec![
                 ("To".into(), "bob@example.com".into()),
                 ("Date".into(), "Thu, 1 Jan 2026 00:00:00 +0000".into()),
-                ("Received".into(), "from mx.example.org by mx.example.com; Thu, 1 Jan 2026 00:01:00 +0000".into()),
+                (
+                    "Received".into(),
+                    "from mx.example.org by mx.example.com; Thu, 1 Jan 2026 00:01:00 +0000".into(),
+                ),
             ],
             subject: Some("Lunch on Friday?".into()),
             from: vec![mailbox(Some("Alice Example"), "alice@example.org")],
@@ -646,7 +808,9 @@ mod tests {
         m.from = vec![mailbox(Some("service@paypal.com"), "x@evil.example")];
         m.subject = Some("YOUR ACCOUNT IS SUSPENDED!!".into());
         let n = names(&m);
-        for expected in ["MISSING_DATE", "MISSING_MESSAGE_ID", "FROM_DISPLAY_SPOOF", "SUBJ_ALL_CAPS", "SUBJ_EXCLAIM"] {
+        for expected in
+            ["MISSING_DATE", "MISSING_MESSAGE_ID", "FROM_DISPLAY_SPOOF", "SUBJ_ALL_CAPS", "SUBJ_EXCLAIM"]
+        {
             assert!(n.contains(&expected), "{expected} missing from {n:?}");
         }
     }
@@ -670,7 +834,14 @@ mod tests {
                 .into(),
         );
         let n = names(&m);
-        for expected in ["HTML_ONLY", "HTML_HIDDEN_TEXT", "LINK_IP_LITERAL", "LINK_OBFUSCATED", "LINK_TEXT_MISMATCH", "HTML_IMAGE_HEAVY"] {
+        for expected in [
+            "HTML_ONLY",
+            "HTML_HIDDEN_TEXT",
+            "LINK_IP_LITERAL",
+            "LINK_OBFUSCATED",
+            "LINK_TEXT_MISMATCH",
+            "HTML_IMAGE_HEAVY",
+        ] {
             assert!(n.contains(&expected), "{expected} missing from {n:?}");
         }
     }

@@ -57,14 +57,13 @@ pub fn html_to_text(html: &str) -> String {
             }
             continue;
         }
-        if bytes[i] == b'&' {
-            if let Some(end) = lower[i..].find(';').filter(|e| *e <= 10) {
-                if let Some(c) = decode_entity(&html[i + 1..i + end]) {
-                    out.push(c);
-                    i += end + 1;
-                    continue;
-                }
-            }
+        if bytes[i] == b'&'
+            && let Some(end) = lower[i..].find(';').filter(|e| *e <= 10)
+            && let Some(c) = decode_entity(&html[i + 1..i + end])
+        {
+            out.push(c);
+            i += end + 1;
+            continue;
         }
         let c = html[i..].chars().next().unwrap_or(' ');
         out.push(c);
@@ -239,7 +238,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(text_urls("go to http://a.example/x, or https://b.example."), vec!["http://a.example/x,", "https://b.example."]);
+        assert_eq!(
+            text_urls("go to http://a.example/x, or https://b.example."),
+            vec!["http://a.example/x,", "https://b.example."]
+        );
         assert_eq!(url_host("http://user@www.Bank.com:80/x"), Some("www.bank.com".into()));
         assert_eq!(url_host("mailto:x@y"), None);
         assert_eq!(base_domain("a.b.example.co.uk"), "example.co.uk");

@@ -15,9 +15,12 @@
 //! - `calls` (any value): at data, the symbol `CALLS_<n>` counts the hooks this instance
 //!   ran, proving one instance serves one whole session and no more.
 
-use sluice_policy::{Config, Context, Decision, Message, Policy, Recipient, Stage, dns, export_policy, kv, log};
+use sluice_policy::{
+    Config, Context, Decision, Message, Policy, Recipient, Stage, dns, export_policy, kv, log,
+};
 
-struct Probe {
+/// The fixture policy.
+pub struct Probe {
     config: Config,
     calls: u32,
     dns_answers: u32,
@@ -138,10 +141,10 @@ impl Policy for Probe {
         if let Some((name, value)) = self.config.get("header").and_then(|h| h.split_once(':')) {
             decision = decision.add_header(name.trim(), value.trim());
         }
-        if let Some((key, value)) = self.config.get("kv_set").and_then(|s| s.split_once('=')) {
-            if let Err(e) = kv::set(key, value.as_bytes(), None) {
-                decision = decision.symbol(&format!("KV_ERROR_{e:?}"), 0.0, None);
-            }
+        if let Some((key, value)) = self.config.get("kv_set").and_then(|s| s.split_once('='))
+            && let Err(e) = kv::set(key, value.as_bytes(), None)
+        {
+            decision = decision.symbol(&format!("KV_ERROR_{e:?}"), 0.0, None);
         }
         if let Some(key) = self.config.get("kv_get") {
             let name = match kv::get(key) {

@@ -1,0 +1,87 @@
+//! Cost per message of running policies: a fresh instance of every policy in the chain
+//! (instantiate + init) and every hook a message passes through (connect, helo, mail, one
+//! rcpt, data), on a message parsed once. Run with `cargo bench -p sluice --bench policy_cost`.
+
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::dns::FixtureResolver;
+use sluice::policy::simulate::{Envelope, simulate};
+use sluice::policy::{
+    Chain, ChainSettings, Clock, EngineOptions, HostServices, LoadedPolicy, ParsedMessage, PolicyEngine,
+    PolicySpec,
+};
+use sluice::state::kv::MemoryKv;
+use sluice_test_artifacts::{DNSBL, GREYLIST, RATE_LIMIT, SENDER_GUARD, SPAM_HEURISTICS};
+
+const MESSAGE: &str = "Return-Path: <alice@example.org>\r\nReceived: from mx.example.org (mx.example.org \
+[198.51.100.20])\r\n\tby mx.example.com with ESMTPS; Thu, 1 Jan 2026 09:00:05 +0000\r\nFrom: Alice <alice@example.org>\r\n\
+To: Bob <bob@example.com>\r\nSubject: Quarterly report\r\nDate: Thu, 1 Jan 2026 09:00:00 +0000\r\n\
+Message-ID: <20260101090000.1234@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+Hi Bob,\r\n\r\nthe quarterly report is ready; see https://intranet.example.org/reports/q4 for details.\r\n\r\nAlice\r\n";
+
+fn load(
+    rt: &tokio::runtime::Runtime,
+    engine: &PolicyEngine,
+    services: &HostServices,
+    path: &str,
+    config: &[(&str, &str)],
+) -> Arc<LoadedPolicy> {
+    let mut spec = PolicySpec::new(path);
+    spec.config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    rt.block_on(engine.load(&spec, "bench", services.clone())).expect("load policy")
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let engine =
+        PolicyEngine::new(EngineOptions { max_instances: 64, ..EngineOptions::default() }).expect("engine");
+    let services = HostServices {
+        kv: Arc::new(MemoryKv::new(1_000_000)),
+        resolver: Arc::new(FixtureResolver::default()),
+        clock: Clock::System,
+    };
+    let message = Arc::new(ParsedMessage::parse(MESSAGE.as_bytes().to_vec()));
+    let envelope = Envelope {
+        client_ip: "198.51.100.20".parse().expect("ip"),
+        helo: "mx.example.org".into(),
+        from: "alice@example.org".into(),
+        to: vec!["bob@example.com".into()],
+        authenticated_user: None,
+        transaction_id: "bench".into(),
+    };
+    let chain = |policies: Vec<Arc<LoadedPolicy>>| {
+        Arc::new(Chain { tenant: "bench".into(), policies, settings: ChainSettings::default() })
+    };
+
+    let all = vec![
+        load(&rt, &engine, &services, DNSBL, &[("zones", "bl.test")]),
+        load(&rt, &engine, &services, SENDER_GUARD, &[("domains", "example.com")]),
+        load(
+            &rt,
+            &engine,
+            &services,
+            RATE_LIMIT,
+            &[("messages", "1000000000"), ("recipients", "1000000000")],
+        ),
+        load(&rt, &engine, &services, GREYLIST, &[("exempt_networks", "198.51.100.0/24")]),
+        load(&rt, &engine, &services, SPAM_HEURISTICS, &[]),
+    ];
+    let mut group = c.benchmark_group("per_message");
+    for policy in &all {
+        let one = chain(vec![policy.clone()]);
+        group.bench_function(format!("one_policy/{}", policy.name), |b| {
+            b.iter(|| rt.block_on(simulate(&one, &envelope, &message)))
+        });
+    }
+    let every = chain(all.clone());
+    group.bench_function("all_shipped_policies", |b| {
+        b.iter(|| rt.block_on(simulate(&every, &envelope, &message)))
+    });
+    let empty = chain(Vec::new());
+    group.bench_function("no_policies", |b| b.iter(|| rt.block_on(simulate(&empty, &envelope, &message))));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

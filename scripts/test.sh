@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints (host and wasm targets), and every test —
+# unit tests, the policies built as components and run through the real engine, the
+# `sluice policy test` CLI on the golden suite and the shared corpus.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    rustup target add wasm32-wasip2
+fi
+if [ ! -d ../shared/corpus ]; then
+    echo "scripts/test.sh: ../shared/corpus is missing; the tests read the shared mail corpus beside the repository" >&2
+    exit 1
+fi
+
+# Policies, SDK and fixtures, as they are really built.
+WASM_PACKAGES=(-p sluice-policy)
+for manifest in policies/*/Cargo.toml host/tests/policies/*/Cargo.toml; do
+    WASM_PACKAGES+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -n 1)")
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy (host)"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo clippy (wasm32-wasip2)"
+cargo clippy --target wasm32-wasip2 "${WASM_PACKAGES[@]}" -- -D warnings
+echo "== cargo test"
+cargo test --workspace
