@@ -32,6 +32,8 @@ pub const SYMBOLS: &[&str] = &[
     "SUBJ_PERCENT",
     "BODY_TOLL_FREE",
     "PRIORITY_HIGH",
+    "MSMAIL_PRIORITY_NOT_OUTLOOK",
+    "MISSING_MIME_VERSION",
     "HTML_ONLY",
     "HTML_HIDDEN_TEXT",
     "HTML_TINY_FONT",
@@ -215,7 +217,7 @@ const SUBJ_URGENCY: &[&str] = &[
 
 /// Phrases of bulk advertising, each worth a little; their sum is capped.
 const SPAM_PHRASES: &[(&str, f64)] = &[
-    ("click here", 0.6),
+    ("click here", 0.4),
     ("click below", 0.6),
     ("100% free", 1.0),
     ("100% guaranteed", 1.0),
@@ -242,15 +244,13 @@ const SPAM_PHRASES: &[(&str, f64)] = &[
     ("call now", 0.6),
     ("toll free", 0.5),
     ("toll-free", 0.5),
-    ("credit card", 0.4),
+    ("credit card", 0.3),
     ("lowest rate", 0.8),
     ("mortgage", 0.6),
     ("refinance", 0.8),
-    ("amazing", 0.3),
-    ("guarantee", 0.4),
+    ("guarantee", 0.3),
     ("increase your", 0.5),
-    ("unlimited", 0.3),
-    ("incredible", 0.4),
+    ("incredible", 0.3),
     ("as seen on", 0.8),
     ("don't delete", 1.0),
     ("do not delete", 1.0),
@@ -258,7 +258,6 @@ const SPAM_PHRASES: &[(&str, f64)] = &[
     ("one-time mailing", 1.2),
     ("bulk email", 1.0),
     ("email marketing", 0.6),
-    ("millions of", 0.4),
     ("24 hours a day", 0.8),
     ("call today", 0.8),
     ("apply now", 0.8),
@@ -274,7 +273,33 @@ const SPAM_PHRASES: &[(&str, f64)] = &[
     ("this advertisement", 0.6),
     ("investment opportunity", 1.0),
     ("excluded from further", 1.5),
-    ("per cent", 0.2),
+    ("opted in", 0.8),
+    ("opt-in", 0.5),
+    ("affiliate", 0.4),
+    ("special offer", 0.4),
+    ("do not wish to receive", 0.8),
+    ("free gift", 1.0),
+    ("value)", 0.5),
+    ("order by", 0.4),
+    ("click here now", 0.8),
+    ("dear sir or madam", 0.8),
+    ("business opportunity", 1.0),
+    ("unsolicited", 0.4),
+    ("sent this email in error", 0.8),
+    ("sent to you in error", 0.8),
+    ("call us today", 0.8),
+    ("immediate cash", 1.0),
+    ("cash bonus", 1.0),
+    ("risk-free trial", 1.0),
+    ("save up to", 0.8),
+    ("per week", 0.4),
+    ("no experience", 0.8),
+    ("be your own boss", 1.2),
+    ("debt free", 1.0),
+    ("credit report", 0.8),
+    ("consolidate", 0.6),
+    ("get paid", 0.8),
+    ("double your", 1.0),
 ];
 
 const REMOVE_PHRASES: &[&str] = &[
@@ -447,7 +472,7 @@ fn header_rules(input: &Input, hits: &mut Hits) {
         Some(date) => {
             let raw_date = input.header("Date").unwrap_or("");
             if !has_timezone(raw_date) {
-                hits.add("DATE_NO_TIMEZONE", 1.5, raw_date.to_string());
+                hits.add("DATE_NO_TIMEZONE", 2.0, raw_date.to_string());
             }
             // Compare with the newest Received: the time our side of the world saw it.
             let received =
@@ -488,7 +513,7 @@ fn header_rules(input: &Input, hits: &mut Hits) {
                 }
                 let (letters, caps) = letters_caps_ratio(name);
                 if letters >= 6 && caps > 0.9 && name.contains(' ') {
-                    hits.add("FROM_NAME_ALL_CAPS", 1.0, name.to_string());
+                    hits.add("FROM_NAME_ALL_CAPS", 1.5, name.to_string());
                 }
             }
             if let Some(reply) = input.reply_to.first().and_then(|m| m.address.as_deref()) {
@@ -538,7 +563,16 @@ fn header_rules(input: &Input, hits: &mut Hits) {
     let priority = input.header("X-Priority").unwrap_or("").trim().starts_with('1')
         || input.header("X-MSMail-Priority").is_some_and(|p| p.eq_ignore_ascii_case("high"));
     if priority {
-        hits.add("PRIORITY_HIGH", 1.0, None);
+        hits.add("PRIORITY_HIGH", 1.5, None);
+    }
+    // Outlook writes X-MSMail-Priority; other software that copies the header to look like
+    // Outlook usually forgets the matching X-Mailer.
+    let mailer = input.header("X-Mailer").unwrap_or("").to_ascii_lowercase();
+    if input.has_header("X-MSMail-Priority") && !mailer.contains("outlook") && !mailer.contains("microsoft") {
+        hits.add("MSMAIL_PRIORITY_NOT_OUTLOOK", 1.5, input.header("X-Mailer").map(str::to_string));
+    }
+    if input.has_header("Content-Type") && !input.has_header("MIME-Version") {
+        hits.add("MISSING_MIME_VERSION", 0.5, None);
     }
     // "Received: from 192.0.2.1 (...)": a client that greeted with a bare IP address.
     let bare_ip_helo = input.all("Received").any(|r| {
@@ -572,7 +606,7 @@ fn subject_rules(input: &Input, hits: &mut Hits) {
     }
     let urgency = count_phrases(&lower, SUBJ_URGENCY);
     if !urgency.is_empty() {
-        hits.add("SUBJ_URGENCY", 1.0, urgency.join(","));
+        hits.add("SUBJ_URGENCY", 1.5, urgency.join(","));
     }
     // A tracking tag appended after a run of spaces, or a bare trailing token mixing letters
     // and digits: "Great offer        28374", "Hello [ID:7x9q2]".
@@ -601,7 +635,7 @@ fn html_rules(input: &Input, html_text: &str, hits: &mut Hits) {
     let Some(html) = input.html.as_deref() else { return };
     let lower = html.to_ascii_lowercase();
     if input.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
-        hits.add("HTML_ONLY", 0.5, None);
+        hits.add("HTML_ONLY", 0.3, None);
     }
     let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
     let hidden = ["display:none", "visibility:hidden", "font-size:0px", "font-size:0;", "font-size:1px"]
@@ -613,7 +647,7 @@ fn html_rules(input: &Input, html_text: &str, hits: &mut Hits) {
             && !compact.contains("bgcolor=\"#000")
             && !compact.contains("background-color:#000");
     if hidden {
-        hits.add("HTML_HIDDEN_TEXT", 0.6, None);
+        hits.add("HTML_HIDDEN_TEXT", 0.3, None);
     }
     if compact.contains("<fontsize=1")
         || compact.contains("<fontsize=\"1\"")
@@ -675,7 +709,7 @@ fn link_rules(input: &Input, text: &str, hits: &mut Hits) {
         (base_domain(&shown) != base_domain(&real)).then(|| format!("shows {shown}, goes to {real}"))
     });
     if let Some(detail) = mismatch {
-        hits.add("LINK_TEXT_MISMATCH", 2.5, detail);
+        hits.add("LINK_TEXT_MISMATCH", 1.5, detail);
     }
     if let Some(short) = distinct.iter().find(|h| SHORTENERS.contains(&h.as_str())) {
         hits.add("LINK_SHORTENER", 0.5, short.clone());
@@ -691,7 +725,7 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     }
     let remove = count_phrases(lower, REMOVE_PHRASES);
     if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
-        hits.add("BODY_REMOVE_INSTRUCTIONS", 2.5, detail);
+        hits.add("BODY_REMOVE_INSTRUCTIONS", 2.0, detail);
     }
     let toll_free =
         ["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
@@ -702,7 +736,7 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     if !compliance.is_empty() {
         hits.add(
             "BODY_COMPLIANCE_CLAIM",
-            (0.7 + 0.7 * compliance.len() as f64).min(2.5),
+            (0.4 + 0.4 * compliance.len() as f64).min(1.6),
             compliance.join(","),
         );
     }
@@ -727,7 +761,7 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
         .filter(|(i, _)| visible[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
         .count();
     if amounts >= 3 {
-        hits.add("BODY_MONEY_AMOUNTS", 0.5, format!("{amounts} dollar amounts"));
+        hits.add("BODY_MONEY_AMOUNTS", 0.3, format!("{amounts} dollar amounts"));
     }
 }
 
