@@ -109,7 +109,9 @@ pub(crate) struct CallBudget {
 
 /// The data of a policy store: WASI context, resource table, limits, services.
 pub struct HostState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: many policies never make one, and building a
+    /// context (random generators, clocks, stdio) is a measurable part of a fresh instance.
+    wasi: Option<WasiCtx>,
     pub(crate) table: ResourceTable,
     limiter: Limiter,
     pub(crate) io: Arc<PolicyIo>,
@@ -122,8 +124,22 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let (stdout, stderr) = (&self.stdout, &self.stderr);
+        let ctx = self.wasi.get_or_insert_with(|| deny_by_default_wasi(stdout, stderr));
+        WasiCtxView { ctx, table: &mut self.table }
     }
+}
+
+/// No files, no sockets, no name lookups, no environment, no arguments; stdout and stderr
+/// into bounded pipes that the host forwards to the log.
+fn deny_by_default_wasi(stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> WasiCtx {
+    WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// What a hook is called with besides the context.
@@ -152,17 +168,10 @@ impl PolicyInstance {
         let output_cap = io.limits.output_bytes;
         let stdout = MemoryOutputPipe::new(output_cap);
         let stderr = MemoryOutputPipe::new(output_cap);
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let limiter = Limiter { memory_bytes: io.limits.memory_bytes, table_elements: 100_000 };
         let ticks = ticks_for(io.limits.cpu_deadline, io.tick);
         let state = HostState {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limiter,
             io,
