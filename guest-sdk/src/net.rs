@@ -89,6 +89,16 @@ pub fn domain_matches(domain: &str, pattern: &str) -> bool {
     domain == pattern
 }
 
+/// The registrable-looking part of a host name: its last two labels, or three under a
+/// two-letter country domain with a short second level (`example.co.uk`). A heuristic without
+/// the public suffix list, good enough to tell `bank.com` from `bank.com.evil.example`.
+pub fn base_domain(host: &str) -> String {
+    let labels: Vec<&str> = host.trim_end_matches('.').split('.').filter(|l| !l.is_empty()).collect();
+    let n = labels.len();
+    let keep = if n >= 3 && labels[n - 1].len() == 2 && labels[n - 2].len() <= 3 { 3 } else { 2 };
+    labels[n.saturating_sub(keep)..].join(".").to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +113,13 @@ mod tests {
         assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8:1::5".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn base_domains() {
+        assert_eq!(base_domain("www.Example.com."), "example.com");
+        assert_eq!(base_domain("a.b.example.co.uk"), "example.co.uk");
+        assert_eq!(base_domain("localhost"), "localhost");
     }
 
     #[test]

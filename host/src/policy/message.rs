@@ -118,22 +118,7 @@ impl ParsedMessage {
     fn parse_with(raw: Arc<[u8]>, headers_only: bool) -> Self {
         let parser = MessageParser::default();
         let parsed = if headers_only { parser.parse_headers(&raw[..]) } else { parser.parse(&raw[..]) };
-        let Some(msg) = parsed else {
-            return Self {
-                raw,
-                headers: Vec::new(),
-                subject: None,
-                from: Vec::new(),
-                to: Vec::new(),
-                cc: Vec::new(),
-                reply_to: Vec::new(),
-                date: None,
-                message_id: None,
-                text_body: None,
-                html_body: None,
-                attachments: Vec::new(),
-            };
-        };
+        let Some(msg) = parsed else { return Self::unparsed(raw) };
 
         let headers = msg
             .headers()

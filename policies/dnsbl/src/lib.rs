@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 
-use sluice_policy::net::is_non_public;
+use sluice_policy::net::{base_domain, is_non_public};
 use sluice_policy::{Config, Context, Decision, Message, Policy, Recipient, Stage, dns, export_policy, log};
 
 /// The policy.
@@ -62,19 +62,6 @@ pub fn link_domains(text: &str) -> BTreeSet<String> {
         }
     }
     out
-}
-
-/// The registrable-looking part of a host: its last two labels (three for short
-/// second-level labels such as `co.uk`).
-pub fn base_domain(host: &str) -> String {
-    let labels: Vec<&str> = host.split('.').collect();
-    let keep =
-        if labels.len() >= 3 && labels[labels.len() - 2].len() <= 3 && labels[labels.len() - 1].len() == 2 {
-            3
-        } else {
-            2
-        };
-    labels[labels.len().saturating_sub(keep)..].join(".")
 }
 
 impl Policy for Dnsbl {
@@ -183,7 +170,5 @@ mod tests {
             d.into_iter().collect::<Vec<_>>(),
             vec!["a.b.co.uk".to_string(), "www.example.com".to_string()]
         );
-        assert_eq!(base_domain("www.example.com"), "example.com");
-        assert_eq!(base_domain("a.b.co.uk"), "b.co.uk");
     }
 }

@@ -1,6 +1,8 @@
 //! Text helpers for the rules: visible text of HTML, links with their anchor text, and the
 //! RFC 5322 dates found in `Date:` and `Received:` headers.
 
+pub use sluice_policy::net::base_domain;
+
 /// A link found in HTML or text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Link {
@@ -142,15 +144,6 @@ pub fn url_host(url: &str) -> Option<String> {
     if host.is_empty() { None } else { Some(host.to_ascii_lowercase()) }
 }
 
-/// The last two labels of a host (three under two-letter country domains with a short
-/// second level, such as `co.uk`).
-pub fn base_domain(host: &str) -> String {
-    let labels: Vec<&str> = host.split('.').filter(|l| !l.is_empty()).collect();
-    let n = labels.len();
-    let keep = if n >= 3 && labels[n - 1].len() == 2 && labels[n - 2].len() <= 3 { 3 } else { 2 };
-    labels[n.saturating_sub(keep)..].join(".")
-}
-
 fn month(name: &str) -> Option<i64> {
     let months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
     let lower = name.to_ascii_lowercase();
@@ -244,6 +237,5 @@ mod tests {
         );
         assert_eq!(url_host("http://user@www.Bank.com:80/x"), Some("www.bank.com".into()));
         assert_eq!(url_host("mailto:x@y"), None);
-        assert_eq!(base_domain("a.b.example.co.uk"), "example.co.uk");
     }
 }
