@@ -125,8 +125,8 @@ impl ParsedMessage {
             .iter()
             .map(|h| {
                 let value = match &h.value {
-                    HeaderValue::Text(text) => text.to_string(),
-                    HeaderValue::TextList(list) => list.join(", "),
+                    HeaderValue::Text(text) => unfold(text),
+                    HeaderValue::TextList(list) => unfold(&list.join(", ")),
                     _ => {
                         let start = h.offset_start as usize;
                         let end = h.offset_end as usize;
