@@ -288,11 +288,12 @@ mod tests {
     #[test]
     fn parses_common_fields() {
         let raw = b"From: \"Alice\" <alice@example.org>\r\nTo: bob@example.com, carol@example.com\r\n\
-Subject: =?utf-8?q?h=C3=A9llo?=\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\nMessage-ID: <a@b>\r\n\
+Reply-To: \"Replies\" <replies@example.org>\r\nSubject: =?utf-8?q?h=C3=A9llo?=\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\nMessage-ID: <a@b>\r\n\
 X-Folded: one\r\n two\r\n\r\nbody text\r\n";
         let m = ParsedMessage::parse(&raw[..]);
         assert_eq!(m.subject(), Some("héllo"));
         assert_eq!(m.from()[0].name.as_deref(), Some("Alice"));
+        assert_eq!(m.reply_to()[0].address.as_deref(), Some("replies@example.org"));
         assert_eq!(m.to().len(), 2);
         assert_eq!(m.date(), Some(1_767_225_600));
         assert_eq!(m.message_id(), Some("a@b"));

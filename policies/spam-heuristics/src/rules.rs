@@ -139,6 +139,16 @@ impl Hits {
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
 const FREEMAIL: &[&str] = &[
+    "china.com",
+    "sohu.com",
+    "sina.com",
+    "163.com",
+    "126.com",
+    "qq.com",
+    "usa.net",
+    "email.com",
+    "earthlink.net",
+    "web.de",
     "gmail.com",
     "yahoo.com",
     "hotmail.com",
@@ -519,12 +529,9 @@ fn header_rules(input: &Input, hits: &mut Hits) {
             if let Some(reply) = input.reply_to.first().and_then(|m| m.address.as_deref()) {
                 let reply_domain =
                     reply.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
-                if FREEMAIL.contains(&reply_domain.as_str()) && reply_domain != domain {
-                    hits.add(
-                        "REPLYTO_FREEMAIL_DIFFERS",
-                        1.5,
-                        format!("Reply-To {reply_domain}, From {domain}"),
-                    );
+                // Replies go to a free mailbox that is not the sender's own.
+                if FREEMAIL.contains(&reply_domain.as_str()) && !reply.eq_ignore_ascii_case(address) {
+                    hits.add("REPLYTO_FREEMAIL_DIFFERS", 2.0, format!("Reply-To {reply}, From {address}"));
                 }
             }
         }
