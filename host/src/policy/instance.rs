@@ -244,9 +244,9 @@ impl PolicyInstance {
     pub(crate) async fn init(&mut self) -> Result<Result<(), String>, Fault> {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
-        let config = self.store.data().io.config.clone();
+        let io = self.store.data().io.clone();
         let hooks = self.bindings.sluice_policy_hooks();
-        let result = tokio::time::timeout(wall, hooks.call_init(&mut self.store, &config)).await;
+        let result = tokio::time::timeout(wall, hooks.call_init(&mut self.store, &io.config)).await;
         self.finish(result, wall)
     }
 
