@@ -310,6 +310,14 @@ const SPAM_PHRASES: &[(&str, f64)] = &[
     ("consolidate", 0.6),
     ("get paid", 0.8),
     ("double your", 1.0),
+    ("dear sir", 0.8),
+    ("dear customer", 0.8),
+    ("dear member", 0.8),
+    ("dear valued", 0.8),
+    ("dear homeowner", 1.0),
+    ("dear beneficiary", 1.0),
+    ("guaranteed", 0.5),
+    ("order form", 0.8),
 ];
 
 const REMOVE_PHRASES: &[&str] = &[
