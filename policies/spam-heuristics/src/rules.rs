@@ -28,6 +28,8 @@ pub const SYMBOLS: &[&str] = &[
     "SUBJ_MONEY",
     "SUBJ_URGENCY",
     "SUBJ_UNIQUE_ID",
+    "SUBJ_PADDED",
+    "FROM_NO_DISPLAY_NAME",
     "SUBJ_ADV",
     "SUBJ_PERCENT",
     "BODY_TOLL_FREE",
@@ -514,6 +516,9 @@ fn header_rules(input: &Input, hits: &mut Hits) {
         _ => {}
     }
     let from = input.from.first();
+    if from.is_some_and(|m| m.address.is_some() && m.name.as_deref().is_none_or(|n| n.trim().is_empty())) {
+        hits.add("FROM_NO_DISPLAY_NAME", 0.6, None);
+    }
     match from.and_then(|m| m.address.as_deref()) {
         None => hits.add("MISSING_FROM", 1.5, None),
         Some(address) => {
@@ -549,7 +554,7 @@ fn header_rules(input: &Input, hits: &mut Hits) {
     } else if input.header("To").is_some_and(|to| to.to_ascii_lowercase().contains("undisclosed"))
         || input.recipients.is_empty()
     {
-        hits.add("TO_UNDISCLOSED", 1.5, None);
+        hits.add("TO_UNDISCLOSED", 2.0, None);
     }
     if let Some(local) =
         input.from.first().and_then(|m| m.address.as_deref()).and_then(|a| a.rsplit_once('@')).map(|(l, _)| l)
@@ -597,7 +602,7 @@ fn header_rules(input: &Input, hits: &mut Hits) {
             .is_some_and(|helo| helo.parse::<std::net::Ipv4Addr>().is_ok())
     });
     if bare_ip_helo {
-        hits.add("RCVD_HELO_BARE_IP", 1.2, None);
+        hits.add("RCVD_HELO_BARE_IP", 1.5, None);
     }
 }
 
@@ -637,6 +642,10 @@ fn subject_rules(input: &Input, hits: &mut Hits) {
         if (spaced && tail.len() >= 3) || tokenish {
             hits.add("SUBJ_UNIQUE_ID", 2.5, tail.to_string());
         }
+    }
+    // A run of spaces inside the subject: padding that pushes a tracking tag out of view.
+    if subject.trim().contains("     ") {
+        hits.add("SUBJ_PADDED", 1.5, None);
     }
     if subject.contains('%') {
         hits.add("SUBJ_PERCENT", 1.0, None);
@@ -740,7 +749,7 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     }
     let remove = count_phrases(lower, REMOVE_PHRASES);
     if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
-        hits.add("BODY_REMOVE_INSTRUCTIONS", 2.0, detail);
+        hits.add("BODY_REMOVE_INSTRUCTIONS", 1.7, detail);
     }
     let toll_free =
         ["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
