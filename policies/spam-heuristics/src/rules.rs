@@ -320,6 +320,16 @@ const SPAM_PHRASES: &[(&str, f64)] = &[
     ("dear beneficiary", 1.0),
     ("guaranteed", 0.5),
     ("order form", 0.8),
+    ("per minute", 0.6),
+    ("monthly fee", 0.6),
+    ("life insurance", 0.8),
+    ("as low as", 0.6),
+    ("visit our web", 0.6),
+    ("money order", 0.8),
+    ("testimonials", 0.8),
+    ("why pay", 0.8),
+    ("you deserve", 0.6),
+    ("email addresses", 0.6),
 ];
 
 const REMOVE_PHRASES: &[&str] = &[
@@ -368,6 +378,18 @@ const ADVANCE_FEE_PHRASES: &[&str] = &[
     "100% safe",
     "bitcoin",
     "btc wallet",
+    "business proposal",
+    "reply only to",
+    "permit me to",
+    "do not know you",
+    "blind carbon copy",
+    "late father",
+    "foreign account",
+    "crude oil",
+    "lottery",
+    "claims agent",
+    "confidential business",
+    "god bless",
 ];
 
 const PHARMA_PHRASES: &[&str] =
@@ -648,7 +670,7 @@ fn subject_rules(input: &Input, hits: &mut Hits) {
         hits.add("SUBJ_PADDED", 1.5, None);
     }
     if subject.contains('%') {
-        hits.add("SUBJ_PERCENT", 1.0, None);
+        hits.add("SUBJ_PERCENT", 0.8, None);
     }
     if lower.starts_with("adv") && lower[3..].starts_with([':', ' ', '-']) {
         hits.add("SUBJ_ADV", 3.0, None);
