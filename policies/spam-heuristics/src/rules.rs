@@ -330,6 +330,34 @@ const SPAM_PHRASES: &[(&str, f64)] = &[
     ("why pay", 0.8),
     ("you deserve", 0.6),
     ("email addresses", 0.6),
+    ("all natural", 0.6),
+    ("buy direct", 0.6),
+    ("check or money order", 0.6),
+    ("direct email", 0.6),
+    ("free access", 0.6),
+    ("free consultation", 0.6),
+    ("free membership", 0.6),
+    ("free money", 0.6),
+    ("get out of debt", 0.6),
+    ("great offer", 0.6),
+    ("money making", 0.6),
+    ("no hidden", 0.6),
+    ("no questions asked", 0.6),
+    ("online marketing", 0.6),
+    ("we honor", 0.6),
+    ("what are you waiting for", 0.6),
+    ("get a free", 0.6),
+    ("free of charge", 0.6),
+    ("no risk", 0.6),
+    ("debt consolidation", 0.6),
+    ("credit rating", 0.6),
+    ("bad credit", 0.6),
+    ("home loan", 0.6),
+    ("increase sales", 0.6),
+    ("million email", 0.6),
+    ("e-mail marketing", 0.6),
+    ("bulk e-mail", 0.6),
+    ("fresh addresses", 0.6),
 ];
 
 const REMOVE_PHRASES: &[&str] = &[
@@ -767,7 +795,7 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     if !found.is_empty() {
         let total: f64 = found.iter().map(|(_, s)| s).sum();
         let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
-        hits.add("BODY_SPAM_PHRASES", total.min(3.0), names.join(","));
+        hits.add("BODY_SPAM_PHRASES", total.min(3.5), names.join(","));
     }
     let remove = count_phrases(lower, REMOVE_PHRASES);
     if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
