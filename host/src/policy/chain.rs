@@ -249,11 +249,9 @@ impl ChainSession {
         input: HookInput<'_>,
     ) -> Result<super::decision::Decision, Fault> {
         let slot = &mut self.instances[index];
-        if slot.is_none() {
-            *slot = Some(policy.instantiate().await?);
-        }
-        let Some(instance) = slot.as_mut() else {
-            return Err(Fault::Trap("instance missing".into()));
+        let instance = match slot {
+            Some(instance) => instance,
+            None => slot.insert(policy.instantiate().await?),
         };
         let result = instance.call_hook(ctx, input).await;
         if result.is_err() {
@@ -388,12 +386,11 @@ impl Transaction {
     /// Judge a transaction whose every recipient was refused, by the last refusal (a rcpt
     /// stage result whose verdict is reject or tempfail).
     pub fn no_recipients(&self, refusal: &StageResult) -> Option<Judgement> {
-        let outcome = match &refusal.verdict {
-            Verdict::Reject(_) => Outcome::Reject,
-            Verdict::Tempfail(_) => Outcome::Tempfail,
+        let (outcome, reply) = match &refusal.verdict {
+            Verdict::Reject(reply) => (Outcome::Reject, reply),
+            Verdict::Tempfail(reply) => (Outcome::Tempfail, reply),
             _ => return None,
         };
-        let (Verdict::Reject(reply) | Verdict::Tempfail(reply)) = &refusal.verdict else { return None };
         Some(self.settle(outcome, reply.clone(), Stage::Rcpt, refusal.decided_by.clone(), Vec::new()))
     }
 
@@ -451,26 +448,13 @@ impl Transaction {
             .flat_map(|run| run.changes.iter().cloned())
             .collect();
         let score = self.score();
-        match &result.verdict {
-            Verdict::Reject(reply) => {
-                return self.settle(
-                    Outcome::Reject,
-                    reply.clone(),
-                    Stage::Data,
-                    result.decided_by.clone(),
-                    Vec::new(),
-                );
-            }
-            Verdict::Tempfail(reply) => {
-                return self.settle(
-                    Outcome::Tempfail,
-                    reply.clone(),
-                    Stage::Data,
-                    result.decided_by.clone(),
-                    Vec::new(),
-                );
-            }
-            _ => {}
+        let refusal = match &result.verdict {
+            Verdict::Reject(reply) => Some((Outcome::Reject, reply)),
+            Verdict::Tempfail(reply) => Some((Outcome::Tempfail, reply)),
+            _ => None,
+        };
+        if let Some((outcome, reply)) = refusal {
+            return self.settle(outcome, reply.clone(), Stage::Data, result.decided_by.clone(), Vec::new());
         }
         if thresholds.reject.is_some_and(|t| score >= t) {
             let reply = Reply::new(550, "5.7.1", &format!("Message rejected as spam (score {score:.1})"));

@@ -298,15 +298,17 @@ impl PolicyEngine {
         let provisional_name = spec.name.clone().unwrap_or_else(|| {
             file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "policy".into())
         });
-        let io = Arc::new(PolicyIo {
-            policy: provisional_name.clone(),
-            tenant: tenant.to_string(),
-            config: spec.config.clone(),
-            limits: spec.limits.clone(),
-            services: services.clone(),
-            tick: self.options.tick,
-        });
-        let mut probe = PolicyInstance::instantiate(&self.engine, &pre, io)
+        let io_named = |policy: String| {
+            Arc::new(PolicyIo {
+                policy,
+                tenant: tenant.to_string(),
+                config: spec.config.clone(),
+                limits: spec.limits.clone(),
+                services: services.clone(),
+                tick: self.options.tick,
+            })
+        };
+        let mut probe = PolicyInstance::instantiate(&self.engine, &pre, io_named(provisional_name))
             .await
             .map_err(|fault| LoadError::Describe { file: file.clone(), cause: fault.to_string() })?;
         let info = probe
@@ -330,14 +332,7 @@ impl PolicyEngine {
             Ok(Err(message)) => return Err(LoadError::Init { file, policy: name, cause: message }),
             Err(fault) => return Err(LoadError::Init { file, policy: name, cause: fault.to_string() }),
         }
-        let io = Arc::new(PolicyIo {
-            policy: name.clone(),
-            tenant: tenant.to_string(),
-            config: spec.config.clone(),
-            limits: spec.limits.clone(),
-            services,
-            tick: self.options.tick,
-        });
+        let io = io_named(name.clone());
         Ok(Arc::new(LoadedPolicy {
             name,
             version: info.version,
