@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{Policy as PolicyWorld, PolicyPre};
+use super::bindings::Policy as PolicyWorld;
 use super::context::{Stage, StageSet};
+use super::hooks::{HookExports, VerifiedExports};
 use super::instance::{Fault, HostState, PolicyInstance};
 use super::{HostServices, PolicyLimits};
 
@@ -152,7 +153,8 @@ pub struct LoadedPolicy {
     pub file: PathBuf,
     /// SHA-256 of the file, hex.
     pub hash: String,
-    pub(crate) pre: PolicyPre<HostState>,
+    pre: InstancePre<HostState>,
+    exports: VerifiedExports,
     pub(crate) io: Arc<PolicyIo>,
     engine: Engine,
     _ticker: Arc<Ticker>,
@@ -292,8 +294,8 @@ impl PolicyEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { file: file.clone(), cause: format!("{e:#}") })?;
-        let pre = PolicyPre::new(instance_pre)
-            .map_err(|e| LoadError::Exports { file: file.clone(), cause: format!("{e:#}") })?;
+        let exports = HookExports::locate(&component)
+            .map_err(|cause| LoadError::Exports { file: file.clone(), cause })?;
 
         let provisional_name = spec.name.clone().unwrap_or_else(|| {
             file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "policy".into())
@@ -308,9 +310,13 @@ impl PolicyEngine {
                 tick: self.options.tick,
             })
         };
-        let mut probe = PolicyInstance::instantiate(&self.engine, &pre, io_named(provisional_name))
-            .await
-            .map_err(|fault| LoadError::Describe { file: file.clone(), cause: fault.to_string() })?;
+        let probed =
+            PolicyInstance::probe(&self.engine, &instance_pre, exports, io_named(provisional_name)).await;
+        let (mut probe, exports) = match probed {
+            Ok(probed) => probed,
+            Err(Fault::Exports(cause)) => return Err(LoadError::Exports { file, cause }),
+            Err(fault) => return Err(LoadError::Describe { file, cause: fault.to_string() }),
+        };
         let info = probe
             .describe()
             .await
@@ -339,7 +345,8 @@ impl PolicyEngine {
             stages,
             file,
             hash,
-            pre,
+            pre: instance_pre,
+            exports,
             io,
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
@@ -399,7 +406,8 @@ fn compile(
 impl LoadedPolicy {
     /// A fresh instance for one session, initialised with the policy's configuration.
     pub(crate) async fn instantiate(&self) -> Result<PolicyInstance, Fault> {
-        let mut instance = PolicyInstance::instantiate(&self.engine, &self.pre, self.io.clone()).await?;
+        let mut instance =
+            PolicyInstance::instantiate(&self.engine, &self.pre, &self.exports, self.io.clone()).await?;
         match instance.init().await? {
             Ok(()) => Ok(instance),
             Err(message) => Err(Fault::InitRefused(message)),

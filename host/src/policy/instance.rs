@@ -6,14 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{Instance, InstancePre, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{Policy as PolicyWorld, PolicyPre, types as wit};
+use super::bindings::types as wit;
 use super::decision::Decision;
 use super::engine::PolicyIo;
+use super::hooks::{HookExports, Hooks, VerifiedExports};
 use super::message::{MessageHandle, ParsedMessage};
 
 /// Why a call into a policy produced no decision.
@@ -34,6 +35,9 @@ pub enum Fault {
     /// A trap or host error.
     #[error("trapped: {0}")]
     Trap(String),
+    /// The component's exports do not match the policy world.
+    #[error("{0}")]
+    Exports(String),
     /// `init` refused the configuration.
     #[error("init refused the configuration: {0}")]
     InitRefused(String),
@@ -154,17 +158,47 @@ pub(crate) enum HookInput<'a> {
 /// A live instance of one policy.
 pub struct PolicyInstance {
     store: Store<HostState>,
-    bindings: PolicyWorld,
+    hooks: Hooks,
 }
 
 impl PolicyInstance {
     /// Instantiate `pre` in a fresh store with a deny-by-default WASI context: no files, no
-    /// sockets, no environment, no arguments; stdout and stderr go to the log.
+    /// sockets, no environment, no arguments; stdout and stderr go to the log. `exports` were
+    /// verified on an earlier instance of the same component.
     pub(crate) async fn instantiate(
         engine: &Engine,
-        pre: &PolicyPre<HostState>,
+        pre: &InstancePre<HostState>,
+        exports: &VerifiedExports,
         io: Arc<PolicyIo>,
     ) -> Result<Self, Fault> {
+        let (mut store, instance) = Self::start(engine, pre, io).await?;
+        let hooks = exports.bind(&mut store, &instance).map_err(Fault::Exports)?;
+        let mut instance = Self { store, hooks };
+        instance.flush_output();
+        Ok(instance)
+    }
+
+    /// The first instance of a component, at load: check its exports' signatures, and hand
+    /// back the proof later instances are bound with.
+    pub(crate) async fn probe(
+        engine: &Engine,
+        pre: &InstancePre<HostState>,
+        exports: HookExports,
+        io: Arc<PolicyIo>,
+    ) -> Result<(Self, VerifiedExports), Fault> {
+        let (mut store, instance) = Self::start(engine, pre, io).await?;
+        let verified = exports.verify(&mut store, &instance).map_err(Fault::Exports)?;
+        let hooks = verified.bind(&mut store, &instance).map_err(Fault::Exports)?;
+        let mut instance = Self { store, hooks };
+        instance.flush_output();
+        Ok((instance, verified))
+    }
+
+    async fn start(
+        engine: &Engine,
+        pre: &InstancePre<HostState>,
+        io: Arc<PolicyIo>,
+    ) -> Result<(Store<HostState>, Instance), Fault> {
         let output_cap = io.limits.output_bytes;
         let stdout = MemoryOutputPipe::new(output_cap);
         let stderr = MemoryOutputPipe::new(output_cap);
@@ -194,14 +228,11 @@ impl PolicyInstance {
         });
         store.set_epoch_deadline(1);
         let wall = wall_bound(&store.data().io);
-        let result = tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await;
-        let mut instance = match result {
-            Ok(Ok(bindings)) => Self { store, bindings },
-            Ok(Err(e)) => return Err(classify(&e, store.data())),
-            Err(_) => return Err(Fault::WallClock(wall)),
-        };
-        instance.flush_output();
-        Ok(instance)
+        match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
+            Ok(Ok(instance)) => Ok((store, instance)),
+            Ok(Err(e)) => Err(classify(&e, store.data())),
+            Err(_) => Err(Fault::WallClock(wall)),
+        }
     }
 
     fn begin_call(&mut self) {
@@ -216,6 +247,10 @@ impl PolicyInstance {
     /// Send what the guest printed since the last call to the log.
     fn flush_output(&mut self) {
         let state = self.store.data_mut();
+        if state.wasi.is_none() {
+            // The pipes are reachable only through WASI: nothing was printed.
+            return;
+        }
         for (pipe, logged, stream) in [
             (&state.stdout, &mut state.stdout_logged, "stdout"),
             (&state.stderr, &mut state.stderr_logged, "stderr"),
@@ -235,9 +270,10 @@ impl PolicyInstance {
     pub(crate) async fn describe(&mut self) -> Result<wit::PolicyInfo, Fault> {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
-        let hooks = self.bindings.sluice_policy_hooks();
-        let result = tokio::time::timeout(wall, hooks.call_describe(&mut self.store)).await;
-        self.finish(result, wall)
+        let describe = self.hooks.describe();
+        let call = describe.call_async(&mut self.store, ());
+        let result = tokio::time::timeout(wall, call).await;
+        self.finish(result, wall).map(|(info,)| info)
     }
 
     /// Call `init` with the policy's configuration.
@@ -245,9 +281,10 @@ impl PolicyInstance {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
         let io = self.store.data().io.clone();
-        let hooks = self.bindings.sluice_policy_hooks();
-        let result = tokio::time::timeout(wall, hooks.call_init(&mut self.store, &io.config)).await;
-        self.finish(result, wall)
+        let init = self.hooks.init();
+        let call = init.call_async(&mut self.store, (&io.config,));
+        let result = tokio::time::timeout(wall, call).await;
+        self.finish(result, wall).map(|(answer,)| answer)
     }
 
     /// Call the hook of one stage.
@@ -258,25 +295,25 @@ impl PolicyInstance {
     ) -> Result<Decision, Fault> {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
-        let hooks = self.bindings.sluice_policy_hooks();
+        let hooks = self.hooks;
         let store = &mut self.store;
         let call = async {
             match input {
-                HookInput::Connect => hooks.call_on_connect(&mut *store, ctx).await,
-                HookInput::Helo => hooks.call_on_helo(&mut *store, ctx).await,
-                HookInput::Mail => hooks.call_on_mail(&mut *store, ctx).await,
-                HookInput::Rcpt(rcpt) => hooks.call_on_rcpt(&mut *store, ctx, rcpt).await,
+                HookInput::Connect => hooks.on_connect().call_async(&mut *store, (ctx,)).await,
+                HookInput::Helo => hooks.on_helo().call_async(&mut *store, (ctx,)).await,
+                HookInput::Mail => hooks.on_mail().call_async(&mut *store, (ctx,)).await,
+                HookInput::Rcpt(rcpt) => hooks.on_rcpt().call_async(&mut *store, (ctx, rcpt)).await,
                 HookInput::Data(message) => {
                     let handle = store.data_mut().table.push(MessageHandle(message.clone()))?;
                     let borrowed = Resource::<MessageHandle>::new_borrow(handle.rep());
-                    let result = hooks.call_on_data(&mut *store, ctx, borrowed).await;
+                    let result = hooks.on_data().call_async(&mut *store, (ctx, borrowed)).await;
                     store.data_mut().table.delete(handle)?;
                     result
                 }
             }
         };
         let result = tokio::time::timeout(wall, call).await;
-        self.finish(result, wall).map(Decision::from_wit)
+        self.finish(result, wall).map(|(decision,)| Decision::from_wit(decision))
     }
 
     fn finish<R>(

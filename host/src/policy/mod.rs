@@ -18,6 +18,7 @@ pub mod chain;
 pub mod context;
 pub mod decision;
 pub mod engine;
+mod hooks;
 mod imports;
 pub mod instance;
 pub mod message;

@@ -440,7 +440,49 @@ const PHISH_PHRASES: &[&str] = &[
 ];
 
 fn count_phrases(haystack: &str, phrases: &[&str]) -> Vec<String> {
-    phrases.iter().filter(|p| haystack.contains(*p)).map(|p| p.to_string()).collect()
+    let found = present(haystack, phrases.len(), |i| phrases[i]);
+    phrases.iter().zip(found).filter(|(_, hit)| *hit).map(|(p, _)| p.to_string()).collect()
+}
+
+/// Which of the `count` phrases (`phrase(i)`) occur in `haystack`: `str::contains` for each,
+/// in one pass over the haystack instead of one per phrase. Phrases are bucketed by first
+/// byte, so each position is compared only with the phrases that could start there.
+fn present<'p>(haystack: &str, count: usize, phrase: impl Fn(usize) -> &'p str) -> Vec<bool> {
+    let mut start = [0usize; 257];
+    for i in 0..count {
+        if let Some(&b) = phrase(i).as_bytes().first() {
+            start[usize::from(b) + 1] += 1;
+        }
+    }
+    for b in 0..256 {
+        start[b + 1] += start[b];
+    }
+    let mut next = start;
+    let mut order = vec![0usize; start[256]];
+    for i in 0..count {
+        if let Some(&b) = phrase(i).as_bytes().first() {
+            order[next[usize::from(b)]] = i;
+            next[usize::from(b)] += 1;
+        }
+    }
+    let mut found = vec![false; count];
+    let mut missing = start[256];
+    let bytes = haystack.as_bytes();
+    for (at, &b) in bytes.iter().enumerate() {
+        if missing == 0 {
+            break;
+        }
+        let rest = &bytes[at..];
+        for &i in &order[start[usize::from(b)]..start[usize::from(b) + 1]] {
+            let p = phrase(i).as_bytes();
+            // Second byte first: most candidates fail there, without a call to memcmp.
+            if !found[i] && rest.len() >= p.len() && (p.len() < 2 || rest[1] == p[1]) && rest.starts_with(p) {
+                found[i] = true;
+                missing -= 1;
+            }
+        }
+    }
+    found
 }
 
 fn is_ip_host(host: &str) -> bool {
@@ -791,7 +833,9 @@ fn link_rules(input: &Input, text: &str, hits: &mut Hits) {
 }
 
 fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
-    let found: Vec<(&str, f64)> = SPAM_PHRASES.iter().filter(|(p, _)| lower.contains(p)).copied().collect();
+    let hit = present(lower, SPAM_PHRASES.len(), |i| SPAM_PHRASES[i].0);
+    let found: Vec<(&str, f64)> =
+        SPAM_PHRASES.iter().zip(hit).filter(|(_, hit)| *hit).map(|(phrase, _)| *phrase).collect();
     if !found.is_empty() {
         let total: f64 = found.iter().map(|(_, s)| s).sum();
         let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
@@ -803,8 +847,8 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     }
     let toll_free =
         ["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
-    if let Some(number) = toll_free.iter().find(|n| lower.contains(*n)) {
-        hits.add("BODY_TOLL_FREE", 0.8, number.to_string());
+    if let Some(number) = count_phrases(lower, &toll_free).first() {
+        hits.add("BODY_TOLL_FREE", 0.8, number.clone());
     }
     let compliance = count_phrases(lower, COMPLIANCE_PHRASES);
     if !compliance.is_empty() {
@@ -873,6 +917,28 @@ fn attachment_rules(input: &Input, hits: &mut Hits) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_phrase_search_agrees_with_contains() {
+        let texts = [
+            "",
+            "act now! limited time offer, click here to unsubscribe",
+            "dear friend, i am the next of kin of a late client; 100% free viagra",
+            "überweisung — act now, 1-800-555 and (888) ... click here",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "click her",
+        ];
+        let lists = [REMOVE_PHRASES, COMPLIANCE_PHRASES, ADVANCE_FEE_PHRASES, PHARMA_PHRASES, PHISH_PHRASES];
+        for text in texts {
+            for list in lists {
+                let expected: Vec<bool> = list.iter().map(|p| text.contains(p)).collect();
+                assert_eq!(present(text, list.len(), |i| list[i]), expected, "{text:?}");
+            }
+            let expected: Vec<bool> = SPAM_PHRASES.iter().map(|(p, _)| text.contains(p)).collect();
+            assert_eq!(present(text, SPAM_PHRASES.len(), |i| SPAM_PHRASES[i].0), expected, "{text:?}");
+        }
+        assert_eq!(present("abcabd", 4, |i| ["abd", "ca", "x", "b"][i]), vec![true, true, false, true]);
+    }
 
     fn names(input: &Input) -> Vec<&'static str> {
         evaluate(input).into_iter().map(|h| h.name).collect()
