@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::{Address, HeaderValue, MessageParser, MessagePart, MimeHeaders};
 
 /// Largest slice of the raw message one `raw` call may return.
 pub const MAX_RAW_READ: u32 = 1024 * 1024;
@@ -60,6 +60,52 @@ fn mailboxes(address: Option<&Address<'_>>) -> Vec<Mailbox> {
 }
 
 /// Unfold a raw header value: CRLF/LF followed by white space becomes one space; trimmed.
+/// The text of a part mail-parser could not decode (it keeps such parts raw): base64 is
+/// decoded up to the first line that is not base64 (a list footer appended to the encoded
+/// body, a missing closing boundary), then the declared charset is applied.
+fn recover_text(part: &MessagePart<'_>) -> String {
+    let base64 = part.content_transfer_encoding().is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
+    let bytes = part.contents();
+    let decoded;
+    let bytes = if base64 {
+        let encoded: Vec<u8> = bytes
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .skip_while(|line| line.is_empty())
+            .take_while(|line| {
+                !line.is_empty()
+                    && line.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+            })
+            .flatten()
+            .copied()
+            .collect();
+        let usable = encoded.len() / 4 * 4;
+        match mail_parser::decoders::base64::base64_decode(&encoded[..usable]) {
+            Some(bytes) => {
+                decoded = bytes;
+                &decoded[..]
+            }
+            None => bytes,
+        }
+    } else {
+        bytes
+    };
+    let charset = part.content_type().and_then(|ct| ct.attribute("charset"));
+    match charset.and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes())) {
+        Some(decode) => decode(bytes),
+        None => decode_legacy(bytes),
+    }
+}
+
+/// Bytes of a text part mail-parser did not decode: UTF-8 if they are, else one character
+/// per byte (ISO 8859-1), so nothing is lost to replacement characters.
+fn decode_legacy(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
 fn unfold(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut pending_space = false;
@@ -148,9 +194,33 @@ impl ParsedMessage {
         // A text/html-only message answers body_text with a rendering of the HTML; keep only
         // genuine text/plain parts as the text body.
         let has_plain = msg.text_bodies().any(|p| !p.is_text_html());
-        let text_body = if has_plain { join_bodies(text_parts) } else { None };
+        let mut text_body = if has_plain { join_bodies(text_parts) } else { None };
         let has_html = msg.html_bodies().any(|p| p.is_text_html());
-        let html_body = if has_html { join_bodies(html_parts) } else { None };
+        let mut html_body = if has_html { join_bodies(html_parts) } else { None };
+        // A message whose only text mail-parser filed as an attachment (an unterminated
+        // multipart, say): an unnamed, non-attachment text part is still what the reader sees.
+        if text_body.is_none() && html_body.is_none() {
+            let mut plain = Vec::new();
+            let mut html = Vec::new();
+            for part in msg.attachments() {
+                let Some(ct) = part.content_type() else { continue };
+                let declared_attachment =
+                    part.content_disposition().is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
+                if !ct.ctype().eq_ignore_ascii_case("text")
+                    || part.attachment_name().is_some()
+                    || declared_attachment
+                {
+                    continue;
+                }
+                let text = recover_text(part);
+                match ct.subtype() {
+                    Some(sub) if sub.eq_ignore_ascii_case("html") => html.push(Cow::Owned(text)),
+                    _ => plain.push(Cow::Owned(text)),
+                }
+            }
+            text_body = join_bodies(plain);
+            html_body = join_bodies(html);
+        }
 
         let attachments = msg
             .attachments()
@@ -300,6 +370,22 @@ X-Folded: one\r\n two\r\n\r\nbody text\r\n";
         assert_eq!(m.header("x-folded"), Some("one two"));
         assert_eq!(m.text_body().map(str::trim), Some("body text"));
         assert!(m.html_body().is_none());
+    }
+
+    #[test]
+    fn text_mail_parser_could_not_decode_is_still_the_body() {
+        // A multipart whose closing boundary never comes, base64 text inside.
+        let raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n--XX\r\n\
+Content-Type: text/plain; charset=\"iso-8859-1\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+SGVscCB3YW50ZWQuIFdvcmsg\r\nZnJvbSBob21lLg==\r\n";
+        let m = ParsedMessage::parse(&raw[..]);
+        assert_eq!(m.text_body().map(str::trim), Some("Help wanted. Work from home."));
+        // A single base64 HTML part with a mailing-list footer appended after the encoding,
+        // in a legacy charset.
+        let raw = b"From: a@example.org\r\nContent-Type: text/html; charset=big5\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nPGI+pKSk5TwvYj4=\r\n\r\nlist@example.org\r\nhttp://lists.example.org/\r\n";
+        let m = ParsedMessage::parse(&raw[..]);
+        assert_eq!(m.html_body(), Some("<b>中文</b>"));
     }
 
     #[test]

@@ -47,8 +47,8 @@ impl Policy for SpamHeuristics {
         Ok(Self { disabled, overrides, max_body_bytes: config.parse_or("max_body_bytes", 256 * 1024)? })
     }
 
-    fn on_data(&mut self, _ctx: &Context, message: &Message) -> Decision {
-        let input = rules::Input::from_message(message, self.max_body_bytes);
+    fn on_data(&mut self, ctx: &Context, message: &Message) -> Decision {
+        let input = rules::Input::from_message(message, ctx.client.reverse_dns.clone(), self.max_body_bytes);
         let mut decision = Decision::no_opinion();
         for hit in rules::evaluate(&input) {
             if self.disabled.iter().any(|d| d == hit.name) {

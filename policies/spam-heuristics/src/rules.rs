@@ -59,6 +59,14 @@ pub const SYMBOLS: &[&str] = &[
     "ATTACH_DOUBLE_EXTENSION",
     "ATTACH_MACRO_DOCUMENT",
     "RCVD_HELO_BARE_IP",
+    "FORGED_FREEMAIL_RCVD",
+    "DATE_TZ_ABSURD",
+    "BODY_DEAR_GENERIC",
+    "HEADER_8BIT",
+    "BODY_8BIT_UNDECLARED",
+    "X_MAILER_RANDOM",
+    "MSGID_LETTERS_ONLY",
+    "BODY_HASHBUSTER",
 ];
 
 /// What the rules read, gathered from the message once.
@@ -84,15 +92,25 @@ pub struct Input {
     pub html: Option<String>,
     /// Attachment names and content types.
     pub attachments: Vec<(Option<String>, String)>,
+    /// The header block as received, bytes (bounded).
+    pub raw_head: Vec<u8>,
+    /// The start of the body as received, bytes (bounded).
+    pub raw_body: Vec<u8>,
+    /// Reverse DNS name of the connected client, when the relay knows it.
+    pub client_rdns: Option<String>,
 }
 
 impl Input {
     /// Read what the rules need from the host's message.
-    pub fn from_message(message: &Message, max_body_bytes: u32) -> Self {
+    pub fn from_message(message: &Message, client_rdns: Option<String>, max_body_bytes: u32) -> Self {
         let headers = message.headers().into_iter().map(|h| (h.name, h.value)).collect();
         let mut recipients = message.to();
         recipients.extend(message.cc());
+        let (raw_head, raw_body) = split_raw(message.raw(0, RAW_HEAD_BYTES + RAW_BODY_BYTES));
         Self {
+            raw_head,
+            raw_body,
+            client_rdns,
             headers,
             subject: message.subject(),
             from: message.from(),
@@ -116,6 +134,28 @@ impl Input {
 
     fn all(&self, name: &str) -> impl Iterator<Item = &str> {
         self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// How much of the raw header block and of the raw body the byte-level rules read.
+const RAW_HEAD_BYTES: u32 = 64 * 1024;
+const RAW_BODY_BYTES: u32 = 16 * 1024;
+
+/// Split the start of a raw message at the blank line that ends its header block.
+fn split_raw(mut raw: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    // The first line break followed by an empty line (LF or CRLF endings).
+    let end = (0..raw.len()).find_map(|i| match raw[i..] {
+        [b'\n', b'\n', ..] => Some((i + 1, i + 2)),
+        [b'\n', b'\r', b'\n', ..] => Some((i + 1, i + 3)),
+        _ => None,
+    });
+    match end {
+        Some((head_end, body_start)) => {
+            let body = raw.split_off(body_start);
+            raw.truncate(head_end);
+            (raw, body)
+        }
+        None => (raw, Vec::new()),
     }
 }
 
@@ -418,6 +458,72 @@ const ADVANCE_FEE_PHRASES: &[&str] = &[
     "claims agent",
     "confidential business",
     "god bless",
+    "winning number",
+    "ticket number",
+    "lucky number",
+    "award notification",
+    "prize award",
+    "lump sum",
+    "urgent business",
+    "business assistance",
+    "your assistance",
+    "million dollars",
+    "fund transfer",
+    "transfer the fund",
+    "security company",
+    "diplomatic",
+];
+
+/// Freemail providers, and the domains their own outbound relays are named under: mail that
+/// claims one of these senders passed through one of those hosts.
+const FREEMAIL_RELAYS: &[(&[&str], &[&str])] = &[
+    (&["gmail.com", "googlemail.com"], &["google.com", "gmail.com", "googlemail.com"]),
+    (
+        &["hotmail.com", "hotmail.co.uk", "hotmail.fr", "hotmail.de", "outlook.com", "live.com", "msn.com"],
+        &["hotmail.com", "outlook.com", "live.com", "msn.com", "microsoft.com"],
+    ),
+    (
+        &["yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "ymail.com", "rocketmail.com"],
+        &["yahoo.com", "yahoo.net", "yahoodns.net", "yahoo.co.uk", "yahoo.fr", "yahoo.de"],
+    ),
+    (&["aol.com", "aim.com"], &["aol.com", "aol.net", "aim.com", "yahoo.com", "yahoodns.net"]),
+    (&["icloud.com", "me.com", "mac.com"], &["apple.com", "icloud.com", "me.com", "mac.com"]),
+    (&["gmx.com", "gmx.net", "gmx.de", "web.de"], &["gmx.net", "gmx.com", "gmx.de", "web.de"]),
+    (&["mail.ru"], &["mail.ru"]),
+    (&["yandex.ru", "yandex.com"], &["yandex.net", "yandex.ru", "yandex.com"]),
+    (&["excite.com"], &["excite.com"]),
+    (&["lycos.com"], &["lycos.com"]),
+    (&["juno.com"], &["juno.com"]),
+    (&["netscape.net"], &["netscape.net", "aol.com"]),
+    (&["earthlink.net"], &["earthlink.net"]),
+    (&["rediffmail.com"], &["rediffmail.com", "rediff.com"]),
+    (&["mail.com", "email.com", "usa.net"], &["mail.com", "email.com", "usa.net"]),
+];
+
+/// Words after "Dear …" that mean the sender does not know the recipient's name.
+const GENERIC_SALUTATIONS: &[&str] = &[
+    "friend",
+    "sir/madam",
+    "sir / madam",
+    "sir or madam",
+    "sir",
+    "madam",
+    "valued customer",
+    "customer",
+    "member",
+    "user",
+    "account holder",
+    "beneficiary",
+    "winner",
+    "email user",
+    "e-mail user",
+    "webmail user",
+    "recipient",
+    "homeowner",
+    "business owner",
+    "internet user",
+    "shopper",
+    "investor",
 ];
 
 const PHARMA_PHRASES: &[&str] =
@@ -572,7 +678,7 @@ pub fn evaluate(input: &Input) -> Vec<Hit> {
     subject_rules(input, &mut hits);
     html_rules(input, &html_text, &mut hits);
     link_rules(input, &text, &mut hits);
-    body_rules(&visible, &visible_lower, &mut hits);
+    body_rules(input, &visible, &visible_lower, &mut hits);
     attachment_rules(input, &mut hits);
     hits.0
 }
@@ -605,7 +711,14 @@ fn header_rules(input: &Input, hits: &mut Hits) {
     match &input.message_id {
         None => hits.add("MISSING_MESSAGE_ID", 1.0, None),
         Some(id) if !id.contains('@') || id.contains(' ') => hits.add("INVALID_MESSAGE_ID", 1.5, id.clone()),
-        _ => {}
+        // Mail software builds identifiers from times, counters and hashes, so they carry
+        // digits. Letters alone are a bulk tool's imitation.
+        Some(id) => {
+            let local = id.trim_matches(['<', '>']).split('@').next().unwrap_or("");
+            if !local.is_empty() && local.bytes().all(|b| b.is_ascii_alphabetic()) {
+                hits.add("MSGID_LETTERS_ONLY", 1.0, id.clone());
+            }
+        }
     }
     let from = input.from.first();
     if from.is_some_and(|m| m.address.is_some() && m.name.as_deref().is_none_or(|n| n.trim().is_empty())) {
@@ -683,6 +796,9 @@ fn header_rules(input: &Input, hits: &mut Hits) {
     if input.has_header("X-MSMail-Priority") && !mailer.contains("outlook") && !mailer.contains("microsoft") {
         hits.add("MSMAIL_PRIORITY_NOT_OUTLOOK", 1.5, input.header("X-Mailer").map(str::to_string));
     }
+    if let Some(mailer) = input.header("X-Mailer").filter(|m| random_token(m.trim())) {
+        hits.add("X_MAILER_RANDOM", 1.5, mailer.trim().to_string());
+    }
     if input.has_header("Content-Type") && !input.has_header("MIME-Version") {
         hits.add("MISSING_MIME_VERSION", 0.5, None);
     }
@@ -696,6 +812,175 @@ fn header_rules(input: &Input, hits: &mut Hits) {
     if bare_ip_helo {
         hits.add("RCVD_HELO_BARE_IP", 1.5, None);
     }
+    if let Some(domain) = forged_freemail(input) {
+        hits.add("FORGED_FREEMAIL_RCVD", 2.0, domain);
+    }
+    if let Some(zone) = absurd_timezone(input.header("Date")) {
+        hits.add("DATE_TZ_ABSURD", 1.5, zone);
+    }
+    // Raw bytes of a legacy charset in the header block: RFC 5322 wants encoded words there
+    // (UTF-8 is allowed with SMTPUTF8). A cut in the middle of a character is not a fault.
+    if matches!(std::str::from_utf8(&input.raw_head), Err(e) if e.error_len().is_some()) {
+        hits.add("HEADER_8BIT", 1.0, None);
+    }
+    if undeclared_8bit(input) {
+        hits.add("BODY_8BIT_UNDECLARED", 1.0, None);
+    }
+}
+
+/// A From address at a freemail provider on mail none of whose vouched-for hops is that
+/// provider's: the sender's own server or a botnet speaking for it. Mailing lists re-send
+/// their members' mail from their own servers, so they are left alone.
+fn forged_freemail(input: &Input) -> Option<String> {
+    let address = input.from.first()?.address.as_deref()?;
+    let domain = address.rsplit_once('@')?.1.trim_end_matches('.').to_ascii_lowercase();
+    let (_, relays) = FREEMAIL_RELAYS.iter().find(|(domains, _)| domains.contains(&domain.as_str()))?;
+    if ["List-Id", "List-Unsubscribe", "List-Post", "Mailing-List"].iter().any(|h| input.has_header(h)) {
+        return None;
+    }
+    let mut hosts = vouched_hosts(input.all("Received"));
+    hosts.extend(input.client_rdns.as_deref().and_then(host_name));
+    if hosts.is_empty() {
+        return None;
+    }
+    let vouched = hosts.iter().any(|host| {
+        relays.iter().any(|relay| {
+            host.strip_suffix(relay).is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('.'))
+        })
+    });
+    (!vouched).then_some(domain)
+}
+
+/// Host names a Received chain vouches for: each hop's own name (`by HOST`) and the reverse
+/// DNS name it found for its client (`from HELO (RDNS [IP])`) — never the HELO name, which
+/// the client chose itself.
+fn vouched_hosts<'a>(received: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for line in received {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (i, word) in words.iter().enumerate() {
+            let next = words.get(i + 1).copied().unwrap_or("");
+            if word.eq_ignore_ascii_case("by") {
+                hosts.extend(host_name(next));
+            } else if let Some(inner) = word.strip_prefix('(')
+                && next.starts_with('[')
+            {
+                let inner = inner.rsplit('@').next().unwrap_or(inner);
+                hosts.extend(host_name(inner));
+            }
+        }
+    }
+    hosts
+}
+
+/// `token` as a lower-case host name, if it is one (dotted, with an alphabetic top label).
+fn host_name(token: &str) -> Option<String> {
+    let host = token.trim_end_matches([';', ')', ',']).trim_end_matches('.').to_ascii_lowercase();
+    let top = host.rsplit('.').next()?;
+    let valid = host.contains('.')
+        && top.len() >= 2
+        && top.bytes().all(|b| b.is_ascii_alphabetic())
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then_some(host)
+}
+
+/// A mailer name that is one long run of mixed-case letters and digits: real software names
+/// itself with words and versions ("Outlook 16.0", "Thunderbird/115.3"), bulk tools that
+/// vary the header per message write noise.
+fn random_token(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    value.len() >= 10
+        && bytes.iter().all(u8::is_ascii_alphanumeric)
+        && bytes.iter().any(u8::is_ascii_lowercase)
+        && bytes.iter().any(u8::is_ascii_uppercase)
+        && (bytes.iter().any(u8::is_ascii_digit) || value.len() >= 14)
+}
+
+/// A numeric zone no place on Earth uses (beyond ±14 hours, or 60+ minutes): written by
+/// software that computes its offset wrongly, which mail clients do not.
+fn absurd_timezone(date: Option<&str>) -> Option<String> {
+    let date = date?;
+    let date = date.split('(').next().unwrap_or(date);
+    let zone = date.split_whitespace().last()?;
+    let digits = zone.strip_prefix(['+', '-'])?;
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: u32 = digits[..2].parse().ok()?;
+    let minutes: u32 = digits[2..].parse().ok()?;
+    (hours > 14 || minutes >= 60).then(|| zone.to_string())
+}
+
+/// A single-part message declared US-ASCII (or with no charset), not transfer-encoded, whose
+/// body is full of 8-bit bytes: text in some other charset sent without saying which.
+fn undeclared_8bit(input: &Input) -> bool {
+    let content_type = input.header("Content-Type").unwrap_or("").to_ascii_lowercase();
+    if content_type.starts_with("multipart/") || content_type.starts_with("message/") {
+        return false;
+    }
+    let charset = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("charset="))
+        .map(|c| c.trim_matches(['"', '\'', ' ']));
+    if !matches!(charset, None | Some("us-ascii" | "ascii")) {
+        return false;
+    }
+    let encoding = input.header("Content-Transfer-Encoding").unwrap_or("").trim().to_ascii_lowercase();
+    if encoding == "base64" || encoding == "quoted-printable" {
+        return false;
+    }
+    // A stray accented name is sloppiness; a body that is mostly 8-bit is another language.
+    let high = input.raw_body.iter().filter(|b| **b >= 0x80).count();
+    high > 20 && high * 10 > input.raw_body.len()
+}
+
+/// A long run of random lower-case letters standing alone in the text: noise appended to
+/// make every copy of a bulk message different, so checksum-based filters miss it. Words in
+/// links and addresses do not count.
+fn hashbuster(visible: &str) -> Option<String> {
+    visible
+        .split_whitespace()
+        .filter(|w| !w.contains("://") && !w.contains('@') && !w.starts_with("www."))
+        .map(|w| {
+            w.trim_matches(|c: char| matches!(c, '.' | ',' | ';' | ':' | '!' | '?' | '"' | '\'' | '(' | ')'))
+        })
+        .find(|w| w.len() >= 22 && w.bytes().all(|b| b.is_ascii_lowercase()) && unpronounceable(w))
+        .map(str::to_string)
+}
+
+/// Five or more consonants in a row: random letters, not words run together.
+fn unpronounceable(word: &str) -> bool {
+    let mut run = 0;
+    for b in word.bytes() {
+        run = if b"aeiouy".contains(&b) { 0 } else { run + 1 };
+        if run >= 5 {
+            return true;
+        }
+    }
+    false
+}
+
+/// "Dear friend", "Hello valued customer": a greeting for someone whose name is unknown.
+fn generic_salutation(lower: &str) -> Option<String> {
+    let head = &lower[..lower.floor_char_boundary(3000)];
+    for line in head.lines() {
+        let line = line.trim_start_matches(|c: char| !c.is_alphanumeric());
+        let greeting = ["dear", "hello", "hi", "greetings"]
+            .iter()
+            .find_map(|g| line.strip_prefix(g).filter(|rest| rest.starts_with([',', ' ', '\t'])));
+        let Some(rest) = greeting else { continue };
+        let rest = rest.trim_start_matches([',', ' ', '\t']);
+        for noun in GENERIC_SALUTATIONS {
+            if let Some(after) = rest.strip_prefix(noun) {
+                // The greeting ends there: "Dear friend," but not "Dear friends of the project".
+                let after = after.strip_prefix('s').unwrap_or(after).trim_start();
+                if after.chars().next().is_none_or(|c| matches!(c, ',' | '!' | '.' | ':' | ';')) {
+                    return Some(line.chars().take(40).collect());
+                }
+            }
+        }
+    }
+    None
 }
 
 fn subject_rules(input: &Input, hits: &mut Hits) {
@@ -726,9 +1011,11 @@ fn subject_rules(input: &Input, hits: &mut Hits) {
     if let Some((head, tail)) = trimmed.rsplit_once(char::is_whitespace) {
         let tail = tail.trim_matches(|c| matches!(c, '[' | ']' | '(' | ')' | '#' | '-'));
         let spaced = head.ends_with("   ");
+        // Hyphens join the pieces of longer tracking tokens ("7126kyiK0-697yFCQ-24").
+        let joined = tail.len() >= 12 && tail.contains('-');
         let tokenish = tail.len() >= 5
             && tail.chars().any(|c| c.is_ascii_digit())
-            && tail.chars().all(|c| c.is_ascii_alphanumeric())
+            && tail.chars().all(|c| c.is_ascii_alphanumeric() || (joined && c == '-'))
             && tail.chars().any(|c| c.is_ascii_alphabetic())
             && !tail.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         if (spaced && tail.len() >= 3) || tokenish {
@@ -832,7 +1119,7 @@ fn link_rules(input: &Input, text: &str, hits: &mut Hits) {
     }
 }
 
-fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
+fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
     let hit = present(lower, SPAM_PHRASES.len(), |i| SPAM_PHRASES[i].0);
     let found: Vec<(&str, f64)> =
         SPAM_PHRASES.iter().zip(hit).filter(|(_, hit)| *hit).map(|(phrase, _)| *phrase).collect();
@@ -843,7 +1130,14 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     }
     let remove = count_phrases(lower, REMOVE_PHRASES);
     if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
-        hits.add("BODY_REMOVE_INSTRUCTIONS", 1.7, detail);
+        // Bulk mail that also offers the standard one-click way out (RFC 2369/8058 List-
+        // Unsubscribe, which large receivers require of bulk senders) is less suspicious
+        // than removal instructions alone.
+        let score = if input.has_header("List-Unsubscribe") { 0.8 } else { 1.7 };
+        hits.add("BODY_REMOVE_INSTRUCTIONS", score, detail);
+    }
+    if let Some(token) = hashbuster(visible) {
+        hits.add("BODY_HASHBUSTER", 1.0, token);
     }
     let toll_free =
         ["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
@@ -869,6 +1163,9 @@ fn body_rules(visible: &str, lower: &str, hits: &mut Hits) {
     let phish = count_phrases(lower, PHISH_PHRASES);
     if !phish.is_empty() {
         hits.add("BODY_PHISH_ACCOUNT", 1.5, phish.join(","));
+    }
+    if let Some(greeting) = generic_salutation(lower) {
+        hits.add("BODY_DEAR_GENERIC", 1.0, greeting);
     }
     let (letters, caps) = letters_caps_ratio(visible);
     if letters >= 200 && caps > 0.35 {
@@ -962,7 +1259,7 @@ mod tests {
             from: vec![mailbox(Some("Alice Example"), "alice@example.org")],
             recipients: vec![mailbox(None, "bob@example.com")],
             date: Some(1_767_225_600),
-            message_id: Some("abc@example.org".into()),
+            message_id: Some("20260101.abc@example.org".into()),
             text: Some("Shall we meet at noon?".into()),
             ..Input::default()
         }
@@ -987,6 +1284,114 @@ mod tests {
         {
             assert!(n.contains(&expected), "{expected} missing from {n:?}");
         }
+    }
+
+    #[test]
+    fn forged_freemail_needs_the_providers_own_hops() {
+        let mut m = plain();
+        m.from = vec![mailbox(Some("Ann"), "ann@hotmail.com")];
+        // The HELO name claims Hotmail; the receiving hop found no such reverse DNS.
+        m.headers.push((
+            "Received".into(),
+            "from mx02.hotmail.com ([200.184.93.31]) by belmont.example.org with SMTP".into(),
+        ));
+        assert!(names(&m).contains(&"FORGED_FREEMAIL_RCVD"));
+        // A hop of the provider itself vouches for it.
+        m.headers.push((
+            "Received".into(),
+            "from hotmail.com (bay4-f12.bay4.hotmail.com [65.54.171.12]) by mx.example.com".into(),
+        ));
+        assert!(!names(&m).contains(&"FORGED_FREEMAIL_RCVD"));
+        // So does the relay's own view of the client.
+        let mut m = plain();
+        m.from = vec![mailbox(Some("Ann"), "ann@gmail.com")];
+        m.client_rdns = Some("mail-ed1-f54.google.com".into());
+        assert!(!names(&m).contains(&"FORGED_FREEMAIL_RCVD"));
+        m.client_rdns = Some("dsl-1-2-3-4.example.net".into());
+        assert!(names(&m).contains(&"FORGED_FREEMAIL_RCVD"));
+        // Mailing lists re-send their members' mail.
+        m.headers.push(("List-Id".into(), "<talk.lists.example.org>".into()));
+        assert!(!names(&m).contains(&"FORGED_FREEMAIL_RCVD"));
+    }
+
+    #[test]
+    fn ratware_fingerprints() {
+        let mut m = plain();
+        m.headers.retain(|(n, _)| n != "Date");
+        m.headers.push(("Date".into(), "Thu, 29 Aug 2002 01:05:56 -1900".into()));
+        m.headers.push(("X-Mailer".into(), "rexfd0sUMJVQYfjVBi".into()));
+        m.message_id = Some("QEQBgLxHFe@mail.example.net".into());
+        let n = names(&m);
+        for expected in ["DATE_TZ_ABSURD", "X_MAILER_RANDOM", "MSGID_LETTERS_ONLY"] {
+            assert!(n.contains(&expected), "{expected} missing from {n:?}");
+        }
+        let mut m = plain();
+        m.headers.retain(|(n, _)| n != "Date");
+        m.headers.push(("Date".into(), "Thu, 29 Aug 2002 01:05:56 +0545 (NPT)".into()));
+        m.headers.push(("X-Mailer".into(), "Microsoft Outlook 16.0".into()));
+        m.message_id = Some("20260101.1234@example.org".into());
+        assert!(names(&m).is_empty(), "{:?}", names(&m));
+    }
+
+    #[test]
+    fn undeclared_and_raw_8bit() {
+        let mut m = plain();
+        m.raw_head = b"Subject: caf\xe9 \xe0 la carte\r\nFrom: a@example.org\r\n".to_vec();
+        assert!(names(&m).contains(&"HEADER_8BIT"));
+        // UTF-8 (SMTPUTF8 mail) and a character cut at the end of the window are fine.
+        m.raw_head = "Subject: café\r\n".as_bytes().to_vec();
+        assert!(!names(&m).contains(&"HEADER_8BIT"));
+        m.raw_head = "Subject: é".as_bytes()[..10].to_vec();
+        assert!(!names(&m).contains(&"HEADER_8BIT"));
+
+        let mut m = plain();
+        m.headers.push(("Content-Type".into(), "text/plain; charset=\"us-ascii\"".into()));
+        m.raw_body = (0..200u8).map(|i| if i % 2 == 0 { 0xc1 } else { b'a' }).collect();
+        assert!(names(&m).contains(&"BODY_8BIT_UNDECLARED"));
+        m.raw_body = b"Mostly English text with one name: Ren\xe9e.".repeat(10);
+        assert!(!names(&m).contains(&"BODY_8BIT_UNDECLARED"));
+    }
+
+    #[test]
+    fn raw_message_splits_at_the_blank_line() {
+        assert_eq!(
+            split_raw(b"A: b\r\nC: d\r\n\r\nbody\n\nmore".to_vec()),
+            (b"A: b\r\nC: d\r\n".to_vec(), b"body\n\nmore".to_vec())
+        );
+        assert_eq!(split_raw(b"A: b\n\nbody".to_vec()), (b"A: b\n".to_vec(), b"body".to_vec()));
+        assert_eq!(split_raw(b"A: b".to_vec()), (b"A: b".to_vec(), Vec::new()));
+    }
+
+    #[test]
+    fn generic_greetings_and_noise() {
+        let mut m = plain();
+        m.text = Some("Dear Sir/Madam,\n\nWe offer the best prices.".into());
+        assert!(names(&m).contains(&"BODY_DEAR_GENERIC"));
+        m.text = Some("Hello, friend!\nGreat news.".into());
+        assert!(names(&m).contains(&"BODY_DEAR_GENERIC"));
+        m.text = Some("Dear Friends of the project,\nthe release is out.".into());
+        assert!(!names(&m).contains(&"BODY_DEAR_GENERIC"));
+        m.text = Some("Dear Susan,\nhis sister friendly says hi.".into());
+        assert!(!names(&m).contains(&"BODY_DEAR_GENERIC"));
+
+        m.text = Some("see you soon, -Tiffany kludlkaiplcqcnnaigaybaxhesrhltsp".into());
+        assert!(names(&m).contains(&"BODY_HASHBUSTER"));
+        m.text = Some(
+            "updated weblogs: coolwalkingsmoothtalking and http://averyveryverylongdomainnameexample.com/"
+                .into(),
+        );
+        assert!(!names(&m).contains(&"BODY_HASHBUSTER"));
+    }
+
+    #[test]
+    fn removal_text_weighs_less_beside_list_unsubscribe() {
+        let mut m = plain();
+        m.text = Some("To be removed from our list, reply with REMOVE in the subject.".into());
+        let score =
+            |m: &Input| evaluate(m).iter().find(|h| h.name == "BODY_REMOVE_INSTRUCTIONS").map(|h| h.score);
+        assert_eq!(score(&m), Some(1.7));
+        m.headers.push(("List-Unsubscribe".into(), "<https://lists.example.org/u/1>".into()));
+        assert_eq!(score(&m), Some(0.8));
     }
 
     #[test]
