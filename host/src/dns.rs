@@ -187,3 +187,46 @@ mod tests {
         assert_eq!(e.to_string(), "f.dns:2: unknown record type \"BOGUS\"");
     }
 }
+
+/// The system's resolver through `getaddrinfo`: A and AAAA only. TXT, MX and PTR need a DNS
+/// client, which the relay does not have yet; those lookups fail with a clear error, and
+/// policies treat a failed lookup as no evidence.
+#[derive(Debug, Default)]
+pub struct SystemResolver;
+
+#[async_trait::async_trait]
+impl Resolver for SystemResolver {
+    async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
+        let want_v4 = match kind {
+            RecordType::A => true,
+            RecordType::Aaaa => false,
+            other => {
+                return Err(DnsError::Failed(format!(
+                    "{other:?} lookups are not supported by the system resolver"
+                )));
+            }
+        };
+        let name = name.trim_end_matches('.');
+        if name.is_empty() || name.len() > 253 || name.contains([' ', '/', ':']) {
+            return Err(DnsError::Failed("invalid name".into()));
+        }
+        match tokio::net::lookup_host((name, 0)).await {
+            Ok(addrs) => {
+                let answers: Vec<String> = addrs
+                    .map(|a| a.ip())
+                    .filter(|ip| ip.is_ipv4() == want_v4)
+                    .map(|ip| ip.to_string())
+                    .collect();
+                if answers.is_empty() { Err(DnsError::NxDomain) } else { Ok(answers) }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("not known") || text.contains("No address") || text.contains("not found") {
+                    Err(DnsError::NxDomain)
+                } else {
+                    Err(DnsError::Failed(text))
+                }
+            }
+        }
+    }
+}

@@ -8,10 +8,19 @@
 //!   SMTP stage, the host capabilities, and judging a transaction.
 //! - [`state`]: state that outlives a session (the key-value store behind policies).
 //! - [`dns`]: DNS for policies: the resolver trait and the fixture resolver of `policy test`.
+//! - [`config`]: the relay's TOML configuration and its embedded default.
+//! - [`smtp`]: the SMTP protocol core without I/O (commands, addresses, DATA framing, session).
+//! - [`server`]: the SMTP server that drives the core over sockets and the chains.
+//! - [`spool`]: the durable queue; [`delivery`]: taking it to the next hops, retries, bounces.
 //! - [`cli`]: the `sluice` command line, including the offline `sluice policy test` runner.
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod config;
+pub mod delivery;
 pub mod dns;
 pub mod policy;
+pub mod server;
+pub mod smtp;
+pub mod spool;
 pub mod state;

@@ -1,7 +1,10 @@
 //! The `sluice` binary: parses the command line and hands over to [`sluice::cli`].
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 use sluice::cli::policy_test::{self, PolicyTestArgs};
+use sluice::cli::relay::{self, QueueCommand};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "SMTP relay with sandboxed WebAssembly policies")]
@@ -12,6 +15,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay (on the embedded default configuration without --config).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration and load every policy it names.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the queue and the quarantine.
+    Queue {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Work with policy components.
     Policy {
         #[command(subcommand)]
@@ -22,13 +45,24 @@ enum Command {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Run messages through a chain of policies offline and show each stage's verdicts.
-    Test(PolicyTestArgs),
+    Test(Box<PolicyTestArgs>),
 }
 
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Exit status of a relay command: 0, or 1 with the error on stderr.
+fn report(command: &str, result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("sluice {command}: {e:#}");
+            1
+        }
+    }
 }
 
 fn main() {
@@ -41,9 +75,27 @@ fn main() {
         }
     };
     let status = match cli.command {
+        Command::Serve { config } => {
+            init_logging("info");
+            report(
+                "serve",
+                relay::load_config(config.as_ref()).and_then(|c| runtime.block_on(relay::serve(c))),
+            )
+        }
+        Command::Check { config } => {
+            init_logging("warn");
+            report(
+                "check",
+                relay::load_config(config.as_ref()).and_then(|c| runtime.block_on(relay::check(c))),
+            )
+        }
+        Command::Queue { config, command } => {
+            init_logging("warn");
+            report("queue", relay::load_config(config.as_ref()).and_then(|c| relay::queue(&c, command)))
+        }
         Command::Policy { command: PolicyCommand::Test(args) } => {
             init_logging("warn");
-            match runtime.block_on(policy_test::run(args)) {
+            match runtime.block_on(policy_test::run(*args)) {
                 Ok(status) => status,
                 Err(e) => {
                     eprintln!("sluice policy test: {e}");

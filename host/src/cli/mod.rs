@@ -1,3 +1,4 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
 pub mod policy_test;
+pub mod relay;

@@ -1,0 +1,151 @@
+//! `sluice serve`, `sluice check` and `sluice queue`.
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::server::Relay;
+use crate::spool::{self, Spool, Store};
+
+/// Load the configuration named on the command line, or the embedded default.
+pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::embedded_default()?,
+    })
+}
+
+/// `sluice serve`: run until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen.clone();
+    let (relay, new_ids) = Relay::build(config).await?;
+    let mut listeners = Vec::new();
+    for addr in &listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
+        listeners.push(listener);
+    }
+    let queued = relay.spool.recover(Store::Queue)?.len();
+    let quarantined = relay.spool.recover(Store::Quarantine)?.len();
+    tracing::info!(
+        listen = ?listen,
+        tenants = relay.tenants.len(),
+        queued,
+        quarantined,
+        "sluice is ready"
+    );
+    eprintln!(
+        "sluice: listening on {}",
+        listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    );
+    tokio::spawn(crate::delivery::run(relay.clone(), new_ids));
+    for listener in listeners {
+        tokio::spawn(relay.clone().serve(listener));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down; queued mail stays in the spool");
+    Ok(())
+}
+
+/// `sluice check`: validate the configuration and load every policy.
+pub async fn check(config: Config) -> anyhow::Result<()> {
+    let tenants = config.tenants.len();
+    let policies: usize = config.tenants.iter().map(|t| t.policies.len()).sum();
+    let (_relay, _ids) = Relay::build(config).await?;
+    println!("configuration ok: {tenants} tenant(s), {policies} policy component(s) loaded");
+    Ok(())
+}
+
+/// What `sluice queue` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum QueueCommand {
+    /// List queued (and quarantined) messages.
+    List,
+    /// Show one message's envelope and headers.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Make every queued message due now (a running relay picks them up within seconds).
+    Flush,
+    /// Delete a message from the queue or the quarantine.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+    /// Release a message from quarantine into the queue.
+    Release {
+        /// Queue id.
+        id: String,
+    },
+}
+
+/// `sluice queue …`.
+pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
+    let spool = Spool::open(&config.resolve(&config.spool.dir))?;
+    let find = |id: &str| -> anyhow::Result<Store> {
+        if !spool::valid_id(id) {
+            anyhow::bail!("{id}: not a queue id");
+        }
+        for store in [Store::Queue, Store::Quarantine] {
+            if spool.envelope(store, id).is_ok() {
+                return Ok(store);
+            }
+        }
+        anyhow::bail!("{id}: no such message in the queue or the quarantine")
+    };
+    match command {
+        QueueCommand::List => {
+            for (store, name) in [(Store::Queue, "queue"), (Store::Quarantine, "quarantine")] {
+                for m in spool.recover(store)? {
+                    let pending: Vec<&str> = m.pending().map(|r| r.address.as_str()).collect();
+                    println!(
+                        "{}  {name:10}  from <{}>  to {}  attempts {}  {}",
+                        m.id,
+                        m.mail_from,
+                        pending.join(", "),
+                        m.attempts,
+                        m.quarantine_reason.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        QueueCommand::Show { id } => {
+            let store = find(&id)?;
+            let envelope = spool.envelope(store, &id)?;
+            println!("{}", serde_json::to_string_pretty(&envelope)?);
+            let message = spool.message(store, &id)?;
+            let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(message.len());
+            println!("{}", String::from_utf8_lossy(&message[..end]));
+        }
+        QueueCommand::Flush => {
+            let mut n = 0;
+            for mut m in spool.recover(Store::Queue)? {
+                m.next_attempt = 0;
+                spool.update(Store::Queue, &m)?;
+                n += 1;
+            }
+            println!("{n} message(s) due now");
+        }
+        QueueCommand::Delete { id } => {
+            let store = find(&id)?;
+            spool.remove(store, &id)?;
+            println!("{id} deleted");
+        }
+        QueueCommand::Release { id } => {
+            if find(&id)? != Store::Quarantine {
+                anyhow::bail!("{id}: not in quarantine");
+            }
+            let mut envelope = spool.envelope(Store::Quarantine, &id)?;
+            envelope.quarantine_reason = None;
+            envelope.next_attempt = 0;
+            spool.transfer(Store::Quarantine, Store::Queue, &envelope)?;
+            println!("{id} released into the queue");
+        }
+    }
+    Ok(())
+}

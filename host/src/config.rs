@@ -1,0 +1,505 @@
+//! The relay's configuration: TOML read with serde, checked as a whole, every error naming
+//! the key (and, for syntax and type errors, the line and column).
+//!
+//! Without a file the relay runs on [`DEFAULT_CONFIG`]: it listens on 127.0.0.1:2525, serves
+//! one tenant for `localhost` with the shipped Rust policies and delivers into a Maildir under
+//! `./var/mail`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::chain::{ChainSettings, FailureMode, Thresholds};
+use crate::policy::decision::Reply;
+use crate::policy::{PolicyLimits, PolicySpec};
+
+/// The embedded default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A configuration error, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ConfigError {
+    /// The file (or "embedded default").
+    pub source_name: String,
+    /// What is wrong, with the key and line when known.
+    pub message: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The SMTP server.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The spool.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Relay authorization.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Delivery.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Tenants, the first being the default one.
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+    /// Where relative paths are resolved from (the config file's directory, or the current
+    /// directory for the embedded default).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name announced in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Largest message accepted, bytes (announced in SIZE).
+    pub max_message_bytes: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Longest command line, bytes including CRLF (RFC 5321: at least 512).
+    pub max_line_bytes: usize,
+    /// Protocol errors per session before the relay hangs up.
+    pub max_errors: u32,
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2: 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for each chunk of message data (RFC 5321 §4.5.3.2: 3 minutes).
+    pub data_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            max_message_bytes: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_bytes: 2048,
+            max_errors: 10,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+        }
+    }
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the queue and the quarantine.
+    pub dir: PathBuf,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("var/spool") }
+    }
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Networks whose clients may relay to any domain (CIDR).
+    pub trusted_networks: Vec<String>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()] }
+    }
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Next hop for domains that are not local: `host:port`, `smtp:host:port` or
+    /// `maildir:PATH`. Without one, non-local mail waits in the queue (MX resolution is not
+    /// built yet).
+    pub smarthost: Option<String>,
+    /// Named next hops a policy may route to.
+    pub next_hops: BTreeMap<String, String>,
+    /// First retry after this many seconds; each later one waits twice as long.
+    pub retry_base_secs: u64,
+    /// Longest wait between retries.
+    pub retry_max_secs: u64,
+    /// Give up (and bounce) after this many seconds in the queue (default 5 days).
+    pub max_age_secs: u64,
+    /// Seconds to wait for the next hop to connect and to answer each command.
+    pub timeout_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            smarthost: None,
+            next_hops: BTreeMap::new(),
+            retry_base_secs: 300,
+            retry_max_secs: 4 * 3600,
+            max_age_secs: 5 * 86_400,
+            timeout_secs: 60,
+        }
+    }
+}
+
+/// `[[tenant]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Name.
+    pub name: String,
+    /// Domains whose mail this tenant receives.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Where its inbound mail goes: `host:port`, `smtp:host:port` or `maildir:PATH`.
+    pub next_hop: String,
+    /// `tempfail` (default) or `continue` when a policy faults.
+    #[serde(default = "default_failure_mode")]
+    pub failure_mode: String,
+    /// Score at which `X-Spam-Flag: YES` is added (default 5.0).
+    #[serde(default = "default_add_header")]
+    pub add_header_score: Option<f64>,
+    /// Score at which the message is quarantined (default: off).
+    #[serde(default)]
+    pub quarantine_score: Option<f64>,
+    /// Score at which the message is rejected (default 15.0).
+    #[serde(default = "default_reject")]
+    pub reject_score: Option<f64>,
+    /// The chain, in order.
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+}
+
+fn default_failure_mode() -> String {
+    "tempfail".into()
+}
+
+fn default_add_header() -> Option<f64> {
+    Some(5.0)
+}
+
+fn default_reject() -> Option<f64> {
+    Some(15.0)
+}
+
+/// `[[tenant.policy]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name to log it under (default: the name from `describe`).
+    pub name: Option<String>,
+    /// The component.
+    pub path: PathBuf,
+    /// Its configuration.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    /// CPU deadline per hook call, milliseconds (default 50).
+    pub cpu_ms: Option<u64>,
+    /// Memory cap, MiB (default 64).
+    pub memory_mib: Option<usize>,
+}
+
+impl Config {
+    /// Read and check `path`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { source_name: name.clone(), message: format!("cannot read: {e}") })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &name, base)
+    }
+
+    /// The embedded default, relative paths taken from the current directory.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::parse(DEFAULT_CONFIG, "embedded default configuration", PathBuf::from("."))
+    }
+
+    /// Parse and check configuration text.
+    pub fn parse(text: &str, source_name: &str, base_dir: PathBuf) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError { source_name: source_name.to_string(), message };
+        let mut config: Config = toml::from_str(text).map_err(|e| error(describe_toml_error(text, &e)))?;
+        config.base_dir = base_dir;
+        config.check().map_err(error)?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.hostname.trim().is_empty() || s.hostname.contains(char::is_whitespace) {
+            return Err("server.hostname: must be a host name without spaces".into());
+        }
+        if s.listen.is_empty() {
+            return Err("server.listen: at least one address is required".into());
+        }
+        if s.max_line_bytes < 512 {
+            return Err("server.max_line_bytes: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
+        }
+        if s.max_recipients < 1 {
+            return Err("server.max_recipients: must be at least 1".into());
+        }
+        if s.max_connections < 1 || s.max_connections_per_ip < 1 {
+            return Err("server.max_connections / max_connections_per_ip: must be at least 1".into());
+        }
+        for (i, net) in self.relay.trusted_networks.iter().enumerate() {
+            Cidr::parse(net)
+                .ok_or_else(|| format!("relay.trusted_networks[{i}]: not a CIDR block: {net:?}"))?;
+        }
+        if let Some(hop) = &self.delivery.smarthost {
+            NextHop::parse(hop).map_err(|e| format!("delivery.smarthost: {e}"))?;
+        }
+        for (name, hop) in &self.delivery.next_hops {
+            NextHop::parse(hop).map_err(|e| format!("delivery.next_hops.{name}: {e}"))?;
+        }
+        if self.delivery.retry_base_secs == 0 || self.delivery.retry_max_secs < self.delivery.retry_base_secs
+        {
+            return Err("delivery.retry_base_secs / retry_max_secs: need 0 < base <= max".into());
+        }
+        if self.tenants.is_empty() {
+            return Err("tenant: at least one [[tenant]] is required".into());
+        }
+        let mut seen_domains = BTreeMap::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let key = format!("tenant[{i}] ({})", t.name);
+            if t.name.trim().is_empty() {
+                return Err(format!("tenant[{i}].name: must not be empty"));
+            }
+            NextHop::parse(&t.next_hop).map_err(|e| format!("{key}.next_hop: {e}"))?;
+            if !matches!(t.failure_mode.as_str(), "tempfail" | "continue") {
+                return Err(format!(
+                    "{key}.failure_mode: `tempfail` or `continue`, not {:?}",
+                    t.failure_mode
+                ));
+            }
+            for d in &t.domains {
+                let domain = d.trim().trim_end_matches('.').to_lowercase();
+                if domain.is_empty() || domain.contains(['@', ' ']) {
+                    return Err(format!("{key}.domains: not a domain: {d:?}"));
+                }
+                if let Some(other) = seen_domains.insert(domain.clone(), t.name.clone()) {
+                    return Err(format!("{key}.domains: {domain} already belongs to tenant {other}"));
+                }
+            }
+            for (j, p) in t.policies.iter().enumerate() {
+                for (k, v) in &p.config {
+                    if matches!(v, toml::Value::Table(_) | toml::Value::Array(_) | toml::Value::Datetime(_)) {
+                        return Err(format!(
+                            "{key}.policy[{j}].config.{k}: values are strings, numbers or booleans (lists as \"a,b\")"
+                        ));
+                    }
+                }
+                if p.cpu_ms == Some(0) || p.memory_mib == Some(0) {
+                    return Err(format!("{key}.policy[{j}]: cpu_ms and memory_mib must be positive"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A path from the configuration, resolved against its base directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+    }
+
+    /// Trusted networks, parsed.
+    pub fn trusted_networks(&self) -> Vec<Cidr> {
+        self.relay.trusted_networks.iter().filter_map(|n| Cidr::parse(n)).collect()
+    }
+}
+
+impl TenantConfig {
+    /// The chain settings.
+    pub fn chain_settings(&self) -> ChainSettings {
+        ChainSettings {
+            failure_mode: if self.failure_mode == "continue" {
+                FailureMode::Continue
+            } else {
+                FailureMode::Tempfail(Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary policy failure, please try again later",
+                ))
+            },
+            thresholds: Thresholds {
+                add_header: self.add_header_score,
+                quarantine: self.quarantine_score,
+                reject: self.reject_score,
+            },
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The spec the engine loads, paths resolved against `config`.
+    pub fn spec(&self, config: &Config) -> PolicySpec {
+        let mut spec = PolicySpec::new(config.resolve(&self.path));
+        spec.name = self.name.clone();
+        spec.config = self
+            .config
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        let mut limits = PolicyLimits::default();
+        if let Some(ms) = self.cpu_ms {
+            limits.cpu_deadline = Duration::from_millis(ms);
+        }
+        if let Some(mib) = self.memory_mib {
+            limits.memory_bytes = mib.saturating_mul(1 << 20);
+        }
+        spec.limits = limits;
+        spec
+    }
+}
+
+/// Where mail goes next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NextHop {
+    /// An SMTP server.
+    Smtp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A local Maildir tree: `PATH/<recipient>/{tmp,new,cur}`.
+    Maildir(PathBuf),
+}
+
+impl NextHop {
+    /// Parse `host:port`, `smtp:host:port`, `[v6addr]:port` or `maildir:PATH`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("maildir:") {
+            if path.is_empty() {
+                return Err("maildir: needs a path".into());
+            }
+            return Ok(NextHop::Maildir(PathBuf::from(path)));
+        }
+        let target = text.strip_prefix("smtp:").unwrap_or(text);
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?}: expected host:port, smtp:host:port or maildir:PATH"))?;
+        let port: u16 = port.parse().map_err(|_| format!("{text:?}: invalid port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("{text:?}: invalid host"));
+        }
+        Ok(NextHop::Smtp { host: host.to_string(), port })
+    }
+}
+
+/// An IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `addr/prefix` (or a bare address).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.trim().parse::<IpAddr>().ok()?, Some(p.trim().parse::<u8>().ok()?)),
+            None => (text.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A toml error as "line L, column C: message" with the offending key when toml names it.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().to_string();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.server.listen, vec![SocketAddr::from(([127, 0, 0, 1], 2525))]);
+        assert_eq!(c.tenants[0].domains, vec!["localhost".to_string()]);
+        assert!(matches!(NextHop::parse(&c.tenants[0].next_hop), Ok(NextHop::Maildir(_))));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = Config::parse("[server]\nhostname = 5\n", "x.toml", PathBuf::new()).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = Config::parse("[server]\nhostnme = \"a\"\n", "x.toml", PathBuf::new()).unwrap_err();
+        assert!(e.to_string().contains("hostnme"), "{e}");
+        let text = "[[tenant]]\nname = \"a\"\nnext_hop = \"nowhere\"\n";
+        let e = Config::parse(text, "x.toml", PathBuf::new()).unwrap_err();
+        assert!(e.to_string().contains("tenant[0] (a).next_hop"), "{e}");
+        let text = "[relay]\ntrusted_networks = [\"10.0.0.0/33\"]\n[[tenant]]\nname = \"a\"\nnext_hop = \"maildir:x\"\n";
+        let e = Config::parse(text, "x.toml", PathBuf::new()).unwrap_err();
+        assert!(e.to_string().contains("relay.trusted_networks[0]"), "{e}");
+    }
+
+    #[test]
+    fn next_hops_and_networks() {
+        assert_eq!(
+            NextHop::parse("mx.example:25"),
+            Ok(NextHop::Smtp { host: "mx.example".into(), port: 25 })
+        );
+        assert_eq!(NextHop::parse("smtp:[::1]:2526"), Ok(NextHop::Smtp { host: "::1".into(), port: 2526 }));
+        assert!(NextHop::parse("mx.example").is_err());
+        let net = Cidr::parse("192.0.2.0/24").unwrap();
+        assert!(net.contains("192.0.2.77".parse().unwrap()));
+        assert!(net.contains("::ffff:192.0.2.77".parse().unwrap()));
+        assert!(!net.contains("192.0.3.1".parse().unwrap()));
+        assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("203.0.113.9".parse().unwrap()));
+    }
+}

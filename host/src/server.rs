@@ -1,0 +1,691 @@
+//! The SMTP server: accepts connections, drives the protocol core ([`crate::smtp`]) over the
+//! socket, runs each stage through the tenant's policy chain, and puts accepted messages in
+//! the spool before answering 250.
+//!
+//! Relay authorization happens in the protocol core, before any policy runs: a recipient
+//! outside the tenants' domains needs a trusted or authenticated client whatever the
+//! policies say, and a policy `accept` only ends its own stage.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::{Cidr, Config, NextHop};
+use crate::dns::SystemResolver;
+use crate::policy::chain::{Chain, ChainSession, Judgement, Outcome, StageInput, StageResult, Transaction};
+use crate::policy::{EngineOptions, HostServices, ParsedMessage, PolicyEngine, SessionInfo, Stage, Verdict};
+use crate::smtp::command;
+use crate::smtp::data::{DataDecoder, DataEvent};
+use crate::smtp::reply::{render, reply};
+use crate::smtp::session::{Destination, Session, SessionLimits, Step};
+use crate::spool::{self, QueuedMessage, QueuedRecipient, RecipientStatus, Spool, Store};
+use crate::state::kv::MemoryKv;
+
+/// A tenant at run time.
+pub struct Tenant {
+    /// Name.
+    pub name: String,
+    /// Its loaded chain.
+    pub chain: Arc<Chain>,
+    /// Where its inbound mail goes.
+    pub next_hop: NextHop,
+    /// Its domains.
+    pub domains: Vec<String>,
+}
+
+/// The running relay: configuration, tenants with their chains, the spool.
+pub struct Relay {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Tenants, the first being the default.
+    pub tenants: Vec<Tenant>,
+    local_domains: Arc<HashMap<String, usize>>,
+    trusted: Vec<Cidr>,
+    /// The spool.
+    pub spool: Arc<Spool>,
+    delivery: mpsc::UnboundedSender<String>,
+    connections: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Relay {
+    /// Open the spool and load every tenant's policies. Returns the relay and the receiver
+    /// of new queue ids for the delivery task.
+    pub async fn build(config: Config) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<String>)> {
+        let spool_dir = config.resolve(&config.spool.dir);
+        let spool = Spool::open(&spool_dir)
+            .map_err(|e| anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()))?;
+        let engine = PolicyEngine::new(EngineOptions {
+            max_instances: u32::try_from(config.server.max_connections.saturating_mul(2).clamp(16, 10_000))
+                .unwrap_or(1000),
+            ..EngineOptions::default()
+        })?;
+        let services = HostServices {
+            kv: Arc::new(MemoryKv::new(1_000_000)),
+            resolver: Arc::new(SystemResolver),
+            clock: crate::policy::Clock::System,
+        };
+        let mut tenants = Vec::new();
+        let mut local_domains = HashMap::new();
+        for (index, t) in config.tenants.iter().enumerate() {
+            let mut policies = Vec::new();
+            for p in &t.policies {
+                let spec = p.spec(&config);
+                let loaded = engine
+                    .load(&spec, &t.name, services.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("tenant {}: {e}", t.name))?;
+                policies.push(loaded);
+            }
+            let chain = Arc::new(Chain { tenant: t.name.clone(), policies, settings: t.chain_settings() });
+            let next_hop =
+                NextHop::parse(&t.next_hop).map_err(|e| anyhow::anyhow!("tenant {}: {e}", t.name))?;
+            let domains: Vec<String> =
+                t.domains.iter().map(|d| d.trim().trim_end_matches('.').to_lowercase()).collect();
+            for d in &domains {
+                local_domains.insert(d.clone(), index);
+            }
+            tenants.push(Tenant { name: t.name.clone(), chain, next_hop, domains });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let relay = Relay {
+            trusted: config.trusted_networks(),
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
+            config: Arc::new(config),
+            tenants,
+            local_domains: Arc::new(local_domains),
+            spool: Arc::new(spool),
+            delivery: tx,
+            per_ip: Mutex::new(HashMap::new()),
+        };
+        Ok((Arc::new(relay), rx))
+    }
+
+    /// Tell the delivery task about a newly queued message.
+    pub fn notify(&self, id: String) {
+        let _ = self.delivery.send(id);
+    }
+
+    /// The tenant a domain belongs to.
+    pub fn tenant_of_domain(&self, domain: &str) -> Option<&Tenant> {
+        self.local_domains.get(&domain.to_lowercase()).and_then(|i| self.tenants.get(*i))
+    }
+
+    /// Accept connections on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let relay = self.clone();
+            tokio::spawn(async move { relay.connection(stream, peer).await });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (read, write) = stream.into_split();
+        let mut writer = BufWriter::new(write);
+        let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+            let _ = writer
+                .write_all(&render(&reply(421, "4.7.0", "Too many connections, try again later")))
+                .await;
+            let _ = writer.flush().await;
+            return;
+        };
+        let ip = peer.ip();
+        let admitted = {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= self.config.server.max_connections_per_ip {
+                false
+            } else {
+                *count += 1;
+                true
+            }
+        };
+        if !admitted {
+            let _ = writer
+                .write_all(&render(&reply(
+                    421,
+                    "4.7.0",
+                    "Too many connections from your address, try again later",
+                )))
+                .await;
+            let _ = writer.flush().await;
+            return;
+        }
+        let mut conn = Connection::new(self.clone(), peer, local);
+        let result = conn.run(BufReader::with_capacity(16 * 1024, read), &mut writer).await;
+        if let Err(e) = result {
+            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+        }
+        let _ = writer.shutdown().await;
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A command line as read.
+enum Line {
+    Command(Vec<u8>),
+    TooLong,
+    BareLineEnding,
+    Eof,
+}
+
+/// Read one CRLF-terminated line of at most `max` bytes.
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>, max: usize) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let n = chunk.len();
+        if !too_long {
+            line.extend_from_slice(chunk);
+            if line.len() > max {
+                too_long = true;
+                line = Vec::new();
+            }
+        }
+        reader.consume(n);
+        if done {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Line::TooLong);
+    }
+    let Some(body) = line.strip_suffix(b"\r\n") else { return Ok(Line::BareLineEnding) };
+    if body.contains(&b'\r') || body.contains(&b'\n') {
+        return Ok(Line::BareLineEnding);
+    }
+    Ok(Line::Command(body.to_vec()))
+}
+
+/// What became of the DATA section.
+enum DataRead {
+    Message(Vec<u8>),
+    TooBig,
+    BareLineEnding,
+    Eof,
+}
+
+struct Connection {
+    relay: Arc<Relay>,
+    peer: SocketAddr,
+    core: Session,
+    info: SessionInfo,
+    chains: HashMap<usize, ChainSession>,
+    /// Connect and helo results, taken into every transaction of the session.
+    session_results: Vec<StageResult>,
+    transaction: Transaction,
+    /// Tenant whose chain judges the message (that of the first accepted recipient).
+    tenant: Option<usize>,
+}
+
+impl Connection {
+    fn new(relay: Arc<Relay>, peer: SocketAddr, listener: String) -> Self {
+        let server = &relay.config.server;
+        let relay_allowed = relay.trusted.iter().any(|net| net.contains(peer.ip()));
+        let core = Session::new(
+            SessionLimits {
+                hostname: server.hostname.clone(),
+                max_message_bytes: server.max_message_bytes,
+                max_recipients: server.max_recipients,
+                max_errors: server.max_errors,
+            },
+            relay.local_domains.clone(),
+            relay_allowed,
+        );
+        let info = SessionInfo {
+            tenant: relay.tenants[0].name.clone(),
+            transaction_id: spool::new_id(),
+            client_ip: peer.ip(),
+            client_port: peer.port(),
+            reverse_dns: None,
+            helo: None,
+            tls: None,
+            authenticated_user: None,
+            listener,
+            hostname: server.hostname.clone(),
+            mail_from: None,
+            recipients: Vec::new(),
+        };
+        Self {
+            relay,
+            peer,
+            core,
+            info,
+            chains: HashMap::new(),
+            session_results: Vec::new(),
+            transaction: Transaction::new(),
+            tenant: None,
+        }
+    }
+
+    async fn stage(&mut self, tenant: usize, stage: Stage, input: StageInput<'_>) -> StageResult {
+        self.info.tenant = self.relay.tenants[tenant].name.clone();
+        let chain = self.relay.tenants[tenant].chain.clone();
+        let session = self.chains.entry(tenant).or_insert_with(|| ChainSession::new(chain));
+        session.run(stage, &self.info, input).await
+    }
+
+    async fn run(
+        &mut self,
+        mut reader: BufReader<OwnedReadHalf>,
+        writer: &mut BufWriter<OwnedWriteHalf>,
+    ) -> std::io::Result<()> {
+        let server = self.relay.config.server.clone();
+        let command_timeout = Duration::from_secs(server.command_timeout_secs);
+
+        let connect = self.stage(0, Stage::Connect, StageInput::Session).await;
+        if let Verdict::Reject(r) | Verdict::Tempfail(r) = &connect.verdict {
+            tracing::info!(client = %self.peer, stage = "connect", reply = %r, "connection refused by policy");
+            writer.write_all(&render(r)).await?;
+            writer.flush().await?;
+            return Ok(());
+        }
+        self.session_results.push(connect);
+        writer.write_all(&render(&self.core.banner())).await?;
+        writer.flush().await?;
+
+        loop {
+            if reader.buffer().is_empty() {
+                writer.flush().await?;
+            }
+            let line =
+                match tokio::time::timeout(command_timeout, read_line(&mut reader, server.max_line_bytes))
+                    .await
+                {
+                    Ok(line) => line?,
+                    Err(_) => {
+                        writer
+                            .write_all(&render(&reply(
+                                421,
+                                "4.4.2",
+                                "Timeout waiting for a command, closing",
+                            )))
+                            .await?;
+                        writer.flush().await?;
+                        return Ok(());
+                    }
+                };
+            let step = match line {
+                Line::Eof => return Ok(()),
+                Line::TooLong => self.core.error(reply(500, "5.5.6", "Line too long")),
+                Line::BareLineEnding => self.core.error(reply(
+                    500,
+                    "5.5.2",
+                    "Commands must end with CRLF; bare CR or LF is not allowed",
+                )),
+                Line::Command(bytes) => match command::parse(&bytes) {
+                    Ok(cmd) => self.core.command(cmd),
+                    Err(e) => self.core.bad_command(&e),
+                },
+            };
+            if !self.step(step, &mut reader, writer).await? {
+                writer.flush().await?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Carry out one step; false when the connection must close.
+    async fn step(
+        &mut self,
+        step: Step,
+        reader: &mut BufReader<OwnedReadHalf>,
+        writer: &mut BufWriter<OwnedWriteHalf>,
+    ) -> std::io::Result<bool> {
+        match step {
+            Step::Reply(r) => {
+                writer.write_all(&render(&r)).await?;
+                Ok(true)
+            }
+            Step::Close(r) => {
+                writer.write_all(&render(&r)).await?;
+                Ok(false)
+            }
+            Step::Helo { name, extended } => {
+                self.end_transaction();
+                self.info.helo = Some(name.clone());
+                // A new EHLO replaces what the previous one told the policies.
+                self.session_results.retain(|r| r.stage != Stage::Helo);
+                let result = self.stage(0, Stage::Helo, StageInput::Session).await;
+                let disconnect = result.disconnect;
+                if let Verdict::Reject(r) | Verdict::Tempfail(r) = &result.verdict {
+                    writer.write_all(&render(r)).await?;
+                    return Ok(!disconnect);
+                }
+                self.session_results.push(result);
+                self.core.greeted(name.clone(), extended);
+                writer.write_all(&self.core.greeting_reply(&name)).await?;
+                Ok(!disconnect)
+            }
+            Step::Mail(from) => {
+                self.end_transaction();
+                for r in &self.session_results {
+                    let _ = self.transaction.absorb(r);
+                }
+                self.info.mail_from = Some(from.clone());
+                let result = self.stage(0, Stage::Mail, StageInput::Session).await;
+                if let Some(judgement) = self.transaction.absorb(&result) {
+                    self.log_refusal(&judgement);
+                    self.info.mail_from = None;
+                    writer.write_all(&render(&judgement.reply)).await?;
+                    return Ok(!judgement.disconnect);
+                }
+                self.core.mail_accepted(from);
+                writer.write_all(&render(&reply(250, "2.1.0", "Ok"))).await?;
+                Ok(!result.disconnect)
+            }
+            Step::Rcpt(to, destination) => {
+                let tenant = match destination {
+                    Destination::Local(t) => t,
+                    Destination::Relay => 0,
+                };
+                let result = self.stage(tenant, Stage::Rcpt, StageInput::Recipient(&to)).await;
+                let _ = self.transaction.absorb(&result);
+                let disconnect = result.disconnect;
+                match &result.verdict {
+                    Verdict::Reject(r) | Verdict::Tempfail(r) => {
+                        writer.write_all(&render(r)).await?;
+                    }
+                    _ => {
+                        // The transaction's message stage runs in its first recipient's tenant;
+                        // each recipient is still delivered by its own domain's route.
+                        self.tenant.get_or_insert(tenant);
+                        self.info.recipients.push(to.clone());
+                        self.core.rcpt_accepted(to, destination);
+                        writer.write_all(&render(&reply(250, "2.1.5", "Ok"))).await?;
+                    }
+                }
+                Ok(!disconnect)
+            }
+            Step::Data => {
+                let go_ahead = crate::policy::Reply {
+                    code: 354,
+                    enhanced: None,
+                    text: "End data with <CR><LF>.<CR><LF>".into(),
+                };
+                writer.write_all(&render(&go_ahead)).await?;
+                writer.flush().await?;
+                let data = self.read_data(reader).await?;
+                let keep_open = match data {
+                    DataRead::Eof => return Ok(false),
+                    DataRead::BareLineEnding => {
+                        self.end_transaction();
+                        let r = reply(
+                            521,
+                            "5.5.2",
+                            "Bare CR or LF in message data is not allowed (RFC 5321 §2.3.8), closing",
+                        );
+                        writer.write_all(&render(&r)).await?;
+                        return Ok(false);
+                    }
+                    DataRead::TooBig => {
+                        self.end_transaction();
+                        writer
+                            .write_all(&render(&reply(
+                                552,
+                                "5.3.4",
+                                "Message size exceeds the fixed maximum",
+                            )))
+                            .await?;
+                        true
+                    }
+                    DataRead::Message(body) => {
+                        let (answer, keep_open) = self.accept_message(body).await;
+                        writer.write_all(&render(&answer)).await?;
+                        keep_open
+                    }
+                };
+                Ok(keep_open)
+            }
+        }
+    }
+
+    async fn read_data(&mut self, reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<DataRead> {
+        let timeout = Duration::from_secs(self.relay.config.server.data_timeout_secs);
+        let mut decoder = DataDecoder::new(self.core.max_message_bytes());
+        loop {
+            let buf = match tokio::time::timeout(timeout, reader.fill_buf()).await {
+                Ok(buf) => buf?,
+                Err(_) => return Ok(DataRead::Eof),
+            };
+            if buf.is_empty() {
+                return Ok(DataRead::Eof);
+            }
+            let n = buf.len();
+            match decoder.feed(buf) {
+                DataEvent::More => reader.consume(n),
+                DataEvent::End(used) => {
+                    reader.consume(used);
+                    break;
+                }
+                DataEvent::BareLineEnding => return Ok(DataRead::BareLineEnding),
+            }
+        }
+        if decoder.too_big() {
+            return Ok(DataRead::TooBig);
+        }
+        Ok(DataRead::Message(decoder.into_body()))
+    }
+
+    /// Judge a complete message and queue it. Returns the reply and whether to stay open.
+    async fn accept_message(&mut self, body: Vec<u8>) -> (crate::policy::Reply, bool) {
+        let tenant = self.tenant.unwrap_or(0);
+        let parsed = Arc::new(ParsedMessage::parse(body.clone()));
+        let result = self.stage(tenant, Stage::Data, StageInput::Message(&parsed)).await;
+        let thresholds = self.relay.tenants[tenant].chain.settings.thresholds.clone();
+        let transaction = std::mem::take(&mut self.transaction);
+        let judgement = transaction.finish(&result, &thresholds);
+        let id = self.info.transaction_id.clone();
+        let answer = match judgement.outcome {
+            Outcome::Reject | Outcome::Tempfail => judgement.reply.clone(),
+            Outcome::Discard => reply(250, "2.0.0", &format!("Ok: queued as {id}")),
+            Outcome::Accept | Outcome::Quarantine => {
+                let store =
+                    if judgement.outcome == Outcome::Quarantine { Store::Quarantine } else { Store::Queue };
+                match self.store(&judgement, &body, tenant, store).await {
+                    Ok(()) => reply(250, "2.0.0", &format!("Ok: queued as {id}")),
+                    Err(e) => {
+                        tracing::error!(id, error = %e, "cannot store the message in the spool");
+                        reply(451, "4.3.0", "Temporary local problem, please try again later")
+                    }
+                }
+            }
+        };
+        self.log_transaction(&judgement, &answer);
+        let keep_open = !judgement.disconnect;
+        self.end_transaction();
+        (answer, keep_open)
+    }
+
+    async fn store(
+        &mut self,
+        judgement: &Judgement,
+        body: &[u8],
+        tenant: usize,
+        store: Store,
+    ) -> std::io::Result<()> {
+        let id = self.info.transaction_id.clone();
+        let mut recipients: Vec<String> =
+            self.core.recipients().iter().map(|r| r.address.address.clone()).collect();
+        recipients.retain(|r| !judgement.removed_recipients.iter().any(|x| x.eq_ignore_ascii_case(r)));
+        for added in &judgement.added_recipients {
+            if !recipients.iter().any(|r| r.eq_ignore_ascii_case(added)) {
+                recipients.push(added.clone());
+            }
+        }
+        let now = spool::now_secs();
+        let envelope = QueuedMessage {
+            id: id.clone(),
+            tenant: self.relay.tenants[tenant].name.clone(),
+            mail_from: self.core.mail_from().map(|m| m.address.clone()).unwrap_or_default(),
+            recipients: recipients
+                .into_iter()
+                .map(|address| QueuedRecipient {
+                    address,
+                    status: RecipientStatus::Pending,
+                    last_reply: None,
+                })
+                .collect(),
+            received_at: now,
+            attempts: 0,
+            next_attempt: now,
+            route: judgement.route.clone(),
+            quarantine_reason: judgement.quarantine_reason.clone(),
+        };
+        let message = self.final_message(judgement, body, now);
+        let spool = self.relay.spool.clone();
+        let env = envelope.clone();
+        tokio::task::spawn_blocking(move || spool.store(store, &env, &message))
+            .await
+            .map_err(std::io::Error::other)??;
+        if store == Store::Queue {
+            let _ = self.relay.delivery.send(id);
+        }
+        Ok(())
+    }
+
+    /// The message as it will be delivered: our Received header and the policies' header
+    /// changes on top of what the client sent.
+    fn final_message(&self, judgement: &Judgement, body: &[u8], now: u64) -> Vec<u8> {
+        let server = &self.relay.config.server;
+        let helo = self.info.helo.clone().unwrap_or_else(|| "unknown".into());
+        let rdns = self.info.reverse_dns.clone().unwrap_or_else(|| "unknown".into());
+        let with = if self.core.extended() { "ESMTP" } else { "SMTP" };
+        let recipients = self.core.recipients();
+        let for_clause = match recipients {
+            [only] => format!("\r\n\tfor <{}>", only.address.address),
+            _ => String::new(),
+        };
+        let mut out = format!(
+            "Received: from {helo} ({rdns} [{}])\r\n\tby {} (Sluice) with {with} id {}{for_clause};\r\n\t{}\r\n",
+            self.peer.ip(),
+            server.hostname,
+            self.info.transaction_id,
+            rfc5322_date(now)
+        )
+        .into_bytes();
+        for (name, value) in &judgement.added_headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        out.extend_from_slice(&remove_headers(body, &judgement.removed_headers));
+        out
+    }
+
+    fn log_refusal(&self, judgement: &Judgement) {
+        tracing::info!(
+            client = %self.peer, helo = ?self.info.helo, tenant = %self.info.tenant,
+            from = ?self.info.mail_from.as_ref().map(|m| &m.address), stage = %judgement.stage,
+            decided_by = ?judgement.decided_by, reply = %judgement.reply, "transaction refused"
+        );
+    }
+
+    fn log_transaction(&self, judgement: &Judgement, answer: &crate::policy::Reply) {
+        let to: Vec<&str> = self.core.recipients().iter().map(|r| r.address.address.as_str()).collect();
+        tracing::info!(
+            id = %self.info.transaction_id, client = %self.peer, helo = ?self.info.helo, tenant = %self.info.tenant,
+            from = ?self.core.mail_from().map(|m| &m.address), to = ?to, outcome = judgement.outcome.as_str(),
+            score = judgement.score, decided_by = ?judgement.decided_by, reply = %answer, "transaction"
+        );
+    }
+
+    fn end_transaction(&mut self) {
+        self.core.reset();
+        self.info.mail_from = None;
+        self.info.recipients.clear();
+        self.info.transaction_id = spool::new_id();
+        self.transaction = Transaction::new();
+        self.tenant = None;
+    }
+}
+
+/// Drop the named header fields (with their continuation lines) from a message.
+pub fn remove_headers(message: &[u8], names: &[String]) -> Vec<u8> {
+    if names.is_empty() {
+        return message.to_vec();
+    }
+    let header_end =
+        message.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2).unwrap_or(message.len());
+    let mut out = Vec::with_capacity(message.len());
+    let mut skipping = false;
+    for line in message[..header_end].split_inclusive(|&b| b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            skipping = names.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(name.trim_ascii()));
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&message[header_end..]);
+    out
+}
+
+/// `Sat, 28 Nov 2026 00:10:00 +0000`.
+pub fn rfc5322_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let month_name = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        [(month - 1) as usize];
+    format!("{weekday}, {day} {month_name} {year} {h:02}:{m:02}:{s:02} +0000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_767_225_600), "Thu, 1 Jan 2026 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_824_000 + 3661), "Sat, 28 Nov 2026 01:01:01 +0000");
+    }
+
+    #[test]
+    fn header_removal() {
+        let m = b"X-Spam: yes\r\n\tmore\r\nSubject: hi\r\nx-spam: again\r\n\r\nX-Spam: body\r\n";
+        assert_eq!(remove_headers(m, &["X-Spam".into()]), b"Subject: hi\r\n\r\nX-Spam: body\r\n");
+    }
+}

@@ -1,0 +1,376 @@
+//! The relay end to end: the `sluice` binary on loopback, Python's smtplib (and raw sockets
+//! for what smtplib will not send) as the client, and `tests/support/sink.py`, a real SMTP
+//! server, as the next hop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_test_artifacts::PROBE;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-relay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sink(port: u16, dir: &Path, extra: &[&str]) -> Proc {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/sink.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the test sink");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("sink ready");
+    assert_eq!(line.trim(), "ready");
+    Proc(child)
+}
+
+struct Relay {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn relay(dir: &Path, port: u16, body: &str) -> Relay {
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\nmax_message_bytes = 100000\n\
+         [spool]\ndir = \"spool\"\n{body}"
+    );
+    std::fs::write(dir.join("sluice.toml"), config).expect("config");
+    start(dir, port)
+}
+
+fn start(dir: &Path, port: u16) -> Relay {
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(dir.join("sluice.toml"))
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .env("SLUICE_LOG", "info")
+        .stderr(std::fs::File::create(dir.join("relay.log")).expect("log"))
+        .spawn()
+        .expect("start sluice");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "relay did not start: {}", log(dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Relay { proc, port, dir: dir.to_path_buf() }
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default()
+}
+
+/// Run a Python snippet with `PORT` defined; returns its stdout.
+fn python(port: u16, code: &str) -> String {
+    let program = format!("import smtplib, socket\nPORT = {port}\n{code}");
+    let out = Command::new("python3").arg("-c").arg(program).output().expect("python3");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Files in `dir` ending in `suffix`, sorted.
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(suffix)).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const MESSAGE: &str = "From: Alice <alice@remote.test>\\r\\nTo: bob@example.test\\r\\nSubject: Lunch\\r\\n\
+Date: Sat, 28 Nov 2026 00:00:00 +0000\\r\\nMessage-ID: <1.2@remote.test>\\r\\n\\r\\nShall we meet at noon?\\r\\n";
+
+/// Loopback is not trusted here: the client is "the internet".
+fn inbound(sink_port: u16) -> String {
+    format!(
+        "[relay]\ntrusted_networks = []\n[delivery]\nretry_base_secs = 1\nretry_max_secs = 2\n\
+         smarthost = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n"
+    )
+}
+
+#[test]
+fn delivers_inbound_mail_to_the_next_hop() {
+    let dir = temp_dir("inbound");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('client.remote.test')\n\
+             print(s.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}'))\ns.quit()"
+        ),
+    );
+    assert_eq!(out.trim(), "{}");
+    wait_for("delivery", Duration::from_secs(20), || !files(&dir.join("sink"), ".eml").is_empty());
+    let delivered = std::fs::read_to_string(&files(&dir.join("sink"), ".eml")[0]).expect("message");
+    assert!(
+        delivered.starts_with(
+            "Received: from client.remote.test (unknown [127.0.0.1])\r\n\tby relay.test (Sluice)"
+        ),
+        "{delivered}"
+    );
+    assert!(delivered.contains("Shall we meet at noon?"));
+    let env = std::fs::read_to_string(&files(&dir.join("sink"), ".env")[0]).expect("envelope");
+    assert!(env.contains("\"alice@remote.test\"") && env.contains("bob@example.test"), "{env}");
+    // Delivered mail leaves the spool.
+    wait_for("spool empty", Duration::from_secs(10), || {
+        files(&r.dir.join("spool/queue"), ".json").is_empty()
+    });
+}
+
+#[test]
+fn never_an_open_relay() {
+    let dir = temp_dir("open-relay");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    // The vectors of nmap's smtp-open-relay script and the classic relay tests, with
+    // example.test local, elsewhere.test foreign and 127.0.0.1 the relay's own address.
+    let vectors = [
+        "<relaytest@elsewhere.test>",
+        "<relaytest%elsewhere.test@example.test>",
+        "<relaytest%elsewhere.test@[127.0.0.1]>",
+        "<\"relaytest@elsewhere.test\">",
+        "<\"relaytest%elsewhere.test\">",
+        "<relaytest@elsewhere.test@example.test>",
+        "<relaytest@elsewhere.test@[127.0.0.1]>",
+        "<\"relaytest@elsewhere.test\"@example.test>",
+        "<\"relaytest@elsewhere.test\"@[127.0.0.1]>",
+        "<elsewhere.test!relaytest>",
+        "<elsewhere.test!relaytest@example.test>",
+        "<elsewhere.test!relaytest@[127.0.0.1]>",
+        "<@example.test:relaytest@elsewhere.test>",
+        "<@[127.0.0.1]:relaytest@elsewhere.test>",
+        "<relaytest@[127.0.0.1]>",
+        "<relaytest@127.0.0.1>",
+        "<relaytest@elsewhere.test.>",
+        "<relaytest@example.test.>",
+        "<relaytest@sub.example.test>",
+    ];
+    let list = vectors.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect::<Vec<_>>().join(",");
+    let out = python(
+        r.port,
+        &format!(
+            "for froms in ['<relaytest@remote.test>', '<>', '<relaytest@example.test>']:\n\
+             \x20   for rcpt in [{list}]:\n\
+             \x20       s = smtplib.SMTP('127.0.0.1', PORT)\n\
+             \x20       s.ehlo('client.remote.test')\n\
+             \x20       s.docmd('MAIL FROM:' + froms)\n\
+             \x20       code, text = s.docmd('RCPT TO:' + rcpt)\n\
+             \x20       print(code, rcpt, text.decode())\n\
+             \x20       s.close()\n"
+        ),
+    );
+    for line in out.lines() {
+        let code: u16 = line[..3].parse().expect("code");
+        assert!(code >= 500, "relay vector accepted: {line}");
+    }
+    assert_eq!(out.lines().count(), vectors.len() * 3);
+    assert!(files(&dir.join("sink"), ".eml").is_empty());
+    assert!(files(&r.dir.join("spool/queue"), ".json").is_empty());
+}
+
+#[test]
+fn smuggling_is_refused() {
+    let dir = temp_dir("smuggling");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    let ends = ["\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r", "\r\n.\r"];
+    for end in ends {
+        let mut s = TcpStream::connect(("127.0.0.1", r.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let payload = format!(
+            "EHLO client.remote.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n\
+             Subject: first\r\n\r\nbody{end}MAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n\
+             Subject: smuggled\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n"
+        );
+        s.write_all(payload.as_bytes()).expect("write");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.contains("521 5.5.2"), "{end:?}: {answer}");
+        assert!(!answer.contains("queued as"), "{end:?}: {answer}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(files(&dir.join("sink"), ".eml").is_empty());
+    assert!(files(&r.dir.join("spool/queue"), ".json").is_empty());
+}
+
+#[test]
+fn a_policy_can_refuse_at_every_stage() {
+    for (stage, exception) in [
+        ("connect", "SMTPConnectError"),
+        ("helo", "SMTPHeloError"),
+        ("mail", "SMTPSenderRefused"),
+        ("rcpt", "SMTPRecipientsRefused"),
+        ("data", "SMTPDataError"),
+    ] {
+        let dir = temp_dir(&format!("stage-{stage}"));
+        let sink_port = free_port();
+        let _sink = sink(sink_port, &dir.join("sink"), &[]);
+        let body = format!(
+            "{}[[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"reject\", verdict_stage = \"{stage}\" }}\n",
+            inbound(sink_port)
+        );
+        let r = relay(&dir, free_port(), &body);
+        let out = python(
+            r.port,
+            &format!(
+                "try:\n    s = smtplib.SMTP('127.0.0.1', PORT)\n    s.ehlo_or_helo_if_needed()\n    \
+                 s.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')\n    print('accepted')\n\
+                 except smtplib.{exception} as e:\n    print('refused', e.args[0] if not isinstance(e.args[0], dict) else list(e.args[0].values())[0][0])\n"
+            ),
+        );
+        assert!(out.starts_with("refused 5"), "{stage}: {out} {}", log(&r.dir));
+        assert!(files(&r.dir.join("spool/queue"), ".json").is_empty(), "{stage}");
+    }
+}
+
+#[test]
+fn several_destinations_each_get_their_copy() {
+    let dir = temp_dir("destinations");
+    let (local_port, remote_port) = (free_port(), free_port());
+    let _local = sink(local_port, &dir.join("local"), &[]);
+    let _remote = sink(remote_port, &dir.join("remote"), &[]);
+    let mail = dir.join("mail");
+    let body = format!(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmarthost = \"smtp:127.0.0.1:{remote_port}\"\n\
+         [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"smtp:127.0.0.1:{local_port}\"\n\
+         [[tenant]]\nname = \"other\"\ndomains = [\"other.test\"]\nnext_hop = \"maildir:{}\"\n",
+        mail.display()
+    );
+    let r = relay(&dir, free_port(), &body);
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\n\
+             print(s.sendmail('alice@example.test', ['bob@example.test', 'carol@other.test', 'dave@remote.test'], '{MESSAGE}'))\ns.quit()"
+        ),
+    );
+    assert_eq!(out.trim(), "{}");
+    wait_for("three deliveries", Duration::from_secs(20), || {
+        files(&dir.join("local"), ".eml").len() == 1
+            && files(&dir.join("remote"), ".eml").len() == 1
+            && files(&mail.join("carol@other.test/new"), ".sluice").len() == 1
+    });
+    let local = std::fs::read_to_string(&files(&dir.join("local"), ".env")[0]).expect("env");
+    assert!(local.contains("bob@example.test") && !local.contains("dave"), "{local}");
+    let remote = std::fs::read_to_string(&files(&dir.join("remote"), ".env")[0]).expect("env");
+    assert!(remote.contains("dave@remote.test") && !remote.contains("bob"), "{remote}");
+    drop(r);
+}
+
+#[test]
+fn a_temporary_failure_is_retried() {
+    let dir = temp_dir("retry");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &["--tempfail-first", "1"]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')\ns.quit()"
+        ),
+    );
+    wait_for("delivery after the retry", Duration::from_secs(30), || {
+        files(&dir.join("sink"), ".eml").len() == 1
+    });
+    let log = log(&r.dir);
+    assert!(log.contains("delivery deferred") && log.contains("451 4.3.0 try again later"), "{log}");
+    wait_for("spool empty", Duration::from_secs(10), || {
+        files(&r.dir.join("spool/queue"), ".json").is_empty()
+    });
+}
+
+#[test]
+fn a_permanent_failure_bounces_to_the_sender() {
+    let dir = temp_dir("bounce");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &["--reject-rcpt", "nobody"]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\n\
+             s.sendmail('alice@remote.test', ['nobody@example.test', 'bob@example.test'], '{MESSAGE}')\ns.quit()"
+        ),
+    );
+    // The message for bob, and a delivery status notification for alice about nobody.
+    wait_for("delivery and bounce", Duration::from_secs(30), || files(&dir.join("sink"), ".eml").len() == 2);
+    let mut dsn = None;
+    for (eml, env) in files(&dir.join("sink"), ".eml").iter().zip(files(&dir.join("sink"), ".env")) {
+        let envelope = std::fs::read_to_string(env).expect("env");
+        if envelope.contains("\"from\": \"\"") {
+            dsn = Some((std::fs::read_to_string(eml).expect("dsn"), envelope));
+        }
+    }
+    let (dsn, envelope) = dsn.expect("a bounce with the null sender");
+    assert!(envelope.contains("alice@remote.test"), "{envelope}");
+    assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status"), "{dsn}");
+    assert!(dsn.contains("Final-Recipient: rfc822; nobody@example.test"), "{dsn}");
+    assert!(dsn.contains("Action: failed") && dsn.contains("Status: 5.1.1"), "{dsn}");
+    assert!(!dsn.contains("Final-Recipient: rfc822; bob@example.test"), "{dsn}");
+}
+
+#[test]
+fn queued_mail_survives_kill_9() {
+    let dir = temp_dir("kill9");
+    let sink_port = free_port();
+    let port = free_port();
+    // The next hop is down: the message waits in the spool.
+    let r = relay(&dir, port, &inbound(sink_port));
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\nprint(s.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}'))\ns.quit()"
+        ),
+    );
+    assert_eq!(out.trim(), "{}");
+    assert_eq!(files(&dir.join("spool/queue"), ".json").len(), 1);
+    // kill -9: no shutdown of any kind.
+    let mut r = r;
+    let _ = Command::new("kill").args(["-9", &r.proc.0.id().to_string()]).status();
+    let _ = r.proc.0.wait();
+    drop(r);
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let _r = start(&dir, port);
+    wait_for("delivery after restart", Duration::from_secs(30), || {
+        files(&dir.join("sink"), ".eml").len() == 1
+    });
+    let delivered = std::fs::read_to_string(&files(&dir.join("sink"), ".eml")[0]).expect("message");
+    assert!(delivered.contains("Shall we meet at noon?"));
+}
