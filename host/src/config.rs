@@ -42,6 +42,9 @@ pub struct Config {
     /// Relay authorization.
     #[serde(default)]
     pub relay: RelayConfig,
+    /// STARTTLS certificate.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Delivery.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -117,12 +120,31 @@ impl Default for SpoolConfig {
 pub struct RelayConfig {
     /// Networks whose clients may relay to any domain (CIDR).
     pub trusted_networks: Vec<String>,
+    /// Users who may authenticate (SMTP AUTH) and then relay: lines of `user:hash`, the hash
+    /// in SHA-512 crypt form (`$6$…`, as made by `openssl passwd -6` or `mkpasswd`).
+    pub auth_users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS to loopback clients (never to others).
+    pub allow_plaintext_auth_on_loopback: bool,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self { trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()] }
+        Self {
+            trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            auth_users_file: None,
+            allow_plaintext_auth_on_loopback: false,
+        }
     }
+}
+
+/// `[tls]`: the certificate STARTTLS presents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
 }
 
 /// `[delivery]`.

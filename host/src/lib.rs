@@ -8,6 +8,7 @@
 //!   SMTP stage, the host capabilities, and judging a transaction.
 //! - [`state`]: state that outlives a session (the key-value store behind policies).
 //! - [`dns`]: DNS for policies: the resolver trait and the fixture resolver of `policy test`.
+//! - [`auth`]: SMTP AUTH users and exchanges, the STARTTLS certificate.
 //! - [`config`]: the relay's TOML configuration and its embedded default.
 //! - [`smtp`]: the SMTP protocol core without I/O (commands, addresses, DATA framing, session).
 //! - [`server`]: the SMTP server that drives the core over sockets and the chains.
@@ -15,6 +16,7 @@
 //! - [`cli`]: the `sluice` command line, including the offline `sluice policy test` runner.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -11,15 +11,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::auth::{self, Users};
 use crate::config::{Cidr, Config, NextHop};
 use crate::dns::SystemResolver;
 use crate::policy::chain::{Chain, ChainSession, Judgement, Outcome, StageInput, StageResult, Transaction};
-use crate::policy::{EngineOptions, HostServices, ParsedMessage, PolicyEngine, SessionInfo, Stage, Verdict};
+use crate::policy::{
+    EngineOptions, HostServices, ParsedMessage, PolicyEngine, SessionInfo, Stage, TlsInfo, Verdict,
+};
 use crate::smtp::command;
 use crate::smtp::data::{DataDecoder, DataEvent};
 use crate::smtp::reply::{render, reply};
@@ -50,6 +52,8 @@ pub struct Relay {
     /// The spool.
     pub spool: Arc<Spool>,
     delivery: mpsc::UnboundedSender<String>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    users: Option<Arc<Users>>,
     connections: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -93,8 +97,24 @@ impl Relay {
             }
             tenants.push(Tenant { name: t.name.clone(), chain, next_hop, domains });
         }
+        let tls = match &config.tls {
+            Some(t) => Some(
+                auth::tls_acceptor(&config.resolve(&t.cert), &config.resolve(&t.key))
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        let users = match &config.relay.auth_users_file {
+            Some(path) => Some(Arc::new(
+                Users::load(&config.resolve(path))
+                    .map_err(|e| anyhow::anyhow!("relay.auth_users_file: {e}"))?,
+            )),
+            None => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let relay = Relay {
+            tls,
+            users,
             trusted: config.trusted_networks(),
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             config: Arc::new(config),
@@ -133,16 +153,13 @@ impl Relay {
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let (read, write) = stream.into_split();
-        let mut writer = BufWriter::new(write);
         let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
-            let _ = writer
+            let _ = stream
                 .write_all(&render(&reply(421, "4.7.0", "Too many connections, try again later")))
                 .await;
-            let _ = writer.flush().await;
             return;
         };
         let ip = peer.ip();
@@ -157,22 +174,14 @@ impl Relay {
             }
         };
         if !admitted {
-            let _ = writer
-                .write_all(&render(&reply(
-                    421,
-                    "4.7.0",
-                    "Too many connections from your address, try again later",
-                )))
-                .await;
-            let _ = writer.flush().await;
+            let r = reply(421, "4.7.0", "Too many connections from your address, try again later");
+            let _ = stream.write_all(&render(&r)).await;
             return;
         }
         let mut conn = Connection::new(self.clone(), peer, local);
-        let result = conn.run(BufReader::with_capacity(16 * 1024, read), &mut writer).await;
-        if let Err(e) = result {
+        if let Err(e) = conn.serve(stream).await {
             tracing::debug!(client = %peer, error = %e, "connection ended with an error");
         }
-        let _ = writer.shutdown().await;
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = per_ip.get_mut(&ip) {
             *count -= 1;
@@ -192,7 +201,7 @@ enum Line {
 }
 
 /// Read one CRLF-terminated line of at most `max` bytes.
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>, max: usize) -> std::io::Result<Line> {
+async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, max: usize) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -227,6 +236,13 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>, max: usize) -> std::io
     Ok(Line::Command(body.to_vec()))
 }
 
+/// How a step leaves the session.
+enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
 /// What became of the DATA section.
 enum DataRead {
     Message(Vec<u8>),
@@ -252,7 +268,7 @@ impl Connection {
     fn new(relay: Arc<Relay>, peer: SocketAddr, listener: String) -> Self {
         let server = &relay.config.server;
         let relay_allowed = relay.trusted.iter().any(|net| net.contains(peer.ip()));
-        let core = Session::new(
+        let mut core = Session::new(
             SessionLimits {
                 hostname: server.hostname.clone(),
                 max_message_bytes: server.max_message_bytes,
@@ -262,6 +278,12 @@ impl Connection {
             relay.local_domains.clone(),
             relay_allowed,
         );
+        if relay.tls.is_some() {
+            core.offer_tls();
+        }
+        if relay.users.is_some() {
+            core.offer_auth(relay.config.relay.allow_plaintext_auth_on_loopback && peer.ip().is_loopback());
+        }
         let info = SessionInfo {
             tenant: relay.tenants[0].name.clone(),
             transaction_id: spool::new_id(),
@@ -295,13 +317,10 @@ impl Connection {
         session.run(stage, &self.info, input).await
     }
 
-    async fn run(
-        &mut self,
-        mut reader: BufReader<OwnedReadHalf>,
-        writer: &mut BufWriter<OwnedWriteHalf>,
-    ) -> std::io::Result<()> {
-        let server = self.relay.config.server.clone();
-        let command_timeout = Duration::from_secs(server.command_timeout_secs);
+    async fn serve(&mut self, stream: TcpStream) -> std::io::Result<()> {
+        let (read, write) = stream.into_split();
+        let mut reader = BufReader::with_capacity(16 * 1024, read);
+        let mut writer = BufWriter::new(write);
 
         let connect = self.stage(0, Stage::Connect, StageInput::Session).await;
         if let Verdict::Reject(r) | Verdict::Tempfail(r) = &connect.verdict {
@@ -314,29 +333,77 @@ impl Connection {
         writer.write_all(&render(&self.core.banner())).await?;
         writer.flush().await?;
 
+        if !matches!(self.session(&mut reader, &mut writer).await?, Flow::StartTls) {
+            return writer.shutdown().await;
+        }
+        let Some(acceptor) = self.relay.tls.clone() else { return Ok(()) };
+        // Whatever the client sent after STARTTLS and before the handshake is dropped with
+        // the buffer: plaintext must never be read as if it came over TLS (CVE-2011-0411).
+        let tcp = reader.into_inner().reunite(writer.into_inner()).map_err(std::io::Error::other)?;
+        let handshake = Duration::from_secs(self.relay.config.server.command_timeout_secs.min(60));
+        let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::info!(client = %self.peer, "TLS handshake timed out");
+                return Ok(());
+            }
+        };
+        {
+            let (_, conn) = tls.get_ref();
+            self.info.tls = Some(TlsInfo {
+                version: conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+                cipher: conn
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default(),
+                sni: conn.server_name().map(str::to_string),
+            });
+        }
+        // RFC 3207 §4.2: the session starts over.
+        self.end_transaction();
+        self.core.tls_started();
+        self.info.helo = None;
+        self.session_results.retain(|r| r.stage == Stage::Connect);
+        let (read, write) = tokio::io::split(tls);
+        let mut reader = BufReader::with_capacity(16 * 1024, read);
+        let mut writer = BufWriter::new(write);
+        self.session(&mut reader, &mut writer).await?;
+        writer.shutdown().await
+    }
+
+    async fn session<R, W>(
+        &mut self,
+        reader: &mut BufReader<R>,
+        writer: &mut BufWriter<W>,
+    ) -> std::io::Result<Flow>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let server = self.relay.config.server.clone();
+        let command_timeout = Duration::from_secs(server.command_timeout_secs);
         loop {
             if reader.buffer().is_empty() {
                 writer.flush().await?;
             }
-            let line =
-                match tokio::time::timeout(command_timeout, read_line(&mut reader, server.max_line_bytes))
-                    .await
-                {
-                    Ok(line) => line?,
-                    Err(_) => {
-                        writer
-                            .write_all(&render(&reply(
-                                421,
-                                "4.4.2",
-                                "Timeout waiting for a command, closing",
-                            )))
-                            .await?;
-                        writer.flush().await?;
-                        return Ok(());
-                    }
-                };
+            let line = match tokio::time::timeout(command_timeout, read_line(reader, server.max_line_bytes))
+                .await
+            {
+                Ok(line) => line?,
+                Err(_) => {
+                    writer
+                        .write_all(&render(&reply(421, "4.4.2", "Timeout waiting for a command, closing")))
+                        .await?;
+                    writer.flush().await?;
+                    return Ok(Flow::Close);
+                }
+            };
             let step = match line {
-                Line::Eof => return Ok(()),
+                Line::Eof => return Ok(Flow::Close),
                 Line::TooLong => self.core.error(reply(500, "5.5.6", "Line too long")),
                 Line::BareLineEnding => self.core.error(reply(
                     500,
@@ -348,28 +415,36 @@ impl Connection {
                     Err(e) => self.core.bad_command(&e),
                 },
             };
-            if !self.step(step, &mut reader, writer).await? {
-                writer.flush().await?;
-                return Ok(());
+            match self.step(step, reader, writer).await? {
+                Flow::Continue => {}
+                flow => {
+                    writer.flush().await?;
+                    return Ok(flow);
+                }
             }
         }
     }
 
-    /// Carry out one step; false when the connection must close.
-    async fn step(
+    /// Carry out one step.
+    async fn step<R, W>(
         &mut self,
         step: Step,
-        reader: &mut BufReader<OwnedReadHalf>,
-        writer: &mut BufWriter<OwnedWriteHalf>,
-    ) -> std::io::Result<bool> {
+        reader: &mut BufReader<R>,
+        writer: &mut BufWriter<W>,
+    ) -> std::io::Result<Flow>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let flow = |open: bool| if open { Flow::Continue } else { Flow::Close };
         match step {
             Step::Reply(r) => {
                 writer.write_all(&render(&r)).await?;
-                Ok(true)
+                Ok(Flow::Continue)
             }
             Step::Close(r) => {
                 writer.write_all(&render(&r)).await?;
-                Ok(false)
+                Ok(Flow::Close)
             }
             Step::Helo { name, extended } => {
                 self.end_transaction();
@@ -380,12 +455,12 @@ impl Connection {
                 let disconnect = result.disconnect;
                 if let Verdict::Reject(r) | Verdict::Tempfail(r) = &result.verdict {
                     writer.write_all(&render(r)).await?;
-                    return Ok(!disconnect);
+                    return Ok(flow(!disconnect));
                 }
                 self.session_results.push(result);
                 self.core.greeted(name.clone(), extended);
                 writer.write_all(&self.core.greeting_reply(&name)).await?;
-                Ok(!disconnect)
+                Ok(flow(!disconnect))
             }
             Step::Mail(from) => {
                 self.end_transaction();
@@ -398,11 +473,11 @@ impl Connection {
                     self.log_refusal(&judgement);
                     self.info.mail_from = None;
                     writer.write_all(&render(&judgement.reply)).await?;
-                    return Ok(!judgement.disconnect);
+                    return Ok(flow(!judgement.disconnect));
                 }
                 self.core.mail_accepted(from);
                 writer.write_all(&render(&reply(250, "2.1.0", "Ok"))).await?;
-                Ok(!result.disconnect)
+                Ok(flow(!result.disconnect))
             }
             Step::Rcpt(to, destination) => {
                 let tenant = match destination {
@@ -425,7 +500,20 @@ impl Connection {
                         writer.write_all(&render(&reply(250, "2.1.5", "Ok"))).await?;
                     }
                 }
-                Ok(!disconnect)
+                Ok(flow(!disconnect))
+            }
+            Step::StartTls => {
+                writer.write_all(&render(&reply(220, "2.0.0", "Ready to start TLS"))).await?;
+                Ok(Flow::StartTls)
+            }
+            Step::Auth { mechanism, initial } => {
+                match self.authenticate(&mechanism, initial, reader, writer).await? {
+                    Some(r) => {
+                        writer.write_all(&render(&r)).await?;
+                        Ok(Flow::Continue)
+                    }
+                    None => Ok(Flow::Close),
+                }
             }
             Step::Data => {
                 let go_ahead = crate::policy::Reply {
@@ -437,7 +525,7 @@ impl Connection {
                 writer.flush().await?;
                 let data = self.read_data(reader).await?;
                 let keep_open = match data {
-                    DataRead::Eof => return Ok(false),
+                    DataRead::Eof => return Ok(Flow::Close),
                     DataRead::BareLineEnding => {
                         self.end_transaction();
                         let r = reply(
@@ -446,7 +534,7 @@ impl Connection {
                             "Bare CR or LF in message data is not allowed (RFC 5321 §2.3.8), closing",
                         );
                         writer.write_all(&render(&r)).await?;
-                        return Ok(false);
+                        return Ok(Flow::Close);
                     }
                     DataRead::TooBig => {
                         self.end_transaction();
@@ -465,12 +553,106 @@ impl Connection {
                         keep_open
                     }
                 };
-                Ok(keep_open)
+                Ok(flow(keep_open))
             }
         }
     }
 
-    async fn read_data(&mut self, reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<DataRead> {
+    /// The AUTH exchange. Returns the final reply, or None when the client went away.
+    async fn authenticate<R, W>(
+        &mut self,
+        mechanism: &str,
+        initial: Option<String>,
+        reader: &mut BufReader<R>,
+        writer: &mut BufWriter<W>,
+    ) -> std::io::Result<Option<crate::policy::Reply>>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let cancelled = reply(501, "5.7.0", "Authentication cancelled");
+        let (first_prompt, plain) = if mechanism == "PLAIN" { ("", true) } else { ("VXNlcm5hbWU6", false) };
+        let Some(first) = self.response(initial, first_prompt, reader, writer).await? else {
+            return Ok(None);
+        };
+        if first.trim() == "*" {
+            return Ok(Some(self.core_error(cancelled)));
+        }
+        let credentials = if plain {
+            auth::decode_plain(&first)
+        } else {
+            let Some(password) = self.response(None, "UGFzc3dvcmQ6", reader, writer).await? else {
+                return Ok(None);
+            };
+            if password.trim() == "*" {
+                return Ok(Some(self.core_error(cancelled)));
+            }
+            auth::decode_line(&first).zip(auth::decode_line(&password))
+        };
+        let Some((user, password)) = credentials else {
+            return Ok(Some(self.core_error(reply(501, "5.5.2", "Cannot decode the response"))));
+        };
+        let users = self.relay.users.clone();
+        let check_user = user.clone();
+        let ok = tokio::task::spawn_blocking(move || users.is_some_and(|u| u.verify(&check_user, &password)))
+            .await
+            .unwrap_or(false);
+        if ok {
+            tracing::info!(client = %self.peer, user = %user, "authenticated");
+            self.core.authenticated(user.clone());
+            self.info.authenticated_user = Some(user);
+            Ok(Some(reply(235, "2.7.0", "Authentication successful")))
+        } else {
+            tracing::info!(client = %self.peer, user = %user, "authentication failed");
+            // Slow down guessing.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(Some(self.core_error(reply(535, "5.7.8", "Authentication credentials invalid"))))
+        }
+    }
+
+    /// The client's response: its initial response if it gave one (`=` meaning empty), else
+    /// its answer to a 334 challenge (None: the client went away).
+    async fn response<R, W>(
+        &mut self,
+        initial: Option<String>,
+        prompt: &str,
+        reader: &mut BufReader<R>,
+        writer: &mut BufWriter<W>,
+    ) -> std::io::Result<Option<String>>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        match initial {
+            Some(r) if r == "=" => return Ok(Some(String::new())),
+            Some(r) => return Ok(Some(r)),
+            None => {}
+        }
+        let timeout = Duration::from_secs(self.relay.config.server.command_timeout_secs);
+        // RFC 4954 §4: AUTH lines may be up to 12288 octets.
+        let max = self.relay.config.server.max_line_bytes.max(12_288);
+        writer.write_all(format!("334 {prompt}\r\n").as_bytes()).await?;
+        writer.flush().await?;
+        match tokio::time::timeout(timeout, read_line(reader, max)).await {
+            Ok(Ok(Line::Command(bytes))) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Ok(Ok(Line::Eof)) | Err(_) => Ok(None),
+            Ok(Ok(_)) => Ok(Some(String::new())),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Count an error in the core and give its reply.
+    fn core_error(&mut self, r: crate::policy::Reply) -> crate::policy::Reply {
+        match self.core.error(r) {
+            Step::Reply(r) | Step::Close(r) => r,
+            _ => reply(421, "4.7.0", "Closing connection"),
+        }
+    }
+
+    async fn read_data<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut BufReader<R>,
+    ) -> std::io::Result<DataRead> {
         let timeout = Duration::from_secs(self.relay.config.server.data_timeout_secs);
         let mut decoder = DataDecoder::new(self.core.max_message_bytes());
         loop {

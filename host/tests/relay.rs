@@ -374,3 +374,80 @@ fn queued_mail_survives_kill_9() {
     let delivered = std::fs::read_to_string(&files(&dir.join("sink"), ".eml")[0]).expect("message");
     assert!(delivered.contains("Shall we meet at noon?"));
 }
+
+/// `openssl passwd -6 -salt saltsalt secret`.
+const ALICE: &str = "alice:$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+
+fn tls_and_auth(dir: &Path, sink_port: u16) -> String {
+    std::fs::write(dir.join("users"), format!("{ALICE}\n")).expect("users");
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [relay]\ntrusted_networks = []\nauth_users_file = \"users\"\n\
+         [delivery]\nsmarthost = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n",
+        support.join("relay-cert.pem").display(),
+        support.join("relay-key.pem").display(),
+    )
+}
+
+#[test]
+fn starttls_then_auth_then_relay() {
+    let dir = temp_dir("auth");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let r = relay(&dir, free_port(), &tls_and_auth(&dir, sink_port));
+    let out = python(
+        r.port,
+        &format!(
+            "import ssl, base64\n\
+             ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+             s = smtplib.SMTP('127.0.0.1', PORT); s.ehlo('client.remote.test')\n\
+             print('before', s.has_extn('starttls'), s.has_extn('auth'))\n\
+             print('plain-auth', s.docmd('AUTH PLAIN ' + base64.b64encode(b'\\0alice\\0secret').decode())[0])\n\
+             s.starttls(context=ctx); s.ehlo('client.remote.test')\n\
+             print('after', s.has_extn('starttls'), s.has_extn('auth'))\n\
+             s.docmd('MAIL FROM:<alice@example.test>')\n\
+             print('unauthenticated-relay', s.docmd('RCPT TO:<dave@remote.test>')[0])\n\
+             s.docmd('RSET')\n\
+             try:\n    s.login('alice', 'wrong')\nexcept smtplib.SMTPAuthenticationError as e:\n    print('wrong-password', e.smtp_code)\n\
+             print('login', s.login('alice', 'secret')[0])\n\
+             print('relay', s.sendmail('alice@example.test', ['dave@remote.test'], '{MESSAGE}'))\n\
+             s.quit()\n\
+             s = smtplib.SMTP('127.0.0.1', PORT); s.starttls(context=ctx); s.ehlo('c.remote.test')\n\
+             s.user, s.password = 'alice', 'secret'\n\
+             print('login-mechanism', s.auth('LOGIN', s.auth_login, initial_response_ok=False)[0])\n\
+             s.quit()\n"
+        ),
+    );
+    let expected = "before True False\nplain-auth 530\nafter False True\nunauthenticated-relay 554\n\
+                    wrong-password 535\nlogin 235\nrelay {}\nlogin-mechanism 235\n";
+    assert_eq!(out, expected, "{}", log(&r.dir));
+    wait_for("relayed delivery", Duration::from_secs(20), || files(&dir.join("sink"), ".eml").len() == 1);
+    let env = std::fs::read_to_string(&files(&dir.join("sink"), ".env")[0]).expect("env");
+    assert!(env.contains("dave@remote.test"), "{env}");
+}
+
+#[test]
+fn commands_pipelined_behind_starttls_are_dropped() {
+    let dir = temp_dir("tls-injection");
+    let sink_port = free_port();
+    let r = relay(&dir, free_port(), &tls_and_auth(&dir, sink_port));
+    // The NOOP sent in plaintext right behind STARTTLS must not be answered inside TLS.
+    let out = python(
+        r.port,
+        "import ssl\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         raw = socket.create_connection(('127.0.0.1', PORT)); f = raw.makefile('rb')\n\
+         f.readline(); raw.sendall(b'EHLO c.test\\r\\n')\n\
+         while not f.readline().startswith(b'250 '): pass\n\
+         raw.sendall(b'STARTTLS\\r\\nNOOP\\r\\n')\n\
+         print(f.readline().decode().strip())\n\
+         t = ctx.wrap_socket(raw); tf = t.makefile('rb')\n\
+         t.sendall(b'EHLO c.test\\r\\n')\n\
+         print(tf.readline().decode().strip())\n",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "220 2.0.0 Ready to start TLS");
+    assert!(lines[1].starts_with("250-relay.test Hello"), "{out}");
+}

@@ -55,6 +55,15 @@ pub enum Step {
     Rcpt(EnvelopeAddress, Destination),
     /// Answer 354 and read the message.
     Data,
+    /// Answer 220 and start the TLS handshake; on success call [`Session::tls_started`].
+    StartTls,
+    /// Run the AUTH exchange; on success call [`Session::authenticated`].
+    Auth {
+        /// `PLAIN` or `LOGIN`.
+        mechanism: String,
+        /// The initial response, if given.
+        initial: Option<String>,
+    },
 }
 
 /// A recipient accepted in the current transaction.
@@ -79,6 +88,14 @@ pub struct Session {
     recipients: Vec<AcceptedRecipient>,
     errors: u32,
     declared_size: Option<usize>,
+    /// STARTTLS can be offered (a certificate is configured and TLS is not on yet).
+    tls_offered: bool,
+    tls_active: bool,
+    /// AUTH can be offered on this connection (users configured, and TLS on or plaintext
+    /// allowed here).
+    auth_possible: bool,
+    auth_needs_tls: bool,
+    authenticated: Option<String>,
 }
 
 impl Session {
@@ -98,7 +115,47 @@ impl Session {
             recipients: Vec::new(),
             errors: 0,
             declared_size: None,
+            tls_offered: false,
+            tls_active: false,
+            auth_possible: false,
+            auth_needs_tls: true,
+            authenticated: None,
         }
+    }
+
+    /// Offer STARTTLS (a certificate is configured).
+    pub fn offer_tls(&mut self) {
+        self.tls_offered = true;
+    }
+
+    /// Offer AUTH: always after STARTTLS, and before it too when `plaintext_allowed`.
+    pub fn offer_auth(&mut self, plaintext_allowed: bool) {
+        self.auth_possible = true;
+        self.auth_needs_tls = !plaintext_allowed;
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.auth_possible && (self.tls_active || !self.auth_needs_tls) && self.authenticated.is_none()
+    }
+
+    /// TLS is up: the client starts over with EHLO (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        self.tls_active = true;
+        self.tls_offered = false;
+        self.helo = None;
+        self.extended = false;
+        self.reset();
+    }
+
+    /// AUTH succeeded: the client may relay.
+    pub fn authenticated(&mut self, user: String) {
+        self.authenticated = Some(user);
+        self.relay_allowed = true;
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.authenticated.as_deref()
     }
 
     /// The greeting banner.
@@ -201,9 +258,40 @@ impl Session {
                 "2.0.0",
                 "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
             )),
-            Command::StartTls | Command::Auth { .. } | Command::Bdat { .. } => {
-                self.error(reply(502, "5.5.1", "Command not implemented"))
+            Command::StartTls if !self.tls_offered => {
+                if self.tls_active {
+                    self.error(reply(503, "5.5.1", "TLS is already active"))
+                } else {
+                    self.error(reply(502, "5.5.1", "STARTTLS is not available"))
+                }
             }
+            Command::StartTls if self.mail_from.is_some() => {
+                self.error(reply(503, "5.5.1", "Bad sequence of commands: not during a transaction"))
+            }
+            Command::StartTls => Step::StartTls,
+            Command::Auth { .. } if self.authenticated.is_some() => {
+                self.error(reply(503, "5.5.1", "Already authenticated"))
+            }
+            Command::Auth { .. } if self.auth_possible && !self.tls_active && self.auth_needs_tls => {
+                self.error(reply(530, "5.7.0", "Must issue a STARTTLS command first"))
+            }
+            Command::Auth { .. } if !self.auth_offered() => {
+                self.error(reply(502, "5.5.1", "AUTH is not available"))
+            }
+            Command::Auth { .. } if self.helo.is_none() || !self.extended => {
+                self.error(reply(503, "5.5.1", "Bad sequence of commands: EHLO first"))
+            }
+            Command::Auth { .. } if self.mail_from.is_some() => {
+                self.error(reply(503, "5.5.1", "Bad sequence of commands: not during a transaction"))
+            }
+            Command::Auth { mechanism, initial } => {
+                if mechanism == "PLAIN" || mechanism == "LOGIN" {
+                    Step::Auth { mechanism, initial }
+                } else {
+                    self.error(reply(504, "5.5.4", "Unrecognized authentication mechanism"))
+                }
+            }
+            Command::Bdat { .. } => self.error(reply(502, "5.5.1", "Command not implemented")),
         }
     }
 
@@ -224,8 +312,14 @@ impl Session {
         }
         let first = format!("{} Hello {client}", self.limits.hostname);
         let size = format!("SIZE {}", self.limits.max_message_bytes);
-        let lines =
-            [first.as_str(), "PIPELINING", size.as_str(), "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"];
+        let mut lines =
+            vec![first.as_str(), "PIPELINING", size.as_str(), "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"];
+        if self.tls_offered {
+            lines.push("STARTTLS");
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN");
+        }
         super::reply::render_lines(250, None, &lines)
     }
 
@@ -384,6 +478,8 @@ mod tests {
             Step::Reply(r) | Step::Close(r) => r.code,
             Step::Helo { .. } | Step::Mail(_) | Step::Rcpt(..) => 250,
             Step::Data => 354,
+            Step::StartTls => 220,
+            Step::Auth { .. } => 334,
         }
     }
 
@@ -444,6 +540,32 @@ mod tests {
         );
         // Routing tricks stay refused even for them.
         assert_eq!(code(&run(&mut s, "RCPT TO:<x%y@local.example>")), 554);
+    }
+
+    #[test]
+    fn starttls_and_auth_rules() {
+        let mut s = session(false);
+        s.offer_tls();
+        s.offer_auth(false);
+        run(&mut s, "EHLO c.example");
+        let text = String::from_utf8(s.greeting_reply("c.example")).unwrap();
+        assert!(text.contains("STARTTLS") && !text.contains("AUTH"), "{text}");
+        // AUTH before TLS: refused with the reason.
+        assert_eq!(code(&run(&mut s, "AUTH PLAIN AGEAYg==")), 530);
+        assert_eq!(run(&mut s, "STARTTLS"), Step::StartTls);
+        s.tls_started();
+        // The session starts over: EHLO again, and now AUTH is offered.
+        assert_eq!(code(&run(&mut s, "MAIL FROM:<a@b.example>")), 503);
+        run(&mut s, "EHLO c.example");
+        let text = String::from_utf8(s.greeting_reply("c.example")).unwrap();
+        assert!(!text.contains("STARTTLS") && text.contains("AUTH PLAIN LOGIN"), "{text}");
+        assert_eq!(code(&run(&mut s, "STARTTLS")), 503);
+        assert_eq!(code(&run(&mut s, "AUTH CRAM-MD5")), 504);
+        assert!(matches!(run(&mut s, "AUTH LOGIN"), Step::Auth { .. }));
+        s.authenticated("alice".into());
+        // Authenticated clients relay.
+        run(&mut s, "MAIL FROM:<a@local.example>");
+        assert!(matches!(run(&mut s, "RCPT TO:<x@elsewhere.example>"), Step::Rcpt(_, Destination::Relay)));
     }
 
     #[test]
