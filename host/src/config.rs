@@ -45,6 +45,9 @@ pub struct Config {
     /// STARTTLS certificate.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The admin listener (Prometheus `/metrics`).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// Delivery.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -135,6 +138,14 @@ impl Default for RelayConfig {
             allow_plaintext_auth_on_loopback: false,
         }
     }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener serving `GET /metrics`.
+    pub listen: SocketAddr,
 }
 
 /// `[tls]`: the certificate STARTTLS presents.

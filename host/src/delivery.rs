@@ -57,6 +57,7 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
             _ = rescan.tick() => {
                 let spool = relay.spool.clone();
                 if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || spool.recover(Store::Queue)).await {
+                    relay.metrics.set_queue(all.len());
                     due.clear();
                     for m in all {
                         if !in_flight.contains(&m.id) { due.insert((m.next_attempt, m.id), ()); }
@@ -159,16 +160,19 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
             let r = &mut envelope.recipients[*i];
             match result {
                 RcptResult::Delivered(reply) => {
+                    relay.metrics.delivery("delivered");
                     tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivered");
                     r.status = RecipientStatus::Delivered;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Permanent(reply) => {
+                    relay.metrics.delivery("failed");
                     tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery failed");
                     r.status = RecipientStatus::Failed;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Transient(reply) => {
+                    relay.metrics.delivery("deferred");
                     tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery deferred");
                     r.last_reply = Some(reply);
                 }
@@ -213,6 +217,7 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
         let id = envelope.id.clone();
         let _ = tokio::task::spawn_blocking(move || spool.remove(Store::Queue, &id)).await;
         tracing::info!(id = %envelope.id, attempts = envelope.attempts, "done");
+        relay.metrics.queue(-1);
         return None;
     }
     let backoff = config
@@ -519,6 +524,7 @@ Content-Type: text/rfc822-headers\r\n\
         .await
         .map_err(std::io::Error::other)??;
     tracing::info!(id = %id, original = %original.id, to = %original.mail_from, "queued a delivery status notification");
+    relay.metrics.queue(1);
     relay.notify(id);
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`config`]: the relay's TOML configuration and its embedded default.
 //! - [`smtp`]: the SMTP protocol core without I/O (commands, addresses, DATA framing, session).
 //! - [`server`]: the SMTP server that drives the core over sockets and the chains.
+//! - [`metrics`]: counters served to Prometheus on the admin listener.
 //! - [`spool`]: the durable queue; [`delivery`]: taking it to the next hops, retries, bounces.
 //! - [`cli`]: the `sluice` command line, including the offline `sluice policy test` runner.
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod smtp;

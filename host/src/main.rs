@@ -20,6 +20,9 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Log lines as `text` or `json` (one object per line).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
     },
     /// Check a configuration and load every policy it names.
     Check {
@@ -30,7 +33,7 @@ enum Command {
     /// Manage the queue and the quarantine.
     Queue {
         /// Configuration file (TOML).
-        #[arg(long)]
+        #[arg(long, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: QueueCommand,
@@ -49,9 +52,19 @@ enum PolicyCommand {
 }
 
 fn init_logging(default: &str) {
+    init_logging_as(default, false);
+}
+
+fn init_logging_as(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 /// Exit status of a relay command: 0, or 1 with the error on stderr.
@@ -75,8 +88,8 @@ fn main() {
         }
     };
     let status = match cli.command {
-        Command::Serve { config } => {
-            init_logging("info");
+        Command::Serve { config, log_format } => {
+            init_logging_as("info", log_format == "json");
             report(
                 "serve",
                 relay::load_config(config.as_ref()).and_then(|c| runtime.block_on(relay::serve(c))),

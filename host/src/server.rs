@@ -51,6 +51,8 @@ pub struct Relay {
     trusted: Vec<Cidr>,
     /// The spool.
     pub spool: Arc<Spool>,
+    /// Counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
     delivery: mpsc::UnboundedSender<String>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     users: Option<Arc<Users>>,
@@ -113,6 +115,7 @@ impl Relay {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let relay = Relay {
+            metrics: Arc::new(crate::metrics::Metrics::default()),
             tls,
             users,
             trusted: config.trusted_networks(),
@@ -162,6 +165,7 @@ impl Relay {
                 .await;
             return;
         };
+        let _active = self.metrics.connection();
         let ip = peer.ip();
         let admitted = {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -243,6 +247,33 @@ enum Flow {
     StartTls,
 }
 
+/// Read exactly `size` bytes, appending them to `into` (or dropping them when None). False
+/// when the client went away first.
+async fn read_chunk<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    size: u64,
+    mut into: Option<&mut Vec<u8>>,
+    timeout: Duration,
+) -> std::io::Result<bool> {
+    let mut remaining = size;
+    while remaining > 0 {
+        let buf = match tokio::time::timeout(timeout, reader.fill_buf()).await {
+            Ok(buf) => buf?,
+            Err(_) => return Ok(false),
+        };
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let take = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        if let Some(into) = into.as_deref_mut() {
+            into.extend_from_slice(&buf[..take]);
+        }
+        reader.consume(take);
+        remaining -= take as u64;
+    }
+    Ok(true)
+}
+
 /// What became of the DATA section.
 enum DataRead {
     Message(Vec<u8>),
@@ -262,6 +293,10 @@ struct Connection {
     transaction: Transaction,
     /// Tenant whose chain judges the message (that of the first accepted recipient).
     tenant: Option<usize>,
+    /// The message so far, under BDAT.
+    chunks: Vec<u8>,
+    /// A BDAT chunk went over the size limit.
+    chunks_too_big: bool,
 }
 
 impl Connection {
@@ -307,6 +342,8 @@ impl Connection {
             session_results: Vec::new(),
             transaction: Transaction::new(),
             tenant: None,
+            chunks: Vec::new(),
+            chunks_too_big: false,
         }
     }
 
@@ -314,7 +351,9 @@ impl Connection {
         self.info.tenant = self.relay.tenants[tenant].name.clone();
         let chain = self.relay.tenants[tenant].chain.clone();
         let session = self.chains.entry(tenant).or_insert_with(|| ChainSession::new(chain));
-        session.run(stage, &self.info, input).await
+        let result = session.run(stage, &self.info, input).await;
+        self.relay.metrics.stage(&self.relay.tenants[tenant].name, &result);
+        result
     }
 
     async fn serve(&mut self, stream: TcpStream) -> std::io::Result<()> {
@@ -501,6 +540,51 @@ impl Connection {
                     }
                 }
                 Ok(flow(!disconnect))
+            }
+            Step::SkipChunk { size, reply: refusal } => {
+                let timeout = Duration::from_secs(self.relay.config.server.data_timeout_secs);
+                if !read_chunk(reader, size, None, timeout).await? {
+                    return Ok(Flow::Close);
+                }
+                writer.write_all(&render(&refusal)).await?;
+                Ok(Flow::Continue)
+            }
+            Step::Chunk { size, last } => {
+                let timeout = Duration::from_secs(self.relay.config.server.data_timeout_secs);
+                let limit = self.core.max_message_bytes() as u64;
+                // The size is declared up front: a chunk that would go over the limit is read
+                // and dropped, never kept.
+                if self.chunks_too_big || (self.chunks.len() as u64).saturating_add(size) > limit {
+                    self.chunks_too_big = true;
+                    self.chunks = Vec::new();
+                }
+                let keep = (!self.chunks_too_big).then_some(&mut self.chunks);
+                if !read_chunk(reader, size, keep, timeout).await? {
+                    return Ok(Flow::Close);
+                }
+                if !last {
+                    writer
+                        .write_all(&render(&reply(250, "2.0.0", &format!("{size} octets received"))))
+                        .await?;
+                    return Ok(Flow::Continue);
+                }
+                if self.chunks_too_big {
+                    self.end_transaction();
+                    writer
+                        .write_all(&render(&reply(552, "5.3.4", "Message size exceeds the fixed maximum")))
+                        .await?;
+                    return Ok(Flow::Continue);
+                }
+                let body = std::mem::take(&mut self.chunks);
+                if has_bare_line_ending(&body) {
+                    self.end_transaction();
+                    let r = reply(550, "5.6.11", "Bare CR or LF in message data is not allowed");
+                    writer.write_all(&render(&r)).await?;
+                    return Ok(Flow::Continue);
+                }
+                let (answer, keep_open) = self.accept_message(body).await;
+                writer.write_all(&render(&answer)).await?;
+                Ok(flow(keep_open))
             }
             Step::StartTls => {
                 writer.write_all(&render(&reply(220, "2.0.0", "Ready to start TLS"))).await?;
@@ -751,6 +835,7 @@ impl Connection {
             .await
             .map_err(std::io::Error::other)??;
         if store == Store::Queue {
+            self.relay.metrics.queue(1);
             let _ = self.relay.delivery.send(id);
         }
         Ok(())
@@ -784,19 +869,36 @@ impl Connection {
     }
 
     fn log_refusal(&self, judgement: &Judgement) {
+        self.relay.metrics.transaction(judgement.outcome.as_str());
         tracing::info!(
-            client = %self.peer, helo = ?self.info.helo, tenant = %self.info.tenant,
-            from = ?self.info.mail_from.as_ref().map(|m| &m.address), stage = %judgement.stage,
-            decided_by = ?judgement.decided_by, reply = %judgement.reply, "transaction refused"
+            client = %self.peer,
+            helo = self.info.helo.as_deref().unwrap_or(""),
+            tenant = %self.info.tenant,
+            from = self.info.mail_from.as_ref().map(|m| m.address.as_str()).unwrap_or(""),
+            stage = %judgement.stage,
+            decided_by = judgement.decided_by.as_deref().unwrap_or(""),
+            reply = %judgement.reply,
+            "transaction refused"
         );
     }
 
     fn log_transaction(&self, judgement: &Judgement, answer: &crate::policy::Reply) {
+        let outcome = if answer.code >= 400 { "error" } else { judgement.outcome.as_str() };
+        self.relay.metrics.transaction(outcome);
         let to: Vec<&str> = self.core.recipients().iter().map(|r| r.address.address.as_str()).collect();
         tracing::info!(
-            id = %self.info.transaction_id, client = %self.peer, helo = ?self.info.helo, tenant = %self.info.tenant,
-            from = ?self.core.mail_from().map(|m| &m.address), to = ?to, outcome = judgement.outcome.as_str(),
-            score = judgement.score, decided_by = ?judgement.decided_by, reply = %answer, "transaction"
+            id = %self.info.transaction_id,
+            client = %self.peer,
+            helo = self.info.helo.as_deref().unwrap_or(""),
+            tenant = %self.info.tenant,
+            user = self.info.authenticated_user.as_deref().unwrap_or(""),
+            from = self.core.mail_from().map(|m| m.address.as_str()).unwrap_or(""),
+            to = to.join(",").as_str(),
+            outcome = judgement.outcome.as_str(),
+            score = judgement.score,
+            decided_by = judgement.decided_by.as_deref().unwrap_or(""),
+            reply = %answer,
+            "transaction"
         );
     }
 
@@ -807,7 +909,18 @@ impl Connection {
         self.info.transaction_id = spool::new_id();
         self.transaction = Transaction::new();
         self.tenant = None;
+        self.chunks = Vec::new();
+        self.chunks_too_big = false;
     }
+}
+
+/// A CR not followed by LF, or an LF not preceded by CR.
+fn has_bare_line_ending(message: &[u8]) -> bool {
+    message.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => message.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || message[i - 1] != b'\r',
+        _ => false,
+    })
 }
 
 /// Drop the named header fields (with their continuation lines) from a message.

@@ -63,9 +63,14 @@ fn relay(dir: &Path, port: u16, body: &str) -> Relay {
 }
 
 fn start(dir: &Path, port: u16) -> Relay {
+    start_with(dir, port, &[])
+}
+
+fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Relay {
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--config"])
         .arg(dir.join("sluice.toml"))
+        .args(extra)
         .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
         .env("SLUICE_LOG", "info")
         .stderr(std::fs::File::create(dir.join("relay.log")).expect("log"))
@@ -450,4 +455,317 @@ fn commands_pipelined_behind_starttls_are_dropped() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "220 2.0.0 Ready to start TLS");
     assert!(lines[1].starts_with("250-relay.test Hello"), "{out}");
+}
+
+/// Send raw bytes, then read everything the relay answers until it closes (or 10 s pass).
+fn raw_session(port: u16, input: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let _ = s.write_all(input);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn bad_input_gets_a_reply_or_a_clean_close() {
+    let dir = temp_dir("bad-input");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+
+    // Garbage and NUL bytes: 500s, then the error limit hangs up with 421.
+    let answer = raw_session(
+        r.port,
+        b"\x00\x01\x02garbage\r\nHELO\r\nMAIL\r\n\xff\xfe\r\nEHLO x\x00y\r\nFOO BAR\r\n\
+        RCPT TO:<a@b>\r\nDATA\r\nBDAT\r\nAUTH\r\nQUIT\r\n",
+    );
+    assert!(answer.starts_with("220 relay.test"), "{answer}");
+    assert!(answer.contains("500 5.5.2") && answer.contains("501 5.5.4"), "{answer}");
+    assert!(answer.contains("421 4.7.0 Too many errors"), "{answer}");
+
+    // A 1 MiB line: refused without being kept, and the session goes on.
+    let mut input = b"EHLO client.test\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'A', 1 << 20));
+    input.extend_from_slice(b"\r\nNOOP\r\nQUIT\r\n");
+    let answer = raw_session(r.port, &input);
+    assert!(answer.contains("500 5.5.6 Line too long"), "{answer}");
+    assert!(answer.contains("250 2.0.0 Ok\r\n221 2.0.0"), "{answer}");
+
+    // A pipelined flood of transactions: every one answered, in order.
+    let mut input = b"EHLO client.test\r\n".to_vec();
+    for i in 0..200 {
+        input.extend_from_slice(
+            format!("MAIL FROM:<a{i}@remote.test>\r\nRCPT TO:<bob@example.test>\r\nRSET\r\n").as_bytes(),
+        );
+    }
+    input.extend_from_slice(b"QUIT\r\n");
+    let answer = raw_session(r.port, &input);
+    assert_eq!(answer.matches("250 2.1.0 Ok").count(), 200, "{answer}");
+    assert_eq!(answer.matches("250 2.1.5 Ok").count(), 200);
+    assert!(answer.ends_with("221 2.0.0 relay.test closing connection\r\n"), "{answer}");
+
+    // A client that vanishes in the middle of DATA: nothing is queued or delivered.
+    let answer = raw_session(
+        r.port,
+        b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: half\r\n\r\nhalf a mess",
+    );
+    assert!(answer.contains("354 "), "{answer}");
+    // A message over the size limit: 552 after the data, nothing kept.
+    let mut input =
+        b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n".to_vec();
+    for _ in 0..2000 {
+        input
+            .extend_from_slice(b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n");
+    }
+    input.extend_from_slice(b".\r\nQUIT\r\n");
+    let answer = raw_session(r.port, &input);
+    assert!(answer.contains("552 5.3.4"), "{answer}");
+
+    // A TLS handshake that fails (TLS is not even offered here): a reply, not a crash.
+    let answer = raw_session(r.port, b"EHLO c.test\r\nSTARTTLS\r\n\x16\x03\x01\x02\x00garbage\r\nQUIT\r\n");
+    assert!(answer.contains("502 5.5.1"), "{answer}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(files(&dir.join("sink"), ".eml").is_empty());
+    assert!(files(&r.dir.join("spool/queue"), ".json").is_empty());
+    // Still serving.
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\nprint(s.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}'))"
+        ),
+    );
+    assert_eq!(out.trim(), "{}");
+}
+
+#[test]
+fn a_failed_tls_handshake_closes_cleanly() {
+    let dir = temp_dir("tls-fail");
+    let r = relay(&dir, free_port(), &tls_and_auth(&dir, free_port()));
+    let answer = raw_session(r.port, b"EHLO c.test\r\nSTARTTLS\r\nthis is not a TLS client hello\r\n\r\n");
+    assert!(answer.contains("220 2.0.0 Ready to start TLS"), "{answer}");
+    // The relay is still there for the next client.
+    let out = python(r.port, "s = smtplib.SMTP('127.0.0.1', PORT)\nprint(s.noop()[0])");
+    assert_eq!(out.trim(), "250");
+}
+
+#[test]
+fn a_next_hop_that_hangs_or_resets_keeps_the_mail_queued() {
+    for behaviour in ["--hang", "--reset"] {
+        let dir = temp_dir(&format!("hop{behaviour}"));
+        let sink_port = free_port();
+        let _sink = sink(sink_port, &dir.join("sink"), &[behaviour]);
+        let body = inbound(sink_port).replace("[delivery]\n", "[delivery]\ntimeout_secs = 2\n");
+        let r = relay(&dir, free_port(), &body);
+        python(
+            r.port,
+            &format!(
+                "s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')"
+            ),
+        );
+        wait_for("a deferred attempt", Duration::from_secs(20), || log(&r.dir).contains("delivery deferred"));
+        let queued = files(&r.dir.join("spool/queue"), ".json");
+        assert_eq!(queued.len(), 1, "{behaviour}");
+        let envelope = std::fs::read_to_string(&queued[0]).expect("envelope");
+        assert!(envelope.contains("\"status\": \"pending\""), "{envelope}");
+    }
+}
+
+#[test]
+fn chunking_with_bdat() {
+    let dir = temp_dir("bdat");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    let first = "From: a@remote.test\r\nSubject: chunks\r\n\r\n";
+    let second = ".a line starting with a dot\r\nend\r\n";
+    let input = format!(
+        "EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\nBDAT {}\r\n{first}BDAT {} LAST\r\n{second}\
+         MAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\nBDAT 9 LAST\r\nbare\nLF\r\n\
+         BDAT 5 LAST\r\nhelloQUIT\r\n",
+        first.len(),
+        second.len()
+    );
+    let answer = raw_session(r.port, input.as_bytes());
+    assert!(answer.contains("CHUNKING"), "{answer}");
+    assert!(answer.contains(&format!("250 2.0.0 {} octets received", first.len())), "{answer}");
+    assert!(answer.contains("250 2.0.0 Ok: queued as"), "{answer}");
+    assert!(answer.contains("550 5.6.11"), "{answer}");
+    // A BDAT without a transaction still has its data consumed: "hello" is not a command.
+    assert!(answer.contains("503 5.5.1") && !answer.contains("500 5.5.2"), "{answer}");
+    wait_for("delivery", Duration::from_secs(20), || files(&dir.join("sink"), ".eml").len() == 1);
+    let delivered = std::fs::read_to_string(&files(&dir.join("sink"), ".eml")[0]).expect("message");
+    assert!(
+        delivered.ends_with("Subject: chunks\r\n\r\n.a line starting with a dot\r\nend\r\n"),
+        "{delivered}"
+    );
+}
+
+#[test]
+fn metrics_and_json_logs() {
+    let dir = temp_dir("metrics");
+    let (sink_port, port, admin) = (free_port(), free_port(), free_port());
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let body = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}", inbound(sink_port));
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\n[spool]\ndir = \"spool\"\n{body}\
+         [[tenant.policy]]\npath = \"{PROBE}\"\n"
+    );
+    std::fs::write(dir.join("sluice.toml"), config).expect("config");
+    let r = start_with(&dir, port, &["--log-format", "json"]);
+    python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')\ns.quit()"
+        ),
+    );
+    wait_for("delivery", Duration::from_secs(20), || files(&dir.join("sink"), ".eml").len() == 1);
+    let scrape = || {
+        python(
+            admin,
+            "import urllib.request\nprint(urllib.request.urlopen(f'http://127.0.0.1:{PORT}/metrics').read().decode())",
+        )
+    };
+    wait_for("delivery counted", Duration::from_secs(10), || {
+        scrape().contains("sluice_delivery_attempts_total{result=\"delivered\"} 1")
+    });
+    let metrics = scrape();
+    for expected in [
+        "sluice_connections_active 0",
+        "sluice_transactions_total{outcome=\"accept\"} 1",
+        "sluice_policy_calls_total{tenant=\"example\",policy=\"probe\",verdict=\"continue\"}",
+        "sluice_queue_messages 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+    // Every log line is one JSON object; the transaction line carries the envelope.
+    let log = log(&r.dir);
+    let transaction =
+        log.lines().find(|l| l.contains("\"message\":\"transaction\"")).expect("transaction line");
+    for field in ["\"outcome\":\"accept\"", "\"from\":", "\"to\":", "\"id\":"] {
+        assert!(transaction.contains(field), "{field} missing: {transaction}");
+    }
+    assert!(log.lines().all(|l| l.starts_with('{') && l.ends_with('}')), "{log}");
+}
+
+fn sluice(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("sluice.toml"))
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .output()
+        .expect("sluice");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_names_what_is_wrong() {
+    let dir = temp_dir("check");
+    let good = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\n{}[[tenant.policy]]\npath = \"{PROBE}\"\n",
+        free_port(),
+        inbound(free_port())
+    );
+    std::fs::write(dir.join("sluice.toml"), &good).expect("config");
+    let (ok, text) = sluice(&dir, &["check"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("1 tenant(s), 1 policy component(s) loaded"), "{text}");
+
+    for (broken, expected) in [
+        (good.replace("next_hop = ", "next_hopp = "), "unknown field `next_hopp`"),
+        (good.replace("[server]\n", "[server]\nmax_recipients = \"many\"\n"), "line 2"),
+        (good.replace(PROBE, "/nonexistent/policy.wasm"), "/nonexistent/policy.wasm"),
+        (
+            good.replace(
+                "[[tenant.policy]]\n",
+                "[[tenant.policy]]\nconfig = { refuse_init = \"no thanks\" }\n",
+            ),
+            "no thanks",
+        ),
+    ] {
+        std::fs::write(dir.join("sluice.toml"), &broken).expect("config");
+        let (ok, text) = sluice(&dir, &["check"]);
+        assert!(!ok, "accepted: {broken}");
+        assert!(text.contains(expected), "{expected} not in: {text}");
+    }
+}
+
+#[test]
+fn quarantine_list_and_release() {
+    let dir = temp_dir("quarantine");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let body = format!(
+        "{}[[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"quarantine\" }}\n",
+        inbound(sink_port)
+    );
+    let r = relay(&dir, free_port(), &body);
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\nprint(s.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}'))"
+        ),
+    );
+    assert_eq!(out.trim(), "{}");
+    let held = files(&dir.join("spool/quarantine"), ".json");
+    assert_eq!(held.len(), 1);
+    let id = held[0].file_stem().expect("id").to_string_lossy().into_owned();
+    let (ok, list) = sluice(&dir, &["queue", "list"]);
+    assert!(ok && list.contains(&id) && list.contains("quarantine"), "{list}");
+    let (ok, show) = sluice(&dir, &["queue", "show", &id]);
+    assert!(
+        ok && show.contains("\"mail_from\": \"alice@remote.test\"") && show.contains("Subject: Lunch"),
+        "{show}"
+    );
+    assert!(!sluice(&dir, &["queue", "show", "../../etc/passwd"]).0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(files(&dir.join("sink"), ".eml").is_empty(), "quarantined mail was delivered");
+    let (ok, text) = sluice(&dir, &["queue", "release", &id]);
+    assert!(ok, "{text}");
+    // The running relay picks the released message up.
+    wait_for("delivery after release", Duration::from_secs(20), || {
+        files(&dir.join("sink"), ".eml").len() == 1
+    });
+    assert!(files(&dir.join("spool/quarantine"), ".json").is_empty());
+}
+
+#[test]
+fn swaks_with_starttls_auth_and_pipelining() {
+    let dir = temp_dir("swaks");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let r = relay(&dir, free_port(), &tls_and_auth(&dir, sink_port));
+    let swaks = |extra: &[&str]| {
+        let out = Command::new("swaks")
+            .args(["--server", "127.0.0.1", "--port", &r.port.to_string(), "--helo", "client.remote.test"])
+            .args(extra)
+            .output()
+            .expect("swaks (installed by .ci/run: apt-get install swaks libnet-ssleay-perl)");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, text) = swaks(&[
+        "--from",
+        "alice@example.test",
+        "--to",
+        "dave@remote.test",
+        "--tls",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "secret",
+        "--pipeline",
+    ]);
+    assert!(ok && text.contains("250 2.0.0 Ok: queued as"), "{text}");
+    // Without AUTH the same relay attempt is refused.
+    let (ok, text) = swaks(&["--from", "alice@example.test", "--to", "dave@remote.test", "--tls"]);
+    assert!(!ok && text.contains("554 5.7.1 Relaying denied"), "{text}");
+    // Inbound mail needs neither.
+    let (ok, text) = swaks(&["--from", "eve@remote.test", "--to", "bob@example.test"]);
+    assert!(ok && text.contains("250 2.0.0 Ok: queued as"), "{text}");
+    wait_for("two deliveries", Duration::from_secs(20), || files(&dir.join("sink"), ".eml").len() == 2);
 }

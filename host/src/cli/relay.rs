@@ -28,16 +28,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let queued = relay.spool.recover(Store::Queue)?.len();
     let quarantined = relay.spool.recover(Store::Quarantine)?.len();
     tracing::info!(
-        listen = ?listen,
+        listen = listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(",").as_str(),
         tenants = relay.tenants.len(),
         queued,
         quarantined,
         "sluice is ready"
     );
-    eprintln!(
-        "sluice: listening on {}",
-        listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-    );
+    if let Some(admin) = &relay.config.admin {
+        let listener = tokio::net::TcpListener::bind(admin.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", admin.listen))?;
+        tokio::spawn(relay.metrics.clone().serve(listener));
+    }
+    relay.metrics.set_queue(queued);
     tokio::spawn(crate::delivery::run(relay.clone(), new_ids));
     for listener in listeners {
         tokio::spawn(relay.clone().serve(listener));

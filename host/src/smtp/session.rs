@@ -55,6 +55,21 @@ pub enum Step {
     Rcpt(EnvelopeAddress, Destination),
     /// Answer 354 and read the message.
     Data,
+    /// Read a BDAT chunk of `size` bytes into the message (RFC 3030).
+    Chunk {
+        /// Bytes that follow the command.
+        size: u64,
+        /// The last chunk: judge and queue the message.
+        last: bool,
+    },
+    /// Read and discard a BDAT chunk of `size` bytes, then send the reply (a refused BDAT
+    /// still has its data on the wire).
+    SkipChunk {
+        /// Bytes that follow the command.
+        size: u64,
+        /// The refusal.
+        reply: Reply,
+    },
     /// Answer 220 and start the TLS handshake; on success call [`Session::tls_started`].
     StartTls,
     /// Run the AUTH exchange; on success call [`Session::authenticated`].
@@ -96,6 +111,8 @@ pub struct Session {
     auth_possible: bool,
     auth_needs_tls: bool,
     authenticated: Option<String>,
+    /// A BDAT transfer is under way in this transaction.
+    chunking: bool,
 }
 
 impl Session {
@@ -120,6 +137,7 @@ impl Session {
             auth_possible: false,
             auth_needs_tls: true,
             authenticated: None,
+            chunking: false,
         }
     }
 
@@ -230,6 +248,9 @@ impl Session {
             }
             Command::Mail { path, params } => self.mail(path, params),
             Command::Rcpt { path, params } => self.rcpt(path, params),
+            Command::Data if self.chunking => {
+                self.error(reply(503, "5.5.1", "Bad sequence of commands: DATA after BDAT"))
+            }
             Command::Data => {
                 if self.mail_from.is_none() {
                     self.error(reply(503, "5.5.1", "Bad sequence of commands: MAIL first"))
@@ -291,7 +312,25 @@ impl Session {
                     self.error(reply(504, "5.5.4", "Unrecognized authentication mechanism"))
                 }
             }
-            Command::Bdat { .. } => self.error(reply(502, "5.5.1", "Command not implemented")),
+            Command::Bdat { size, last } => {
+                let refusal = if self.mail_from.is_none() {
+                    Some(reply(503, "5.5.1", "Bad sequence of commands: MAIL first"))
+                } else if self.recipients.is_empty() {
+                    Some(reply(554, "5.5.1", "No valid recipients"))
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(r) => match self.error(r) {
+                        Step::Reply(reply) => Step::SkipChunk { size, reply },
+                        close => close,
+                    },
+                    None => {
+                        self.chunking = true;
+                        Step::Chunk { size, last }
+                    }
+                }
+            }
         }
     }
 
@@ -312,8 +351,15 @@ impl Session {
         }
         let first = format!("{} Hello {client}", self.limits.hostname);
         let size = format!("SIZE {}", self.limits.max_message_bytes);
-        let mut lines =
-            vec![first.as_str(), "PIPELINING", size.as_str(), "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"];
+        let mut lines = vec![
+            first.as_str(),
+            "PIPELINING",
+            size.as_str(),
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        ];
         if self.tls_offered {
             lines.push("STARTTLS");
         }
@@ -410,6 +456,7 @@ impl Session {
 
     /// End the transaction (after DATA or RSET).
     pub fn reset(&mut self) {
+        self.chunking = false;
         self.mail_from = None;
         self.recipients.clear();
         self.declared_size = None;
@@ -479,6 +526,8 @@ mod tests {
             Step::Helo { .. } | Step::Mail(_) | Step::Rcpt(..) => 250,
             Step::Data => 354,
             Step::StartTls => 220,
+            Step::Chunk { .. } => 250,
+            Step::SkipChunk { reply, .. } => reply.code,
             Step::Auth { .. } => 334,
         }
     }
@@ -569,6 +618,19 @@ mod tests {
     }
 
     #[test]
+    fn chunking() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c.example");
+        assert!(matches!(run(&mut s, "BDAT 10"), Step::SkipChunk { size: 10, reply } if reply.code == 503));
+        run(&mut s, "MAIL FROM:<a@remote.example>");
+        assert!(matches!(run(&mut s, "BDAT 10"), Step::SkipChunk { reply, .. } if reply.code == 554));
+        run(&mut s, "RCPT TO:<b@local.example>");
+        assert_eq!(run(&mut s, "BDAT 10"), Step::Chunk { size: 10, last: false });
+        assert_eq!(code(&run(&mut s, "DATA")), 503);
+        assert_eq!(run(&mut s, "BDAT 0 LAST"), Step::Chunk { size: 0, last: true });
+    }
+
+    #[test]
     fn ehlo_advertises() {
         let mut s = session(false);
         run(&mut s, "EHLO c.example");
@@ -576,6 +638,6 @@ mod tests {
         for ext in ["PIPELINING", "SIZE 1000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"] {
             assert!(text.contains(ext), "{text}");
         }
-        assert!(text.ends_with("250 ENHANCEDSTATUSCODES\r\n"));
+        assert!(text.ends_with("250 CHUNKING\r\n"));
     }
 }

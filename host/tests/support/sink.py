@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A next hop for the relay's tests: a small SMTP server that stores every message it accepts.
 
-Usage: sink.py PORT DIR [--tempfail-first N] [--reject-rcpt SUBSTRING]
+Usage: sink.py PORT DIR [--tempfail-first N] [--reject-rcpt SUBSTRING] [--hang | --reset]
 
 Each accepted message is written to DIR/<n>.eml with the envelope in DIR/<n>.env (JSON).
 --tempfail-first N answers 451 to DATA in the first N sessions (then recovers);
---reject-rcpt S answers 550 to every RCPT whose address contains S.
+--reject-rcpt S answers 550 to every RCPT whose address contains S;
+--hang accepts connections and never says anything; --reset closes them at once.
 """
 import json
 import os
@@ -18,6 +19,8 @@ PORT = int(args[0])
 OUT = args[1]
 TEMPFAIL = int(args[args.index("--tempfail-first") + 1]) if "--tempfail-first" in args else 0
 REJECT = args[args.index("--reject-rcpt") + 1] if "--reject-rcpt" in args else None
+HANG = "--hang" in args
+RESET = "--reset" in args
 lock = threading.Lock()
 state = {"sessions": 0, "stored": 0}
 os.makedirs(OUT, exist_ok=True)
@@ -29,6 +32,11 @@ class Handler(socketserver.StreamRequestHandler):
         self.wfile.flush()
 
     def handle(self):
+        if RESET:
+            return
+        if HANG:
+            self.rfile.read()
+            return
         with lock:
             state["sessions"] += 1
             session = state["sessions"]

@@ -1,0 +1,154 @@
+//! Counters for Prometheus, served as text on the admin listener (`GET /metrics`).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::policy::chain::StageResult;
+use crate::policy::decision::Verdict;
+
+/// Calls and total microseconds per (tenant, policy, verdict).
+type PolicyCounters = BTreeMap<(String, String, String), (u64, u64)>;
+
+/// The relay's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: AtomicU64,
+    active: AtomicI64,
+    transactions: Mutex<BTreeMap<String, u64>>,
+    /// (tenant, policy, verdict) → (count, total microseconds).
+    policies: Mutex<PolicyCounters>,
+    deliveries: Mutex<BTreeMap<String, u64>>,
+    queued: AtomicI64,
+}
+
+fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    *map.entry(key.to_string()).or_insert(0) += 1;
+}
+
+impl Metrics {
+    /// A connection opened; the returned guard counts it as active until dropped.
+    pub fn connection(&self) -> ActiveConnection<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection(self)
+    }
+
+    /// A transaction ended with `outcome`.
+    pub fn transaction(&self, outcome: &str) {
+        bump(&self.transactions, outcome);
+    }
+
+    /// Every policy run of a stage.
+    pub fn stage(&self, tenant: &str, result: &StageResult) {
+        let mut map = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        for run in &result.runs {
+            let verdict = match &run.outcome {
+                Ok(Verdict::Continue) => "continue",
+                Ok(Verdict::Accept) => "accept",
+                Ok(Verdict::Reject(_)) => "reject",
+                Ok(Verdict::Tempfail(_)) => "tempfail",
+                Ok(Verdict::Discard) => "discard",
+                Ok(Verdict::Quarantine(_)) => "quarantine",
+                Err(_) => "fault",
+            };
+            let entry =
+                map.entry((tenant.to_string(), run.policy.clone(), verdict.to_string())).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 += run.micros;
+        }
+    }
+
+    /// A delivery attempt for one recipient: `delivered`, `deferred` or `failed`.
+    pub fn delivery(&self, result: &str) {
+        bump(&self.deliveries, result);
+    }
+
+    /// Messages entered (+1) or left (-1) the queue.
+    pub fn queue(&self, delta: i64) {
+        self.queued.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Set the queue depth (after scanning the spool).
+    pub fn set_queue(&self, depth: usize) {
+        self.queued.store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ");
+        out.push_str("# TYPE sluice_connections_total counter\n");
+        out.push_str(&format!("sluice_connections_total {}\n", self.connections.load(Ordering::Relaxed)));
+        out.push_str("# TYPE sluice_connections_active gauge\n");
+        out.push_str(&format!("sluice_connections_active {}\n", self.active.load(Ordering::Relaxed)));
+        out.push_str("# TYPE sluice_transactions_total counter\n");
+        for (outcome, n) in self.transactions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!("sluice_transactions_total{{outcome=\"{}\"}} {n}\n", label(outcome)));
+        }
+        out.push_str(
+            "# TYPE sluice_policy_calls_total counter\n# TYPE sluice_policy_seconds_total counter\n",
+        );
+        for ((tenant, policy, verdict), (n, micros)) in
+            self.policies.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            let labels = format!(
+                "tenant=\"{}\",policy=\"{}\",verdict=\"{}\"",
+                label(tenant),
+                label(policy),
+                label(verdict)
+            );
+            out.push_str(&format!("sluice_policy_calls_total{{{labels}}} {n}\n"));
+            out.push_str(&format!("sluice_policy_seconds_total{{{labels}}} {:.6}\n", *micros as f64 / 1e6));
+        }
+        out.push_str("# TYPE sluice_delivery_attempts_total counter\n");
+        for (result, n) in self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!("sluice_delivery_attempts_total{{result=\"{}\"}} {n}\n", label(result)));
+        }
+        out.push_str("# TYPE sluice_queue_messages gauge\n");
+        out.push_str(&format!("sluice_queue_messages {}\n", self.queued.load(Ordering::Relaxed).max(0)));
+        out
+    }
+
+    /// Serve `GET /metrics` on `listener` until the task is dropped.
+    pub async fn serve(self: std::sync::Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let metrics = self.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 2048];
+                let n =
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request))
+                        .await
+                    {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                let head = String::from_utf8_lossy(&request[..n]);
+                let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics\r") {
+                    let body = metrics.render();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    }
+}
+
+/// Counts a connection as active while alive.
+pub struct ActiveConnection<'a>(&'a Metrics);
+
+impl Drop for ActiveConnection<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
