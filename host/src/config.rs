@@ -48,6 +48,9 @@ pub struct Config {
     /// The admin listener (Prometheus `/metrics`).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// DNS.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Delivery.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -140,6 +143,14 @@ impl Default for RelayConfig {
     }
 }
 
+/// `[dns]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers to ask (`ip:port`); empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,8 +174,7 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Next hop for domains that are not local: `host:port`, `smtp:host:port` or
-    /// `maildir:PATH`. Without one, non-local mail waits in the queue (MX resolution is not
-    /// built yet).
+    /// `maildir:PATH`. Without one, mail for other domains goes to their MX hosts.
     pub smarthost: Option<String>,
     /// Named next hops a policy may route to.
     pub next_hops: BTreeMap<String, String>,
@@ -176,6 +186,8 @@ pub struct DeliveryConfig {
     pub max_age_secs: u64,
     /// Seconds to wait for the next hop to connect and to answer each command.
     pub timeout_secs: u64,
+    /// Port of the mail exchangers found by MX resolution (25).
+    pub mx_port: u16,
 }
 
 impl Default for DeliveryConfig {
@@ -187,6 +199,7 @@ impl Default for DeliveryConfig {
             retry_max_secs: 4 * 3600,
             max_age_secs: 5 * 86_400,
             timeout_secs: 60,
+            mx_port: 25,
         }
     }
 }

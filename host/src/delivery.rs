@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::NextHop;
+use crate::dns::MxAnswer;
 use crate::server::{Relay, rfc5322_date};
 use crate::spool::{self, QueuedMessage, QueuedRecipient, RecipientStatus, Store};
 
@@ -110,7 +111,7 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
     let config = &relay.config.delivery;
 
     // Group pending recipients by next hop.
-    let mut groups: HashMap<Option<NextHop>, Vec<usize>> = HashMap::new();
+    let mut groups: HashMap<Target, Vec<usize>> = HashMap::new();
     for (i, r) in envelope.recipients.iter().enumerate() {
         if r.status == RecipientStatus::Pending {
             groups.entry(route(relay, &envelope, &r.address)).or_default().push(i);
@@ -121,15 +122,11 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
         let addresses: Vec<String> =
             indices.iter().map(|i| envelope.recipients[*i].address.clone()).collect();
         let results = match &hop {
-            None => addresses
-                .iter()
-                .map(|_| {
-                    RcptResult::Transient(
-                        "no route: no smarthost configured and MX resolution is not available".into(),
-                    )
-                })
-                .collect(),
-            Some(NextHop::Maildir(path)) => {
+            Target::Mx(domain) => {
+                let message = &message;
+                mx_deliver(relay, domain, &envelope.mail_from, &addresses, message, timeout).await
+            }
+            Target::Hop(NextHop::Maildir(path)) => {
                 let dir = relay.config.resolve(path);
                 let message = message.clone();
                 let envelope_from = envelope.mail_from.clone();
@@ -143,7 +140,7 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
                             .collect()
                     })
             }
-            Some(NextHop::Smtp { host, port }) => {
+            Target::Hop(NextHop::Smtp { host, port }) => {
                 let helo = &relay.config.server.hostname;
                 match smtp_deliver(host, *port, helo, &envelope.mail_from, &addresses, &message, timeout)
                     .await
@@ -233,19 +230,78 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
     Some(next)
 }
 
-fn route(relay: &Relay, envelope: &QueuedMessage, address: &str) -> Option<NextHop> {
+/// Where one recipient's copy goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    /// A configured next hop.
+    Hop(NextHop),
+    /// The MX hosts of this domain.
+    Mx(String),
+}
+
+fn route(relay: &Relay, envelope: &QueuedMessage, address: &str) -> Target {
     let config = &relay.config.delivery;
     if let Some(name) = &envelope.route {
         if let Some(hop) = config.next_hops.get(name).and_then(|h| NextHop::parse(h).ok()) {
-            return Some(hop);
+            return Target::Hop(hop);
         }
         tracing::warn!(id = %envelope.id, route = %name, "a policy routed to an unknown next hop; using the normal route");
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_lowercase()).unwrap_or_default();
     if let Some(tenant) = relay.tenant_of_domain(&domain) {
-        return Some(tenant.next_hop.clone());
+        return Target::Hop(tenant.next_hop.clone());
     }
-    config.smarthost.as_deref().and_then(|h| NextHop::parse(h).ok())
+    match config.smarthost.as_deref().and_then(|h| NextHop::parse(h).ok()) {
+        Some(hop) => Target::Hop(hop),
+        None => Target::Mx(domain),
+    }
+}
+
+/// Deliver to a domain's mail exchangers, most preferred first (RFC 5321 §5.1): a null MX
+/// or a domain that does not exist fails for good; a DNS failure or no exchanger answering
+/// is transient.
+async fn mx_deliver(
+    relay: &Relay,
+    domain: &str,
+    mail_from: &str,
+    recipients: &[String],
+    message: &[u8],
+    timeout: Duration,
+) -> Vec<RcptResult> {
+    let all = |r: RcptResult| recipients.iter().map(|_| r.clone()).collect::<Vec<_>>();
+    let hosts = match relay.dns.mx(domain).await {
+        Ok(MxAnswer::Hosts(hosts)) => hosts,
+        Ok(MxAnswer::Implicit) => vec![domain.to_string()],
+        Ok(MxAnswer::NullMx) => {
+            return all(RcptResult::Permanent(format!("556 5.1.10 {domain} does not accept mail (null MX)")));
+        }
+        Ok(MxAnswer::NoSuchDomain) => {
+            return all(RcptResult::Permanent(format!("550 5.1.2 domain {domain} does not exist")));
+        }
+        Err(e) => return all(RcptResult::Transient(format!("451 4.4.3 MX lookup for {domain} failed: {e}"))),
+    };
+    let helo = &relay.config.server.hostname;
+    let port = relay.config.delivery.mx_port;
+    let mut last = format!("451 4.4.1 no mail exchanger of {domain} answered");
+    for host in hosts.iter().take(5) {
+        // Addresses from the relay's own resolver (the one that gave the MX records).
+        let mut addresses = Vec::new();
+        for kind in [crate::dns::RecordType::A, crate::dns::RecordType::Aaaa] {
+            if let Ok(found) = crate::dns::Resolver::lookup(relay.dns.as_ref(), host, kind).await {
+                addresses.extend(found);
+            }
+        }
+        if addresses.is_empty() {
+            last = format!("451 4.4.4 {host} has no address");
+        }
+        for address in addresses.iter().take(3) {
+            match smtp_deliver(address, port, helo, mail_from, recipients, message, timeout).await {
+                Ok(results) => return results,
+                Err(e) => last = format!("451 4.4.1 {host} [{address}]:{port}: {e}"),
+            }
+        }
+    }
+    all(RcptResult::Transient(last))
 }
 
 /// Deliver into `root/<recipient>/{tmp,new,cur}` (Maildir): write in `tmp`, fsync, rename into

@@ -1,6 +1,7 @@
-//! DNS lookups for policies. The relay resolves through the system's resolver; `sluice policy
-//! test` answers from a fixture file so that results are reproducible. Either way the policy
-//! host bounds each lookup in time and each hook call in number of lookups.
+//! DNS lookups for policies and the relay. The relay resolves through hickory (the system's
+//! configuration or configured name servers); `sluice policy test` answers from a fixture
+//! file so that results are reproducible. Either way the policy host bounds each lookup in
+//! time and each hook call in number of lookups.
 //!
 //! Fixture format, one record per line (`#` starts a comment):
 //!
@@ -188,45 +189,146 @@ mod tests {
     }
 }
 
-/// The system's resolver through `getaddrinfo`: A and AAAA only. TXT, MX and PTR need a DNS
-/// client, which the relay does not have yet; those lookups fail with a clear error, and
-/// policies treat a failed lookup as no evidence.
-#[derive(Debug, Default)]
-pub struct SystemResolver;
+/// What a domain's MX records say about delivering to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxAnswer {
+    /// Mail exchangers, most preferred first.
+    Hosts(Vec<String>),
+    /// The domain exists but has no MX: deliver to the domain itself (RFC 5321 §5.1).
+    Implicit,
+    /// A null MX (RFC 7505): the domain accepts no mail.
+    NullMx,
+    /// The domain does not exist.
+    NoSuchDomain,
+}
+
+/// DNS through hickory's resolver: the system's configuration (`/etc/resolv.conf`), or the
+/// name servers given in the relay's `[dns]` section.
+pub struct DnsResolver {
+    inner: hickory_resolver::TokioResolver,
+}
+
+impl DnsResolver {
+    /// A resolver using the system's configuration, or `nameservers` when not empty.
+    pub fn new(nameservers: &[std::net::SocketAddr]) -> Result<Self, String> {
+        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+        use hickory_resolver::net::runtime::TokioRuntimeProvider;
+        let mut builder = if nameservers.is_empty() {
+            hickory_resolver::Resolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                    server.connections = vec![udp, tcp];
+                    server
+                })
+                .collect();
+            hickory_resolver::Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let options = builder.options_mut();
+        options.timeout = std::time::Duration::from_secs(2);
+        options.attempts = 2;
+        let inner = builder.build().map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
+        Ok(Self { inner })
+    }
+
+    /// The mail exchangers of `domain`.
+    pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        use hickory_resolver::proto::rr::RData;
+        let name = format!("{}.", domain.trim_end_matches('.'));
+        match self.inner.mx_lookup(name.as_str()).await {
+            Ok(lookup) => {
+                let mut mxs: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((
+                            mx.preference,
+                            mx.exchange.to_string().trim_end_matches('.').to_lowercase(),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                if mxs.iter().any(|(_, host)| host.is_empty()) {
+                    return Ok(MxAnswer::NullMx);
+                }
+                if mxs.is_empty() {
+                    return Ok(MxAnswer::Implicit);
+                }
+                mxs.sort();
+                Ok(MxAnswer::Hosts(mxs.into_iter().map(|(_, host)| host).collect()))
+            }
+            Err(e) if e.is_nx_domain() => Ok(MxAnswer::NoSuchDomain),
+            Err(e) if e.is_no_records_found() => Ok(MxAnswer::Implicit),
+            Err(e) => Err(DnsError::Failed(e.to_string())),
+        }
+    }
+
+    /// The forward-confirmed reverse DNS name of `ip`: a PTR name whose A or AAAA records
+    /// include `ip` again.
+    pub async fn verified_reverse(&self, ip: std::net::IpAddr) -> Option<String> {
+        let names = self.lookup(&ip.to_string(), RecordType::Ptr).await.ok()?;
+        let kind = if ip.is_ipv4() { RecordType::A } else { RecordType::Aaaa };
+        for name in names.into_iter().take(3) {
+            if let Ok(addrs) = self.lookup(&name, kind).await
+                && addrs.iter().any(|a| a.parse::<std::net::IpAddr>().is_ok_and(|a| a == ip))
+            {
+                return Some(name);
+            }
+        }
+        None
+    }
+}
 
 #[async_trait::async_trait]
-impl Resolver for SystemResolver {
+impl Resolver for DnsResolver {
     async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
-        let want_v4 = match kind {
-            RecordType::A => true,
-            RecordType::Aaaa => false,
-            other => {
-                return Err(DnsError::Failed(format!(
-                    "{other:?} lookups are not supported by the system resolver"
-                )));
+        use hickory_resolver::proto::rr::{Name, RData};
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let result = match kind {
+            RecordType::A => self.inner.ipv4_lookup(fqdn.as_str()).await,
+            RecordType::Aaaa => self.inner.ipv6_lookup(fqdn.as_str()).await,
+            RecordType::Txt => self.inner.txt_lookup(fqdn.as_str()).await,
+            RecordType::Mx => self.inner.mx_lookup(fqdn.as_str()).await,
+            RecordType::Ptr => {
+                let ip: std::net::IpAddr =
+                    name.parse().map_err(|_| DnsError::Failed("PTR lookups take an IP address".into()))?;
+                self.inner.reverse_lookup(Name::from(ip)).await
             }
         };
-        let name = name.trim_end_matches('.');
-        if name.is_empty() || name.len() > 253 || name.contains([' ', '/', ':']) {
-            return Err(DnsError::Failed("invalid name".into()));
-        }
-        match tokio::net::lookup_host((name, 0)).await {
-            Ok(addrs) => {
-                let answers: Vec<String> = addrs
-                    .map(|a| a.ip())
-                    .filter(|ip| ip.is_ipv4() == want_v4)
-                    .map(|ip| ip.to_string())
+        match result {
+            Ok(lookup) => {
+                let answers: Vec<String> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) if kind == RecordType::A => Some(a.0.to_string()),
+                        RData::AAAA(a) if kind == RecordType::Aaaa => Some(a.0.to_string()),
+                        RData::TXT(t) if kind == RecordType::Txt => Some(t.to_string()),
+                        RData::MX(mx) if kind == RecordType::Mx => Some(format!(
+                            "{} {}",
+                            mx.preference,
+                            mx.exchange.to_string().trim_end_matches('.')
+                        )),
+                        RData::PTR(p) if kind == RecordType::Ptr => {
+                            Some(p.0.to_string().trim_end_matches('.').to_string())
+                        }
+                        _ => None,
+                    })
                     .collect();
                 if answers.is_empty() { Err(DnsError::NxDomain) } else { Ok(answers) }
             }
-            Err(e) => {
-                let text = e.to_string();
-                if text.contains("not known") || text.contains("No address") || text.contains("not found") {
-                    Err(DnsError::NxDomain)
-                } else {
-                    Err(DnsError::Failed(text))
-                }
-            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Err(DnsError::NxDomain),
+            Err(e) => Err(DnsError::Failed(e.to_string())),
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::auth::{self, Users};
 use crate::config::{Cidr, Config, NextHop};
-use crate::dns::SystemResolver;
+use crate::dns::DnsResolver;
 use crate::policy::chain::{Chain, ChainSession, Judgement, Outcome, StageInput, StageResult, Transaction};
 use crate::policy::{
     EngineOptions, HostServices, ParsedMessage, PolicyEngine, SessionInfo, Stage, TlsInfo, Verdict,
@@ -53,6 +53,8 @@ pub struct Relay {
     pub spool: Arc<Spool>,
     /// Counters.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// DNS, for policies, client names and MX resolution.
+    pub dns: Arc<DnsResolver>,
     delivery: mpsc::UnboundedSender<String>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     users: Option<Arc<Users>>,
@@ -67,6 +69,8 @@ impl Relay {
         let spool_dir = config.resolve(&config.spool.dir);
         let spool = Spool::open(&spool_dir)
             .map_err(|e| anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()))?;
+        let dns =
+            Arc::new(DnsResolver::new(&config.dns.nameservers).map_err(|e| anyhow::anyhow!("dns: {e}"))?);
         let engine = PolicyEngine::new(EngineOptions {
             max_instances: u32::try_from(config.server.max_connections.saturating_mul(2).clamp(16, 10_000))
                 .unwrap_or(1000),
@@ -74,7 +78,7 @@ impl Relay {
         })?;
         let services = HostServices {
             kv: Arc::new(MemoryKv::new(1_000_000)),
-            resolver: Arc::new(SystemResolver),
+            resolver: dns.clone(),
             clock: crate::policy::Clock::System,
         };
         let mut tenants = Vec::new();
@@ -115,6 +119,7 @@ impl Relay {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let relay = Relay {
+            dns,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             tls,
             users,
@@ -360,6 +365,14 @@ impl Connection {
         let (read, write) = stream.into_split();
         let mut reader = BufReader::with_capacity(16 * 1024, read);
         let mut writer = BufWriter::new(write);
+
+        // The client's name, confirmed forward (never for loopback, which has none worth
+        // asking about).
+        let ip = self.peer.ip();
+        if !ip.is_loopback() {
+            let lookup = self.relay.dns.verified_reverse(ip);
+            self.info.reverse_dns = tokio::time::timeout(Duration::from_secs(5), lookup).await.ok().flatten();
+        }
 
         let connect = self.stage(0, Stage::Connect, StageInput::Session).await;
         if let Verdict::Reject(r) | Verdict::Tempfail(r) = &connect.verdict {

@@ -31,20 +31,21 @@ impl Drop for Proc {
     }
 }
 
-fn sink(port: u16, dir: &Path, extra: &[&str]) -> Proc {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/sink.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(port.to_string())
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the test sink");
+/// Start a script of `tests/support` and wait for its "ready" line.
+fn support(script: &str, args: &[String]) -> Proc {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script);
+    let mut child =
+        Command::new("python3").arg(path).args(args).stdout(Stdio::piped()).spawn().expect(script);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("sink ready");
-    assert_eq!(line.trim(), "ready");
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "{script}");
     Proc(child)
+}
+
+fn sink(port: u16, dir: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![port.to_string(), dir.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    support("sink.py", &args)
 }
 
 struct Relay {
@@ -768,4 +769,41 @@ fn swaks_with_starttls_auth_and_pipelining() {
     let (ok, text) = swaks(&["--from", "eve@remote.test", "--to", "bob@example.test"]);
     assert!(ok && text.contains("250 2.0.0 Ok: queued as"), "{text}");
     wait_for("two deliveries", Duration::from_secs(20), || files(&dir.join("sink"), ".eml").len() == 2);
+}
+
+#[test]
+fn mx_resolution_and_its_failures() {
+    let dir = temp_dir("mx");
+    let (sink_port, dns_port) = (free_port(), free_port());
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let dns = support("dns.py", &[dns_port.to_string()]);
+    let mail = dir.join("mail");
+    // No smarthost: mail for other domains goes to their MX (whose port is the sink's here).
+    let body = format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+         [delivery]\nmx_port = {sink_port}\nretry_base_secs = 1\nretry_max_secs = 2\n\
+         [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"maildir:{}\"\n",
+        mail.display()
+    );
+    let r = relay(&dir, free_port(), &body);
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\n\
+             print(s.sendmail('alice@example.test', ['a@mx-ok.test', 'b@no-mx.test', 'c@null-mx.test', 'd@gone.test'], '{MESSAGE}'))"
+        ),
+    );
+    assert_eq!(out.trim(), "{}");
+    // The MX host and the implicit MX each get a copy.
+    wait_for("two MX deliveries", Duration::from_secs(20), || files(&dir.join("sink"), ".eml").len() == 2);
+    // The null MX and the missing domain bounce to alice, who is local.
+    let inbox = mail.join("alice@example.test/new");
+    wait_for("the bounce", Duration::from_secs(20), || files(&inbox, ".sluice").len() == 1);
+    let dsn = std::fs::read_to_string(&files(&inbox, ".sluice")[0]).expect("dsn");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; c@null-mx.test") && dsn.contains("Status: 5.1.10"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Final-Recipient: rfc822; d@gone.test") && dsn.contains("Status: 5.1.2"), "{dsn}");
+    drop(dns);
 }
