@@ -188,6 +188,8 @@ pub struct DeliveryConfig {
     pub timeout_secs: u64,
     /// Port of the mail exchangers found by MX resolution (25).
     pub mx_port: u16,
+    /// Use STARTTLS towards next hops that offer it (opportunistic; default on).
+    pub starttls: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -200,6 +202,7 @@ impl Default for DeliveryConfig {
             max_age_secs: 5 * 86_400,
             timeout_secs: 60,
             mx_port: 25,
+            starttls: true,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -141,10 +141,16 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
                     })
             }
             Target::Hop(NextHop::Smtp { host, port }) => {
-                let helo = &relay.config.server.hostname;
-                match smtp_deliver(host, *port, helo, &envelope.mail_from, &addresses, &message, timeout)
-                    .await
-                {
+                let attempt = Attempt {
+                    host,
+                    port: *port,
+                    helo: &relay.config.server.hostname,
+                    mail_from: &envelope.mail_from,
+                    recipients: &addresses,
+                    message: &message,
+                    timeout,
+                };
+                match attempt.deliver(relay.tls_client()).await {
                     Ok(results) => results,
                     Err(e) => addresses
                         .iter()
@@ -295,7 +301,8 @@ async fn mx_deliver(
             last = format!("451 4.4.4 {host} has no address");
         }
         for address in addresses.iter().take(3) {
-            match smtp_deliver(address, port, helo, mail_from, recipients, message, timeout).await {
+            let attempt = Attempt { host: address, port, helo, mail_from, recipients, message, timeout };
+            match attempt.deliver(relay.tls_client()).await {
                 Ok(results) => return results,
                 Err(e) => last = format!("451 4.4.1 {host} [{address}]:{port}: {e}"),
             }
@@ -364,7 +371,7 @@ impl ServerReply {
     }
 }
 
-async fn read_reply(reader: &mut BufReader<TcpStream>, timeout: Duration) -> Result<ServerReply, String> {
+async fn read_reply<S: Wire>(reader: &mut BufReader<S>, timeout: Duration) -> Result<ServerReply, String> {
     let mut text = String::new();
     loop {
         let mut line = Vec::new();
@@ -391,8 +398,8 @@ async fn read_reply(reader: &mut BufReader<TcpStream>, timeout: Duration) -> Res
     }
 }
 
-async fn command(
-    stream: &mut BufReader<TcpStream>,
+async fn command<S: Wire>(
+    stream: &mut BufReader<S>,
     line: &str,
     timeout: Duration,
 ) -> Result<ServerReply, String> {
@@ -403,78 +410,224 @@ async fn command(
     read_reply(stream, timeout).await
 }
 
-/// Deliver one message to `recipients` through the SMTP server at `host:port`: each
-/// recipient's outcome, or why the session failed as a whole.
-pub async fn smtp_deliver(
-    host: &str,
-    port: u16,
-    helo: &str,
-    mail_from: &str,
-    recipients: &[String],
-    message: &[u8],
-    timeout: Duration,
-) -> Result<Vec<RcptResult>, String> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| "timed out connecting".to_string())?
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let mut s = BufReader::new(stream);
-    let all = |r: RcptResult| recipients.iter().map(|_| r.clone()).collect::<Vec<_>>();
-    let greeting = read_reply(&mut s, timeout).await?;
-    if greeting.code != 220 {
-        return Ok(all(greeting.result().into_failure()));
+/// Streams the client speaks SMTP over: TCP, then perhaps TLS.
+trait Wire: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Wire for T {}
+
+/// Why a delivery session ended without per-recipient answers.
+enum ClientError {
+    /// The TLS handshake after STARTTLS failed: try again in plaintext.
+    Tls(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl From<String> for ClientError {
+    fn from(e: String) -> Self {
+        ClientError::Other(e)
     }
-    let mut ehlo = command(&mut s, &format!("EHLO {helo}"), timeout).await?;
-    if ehlo.code != 250 {
-        ehlo = command(&mut s, &format!("HELO {helo}"), timeout).await?;
-        if ehlo.code != 250 {
-            return Ok(all(ehlo.result().into_failure()));
+}
+
+/// One delivery session to an SMTP next hop: each recipient's outcome, or why the session
+/// failed as a whole. With a TLS client, STARTTLS is used when the server offers it
+/// (opportunistic, RFC 3207 and 7435: the certificate is not checked); if the handshake
+/// fails the delivery is made again at once in plaintext.
+#[derive(Clone, Copy)]
+pub struct Attempt<'a> {
+    /// Next hop host (name or address).
+    pub host: &'a str,
+    /// Its port.
+    pub port: u16,
+    /// Our EHLO name.
+    pub helo: &'a str,
+    /// MAIL FROM.
+    pub mail_from: &'a str,
+    /// RCPT TO, in order.
+    pub recipients: &'a [String],
+    /// The message, CRLF line endings.
+    pub message: &'a [u8],
+    /// Per-command timeout.
+    pub timeout: Duration,
+}
+
+impl Attempt<'_> {
+    /// Run the session, falling back to plaintext when the TLS handshake fails.
+    pub async fn deliver(&self, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Vec<RcptResult>, String> {
+        match self.run(tls).await {
+            Ok(results) => Ok(results),
+            Err(ClientError::Tls(e)) => {
+                tracing::info!(host = self.host, port = self.port, error = %e, "TLS with the next hop failed; delivering in plaintext");
+                self.run(None).await.map_err(|e| match e {
+                    ClientError::Tls(e) | ClientError::Other(e) => e,
+                })
+            }
+            Err(ClientError::Other(e)) => Err(e),
         }
     }
-    let size = if ehlo.text.to_ascii_uppercase().contains("SIZE") {
-        format!(" SIZE={}", message.len())
-    } else {
-        String::new()
-    };
-    let mail = command(&mut s, &format!("MAIL FROM:<{mail_from}>{size}"), timeout).await?;
-    if mail.code != 250 {
-        let _ = command(&mut s, "QUIT", timeout).await;
-        return Ok(all(mail.result().into_failure()));
+}
+
+impl Attempt<'_> {
+    fn all(&self, r: RcptResult) -> Vec<RcptResult> {
+        self.recipients.iter().map(|_| r.clone()).collect()
     }
-    let mut results: Vec<Option<RcptResult>> = Vec::new();
-    for rcpt in recipients {
-        let r = command(&mut s, &format!("RCPT TO:<{rcpt}>"), timeout).await?;
-        results.push(if r.code == 250 || r.code == 251 { None } else { Some(r.result().into_failure()) });
-    }
-    if results.iter().all(Option::is_some) {
-        let _ = command(&mut s, "QUIT", timeout).await;
-        return Ok(results.into_iter().flatten().collect());
-    }
-    let data = command(&mut s, "DATA", timeout).await?;
-    if data.code != 354 {
-        let failure = data.result().into_failure();
-        return Ok(results.into_iter().map(|r| r.unwrap_or_else(|| failure.clone())).collect());
-    }
-    let mut payload = Vec::with_capacity(message.len() + 64);
-    for line in message.split_inclusive(|&b| b == b'\n') {
-        if line.first() == Some(&b'.') {
-            payload.push(b'.');
+
+    async fn run(&self, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Vec<RcptResult>, ClientError> {
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect((self.host, self.port)))
+            .await
+            .map_err(|_| "timed out connecting".to_string())?
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut s = BufReader::new(stream);
+        let greeting = read_reply(&mut s, self.timeout).await?;
+        if greeting.code != 220 {
+            return Ok(self.all(greeting.result().into_failure()));
         }
-        payload.extend_from_slice(line);
+        let ehlo = match self.hello(&mut s).await? {
+            Ok(ehlo) => ehlo,
+            Err(failure) => return Ok(failure),
+        };
+        // Reply lines are joined as "250-name 250-PIPELINING 250-STARTTLS 250 SIZE …".
+        let offers_tls = ehlo.text.split_whitespace().any(|w| {
+            w.trim_start_matches(|c: char| c.is_ascii_digit() || c == '-').eq_ignore_ascii_case("STARTTLS")
+        });
+        if let Some(connector) = tls.filter(|_| offers_tls) {
+            let answer = command(&mut s, "STARTTLS", self.timeout).await?;
+            if answer.code == 220 {
+                let name = rustls::pki_types::ServerName::try_from(self.host.to_string())
+                    .map_err(|e| ClientError::Tls(format!("server name: {e}")))?;
+                let handshake = connector.connect(name, s.into_inner());
+                let tls = match tokio::time::timeout(self.timeout, handshake).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return Err(ClientError::Tls(e.to_string())),
+                    Err(_) => return Err(ClientError::Tls("handshake timed out".into())),
+                };
+                let mut s = BufReader::new(tls);
+                let ehlo = match self.hello(&mut s).await? {
+                    Ok(ehlo) => ehlo,
+                    Err(failure) => return Ok(failure),
+                };
+                return Ok(self.transaction(&mut s, &ehlo).await?);
+            }
+            // Refused: carry on in plaintext, as opportunistic TLS does.
+        }
+        Ok(self.transaction(&mut s, &ehlo).await?)
     }
-    if !payload.ends_with(b"\r\n") {
-        payload.extend_from_slice(b"\r\n");
+
+    /// EHLO, falling back to HELO; the failure of every recipient when neither works.
+    async fn hello<S: Wire>(
+        &self,
+        s: &mut BufReader<S>,
+    ) -> Result<Result<ServerReply, Vec<RcptResult>>, String> {
+        let ehlo = command(s, &format!("EHLO {}", self.helo), self.timeout).await?;
+        if ehlo.code == 250 {
+            return Ok(Ok(ehlo));
+        }
+        let helo = command(s, &format!("HELO {}", self.helo), self.timeout).await?;
+        if helo.code == 250 { Ok(Ok(helo)) } else { Ok(Err(self.all(helo.result().into_failure()))) }
     }
-    payload.extend_from_slice(b".\r\n");
-    tokio::time::timeout(timeout.max(Duration::from_secs(60)), s.get_mut().write_all(&payload))
-        .await
-        .map_err(|_| "timed out sending the message".to_string())?
-        .map_err(|e| format!("connection error: {e}"))?;
-    let end = read_reply(&mut s, timeout.max(Duration::from_secs(600))).await?;
-    let _ = command(&mut s, "QUIT", timeout).await;
-    let outcome = end.result();
-    Ok(results.into_iter().map(|r| r.unwrap_or_else(|| outcome.clone())).collect())
+
+    async fn transaction<S: Wire>(
+        &self,
+        s: &mut BufReader<S>,
+        ehlo: &ServerReply,
+    ) -> Result<Vec<RcptResult>, String> {
+        let timeout = self.timeout;
+        let size = if ehlo.text.to_ascii_uppercase().contains("SIZE") {
+            format!(" SIZE={}", self.message.len())
+        } else {
+            String::new()
+        };
+        let mail = command(s, &format!("MAIL FROM:<{}>{size}", self.mail_from), timeout).await?;
+        if mail.code != 250 {
+            let _ = command(s, "QUIT", timeout).await;
+            return Ok(self.all(mail.result().into_failure()));
+        }
+        let mut results: Vec<Option<RcptResult>> = Vec::new();
+        for rcpt in self.recipients {
+            let r = command(s, &format!("RCPT TO:<{rcpt}>"), timeout).await?;
+            results.push(if r.code == 250 || r.code == 251 { None } else { Some(r.result().into_failure()) });
+        }
+        if results.iter().all(Option::is_some) {
+            let _ = command(s, "QUIT", timeout).await;
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let data = command(s, "DATA", timeout).await?;
+        if data.code != 354 {
+            let failure = data.result().into_failure();
+            return Ok(results.into_iter().map(|r| r.unwrap_or_else(|| failure.clone())).collect());
+        }
+        let mut payload = Vec::with_capacity(self.message.len() + 64);
+        for line in self.message.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                payload.push(b'.');
+            }
+            payload.extend_from_slice(line);
+        }
+        if !payload.ends_with(b"\r\n") {
+            payload.extend_from_slice(b"\r\n");
+        }
+        payload.extend_from_slice(b".\r\n");
+        tokio::time::timeout(timeout.max(Duration::from_secs(60)), s.get_mut().write_all(&payload))
+            .await
+            .map_err(|_| "timed out sending the message".to_string())?
+            .map_err(|e| format!("connection error: {e}"))?;
+        let end = read_reply(s, timeout.max(Duration::from_secs(600))).await?;
+        let _ = command(s, "QUIT", timeout).await;
+        let outcome = end.result();
+        Ok(results.into_iter().map(|r| r.unwrap_or_else(|| outcome.clone())).collect())
+    }
+}
+
+/// The TLS client for STARTTLS towards next hops. Opportunistic: it encrypts but does not
+/// authenticate the server (there is no MTA-STS or DANE yet), which still defeats passive
+/// eavesdropping.
+pub fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 impl RcptResult {

@@ -55,6 +55,8 @@ pub struct Relay {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// DNS, for policies, client names and MX resolution.
     pub dns: Arc<DnsResolver>,
+    /// TLS client for STARTTLS towards next hops (None: delivery stays in plaintext).
+    tls_client: Option<tokio_rustls::TlsConnector>,
     delivery: mpsc::UnboundedSender<String>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     users: Option<Arc<Users>>,
@@ -118,7 +120,13 @@ impl Relay {
             None => None,
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let tls_client = if config.delivery.starttls {
+            Some(crate::delivery::tls_connector().map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
         let relay = Relay {
+            tls_client,
             dns,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             tls,
@@ -133,6 +141,11 @@ impl Relay {
             per_ip: Mutex::new(HashMap::new()),
         };
         Ok((Arc::new(relay), rx))
+    }
+
+    /// The TLS client for next hops, when STARTTLS towards them is on.
+    pub fn tls_client(&self) -> Option<&tokio_rustls::TlsConnector> {
+        self.tls_client.as_ref()
     }
 
     /// Tell the delivery task about a newly queued message.

@@ -807,3 +807,37 @@ fn mx_resolution_and_its_failures() {
     assert!(dsn.contains("Final-Recipient: rfc822; d@gone.test") && dsn.contains("Status: 5.1.2"), "{dsn}");
     drop(dns);
 }
+
+#[test]
+fn delivery_uses_starttls_when_offered() {
+    let dir = temp_dir("hop-tls");
+    let sink_port = free_port();
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let (cert, key) = (support.join("relay-cert.pem"), support.join("relay-key.pem"));
+    let _sink =
+        sink(sink_port, &dir.join("sink"), &["--tls", &cert.to_string_lossy(), &key.to_string_lossy()]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')"
+        ),
+    );
+    wait_for("delivery", Duration::from_secs(20), || files(&dir.join("sink"), ".env").len() == 1);
+    let env = std::fs::read_to_string(&files(&dir.join("sink"), ".env")[0]).expect("env");
+    assert!(env.contains("\"tls\": true"), "{env}");
+
+    // A next hop whose TLS is broken still gets the mail, in plaintext, in the same attempt.
+    let dir = temp_dir("hop-broken-tls");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &["--broken-tls"]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    python(
+        r.port,
+        &format!("s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')"),
+    );
+    wait_for("delivery", Duration::from_secs(20), || files(&dir.join("sink"), ".env").len() == 1);
+    let env = std::fs::read_to_string(&files(&dir.join("sink"), ".env")[0]).expect("env");
+    assert!(env.contains("\"tls\": false"), "{env}");
+    assert!(log(&r.dir).contains("TLS with the next hop failed"), "{}", log(&r.dir));
+}

@@ -2,15 +2,19 @@
 """A next hop for the relay's tests: a small SMTP server that stores every message it accepts.
 
 Usage: sink.py PORT DIR [--tempfail-first N] [--reject-rcpt SUBSTRING] [--hang | --reset]
+                [--tls CERT KEY | --broken-tls]
 
 Each accepted message is written to DIR/<n>.eml with the envelope in DIR/<n>.env (JSON).
 --tempfail-first N answers 451 to DATA in the first N sessions (then recovers);
 --reject-rcpt S answers 550 to every RCPT whose address contains S;
---hang accepts connections and never says anything; --reset closes them at once.
+--hang accepts connections and never says anything; --reset closes them at once;
+--tls offers STARTTLS with that certificate (the envelope file then says "tls": true);
+--broken-tls offers STARTTLS and answers the handshake with garbage.
 """
 import json
 import os
 import socketserver
+import ssl
 import sys
 import threading
 
@@ -21,6 +25,12 @@ TEMPFAIL = int(args[args.index("--tempfail-first") + 1]) if "--tempfail-first" i
 REJECT = args[args.index("--reject-rcpt") + 1] if "--reject-rcpt" in args else None
 HANG = "--hang" in args
 RESET = "--reset" in args
+BROKEN_TLS = "--broken-tls" in args
+TLS = None
+if "--tls" in args:
+    i = args.index("--tls")
+    TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    TLS.load_cert_chain(args[i + 1], args[i + 2])
 lock = threading.Lock()
 state = {"sessions": 0, "stored": 0}
 os.makedirs(OUT, exist_ok=True)
@@ -41,7 +51,7 @@ class Handler(socketserver.StreamRequestHandler):
             state["sessions"] += 1
             session = state["sessions"]
         self.reply("220 sink.test ESMTP test sink")
-        mail_from, rcpts = None, []
+        mail_from, rcpts, secure = None, [], False
         while True:
             raw = self.rfile.readline()
             if not raw:
@@ -49,7 +59,19 @@ class Handler(socketserver.StreamRequestHandler):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             verb = line[:4].upper()
             if verb in ("EHLO", "HELO"):
-                self.reply("250-sink.test\r\n250-PIPELINING\r\n250 SIZE 100000000" if verb == "EHLO" else "250 sink.test")
+                starttls = "250-STARTTLS\r\n" if (TLS or BROKEN_TLS) and not secure else ""
+                self.reply("250-sink.test\r\n250-PIPELINING\r\n" + starttls + "250 SIZE 100000000" if verb == "EHLO" else "250 sink.test")
+            elif verb == "STAR" and BROKEN_TLS:
+                self.reply("220 go ahead")
+                self.wfile.write(b"this is not TLS\r\n")
+                self.wfile.flush()
+                return
+            elif verb == "STAR" and TLS and not secure:
+                self.reply("220 go ahead")
+                self.request = TLS.wrap_socket(self.request, server_side=True)
+                self.rfile = self.request.makefile("rb")
+                self.wfile = self.request.makefile("wb")
+                secure = True
             elif verb == "MAIL":
                 mail_from, rcpts = line[10:].strip().split(" ")[0].strip("<>"), []
                 self.reply("250 2.1.0 ok")
@@ -77,7 +99,7 @@ class Handler(socketserver.StreamRequestHandler):
                 with open(os.path.join(OUT, "%d.eml" % n), "wb") as f:
                     f.write(b"".join(data))
                 with open(os.path.join(OUT, "%d.env" % n), "w") as f:
-                    json.dump({"from": mail_from, "to": rcpts}, f)
+                    json.dump({"from": mail_from, "to": rcpts, "tls": secure}, f)
                 self.reply("250 2.0.0 stored as %d" % n)
             elif verb == "QUIT":
                 self.reply("221 bye")
