@@ -834,7 +834,9 @@ fn delivery_uses_starttls_when_offered() {
     let r = relay(&dir, free_port(), &inbound(sink_port));
     python(
         r.port,
-        &format!("s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')"),
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')"
+        ),
     );
     wait_for("delivery", Duration::from_secs(20), || files(&dir.join("sink"), ".env").len() == 1);
     let env = std::fs::read_to_string(&files(&dir.join("sink"), ".env")[0]).expect("env");
