@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
+# The relay tests drive the server with swaks too (its TLS needs Net::SSLeay).
+if ! command -v swaks >/dev/null || ! swaks --support 2>/dev/null | grep -q "TLS supported"; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update
+    $SUDO apt-get install -y --no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl
+fi
 if [ ! -d ../shared/corpus ]; then
     echo "scripts/test.sh: ../shared/corpus is missing; the tests read the shared mail corpus beside the repository" >&2
     exit 1
