@@ -792,7 +792,8 @@ impl Connection {
     /// Judge a complete message and queue it. Returns the reply and whether to stay open.
     async fn accept_message(&mut self, body: Vec<u8>) -> (crate::policy::Reply, bool) {
         let tenant = self.tenant.unwrap_or(0);
-        let parsed = Arc::new(ParsedMessage::parse(body.clone()));
+        // The parse keeps the raw bytes; the spool writes them from there (no second copy).
+        let parsed = Arc::new(ParsedMessage::parse(body));
         let result = self.stage(tenant, Stage::Data, StageInput::Message(&parsed)).await;
         let thresholds = self.relay.tenants[tenant].chain.settings.thresholds.clone();
         let transaction = std::mem::take(&mut self.transaction);
@@ -804,7 +805,7 @@ impl Connection {
             Outcome::Accept | Outcome::Quarantine => {
                 let store =
                     if judgement.outcome == Outcome::Quarantine { Store::Quarantine } else { Store::Queue };
-                match self.store(&judgement, &body, tenant, store).await {
+                match self.store(&judgement, parsed.raw(), tenant, store).await {
                     Ok(()) => reply(250, "2.0.0", &format!("Ok: queued as {id}")),
                     Err(e) => {
                         tracing::error!(id, error = %e, "cannot store the message in the spool");
