@@ -96,11 +96,6 @@ impl DataDecoder {
         self.too_big
     }
 
-    /// Size of the message as sent (after unstuffing).
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// The message.
     pub fn into_body(self) -> Vec<u8> {
         self.body

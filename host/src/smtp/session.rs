@@ -171,19 +171,9 @@ impl Session {
         self.relay_allowed = true;
     }
 
-    /// The authenticated user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.authenticated.as_deref()
-    }
-
     /// The greeting banner.
     pub fn banner(&self) -> Reply {
         Reply { code: 220, enhanced: None, text: format!("{} ESMTP Sluice", self.limits.hostname) }
-    }
-
-    /// HELO name, once given.
-    pub fn helo(&self) -> Option<&str> {
-        self.helo.as_deref()
     }
 
     /// MAIL FROM of the current transaction.
