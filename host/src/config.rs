@@ -190,6 +190,15 @@ pub struct DeliveryConfig {
     pub mx_port: u16,
     /// Use STARTTLS towards next hops that offer it (opportunistic; default on).
     pub starttls: bool,
+    /// Deliveries at a time to one destination (a next hop, or a domain's MX hosts); the
+    /// cached connections to it count too (20).
+    pub destination_concurrency: usize,
+    /// Deliveries at a time across all destinations (100).
+    pub max_deliveries: usize,
+    /// Seconds an idle connection to a next hop is kept for the next message (5; 0: no reuse).
+    pub connection_cache_secs: u64,
+    /// Transactions on one connection before it is closed (100).
+    pub connection_reuse_limit: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -203,6 +212,10 @@ impl Default for DeliveryConfig {
             timeout_secs: 60,
             mx_port: 25,
             starttls: true,
+            destination_concurrency: 20,
+            max_deliveries: 100,
+            connection_cache_secs: 5,
+            connection_reuse_limit: 100,
         }
     }
 }
@@ -284,7 +297,10 @@ impl Config {
         let error = |message: String| ConfigError { source_name: source_name.to_string(), message };
         let mut config: Config = toml::from_str(text).map_err(|e| error(describe_toml_error(text, &e)))?;
         config.base_dir = base_dir;
-        config.check().map_err(error)?;
+        config.check().map_err(|message| match key_line(text, &message) {
+            Some(line) => error(format!("line {line}: {message}")),
+            None => error(message),
+        })?;
         Ok(config)
     }
 
@@ -314,6 +330,12 @@ impl Config {
         }
         for (name, hop) in &self.delivery.next_hops {
             NextHop::parse(hop).map_err(|e| format!("delivery.next_hops.{name}: {e}"))?;
+        }
+        if self.delivery.destination_concurrency == 0 {
+            return Err("delivery.destination_concurrency: must be at least 1".into());
+        }
+        if self.delivery.max_deliveries == 0 {
+            return Err("delivery.max_deliveries: must be at least 1".into());
         }
         if self.delivery.retry_base_secs == 0 || self.delivery.retry_max_secs < self.delivery.retry_base_secs
         {
@@ -497,6 +519,39 @@ impl Cidr {
 }
 
 /// A toml error as "line L, column C: message" with the offending key when toml names it.
+/// The line of the key a check error names (its text up to the first `: `, such as
+/// `tenant[1] (example).policy[0].config.x`), found in the parsed document's spans.
+fn key_line(text: &str, message: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let path = message.split(": ").next()?.split(" /").next()?;
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut value: Option<&DeValue<'_>> = None;
+    let mut span = None;
+    for part in path.split('.') {
+        // `name[2] (label)`: the key, then an index into its array.
+        let part = part.split(" (").next().unwrap_or(part);
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if let Some(DeValue::Table(t)) = value {
+            table = t;
+        }
+        let (key, found) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        span = Some(key.span());
+        value = Some(found.get_ref());
+        if let Some(i) = index {
+            let DeValue::Array(items) = found.get_ref() else { break };
+            let item = items.get(i)?;
+            span = Some(item.span());
+            value = Some(item.get_ref());
+        }
+    }
+    let start = span?.start.min(text.len());
+    Some(text[..start].matches('\n').count() + 1)
+}
+
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     let message = error.message().trim().to_string();
     match error.span() {
@@ -528,6 +583,22 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = Config::parse("[server]\nhostnme = \"a\"\n", "x.toml", PathBuf::new()).unwrap_err();
         assert!(e.to_string().contains("hostnme"), "{e}");
+        // Errors found after parsing name the line too.
+        let base = "[server]\nhostname = \"relay.test\"\n[relay]\ntrusted_networks = [\"10.0.0.0/8\",\n  \"nonsense\"]\n";
+        let e = Config::parse(base, "x.toml", PathBuf::new()).unwrap_err().to_string();
+        assert!(e.contains("line 5: relay.trusted_networks[1]"), "{e}");
+        let tenants = "[[tenant]]\nname = \"a\"\nnext_hop = \"maildir:m\"\n\
+                       [[tenant]]\nname = \"b\"\nnext_hop = \"maildir:m\"\nfailure_mode = \"explode\"\n";
+        let e = Config::parse(tenants, "x.toml", PathBuf::new()).unwrap_err().to_string();
+        assert!(e.contains("line 7: tenant[1] (b).failure_mode"), "{e}");
+        let e = Config::parse(
+            "[delivery]\nmax_deliveries = 0\n[[tenant]]\nname = \"a\"\nnext_hop = \"maildir:m\"\n",
+            "x.toml",
+            PathBuf::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2: delivery.max_deliveries"), "{e}");
         let text = "[[tenant]]\nname = \"a\"\nnext_hop = \"nowhere\"\n";
         let e = Config::parse(text, "x.toml", PathBuf::new()).unwrap_err();
         assert!(e.to_string().contains("tenant[0] (a).next_hop"), "{e}");

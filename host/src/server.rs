@@ -121,7 +121,7 @@ impl Relay {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let tls_client = if config.delivery.starttls {
-            Some(crate::delivery::tls_connector().map_err(anyhow::Error::msg)?)
+            Some(crate::delivery::client::tls_connector().map_err(anyhow::Error::msg)?)
         } else {
             None
         };

@@ -843,3 +843,78 @@ fn delivery_uses_starttls_when_offered() {
     assert!(env.contains("\"tls\": false"), "{env}");
     assert!(log(&r.dir).contains("TLS with the next hop failed"), "{}", log(&r.dir));
 }
+
+/// The sink's counters: connections, transactions, most connections open at once.
+fn sink_stats(dir: &Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(dir.join("stats.json")).unwrap_or_default();
+    let field = |name: &str| {
+        text.split(&format!("\"{name}\": "))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("sessions"), field("transactions"), field("max_open"))
+}
+
+#[test]
+fn delivery_reuses_connections_pipelines_and_limits_concurrency() {
+    let dir = temp_dir("reuse");
+    let (fast, plain, closing) = (free_port(), free_port(), free_port());
+    // Each end of DATA takes 0.3 s, so queued messages overlap and the limit shows.
+    let _fast = sink(fast, &dir.join("fast"), &["--delay", "0.3"]);
+    let _plain = sink(plain, &dir.join("plain"), &["--no-pipelining"]);
+    // Drops each connection a moment after its transaction, while the relay still caches it.
+    let _closing = sink(closing, &dir.join("closing"), &["--close-after", "0.2"]);
+    let body = format!(
+        "[relay]\ntrusted_networks = []\n[delivery]\nretry_base_secs = 1\nretry_max_secs = 2\n\
+         destination_concurrency = 2\nconnection_cache_secs = 60\n\
+         [[tenant]]\nname = \"fast\"\ndomains = [\"fast.test\"]\nnext_hop = \"smtp:127.0.0.1:{fast}\"\n\
+         [[tenant]]\nname = \"plain\"\ndomains = [\"plain.test\"]\nnext_hop = \"smtp:127.0.0.1:{plain}\"\n\
+         [[tenant]]\nname = \"closing\"\ndomains = [\"closing.test\"]\nnext_hop = \"smtp:127.0.0.1:{closing}\"\n"
+    );
+    let r = relay(&dir, free_port(), &body);
+    python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\n\
+             for i in range(10):\n    assert s.sendmail('alice@remote.test', ['u%d@fast.test' % i, 'v%d@fast.test' % i], '{MESSAGE}') == {{}}\n\
+             s.quit()"
+        ),
+    );
+    wait_for("ten deliveries", Duration::from_secs(30), || files(&dir.join("fast"), ".eml").len() == 10);
+    let (connections, transactions, most_open) = sink_stats(&dir.join("fast"));
+    assert_eq!(transactions, 10);
+    assert_eq!(most_open, 2, "two deliveries at a time, no more");
+    assert!(connections <= 2, "connections were reused: {connections} for 10 messages");
+    for env in files(&dir.join("fast"), ".env") {
+        let env = std::fs::read_to_string(env).expect("env");
+        assert!(env.contains("\"pipelined\": true") && env.contains("fast.test\", \"v"), "{env}");
+    }
+
+    // One message at a time to `domain`, each delivered into `sink` before the next is sent.
+    let one_by_one = |domain: &str, sink: &Path, pause: Duration| {
+        for i in 0..3 {
+            python(
+                r.port,
+                &format!(
+                    "s = smtplib.SMTP('127.0.0.1', PORT)\n\
+                     assert s.sendmail('alice@remote.test', ['u{i}@{domain}'], '{MESSAGE}') == {{}}"
+                ),
+            );
+            wait_for("delivery", Duration::from_secs(20), || files(sink, ".eml").len() == i + 1);
+            std::thread::sleep(pause);
+        }
+    };
+    // Without PIPELINING, one command at a time; the connection is still reused.
+    one_by_one("plain.test", &dir.join("plain"), Duration::ZERO);
+    let env = std::fs::read_to_string(&files(&dir.join("plain"), ".env")[0]).expect("env");
+    assert!(env.contains("\"pipelined\": false"), "{env}");
+    assert_eq!(sink_stats(&dir.join("plain")).0, 1, "one connection for three messages");
+
+    // A cached connection the server dropped is replaced at once: no deferral, nothing lost.
+    one_by_one("closing.test", &dir.join("closing"), Duration::from_millis(500));
+    assert_eq!(sink_stats(&dir.join("closing")).0, 3);
+    assert!(!log(&r.dir).contains("delivery deferred"), "{}", log(&r.dir));
+    drop(r);
+}

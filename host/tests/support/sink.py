@@ -2,14 +2,20 @@
 """A next hop for the relay's tests: a small SMTP server that stores every message it accepts.
 
 Usage: sink.py PORT DIR [--tempfail-first N] [--reject-rcpt SUBSTRING] [--hang | --reset]
-                [--tls CERT KEY | --broken-tls]
+                [--tls CERT KEY | --broken-tls] [--delay SECONDS] [--no-pipelining]
+                [--close-after N]
 
-Each accepted message is written to DIR/<n>.eml with the envelope in DIR/<n>.env (JSON).
---tempfail-first N answers 451 to DATA in the first N sessions (then recovers);
+Each accepted message is written to DIR/<n>.eml with the envelope in DIR/<n>.env (JSON; "pipelined"
+says whether RCPT commands were already waiting when MAIL was read). DIR/stats.json counts
+connections, transactions and the most connections open at once.
+--tempfail-first N answers 451 to the first N DATA commands (then recovers);
 --reject-rcpt S answers 550 to every RCPT whose address contains S;
 --hang accepts connections and never says anything; --reset closes them at once;
 --tls offers STARTTLS with that certificate (the envelope file then says "tls": true);
---broken-tls offers STARTTLS and answers the handshake with garbage.
+--broken-tls offers STARTTLS and answers the handshake with garbage;
+--delay S waits S seconds before answering the end of DATA;
+--no-pipelining does not announce PIPELINING;
+--close-after N drops each connection, without a word, N seconds after its last transaction.
 """
 import json
 import os
@@ -17,6 +23,7 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
 
 args = sys.argv[1:]
 PORT = int(args[0])
@@ -26,14 +33,34 @@ REJECT = args[args.index("--reject-rcpt") + 1] if "--reject-rcpt" in args else N
 HANG = "--hang" in args
 RESET = "--reset" in args
 BROKEN_TLS = "--broken-tls" in args
+DELAY = float(args[args.index("--delay") + 1]) if "--delay" in args else 0.0
+PIPELINING = "--no-pipelining" not in args
+CLOSE_AFTER = float(args[args.index("--close-after") + 1]) if "--close-after" in args else None
 TLS = None
 if "--tls" in args:
     i = args.index("--tls")
     TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     TLS.load_cert_chain(args[i + 1], args[i + 2])
 lock = threading.Lock()
-state = {"sessions": 0, "stored": 0}
+state = {"sessions": 0, "stored": 0, "datas": 0, "open": 0, "max_open": 0, "transactions": 0}
 os.makedirs(OUT, exist_ok=True)
+
+
+def save_stats():
+    with open(os.path.join(OUT, "stats.tmp"), "w") as f:
+        json.dump({k: state[k] for k in ("sessions", "max_open", "open", "transactions")}, f)
+    os.replace(os.path.join(OUT, "stats.tmp"), os.path.join(OUT, "stats.json"))
+
+
+def waiting(sock, rfile):
+    """Whether more input is already here (buffered or on the socket), without blocking."""
+    sock.setblocking(False)
+    try:
+        return len(rfile.peek(1)) > 0
+    except (BlockingIOError, ssl.SSLWantReadError, OSError):
+        return False
+    finally:
+        sock.setblocking(True)
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -49,9 +76,19 @@ class Handler(socketserver.StreamRequestHandler):
             return
         with lock:
             state["sessions"] += 1
-            session = state["sessions"]
+            state["open"] += 1
+            state["max_open"] = max(state["max_open"], state["open"])
+            save_stats()
+        try:
+            self.session()
+        finally:
+            with lock:
+                state["open"] -= 1
+                save_stats()
+
+    def session(self):
         self.reply("220 sink.test ESMTP test sink")
-        mail_from, rcpts, secure = None, [], False
+        mail_from, rcpts, secure, pipelined = None, [], False, False
         while True:
             raw = self.rfile.readline()
             if not raw:
@@ -60,7 +97,8 @@ class Handler(socketserver.StreamRequestHandler):
             verb = line[:4].upper()
             if verb in ("EHLO", "HELO"):
                 starttls = "250-STARTTLS\r\n" if (TLS or BROKEN_TLS) and not secure else ""
-                self.reply("250-sink.test\r\n250-PIPELINING\r\n" + starttls + "250 SIZE 100000000" if verb == "EHLO" else "250 sink.test")
+                pipelining = "250-PIPELINING\r\n" if PIPELINING else ""
+                self.reply("250-sink.test\r\n" + pipelining + starttls + "250 SIZE 100000000" if verb == "EHLO" else "250 sink.test")
             elif verb == "STAR" and BROKEN_TLS:
                 self.reply("220 go ahead")
                 self.wfile.write(b"this is not TLS\r\n")
@@ -74,6 +112,7 @@ class Handler(socketserver.StreamRequestHandler):
                 secure = True
             elif verb == "MAIL":
                 mail_from, rcpts = line[10:].strip().split(" ")[0].strip("<>"), []
+                pipelined = waiting(self.request, self.rfile)
                 self.reply("250 2.1.0 ok")
             elif verb == "RCPT":
                 addr = line[8:].strip().strip("<>")
@@ -83,7 +122,10 @@ class Handler(socketserver.StreamRequestHandler):
                     rcpts.append(addr)
                     self.reply("250 2.1.5 ok")
             elif verb == "DATA":
-                if session <= TEMPFAIL:
+                with lock:
+                    state["datas"] += 1
+                    tempfail = state["datas"] <= TEMPFAIL
+                if tempfail:
                     self.reply("451 4.3.0 try again later")
                     continue
                 self.reply("354 go ahead")
@@ -93,14 +135,21 @@ class Handler(socketserver.StreamRequestHandler):
                     if not raw or raw == b".\r\n":
                         break
                     data.append(raw[1:] if raw.startswith(b"..") else raw)
+                if DELAY:
+                    time.sleep(DELAY)
                 with lock:
                     state["stored"] += 1
+                    state["transactions"] += 1
                     n = state["stored"]
+                    save_stats()
                 with open(os.path.join(OUT, "%d.eml" % n), "wb") as f:
                     f.write(b"".join(data))
                 with open(os.path.join(OUT, "%d.env" % n), "w") as f:
-                    json.dump({"from": mail_from, "to": rcpts, "tls": secure}, f)
+                    json.dump({"from": mail_from, "to": rcpts, "tls": secure, "pipelined": pipelined}, f)
                 self.reply("250 2.0.0 stored as %d" % n)
+                if CLOSE_AFTER is not None:
+                    time.sleep(CLOSE_AFTER)
+                    return
             elif verb == "QUIT":
                 self.reply("221 bye")
                 return

@@ -2,28 +2,29 @@
 //! bounces with an RFC 3464 delivery status notification.
 //!
 //! Routes, in order: a next hop a policy named (`[delivery.next_hops]`); the tenant's
-//! `next_hop` for its own domains; `[delivery.smarthost]` for every other domain. MX
-//! resolution is not built yet: without a smarthost, mail for other domains waits in the
-//! queue and is retried (then bounced when it expires).
+//! `next_hop` for its own domains; `[delivery.smarthost]` for every other domain; without a
+//! smarthost, the domain's MX hosts.
 //!
-//! The SMTP client is our own (about 150 lines): delivery needs every recipient's own reply
-//! to retry or bounce just that recipient, and it sends the spooled bytes verbatim with dot
-//! stuffing; the client crates in the ecosystem are made for message submission and answer
-//! per message, not per recipient.
+//! Each attempt groups a message's pending recipients by destination and delivers each group
+//! while holding a slot of that destination (`delivery.destination_concurrency`) and then one
+//! of the relay-wide slots (`delivery.max_deliveries`), in that order: a destination with a
+//! backlog waits on its own slots and never holds the relay-wide ones other destinations need.
+//! The SMTP client and its connection cache are in [`client`].
+
+pub mod client;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::NextHop;
 use crate::dns::MxAnswer;
 use crate::server::{Relay, rfc5322_date};
 use crate::spool::{self, QueuedMessage, QueuedRecipient, RecipientStatus, Store};
+use client::{Pool, Transaction};
 
 /// What a next hop said about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,14 +37,37 @@ pub enum RcptResult {
     Permanent(String),
 }
 
+/// What deliveries share: the connection pool and the relay-wide delivery slots.
+pub struct Outbound {
+    /// Connections to SMTP next hops.
+    pub pool: Pool,
+    slots: Arc<Semaphore>,
+}
+
+impl Outbound {
+    /// From the relay's `[delivery]` settings.
+    pub fn new(relay: &Relay) -> Self {
+        let config = &relay.config.delivery;
+        let pool = Pool::new(client::Settings {
+            helo: relay.config.server.hostname.clone(),
+            timeout: Duration::from_secs(config.timeout_secs),
+            tls: relay.tls_client().cloned(),
+            idle: Duration::from_secs(config.connection_cache_secs),
+            reuse_limit: config.connection_reuse_limit,
+            per_destination: config.destination_concurrency,
+        });
+        Self { pool, slots: Arc::new(Semaphore::new(config.max_deliveries.max(1))) }
+    }
+}
+
 /// Run delivery until the process ends: everything in the spool at start, then each new id
 /// from `new_ids`, and a rescan of the spool every few seconds (which picks up `sluice queue
 /// flush` and messages released from quarantine).
 pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>) {
+    let outbound = Arc::new(Outbound::new(&relay));
     let mut due: BTreeMap<(u64, String), ()> = BTreeMap::new();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<u64>)>();
-    let slots = Arc::new(Semaphore::new(32));
     let mut rescan = tokio::time::interval(Duration::from_secs(5));
     loop {
         let now = spool::now_secs();
@@ -64,6 +88,8 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
                         if !in_flight.contains(&m.id) { due.insert((m.next_attempt, m.id), ()); }
                     }
                 }
+                let outbound = outbound.clone();
+                tokio::spawn(async move { outbound.pool.close_idle().await });
             }
             _ = tokio::time::sleep(Duration::from_secs(sleep)) => {}
         }
@@ -78,11 +104,10 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
                 continue;
             }
             let relay = relay.clone();
+            let outbound = outbound.clone();
             let done = done_tx.clone();
-            let slots = slots.clone();
             tokio::spawn(async move {
-                let _slot = slots.acquire_owned().await;
-                let next = attempt(&relay, &id).await;
+                let next = attempt(&relay, &outbound, &id).await;
                 let _ = done.send((id, next));
             });
         }
@@ -90,17 +115,12 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
 }
 
 /// One delivery attempt of a queued message. Returns when to try again, if ever.
-pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
+pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64> {
     let spool = relay.spool.clone();
     let owned = id.to_string();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let envelope = spool.envelope(Store::Queue, &owned)?;
-        let message = spool.message(Store::Queue, &owned)?;
-        Ok::<_, std::io::Error>((envelope, message))
-    })
-    .await;
-    let (mut envelope, message) = match loaded {
-        Ok(Ok(pair)) => pair,
+    let loaded = tokio::task::spawn_blocking(move || spool.envelope(Store::Queue, &owned)).await;
+    let mut envelope = match loaded {
+        Ok(Ok(envelope)) => envelope,
         // Deleted meanwhile (delivered, or removed by an operator).
         _ => return None,
     };
@@ -117,15 +137,31 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
             groups.entry(route(relay, &envelope, &r.address)).or_default().push(i);
         }
     }
-    let timeout = Duration::from_secs(config.timeout_secs);
+    // The message is read once, when the first group gets its slots.
+    let mut message: Option<Arc<Vec<u8>>> = None;
     for (hop, indices) in groups {
         let addresses: Vec<String> =
             indices.iter().map(|i| envelope.recipients[*i].address.clone()).collect();
-        let results = match &hop {
-            Target::Mx(domain) => {
-                let message = &message;
-                mx_deliver(relay, domain, &envelope.mail_from, &addresses, message, timeout).await
+        let _destination = match hop.destination() {
+            Some(name) => outbound.pool.permit(&name).await,
+            None => None,
+        };
+        let _slot = outbound.slots.clone().acquire_owned().await;
+        let message = match &message {
+            Some(m) => m.clone(),
+            None => {
+                let spool = relay.spool.clone();
+                let owned = id.to_string();
+                match tokio::task::spawn_blocking(move || spool.message(Store::Queue, &owned)).await {
+                    Ok(Ok(bytes)) => message.insert(Arc::new(bytes)).clone(),
+                    // Deleted meanwhile.
+                    _ => return None,
+                }
             }
+        };
+        let tx = Transaction { mail_from: &envelope.mail_from, recipients: &addresses, message: &message };
+        let results = match &hop {
+            Target::Mx(domain) => mx_deliver(relay, outbound, domain, &tx).await,
             Target::Hop(NextHop::Maildir(path)) => {
                 let dir = relay.config.resolve(path);
                 let message = message.clone();
@@ -141,20 +177,11 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
                     })
             }
             Target::Hop(NextHop::Smtp { host, port }) => {
-                let attempt = Attempt {
-                    host,
-                    port: *port,
-                    helo: &relay.config.server.hostname,
-                    mail_from: &envelope.mail_from,
-                    recipients: &addresses,
-                    message: &message,
-                    timeout,
-                };
-                match attempt.deliver(relay.tls_client()).await {
+                match outbound.pool.deliver(host, *port, &tx).await {
                     Ok(results) => results,
                     Err(e) => addresses
                         .iter()
-                        .map(|_| RcptResult::Transient(format!("{host}:{port}: {e}")))
+                        .map(|_| RcptResult::Transient(format!("451 4.4.1 {host}:{port}: {e}")))
                         .collect(),
                 }
             }
@@ -208,9 +235,19 @@ pub async fn attempt(relay: &Relay, id: &str) -> Option<u64> {
             r.last_reply = Some(format!("[bounced] {}", r.last_reply.clone().unwrap_or_default()));
         }
     }
+    if !newly_failed.is_empty() && !envelope.mail_from.is_empty() && message.is_none() {
+        let spool = relay.spool.clone();
+        let owned = id.to_string();
+        if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || spool.message(Store::Queue, &owned)).await
+        {
+            message = Some(Arc::new(bytes));
+        }
+    }
     if !newly_failed.is_empty()
         && !envelope.mail_from.is_empty()
-        && let Err(e) = queue_bounce(relay, &envelope, &newly_failed, &message).await
+        && let Err(e) =
+            queue_bounce(relay, &envelope, &newly_failed, message.as_deref().map_or(&[][..], |m| &m[..]))
+                .await
     {
         tracing::error!(id = %envelope.id, error = %e, "cannot queue the delivery status notification");
     }
@@ -245,6 +282,17 @@ enum Target {
     Mx(String),
 }
 
+impl Target {
+    /// The name its concurrency limit goes by (Maildir delivery has none).
+    fn destination(&self) -> Option<String> {
+        match self {
+            Target::Hop(NextHop::Smtp { host, port }) => Some(format!("{host}:{port}")),
+            Target::Hop(NextHop::Maildir(_)) => None,
+            Target::Mx(domain) => Some(format!("mx:{domain}")),
+        }
+    }
+}
+
 fn route(relay: &Relay, envelope: &QueuedMessage, address: &str) -> Target {
     let config = &relay.config.delivery;
     if let Some(name) = &envelope.route {
@@ -268,13 +316,11 @@ fn route(relay: &Relay, envelope: &QueuedMessage, address: &str) -> Target {
 /// is transient.
 async fn mx_deliver(
     relay: &Relay,
+    outbound: &Outbound,
     domain: &str,
-    mail_from: &str,
-    recipients: &[String],
-    message: &[u8],
-    timeout: Duration,
+    tx: &Transaction<'_>,
 ) -> Vec<RcptResult> {
-    let all = |r: RcptResult| recipients.iter().map(|_| r.clone()).collect::<Vec<_>>();
+    let all = |r: RcptResult| tx.recipients.iter().map(|_| r.clone()).collect::<Vec<_>>();
     let hosts = match relay.dns.mx(domain).await {
         Ok(MxAnswer::Hosts(hosts)) => hosts,
         Ok(MxAnswer::Implicit) => vec![domain.to_string()],
@@ -286,7 +332,6 @@ async fn mx_deliver(
         }
         Err(e) => return all(RcptResult::Transient(format!("451 4.4.3 MX lookup for {domain} failed: {e}"))),
     };
-    let helo = &relay.config.server.hostname;
     let port = relay.config.delivery.mx_port;
     let mut last = format!("451 4.4.1 no mail exchanger of {domain} answered");
     for host in hosts.iter().take(5) {
@@ -301,8 +346,7 @@ async fn mx_deliver(
             last = format!("451 4.4.4 {host} has no address");
         }
         for address in addresses.iter().take(3) {
-            let attempt = Attempt { host: address, port, helo, mail_from, recipients, message, timeout };
-            match attempt.deliver(relay.tls_client()).await {
+            match outbound.pool.deliver(address, port, tx).await {
                 Ok(results) => return results,
                 Err(e) => last = format!("451 4.4.1 {host} [{address}]:{port}: {e}"),
             }
@@ -353,291 +397,6 @@ fn maildir_one(root: &Path, mail_from: &str, rcpt: &str, message: &[u8]) -> std:
     std::fs::rename(&tmp, &target)?;
     spool::sync_dir(&dir.join("new"))?;
     Ok(target)
-}
-
-/// A reply from an SMTP server: code and the full text.
-struct ServerReply {
-    code: u16,
-    text: String,
-}
-
-impl ServerReply {
-    fn result(self) -> RcptResult {
-        match self.code {
-            200..=399 => RcptResult::Delivered(self.text),
-            400..=499 => RcptResult::Transient(self.text),
-            _ => RcptResult::Permanent(self.text),
-        }
-    }
-}
-
-async fn read_reply<S: Wire>(reader: &mut BufReader<S>, timeout: Duration) -> Result<ServerReply, String> {
-    let mut text = String::new();
-    loop {
-        let mut line = Vec::new();
-        let n = tokio::time::timeout(timeout, reader.read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| "timed out waiting for a reply".to_string())?
-            .map_err(|e| format!("connection error: {e}"))?;
-        if n == 0 {
-            return Err("connection closed".into());
-        }
-        if line.len() > 4096 {
-            return Err("reply line too long".into());
-        }
-        let line = String::from_utf8_lossy(&line).trim_end().to_string();
-        let code: u16 =
-            line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| format!("malformed reply {line:?}"))?;
-        if !text.is_empty() {
-            text.push(' ');
-        }
-        text.push_str(&line);
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(ServerReply { code, text });
-        }
-    }
-}
-
-async fn command<S: Wire>(
-    stream: &mut BufReader<S>,
-    line: &str,
-    timeout: Duration,
-) -> Result<ServerReply, String> {
-    tokio::time::timeout(timeout, stream.get_mut().write_all(format!("{line}\r\n").as_bytes()))
-        .await
-        .map_err(|_| "timed out sending".to_string())?
-        .map_err(|e| format!("connection error: {e}"))?;
-    read_reply(stream, timeout).await
-}
-
-/// Streams the client speaks SMTP over: TCP, then perhaps TLS.
-trait Wire: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Wire for T {}
-
-/// Why a delivery session ended without per-recipient answers.
-enum ClientError {
-    /// The TLS handshake after STARTTLS failed: try again in plaintext.
-    Tls(String),
-    /// Anything else.
-    Other(String),
-}
-
-impl From<String> for ClientError {
-    fn from(e: String) -> Self {
-        ClientError::Other(e)
-    }
-}
-
-/// One delivery session to an SMTP next hop: each recipient's outcome, or why the session
-/// failed as a whole. With a TLS client, STARTTLS is used when the server offers it
-/// (opportunistic, RFC 3207 and 7435: the certificate is not checked); if the handshake
-/// fails the delivery is made again at once in plaintext.
-#[derive(Clone, Copy)]
-pub struct Attempt<'a> {
-    /// Next hop host (name or address).
-    pub host: &'a str,
-    /// Its port.
-    pub port: u16,
-    /// Our EHLO name.
-    pub helo: &'a str,
-    /// MAIL FROM.
-    pub mail_from: &'a str,
-    /// RCPT TO, in order.
-    pub recipients: &'a [String],
-    /// The message, CRLF line endings.
-    pub message: &'a [u8],
-    /// Per-command timeout.
-    pub timeout: Duration,
-}
-
-impl Attempt<'_> {
-    /// Run the session, falling back to plaintext when the TLS handshake fails.
-    pub async fn deliver(&self, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Vec<RcptResult>, String> {
-        match self.run(tls).await {
-            Ok(results) => Ok(results),
-            Err(ClientError::Tls(e)) => {
-                tracing::info!(host = self.host, port = self.port, error = %e, "TLS with the next hop failed; delivering in plaintext");
-                self.run(None).await.map_err(|e| match e {
-                    ClientError::Tls(e) | ClientError::Other(e) => e,
-                })
-            }
-            Err(ClientError::Other(e)) => Err(e),
-        }
-    }
-}
-
-impl Attempt<'_> {
-    fn all(&self, r: RcptResult) -> Vec<RcptResult> {
-        self.recipients.iter().map(|_| r.clone()).collect()
-    }
-
-    async fn run(&self, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Vec<RcptResult>, ClientError> {
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect((self.host, self.port)))
-            .await
-            .map_err(|_| "timed out connecting".to_string())?
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let mut s = BufReader::new(stream);
-        let greeting = read_reply(&mut s, self.timeout).await?;
-        if greeting.code != 220 {
-            return Ok(self.all(greeting.result().into_failure()));
-        }
-        let ehlo = match self.hello(&mut s).await? {
-            Ok(ehlo) => ehlo,
-            Err(failure) => return Ok(failure),
-        };
-        // Reply lines are joined as "250-name 250-PIPELINING 250-STARTTLS 250 SIZE …".
-        let offers_tls = ehlo.text.split_whitespace().any(|w| {
-            w.trim_start_matches(|c: char| c.is_ascii_digit() || c == '-').eq_ignore_ascii_case("STARTTLS")
-        });
-        if let Some(connector) = tls.filter(|_| offers_tls) {
-            let answer = command(&mut s, "STARTTLS", self.timeout).await?;
-            if answer.code == 220 {
-                let name = rustls::pki_types::ServerName::try_from(self.host.to_string())
-                    .map_err(|e| ClientError::Tls(format!("server name: {e}")))?;
-                let handshake = connector.connect(name, s.into_inner());
-                let tls = match tokio::time::timeout(self.timeout, handshake).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return Err(ClientError::Tls(e.to_string())),
-                    Err(_) => return Err(ClientError::Tls("handshake timed out".into())),
-                };
-                let mut s = BufReader::new(tls);
-                let ehlo = match self.hello(&mut s).await? {
-                    Ok(ehlo) => ehlo,
-                    Err(failure) => return Ok(failure),
-                };
-                return Ok(self.transaction(&mut s, &ehlo).await?);
-            }
-            // Refused: carry on in plaintext, as opportunistic TLS does.
-        }
-        Ok(self.transaction(&mut s, &ehlo).await?)
-    }
-
-    /// EHLO, falling back to HELO; the failure of every recipient when neither works.
-    async fn hello<S: Wire>(
-        &self,
-        s: &mut BufReader<S>,
-    ) -> Result<Result<ServerReply, Vec<RcptResult>>, String> {
-        let ehlo = command(s, &format!("EHLO {}", self.helo), self.timeout).await?;
-        if ehlo.code == 250 {
-            return Ok(Ok(ehlo));
-        }
-        let helo = command(s, &format!("HELO {}", self.helo), self.timeout).await?;
-        if helo.code == 250 { Ok(Ok(helo)) } else { Ok(Err(self.all(helo.result().into_failure()))) }
-    }
-
-    async fn transaction<S: Wire>(
-        &self,
-        s: &mut BufReader<S>,
-        ehlo: &ServerReply,
-    ) -> Result<Vec<RcptResult>, String> {
-        let timeout = self.timeout;
-        let size = if ehlo.text.to_ascii_uppercase().contains("SIZE") {
-            format!(" SIZE={}", self.message.len())
-        } else {
-            String::new()
-        };
-        let mail = command(s, &format!("MAIL FROM:<{}>{size}", self.mail_from), timeout).await?;
-        if mail.code != 250 {
-            let _ = command(s, "QUIT", timeout).await;
-            return Ok(self.all(mail.result().into_failure()));
-        }
-        let mut results: Vec<Option<RcptResult>> = Vec::new();
-        for rcpt in self.recipients {
-            let r = command(s, &format!("RCPT TO:<{rcpt}>"), timeout).await?;
-            results.push(if r.code == 250 || r.code == 251 { None } else { Some(r.result().into_failure()) });
-        }
-        if results.iter().all(Option::is_some) {
-            let _ = command(s, "QUIT", timeout).await;
-            return Ok(results.into_iter().flatten().collect());
-        }
-        let data = command(s, "DATA", timeout).await?;
-        if data.code != 354 {
-            let failure = data.result().into_failure();
-            return Ok(results.into_iter().map(|r| r.unwrap_or_else(|| failure.clone())).collect());
-        }
-        let mut payload = Vec::with_capacity(self.message.len() + 64);
-        for line in self.message.split_inclusive(|&b| b == b'\n') {
-            if line.first() == Some(&b'.') {
-                payload.push(b'.');
-            }
-            payload.extend_from_slice(line);
-        }
-        if !payload.ends_with(b"\r\n") {
-            payload.extend_from_slice(b"\r\n");
-        }
-        payload.extend_from_slice(b".\r\n");
-        tokio::time::timeout(timeout.max(Duration::from_secs(60)), s.get_mut().write_all(&payload))
-            .await
-            .map_err(|_| "timed out sending the message".to_string())?
-            .map_err(|e| format!("connection error: {e}"))?;
-        let end = read_reply(s, timeout.max(Duration::from_secs(600))).await?;
-        let _ = command(s, "QUIT", timeout).await;
-        let outcome = end.result();
-        Ok(results.into_iter().map(|r| r.unwrap_or_else(|| outcome.clone())).collect())
-    }
-}
-
-/// The TLS client for STARTTLS towards next hops. Opportunistic: it encrypts but does not
-/// authenticate the server (there is no MTA-STS or DANE yet), which still defeats passive
-/// eavesdropping.
-pub fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl RcptResult {
-    /// A success where a failure was expected (an odd code) counts as transient.
-    fn into_failure(self) -> RcptResult {
-        match self {
-            RcptResult::Delivered(text) => RcptResult::Transient(format!("unexpected reply: {text}")),
-            other => other,
-        }
-    }
 }
 
 /// Queue an RFC 3464 delivery status notification to the sender of `original` for the
