@@ -12,6 +12,13 @@ use crate::policy::decision::Verdict;
 /// Calls and total microseconds per (tenant, policy, verdict).
 type PolicyCounters = BTreeMap<(String, String, String), (u64, u64)>;
 
+/// Upper bounds, in microseconds, of the policy latency histogram's buckets.
+const LATENCY_BUCKETS_MICROS: [u64; 14] =
+    [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 250_000, 1_000_000];
+
+/// Per (tenant, policy): calls per bucket (the last one past every bound), total microseconds.
+type LatencyHistograms = BTreeMap<(String, String), ([u64; LATENCY_BUCKETS_MICROS.len() + 1], u64)>;
+
 /// The relay's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -20,6 +27,7 @@ pub struct Metrics {
     transactions: Mutex<BTreeMap<String, u64>>,
     /// (tenant, policy, verdict) → (count, total microseconds).
     policies: Mutex<PolicyCounters>,
+    latency: Mutex<LatencyHistograms>,
     deliveries: Mutex<BTreeMap<String, u64>>,
     queued: AtomicI64,
 }
@@ -59,6 +67,14 @@ impl Metrics {
                 map.entry((tenant.to_string(), run.policy.clone(), verdict.to_string())).or_insert((0, 0));
             entry.0 += 1;
             entry.1 += run.micros;
+        }
+        drop(map);
+        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        for run in &result.runs {
+            let (buckets, sum) = latency.entry((tenant.to_string(), run.policy.clone())).or_default();
+            let bucket = LATENCY_BUCKETS_MICROS.iter().position(|b| run.micros <= *b);
+            buckets[bucket.unwrap_or(LATENCY_BUCKETS_MICROS.len())] += 1;
+            *sum += run.micros;
         }
     }
 
@@ -103,6 +119,29 @@ impl Metrics {
             );
             out.push_str(&format!("sluice_policy_calls_total{{{labels}}} {n}\n"));
             out.push_str(&format!("sluice_policy_seconds_total{{{labels}}} {:.6}\n", *micros as f64 / 1e6));
+        }
+        out.push_str("# TYPE sluice_policy_duration_seconds histogram\n");
+        for ((tenant, policy), (buckets, micros)) in
+            self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            let labels = format!("tenant=\"{}\",policy=\"{}\"", label(tenant), label(policy));
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS_MICROS.iter().zip(buckets) {
+                cumulative += n;
+                let le = *bound as f64 / 1e6;
+                out.push_str(&format!(
+                    "sluice_policy_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}\n"
+                ));
+            }
+            cumulative += buckets[LATENCY_BUCKETS_MICROS.len()];
+            out.push_str(&format!(
+                "sluice_policy_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n"
+            ));
+            out.push_str(&format!(
+                "sluice_policy_duration_seconds_sum{{{labels}}} {:.6}\n",
+                *micros as f64 / 1e6
+            ));
+            out.push_str(&format!("sluice_policy_duration_seconds_count{{{labels}}} {cumulative}\n"));
         }
         out.push_str("# TYPE sluice_delivery_attempts_total counter\n");
         for (result, n) in self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).iter() {

@@ -636,6 +636,8 @@ fn metrics_and_json_logs() {
         "sluice_connections_active 0",
         "sluice_transactions_total{outcome=\"accept\"} 1",
         "sluice_policy_calls_total{tenant=\"example\",policy=\"probe\",verdict=\"continue\"}",
+        "sluice_policy_duration_seconds_bucket{tenant=\"example\",policy=\"probe\",le=\"+Inf\"}",
+        "sluice_policy_duration_seconds_count{tenant=\"example\",policy=\"probe\"}",
         "sluice_queue_messages 0",
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
