@@ -545,41 +545,118 @@ const PHISH_PHRASES: &[&str] = &[
     "log in to your account",
 ];
 
-fn count_phrases(haystack: &str, phrases: &[&str]) -> Vec<String> {
-    let found = present(haystack, phrases.len(), |i| phrases[i]);
+/// Most phrases in one list.
+const MAX_PHRASES: usize = 256;
+
+/// A phrase list's positions grouped by first byte, built at compile time: the phrases
+/// starting with byte `b` are `order[start[b]..start[b + 1]]`.
+struct PhraseIndex {
+    start: [u16; 257],
+    order: [u16; MAX_PHRASES],
+}
+
+/// First byte of each phrase (-1 for an empty one).
+const fn first_bytes(list: &[&str]) -> [i16; MAX_PHRASES] {
+    assert!(list.len() <= MAX_PHRASES, "phrase list too long");
+    let mut first = [-1i16; MAX_PHRASES];
+    let mut i = 0;
+    while i < list.len() {
+        let bytes = list[i].as_bytes();
+        if !bytes.is_empty() {
+            first[i] = bytes[0] as i16;
+        }
+        i += 1;
+    }
+    first
+}
+
+const fn first_bytes_scored(list: &[(&str, f64)]) -> [i16; MAX_PHRASES] {
+    assert!(list.len() <= MAX_PHRASES, "phrase list too long");
+    let mut first = [-1i16; MAX_PHRASES];
+    let mut i = 0;
+    while i < list.len() {
+        let bytes = list[i].0.as_bytes();
+        if !bytes.is_empty() {
+            first[i] = bytes[0] as i16;
+        }
+        i += 1;
+    }
+    first
+}
+
+const fn build_index(first: [i16; MAX_PHRASES]) -> PhraseIndex {
+    let mut start = [0u16; 257];
+    let mut i = 0;
+    while i < MAX_PHRASES {
+        if first[i] >= 0 {
+            start[first[i] as usize + 1] += 1;
+        }
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        start[b + 1] += start[b];
+        b += 1;
+    }
+    let mut next = start;
+    let mut order = [0u16; MAX_PHRASES];
+    i = 0;
+    while i < MAX_PHRASES {
+        if first[i] >= 0 {
+            let b = first[i] as usize;
+            order[next[b] as usize] = i as u16;
+            next[b] += 1;
+        }
+        i += 1;
+    }
+    PhraseIndex { start, order }
+}
+
+const fn index(list: &[&str]) -> PhraseIndex {
+    build_index(first_bytes(list))
+}
+
+static SUBJ_MONEY_INDEX: PhraseIndex = index(SUBJ_MONEY);
+static SUBJ_URGENCY_INDEX: PhraseIndex = index(SUBJ_URGENCY);
+static SPAM_PHRASES_INDEX: PhraseIndex = build_index(first_bytes_scored(SPAM_PHRASES));
+static REMOVE_PHRASES_INDEX: PhraseIndex = index(REMOVE_PHRASES);
+static COMPLIANCE_PHRASES_INDEX: PhraseIndex = index(COMPLIANCE_PHRASES);
+static ADVANCE_FEE_PHRASES_INDEX: PhraseIndex = index(ADVANCE_FEE_PHRASES);
+static PHARMA_PHRASES_INDEX: PhraseIndex = index(PHARMA_PHRASES);
+static PHISH_PHRASES_INDEX: PhraseIndex = index(PHISH_PHRASES);
+const TOLL_FREE: &[&str] =
+    &["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
+static TOLL_FREE_INDEX: PhraseIndex = index(TOLL_FREE);
+
+fn count_phrases(haystack: &str, phrases: &[&str], index: &PhraseIndex) -> Vec<String> {
+    let found = present(haystack, phrases.len(), index, |i| phrases[i]);
     phrases.iter().zip(found).filter(|(_, hit)| *hit).map(|(p, _)| p.to_string()).collect()
 }
 
-/// Which of the `count` phrases (`phrase(i)`) occur in `haystack`: `str::contains` for each,
-/// in one pass over the haystack instead of one per phrase. Phrases are bucketed by first
-/// byte, so each position is compared only with the phrases that could start there.
-fn present<'p>(haystack: &str, count: usize, phrase: impl Fn(usize) -> &'p str) -> Vec<bool> {
-    let mut start = [0usize; 257];
-    for i in 0..count {
-        if let Some(&b) = phrase(i).as_bytes().first() {
-            start[usize::from(b) + 1] += 1;
-        }
-    }
-    for b in 0..256 {
-        start[b + 1] += start[b];
-    }
-    let mut next = start;
-    let mut order = vec![0usize; start[256]];
-    for i in 0..count {
-        if let Some(&b) = phrase(i).as_bytes().first() {
-            order[next[usize::from(b)]] = i;
-            next[usize::from(b)] += 1;
-        }
-    }
+/// Which of the `count` phrases (`phrase(i)`, indexed by `index`) occur in `haystack`:
+/// `str::contains` for each, in one pass over the haystack instead of one per phrase, each
+/// position compared only with the phrases that start with its byte.
+fn present<'p>(
+    haystack: &str,
+    count: usize,
+    index: &PhraseIndex,
+    phrase: impl Fn(usize) -> &'p str,
+) -> Vec<bool> {
     let mut found = vec![false; count];
-    let mut missing = start[256];
+    let mut missing = usize::from(index.start[256]);
     let bytes = haystack.as_bytes();
     for (at, &b) in bytes.iter().enumerate() {
         if missing == 0 {
             break;
         }
+        let (from, to) =
+            (usize::from(index.start[usize::from(b)]), usize::from(index.start[usize::from(b) + 1]));
+        if from == to {
+            continue;
+        }
         let rest = &bytes[at..];
-        for &i in &order[start[usize::from(b)]..start[usize::from(b) + 1]] {
+        for &i in &index.order[from..to] {
+            let i = usize::from(i);
             let p = phrase(i).as_bytes();
             // Second byte first: most candidates fail there, without a call to memcmp.
             if !found[i] && rest.len() >= p.len() && (p.len() < 2 || rest[1] == p[1]) && rest.starts_with(p) {
@@ -995,13 +1072,13 @@ fn subject_rules(input: &Input, hits: &mut Hits) {
     } else if subject.trim_end().ends_with('!') {
         hits.add("SUBJ_EXCLAIM", 0.4, None);
     }
-    let money = count_phrases(&lower, SUBJ_MONEY);
+    let money = count_phrases(&lower, SUBJ_MONEY, &SUBJ_MONEY_INDEX);
     let dollar = lower.contains('$') && lower.chars().any(|c| c.is_ascii_digit());
     if !money.is_empty() || dollar {
         let n = money.len() + usize::from(dollar);
         hits.add("SUBJ_MONEY", (1.0 + 0.5 * (n as f64 - 1.0)).min(2.0), money.join(","));
     }
-    let urgency = count_phrases(&lower, SUBJ_URGENCY);
+    let urgency = count_phrases(&lower, SUBJ_URGENCY, &SUBJ_URGENCY_INDEX);
     if !urgency.is_empty() {
         hits.add("SUBJ_URGENCY", 1.5, urgency.join(","));
     }
@@ -1120,7 +1197,7 @@ fn link_rules(input: &Input, text: &str, hits: &mut Hits) {
 }
 
 fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
-    let hit = present(lower, SPAM_PHRASES.len(), |i| SPAM_PHRASES[i].0);
+    let hit = present(lower, SPAM_PHRASES.len(), &SPAM_PHRASES_INDEX, |i| SPAM_PHRASES[i].0);
     let found: Vec<(&str, f64)> =
         SPAM_PHRASES.iter().zip(hit).filter(|(_, hit)| *hit).map(|(phrase, _)| *phrase).collect();
     if !found.is_empty() {
@@ -1128,7 +1205,7 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
         let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
         hits.add("BODY_SPAM_PHRASES", total.min(3.5), names.join(","));
     }
-    let remove = count_phrases(lower, REMOVE_PHRASES);
+    let remove = count_phrases(lower, REMOVE_PHRASES, &REMOVE_PHRASES_INDEX);
     if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
         // Bulk mail that also offers the standard one-click way out (RFC 2369/8058 List-
         // Unsubscribe, which large receivers require of bulk senders) is less suspicious
@@ -1139,12 +1216,10 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
     if let Some(token) = hashbuster(visible) {
         hits.add("BODY_HASHBUSTER", 1.0, token);
     }
-    let toll_free =
-        ["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
-    if let Some(number) = count_phrases(lower, &toll_free).first() {
+    if let Some(number) = count_phrases(lower, TOLL_FREE, &TOLL_FREE_INDEX).first() {
         hits.add("BODY_TOLL_FREE", 0.8, number.clone());
     }
-    let compliance = count_phrases(lower, COMPLIANCE_PHRASES);
+    let compliance = count_phrases(lower, COMPLIANCE_PHRASES, &COMPLIANCE_PHRASES_INDEX);
     if !compliance.is_empty() {
         hits.add(
             "BODY_COMPLIANCE_CLAIM",
@@ -1152,15 +1227,15 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
             compliance.join(","),
         );
     }
-    let fee = count_phrases(lower, ADVANCE_FEE_PHRASES);
+    let fee = count_phrases(lower, ADVANCE_FEE_PHRASES, &ADVANCE_FEE_PHRASES_INDEX);
     if fee.len() >= 2 {
         hits.add("BODY_ADVANCE_FEE", (0.9 * fee.len() as f64).min(3.5), fee.join(","));
     }
-    let pharma = count_phrases(lower, PHARMA_PHRASES);
+    let pharma = count_phrases(lower, PHARMA_PHRASES, &PHARMA_PHRASES_INDEX);
     if pharma.len() >= 2 {
         hits.add("BODY_PHARMA", 2.0, pharma.join(","));
     }
-    let phish = count_phrases(lower, PHISH_PHRASES);
+    let phish = count_phrases(lower, PHISH_PHRASES, &PHISH_PHRASES_INDEX);
     if !phish.is_empty() {
         hits.add("BODY_PHISH_ACCOUNT", 1.5, phish.join(","));
     }
@@ -1229,12 +1304,17 @@ mod tests {
         for text in texts {
             for list in lists {
                 let expected: Vec<bool> = list.iter().map(|p| text.contains(p)).collect();
-                assert_eq!(present(text, list.len(), |i| list[i]), expected, "{text:?}");
+                assert_eq!(present(text, list.len(), &index(list), |i| list[i]), expected, "{text:?}");
             }
             let expected: Vec<bool> = SPAM_PHRASES.iter().map(|(p, _)| text.contains(p)).collect();
-            assert_eq!(present(text, SPAM_PHRASES.len(), |i| SPAM_PHRASES[i].0), expected, "{text:?}");
+            assert_eq!(
+                present(text, SPAM_PHRASES.len(), &SPAM_PHRASES_INDEX, |i| SPAM_PHRASES[i].0),
+                expected,
+                "{text:?}"
+            );
         }
-        assert_eq!(present("abcabd", 4, |i| ["abd", "ca", "x", "b"][i]), vec![true, true, false, true]);
+        let list = ["abd", "ca", "x", "b"];
+        assert_eq!(present("abcabd", 4, &index(&list), |i| list[i]), vec![true, true, false, true]);
     }
 
     fn names(input: &Input) -> Vec<&'static str> {
