@@ -50,9 +50,8 @@ fn bench(c: &mut Criterion) {
         authenticated_user: None,
         transaction_id: "bench".into(),
     };
-    let chain = |policies: Vec<Arc<LoadedPolicy>>| {
-        Arc::new(Chain { tenant: "bench".into(), policies, settings: ChainSettings::default() })
-    };
+    let chain =
+        |policies: Vec<Arc<LoadedPolicy>>| Arc::new(Chain::new("bench", policies, ChainSettings::default()));
 
     let all = vec![
         load(&rt, &engine, &services, DNSBL, &[("zones", "bl.test")]),

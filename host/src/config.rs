@@ -275,6 +275,17 @@ pub struct PolicyConfig {
     pub cpu_ms: Option<u64>,
     /// Memory cap, MiB (default 64).
     pub memory_mib: Option<usize>,
+    /// `enforce` (default) or `shadow`: run on live traffic, log and count the decisions,
+    /// never apply them.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl PolicyConfig {
+    /// Whether the policy runs in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.mode.as_deref() == Some("shadow")
+    }
 }
 
 impl Config {
@@ -373,6 +384,11 @@ impl Config {
                             "{key}.policy[{j}].config.{k}: values are strings, numbers or booleans (lists as \"a,b\")"
                         ));
                     }
+                }
+                if let Some(mode) = &p.mode
+                    && !matches!(mode.as_str(), "enforce" | "shadow")
+                {
+                    return Err(format!("{key}.policy[{j}].mode: `enforce` or `shadow`, not {mode:?}"));
                 }
                 if p.cpu_ms == Some(0) || p.memory_mib == Some(0) {
                     return Err(format!("{key}.policy[{j}]: cpu_ms and memory_mib must be positive"));

@@ -12,16 +12,19 @@
 //! - [`config`]: the relay's TOML configuration and its embedded default.
 //! - [`smtp`]: the SMTP protocol core without I/O (commands, addresses, DATA framing, session).
 //! - [`server`]: the SMTP server that drives the core over sockets and the chains.
-//! - [`metrics`]: counters served to Prometheus on the admin listener.
+//! - [`live`]: the snapshot sessions run on, and hot reload (watch, generations, rollback).
+//! - [`metrics`]: counters served to Prometheus; [`admin`]: the admin listener's HTTP API.
 //! - [`spool`]: the durable queue; [`delivery`]: taking it to the next hops, retries, bounces.
 //! - [`cli`]: the `sluice` command line, including the offline `sluice policy test` runner.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod server;

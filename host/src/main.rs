@@ -38,6 +38,13 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Make a running relay reload its configuration and policies now (through the admin
+    /// listener of the configuration).
+    Reload {
+        /// Configuration file (TOML) of the running relay.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Work with policy components.
     Policy {
         #[command(subcommand)]
@@ -49,6 +56,15 @@ enum Command {
 enum PolicyCommand {
     /// Run messages through a chain of policies offline and show each stage's verdicts.
     Test(Box<PolicyTestArgs>),
+    /// Put a tenant's previous generation of policies back in a running relay.
+    Rollback {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Configuration file (TOML) of the running relay.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -92,7 +108,8 @@ fn main() {
             init_logging_as("info", log_format == "json");
             report(
                 "serve",
-                relay::load_config(config.as_ref()).and_then(|c| runtime.block_on(relay::serve(c))),
+                relay::load_config(config.as_ref())
+                    .and_then(|c| runtime.block_on(relay::serve(c, config.clone()))),
             )
         }
         Command::Check { config } => {
@@ -105,6 +122,21 @@ fn main() {
         Command::Queue { config, command } => {
             init_logging("warn");
             report("queue", relay::load_config(config.as_ref()).and_then(|c| relay::queue(&c, command)))
+        }
+        Command::Reload { config } => {
+            init_logging("warn");
+            report(
+                "reload",
+                relay::load_config(config.as_ref()).and_then(|c| runtime.block_on(relay::reload(&c))),
+            )
+        }
+        Command::Policy { command: PolicyCommand::Rollback { tenant, config } } => {
+            init_logging("warn");
+            report(
+                "policy rollback",
+                relay::load_config(config.as_ref())
+                    .and_then(|c| runtime.block_on(relay::rollback(&c, &tenant))),
+            )
         }
         Command::Policy { command: PolicyCommand::Test(args) } => {
             init_logging("warn");

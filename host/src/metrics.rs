@@ -1,10 +1,9 @@
-//! Counters for Prometheus, served as text on the admin listener (`GET /metrics`).
+//! Counters for Prometheus, served as text on the admin listener (`GET /metrics`, see
+//! [`crate::admin`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::policy::chain::StageResult;
 use crate::policy::decision::Verdict;
@@ -30,6 +29,12 @@ pub struct Metrics {
     latency: Mutex<LatencyHistograms>,
     deliveries: Mutex<BTreeMap<String, u64>>,
     queued: AtomicI64,
+    reloads: Mutex<BTreeMap<String, u64>>,
+    generations: Mutex<BTreeMap<String, u64>>,
+    /// (tenant, policy, verdict) → shadow decisions.
+    shadow: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// (tenant, policy) → shadow decisions that differ from the enforced chain's.
+    disagreements: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -69,6 +74,18 @@ impl Metrics {
             entry.1 += run.micros;
         }
         drop(map);
+        if !result.shadow.is_empty() {
+            let mut shadow = self.shadow.lock().unwrap_or_else(|p| p.into_inner());
+            let mut disagreements = self.disagreements.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &result.shadow {
+                let verdict = crate::policy::chain::verdict_kind(&s.run.outcome);
+                *shadow
+                    .entry((tenant.to_string(), s.run.policy.clone(), verdict.to_string()))
+                    .or_insert(0) += 1;
+                let n = disagreements.entry((tenant.to_string(), s.run.policy.clone())).or_insert(0);
+                *n += u64::from(s.disagrees);
+            }
+        }
         let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         for run in &result.runs {
             let (buckets, sum) = latency.entry((tenant.to_string(), run.policy.clone())).or_default();
@@ -76,6 +93,16 @@ impl Metrics {
             buckets[bucket.unwrap_or(LATENCY_BUCKETS_MICROS.len())] += 1;
             *sum += run.micros;
         }
+    }
+
+    /// A reload ended with `result` (applied, unchanged, failed, rollback).
+    pub fn reload(&self, result: &str) {
+        bump(&self.reloads, result);
+    }
+
+    /// Tenant `tenant` now runs generation `generation`.
+    pub fn set_generation(&self, tenant: &str, generation: u64) {
+        self.generations.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.to_string(), generation);
     }
 
     /// A delivery attempt for one recipient: `delivered`, `deferred` or `failed`.
@@ -149,37 +176,32 @@ impl Metrics {
         }
         out.push_str("# TYPE sluice_queue_messages gauge\n");
         out.push_str(&format!("sluice_queue_messages {}\n", self.queued.load(Ordering::Relaxed).max(0)));
-        out
-    }
-
-    /// Serve `GET /metrics` on `listener` until the task is dropped.
-    pub async fn serve(self: std::sync::Arc<Self>, listener: tokio::net::TcpListener) {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            let metrics = self.clone();
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 2048];
-                let n =
-                    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request))
-                        .await
-                    {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
-                let head = String::from_utf8_lossy(&request[..n]);
-                let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics\r") {
-                    let body = metrics.render();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
-                };
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
+        out.push_str("# TYPE sluice_reloads_total counter\n");
+        for (result, n) in self.reloads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!("sluice_reloads_total{{result=\"{}\"}} {n}\n", label(result)));
         }
+        out.push_str("# TYPE sluice_tenant_generation gauge\n");
+        for (tenant, generation) in self.generations.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!("sluice_tenant_generation{{tenant=\"{}\"}} {generation}\n", label(tenant)));
+        }
+        out.push_str("# TYPE sluice_shadow_verdicts_total counter\n");
+        for ((tenant, policy, verdict), n) in self.shadow.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!(
+                "sluice_shadow_verdicts_total{{tenant=\"{}\",policy=\"{}\",verdict=\"{}\"}} {n}\n",
+                label(tenant),
+                label(policy),
+                label(verdict)
+            ));
+        }
+        out.push_str("# TYPE sluice_shadow_disagreements_total counter\n");
+        for ((tenant, policy), n) in self.disagreements.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!(
+                "sluice_shadow_disagreements_total{{tenant=\"{}\",policy=\"{}\"}} {n}\n",
+                label(tenant),
+                label(policy)
+            ));
+        }
+        out
     }
 }
 

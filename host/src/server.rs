@@ -15,10 +15,15 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::auth::{self, Users};
-use crate::config::{Cidr, Config, NextHop};
+use std::path::PathBuf;
+
+use arc_swap::ArcSwap;
+
+use crate::auth;
+use crate::config::Config;
 use crate::dns::DnsResolver;
-use crate::policy::chain::{Chain, ChainSession, Judgement, Outcome, StageInput, StageResult, Transaction};
+use crate::live::{Live, Loader, Tenant};
+use crate::policy::chain::{ChainSession, Judgement, Outcome, StageInput, StageResult, Transaction};
 use crate::policy::{
     EngineOptions, HostServices, ParsedMessage, PolicyEngine, SessionInfo, Stage, TlsInfo, Verdict,
 };
@@ -29,26 +34,17 @@ use crate::smtp::session::{Destination, Session, SessionLimits, Step};
 use crate::spool::{self, QueuedMessage, QueuedRecipient, RecipientStatus, Spool, Store};
 use crate::state::kv::MemoryKv;
 
-/// A tenant at run time.
-pub struct Tenant {
-    /// Name.
-    pub name: String,
-    /// Its loaded chain.
-    pub chain: Arc<Chain>,
-    /// Where its inbound mail goes.
-    pub next_hop: NextHop,
-    /// Its domains.
-    pub domains: Vec<String>,
-}
-
-/// The running relay: configuration, tenants with their chains, the spool.
+/// The running relay: the live snapshot of configuration and tenants (swapped on reload),
+/// the spool, delivery, counters.
 pub struct Relay {
-    /// Configuration.
-    pub config: Arc<Config>,
-    /// Tenants, the first being the default.
-    pub tenants: Vec<Tenant>,
-    local_domains: Arc<HashMap<String, usize>>,
-    trusted: Vec<Cidr>,
+    pub(crate) live: ArcSwap<Live>,
+    pub(crate) loader: Loader,
+    /// The configuration file (None: the embedded default, which is never re-read).
+    pub(crate) config_path: Option<PathBuf>,
+    /// Each tenant's previous generation, for rollback.
+    pub(crate) previous: Mutex<HashMap<String, Arc<Tenant>>>,
+    pub(crate) reloading: tokio::sync::Mutex<()>,
+    pub(crate) listeners: Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
     /// The spool.
     pub spool: Arc<Spool>,
     /// Counters.
@@ -58,22 +54,24 @@ pub struct Relay {
     /// TLS client for STARTTLS towards next hops (None: delivery stays in plaintext).
     tls_client: Option<tokio_rustls::TlsConnector>,
     delivery: mpsc::UnboundedSender<String>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    users: Option<Arc<Users>>,
     connections: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Relay {
     /// Open the spool and load every tenant's policies. Returns the relay and the receiver
-    /// of new queue ids for the delivery task.
-    pub async fn build(config: Config) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<String>)> {
+    /// of new queue ids for the delivery task. `config_path` is the file a reload re-reads.
+    pub async fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<String>)> {
         let spool_dir = config.resolve(&config.spool.dir);
         let spool = Spool::open(&spool_dir)
             .map_err(|e| anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()))?;
         let dns =
             Arc::new(DnsResolver::new(&config.dns.nameservers).map_err(|e| anyhow::anyhow!("dns: {e}"))?);
         let engine = PolicyEngine::new(EngineOptions {
+            // Sessions of two generations may overlap during a reload.
             max_instances: u32::try_from(config.server.max_connections.saturating_mul(2).clamp(16, 10_000))
                 .unwrap_or(1000),
             ..EngineOptions::default()
@@ -83,40 +81,11 @@ impl Relay {
             resolver: dns.clone(),
             clock: crate::policy::Clock::System,
         };
-        let mut tenants = Vec::new();
-        let mut local_domains = HashMap::new();
-        for (index, t) in config.tenants.iter().enumerate() {
-            let mut policies = Vec::new();
-            for p in &t.policies {
-                let spec = p.spec(&config);
-                let loaded = engine
-                    .load(&spec, &t.name, services.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("tenant {}: {e}", t.name))?;
-                policies.push(loaded);
+        let loader = Loader::new(engine, services);
+        let config_text = match &config_path {
+            Some(path) => {
+                Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
             }
-            let chain = Arc::new(Chain { tenant: t.name.clone(), policies, settings: t.chain_settings() });
-            let next_hop =
-                NextHop::parse(&t.next_hop).map_err(|e| anyhow::anyhow!("tenant {}: {e}", t.name))?;
-            let domains: Vec<String> =
-                t.domains.iter().map(|d| d.trim().trim_end_matches('.').to_lowercase()).collect();
-            for d in &domains {
-                local_domains.insert(d.clone(), index);
-            }
-            tenants.push(Tenant { name: t.name.clone(), chain, next_hop, domains });
-        }
-        let tls = match &config.tls {
-            Some(t) => Some(
-                auth::tls_acceptor(&config.resolve(&t.cert), &config.resolve(&t.key))
-                    .map_err(anyhow::Error::msg)?,
-            ),
-            None => None,
-        };
-        let users = match &config.relay.auth_users_file {
-            Some(path) => Some(Arc::new(
-                Users::load(&config.resolve(path))
-                    .map_err(|e| anyhow::anyhow!("relay.auth_users_file: {e}"))?,
-            )),
             None => None,
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -125,22 +94,33 @@ impl Relay {
         } else {
             None
         };
+        let connections = Arc::new(Semaphore::new(config.server.max_connections));
+        let live = crate::live::initial(&loader, config, config_text.as_deref()).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        for tenant in &live.tenants {
+            metrics.set_generation(&tenant.name, tenant.generation);
+        }
         let relay = Relay {
+            live: ArcSwap::from_pointee(live),
+            loader,
+            config_path,
+            previous: Mutex::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
+            listeners: Mutex::new(HashMap::new()),
             tls_client,
             dns,
-            metrics: Arc::new(crate::metrics::Metrics::default()),
-            tls,
-            users,
-            trusted: config.trusted_networks(),
-            connections: Arc::new(Semaphore::new(config.server.max_connections)),
-            config: Arc::new(config),
-            tenants,
-            local_domains: Arc::new(local_domains),
+            metrics,
+            connections,
             spool: Arc::new(spool),
             delivery: tx,
             per_ip: Mutex::new(HashMap::new()),
         };
         Ok((Arc::new(relay), rx))
+    }
+
+    /// The current snapshot of configuration and tenants.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
     }
 
     /// The TLS client for next hops, when STARTTLS towards them is on.
@@ -151,11 +131,6 @@ impl Relay {
     /// Tell the delivery task about a newly queued message.
     pub fn notify(&self, id: String) {
         let _ = self.delivery.send(id);
-    }
-
-    /// The tenant a domain belongs to.
-    pub fn tenant_of_domain(&self, domain: &str) -> Option<&Tenant> {
-        self.local_domains.get(&domain.to_lowercase()).and_then(|i| self.tenants.get(*i))
     }
 
     /// Accept connections on `listener` until the task is dropped.
@@ -188,7 +163,7 @@ impl Relay {
         let admitted = {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let count = per_ip.entry(ip).or_insert(0);
-            if *count >= self.config.server.max_connections_per_ip {
+            if *count >= self.live().config.server.max_connections_per_ip {
                 false
             } else {
                 *count += 1;
@@ -302,6 +277,8 @@ enum DataRead {
 
 struct Connection {
     relay: Arc<Relay>,
+    /// The snapshot this session started on, kept to its end.
+    live: Arc<Live>,
     peer: SocketAddr,
     core: Session,
     info: SessionInfo,
@@ -319,8 +296,9 @@ struct Connection {
 
 impl Connection {
     fn new(relay: Arc<Relay>, peer: SocketAddr, listener: String) -> Self {
-        let server = &relay.config.server;
-        let relay_allowed = relay.trusted.iter().any(|net| net.contains(peer.ip()));
+        let live = relay.live();
+        let server = &live.config.server;
+        let relay_allowed = live.trusted.iter().any(|net| net.contains(peer.ip()));
         let mut core = Session::new(
             SessionLimits {
                 hostname: server.hostname.clone(),
@@ -328,17 +306,17 @@ impl Connection {
                 max_recipients: server.max_recipients,
                 max_errors: server.max_errors,
             },
-            relay.local_domains.clone(),
+            live.local_domains.clone(),
             relay_allowed,
         );
-        if relay.tls.is_some() {
+        if live.tls.is_some() {
             core.offer_tls();
         }
-        if relay.users.is_some() {
-            core.offer_auth(relay.config.relay.allow_plaintext_auth_on_loopback && peer.ip().is_loopback());
+        if live.users.is_some() {
+            core.offer_auth(live.config.relay.allow_plaintext_auth_on_loopback && peer.ip().is_loopback());
         }
         let info = SessionInfo {
-            tenant: relay.tenants[0].name.clone(),
+            tenant: live.tenants[0].name.clone(),
             transaction_id: spool::new_id(),
             client_ip: peer.ip(),
             client_port: peer.port(),
@@ -353,6 +331,7 @@ impl Connection {
         };
         Self {
             relay,
+            live,
             peer,
             core,
             info,
@@ -366,11 +345,11 @@ impl Connection {
     }
 
     async fn stage(&mut self, tenant: usize, stage: Stage, input: StageInput<'_>) -> StageResult {
-        self.info.tenant = self.relay.tenants[tenant].name.clone();
-        let chain = self.relay.tenants[tenant].chain.clone();
+        self.info.tenant = self.live.tenants[tenant].name.clone();
+        let chain = self.live.tenants[tenant].chain.clone();
         let session = self.chains.entry(tenant).or_insert_with(|| ChainSession::new(chain));
         let result = session.run(stage, &self.info, input).await;
-        self.relay.metrics.stage(&self.relay.tenants[tenant].name, &result);
+        self.relay.metrics.stage(&self.live.tenants[tenant].name, &result);
         result
     }
 
@@ -401,11 +380,11 @@ impl Connection {
         if !matches!(self.session(&mut reader, &mut writer).await?, Flow::StartTls) {
             return writer.shutdown().await;
         }
-        let Some(acceptor) = self.relay.tls.clone() else { return Ok(()) };
+        let Some(acceptor) = self.live.tls.clone() else { return Ok(()) };
         // Whatever the client sent after STARTTLS and before the handshake is dropped with
         // the buffer: plaintext must never be read as if it came over TLS (CVE-2011-0411).
         let tcp = reader.into_inner().reunite(writer.into_inner()).map_err(std::io::Error::other)?;
-        let handshake = Duration::from_secs(self.relay.config.server.command_timeout_secs.min(60));
+        let handshake = Duration::from_secs(self.live.config.server.command_timeout_secs.min(60));
         let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -449,7 +428,7 @@ impl Connection {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        let server = self.relay.config.server.clone();
+        let server = self.live.config.server.clone();
         let command_timeout = Duration::from_secs(server.command_timeout_secs);
         loop {
             if reader.buffer().is_empty() {
@@ -568,7 +547,7 @@ impl Connection {
                 Ok(flow(!disconnect))
             }
             Step::SkipChunk { size, reply: refusal } => {
-                let timeout = Duration::from_secs(self.relay.config.server.data_timeout_secs);
+                let timeout = Duration::from_secs(self.live.config.server.data_timeout_secs);
                 if !read_chunk(reader, size, None, timeout).await? {
                     return Ok(Flow::Close);
                 }
@@ -576,7 +555,7 @@ impl Connection {
                 Ok(Flow::Continue)
             }
             Step::Chunk { size, last } => {
-                let timeout = Duration::from_secs(self.relay.config.server.data_timeout_secs);
+                let timeout = Duration::from_secs(self.live.config.server.data_timeout_secs);
                 let limit = self.core.max_message_bytes() as u64;
                 // The size is declared up front: a chunk that would go over the limit is read
                 // and dropped, never kept.
@@ -702,7 +681,7 @@ impl Connection {
         let Some((user, password)) = credentials else {
             return Ok(Some(self.core_error(reply(501, "5.5.2", "Cannot decode the response"))));
         };
-        let users = self.relay.users.clone();
+        let users = self.live.users.clone();
         let check_user = user.clone();
         let ok = tokio::task::spawn_blocking(move || users.is_some_and(|u| u.verify(&check_user, &password)))
             .await
@@ -738,9 +717,9 @@ impl Connection {
             Some(r) => return Ok(Some(r)),
             None => {}
         }
-        let timeout = Duration::from_secs(self.relay.config.server.command_timeout_secs);
+        let timeout = Duration::from_secs(self.live.config.server.command_timeout_secs);
         // RFC 4954 §4: AUTH lines may be up to 12288 octets.
-        let max = self.relay.config.server.max_line_bytes.max(12_288);
+        let max = self.live.config.server.max_line_bytes.max(12_288);
         writer.write_all(format!("334 {prompt}\r\n").as_bytes()).await?;
         writer.flush().await?;
         match tokio::time::timeout(timeout, read_line(reader, max)).await {
@@ -763,7 +742,7 @@ impl Connection {
         &mut self,
         reader: &mut BufReader<R>,
     ) -> std::io::Result<DataRead> {
-        let timeout = Duration::from_secs(self.relay.config.server.data_timeout_secs);
+        let timeout = Duration::from_secs(self.live.config.server.data_timeout_secs);
         let mut decoder = DataDecoder::new(self.core.max_message_bytes());
         loop {
             let buf = match tokio::time::timeout(timeout, reader.fill_buf()).await {
@@ -795,7 +774,7 @@ impl Connection {
         // The parse keeps the raw bytes; the spool writes them from there (no second copy).
         let parsed = Arc::new(ParsedMessage::parse(body));
         let result = self.stage(tenant, Stage::Data, StageInput::Message(&parsed)).await;
-        let thresholds = self.relay.tenants[tenant].chain.settings.thresholds.clone();
+        let thresholds = self.live.tenants[tenant].chain.settings.thresholds.clone();
         let transaction = std::mem::take(&mut self.transaction);
         let judgement = transaction.finish(&result, &thresholds);
         let id = self.info.transaction_id.clone();
@@ -839,7 +818,7 @@ impl Connection {
         let now = spool::now_secs();
         let envelope = QueuedMessage {
             id: id.clone(),
-            tenant: self.relay.tenants[tenant].name.clone(),
+            tenant: self.live.tenants[tenant].name.clone(),
             mail_from: self.core.mail_from().map(|m| m.address.clone()).unwrap_or_default(),
             recipients: recipients
                 .into_iter()
@@ -871,7 +850,7 @@ impl Connection {
     /// The message as it will be delivered: our Received header and the policies' header
     /// changes on top of what the client sent.
     fn final_message(&self, judgement: &Judgement, body: &[u8], now: u64) -> Vec<u8> {
-        let server = &self.relay.config.server;
+        let server = &self.live.config.server;
         let helo = self.info.helo.clone().unwrap_or_else(|| "unknown".into());
         let rdns = self.info.reverse_dns.clone().unwrap_or_else(|| "unknown".into());
         let with = if self.core.extended() { "ESMTP" } else { "SMTP" };
@@ -901,6 +880,7 @@ impl Connection {
             client = %self.peer,
             helo = self.info.helo.as_deref().unwrap_or(""),
             tenant = %self.info.tenant,
+            generation = self.generation(),
             from = self.info.mail_from.as_ref().map(|m| m.address.as_str()).unwrap_or(""),
             stage = %judgement.stage,
             decided_by = judgement.decided_by.as_deref().unwrap_or(""),
@@ -918,6 +898,7 @@ impl Connection {
             client = %self.peer,
             helo = self.info.helo.as_deref().unwrap_or(""),
             tenant = %self.info.tenant,
+            generation = self.generation(),
             user = self.info.authenticated_user.as_deref().unwrap_or(""),
             from = self.core.mail_from().map(|m| m.address.as_str()).unwrap_or(""),
             to = to.join(",").as_str(),
@@ -927,6 +908,11 @@ impl Connection {
             reply = %answer,
             "transaction"
         );
+    }
+
+    /// The generation of the tenant judging the transaction.
+    fn generation(&self) -> u64 {
+        self.live.tenants.get(self.tenant.unwrap_or(0)).map_or(0, |t| t.generation)
     }
 
     fn end_transaction(&mut self) {

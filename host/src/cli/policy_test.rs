@@ -487,11 +487,7 @@ async fn build_chain(args: &PolicyTestArgs) -> Result<Arc<Chain>, UsageError> {
     if let Some(unused) = configs.keys().find(|k| !used.contains(*k)) {
         return Err(UsageError(format!("--policy-config names {unused:?}, which is not a loaded policy")));
     }
-    Ok(Arc::new(Chain {
-        tenant: args.tenant.clone(),
-        policies,
-        settings: ChainSettings { failure_mode, thresholds },
-    }))
+    Ok(Arc::new(Chain::new(args.tenant.clone(), policies, ChainSettings { failure_mode, thresholds })))
 }
 
 /// Run the command; returns the process exit status.

@@ -14,41 +14,48 @@ pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-/// `sluice serve`: run until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// `sluice serve`: run until SIGINT or SIGTERM. With a configuration file, changes to it
+/// and to the policy files are reloaded as they happen, and on SIGHUP.
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let listen = config.server.listen.clone();
-    let (relay, new_ids) = Relay::build(config).await?;
-    let mut listeners = Vec::new();
-    for addr in &listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
-        listeners.push(listener);
+    let admin = config.admin.clone();
+    let watching = config_path.is_some();
+    let (relay, new_ids) = Relay::build(config, config_path).await?;
+    let errors = relay.apply_listeners(&listen).await;
+    if let Some(error) = errors.first() {
+        anyhow::bail!("{error}");
     }
     let queued = relay.spool.recover(Store::Queue)?.len();
     let quarantined = relay.spool.recover(Store::Quarantine)?.len();
     tracing::info!(
         listen = listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(",").as_str(),
-        tenants = relay.tenants.len(),
+        tenants = relay.live().tenants.len(),
         queued,
         quarantined,
         "sluice is ready"
     );
-    if let Some(admin) = &relay.config.admin {
+    if let Some(admin) = &admin {
         let listener = tokio::net::TcpListener::bind(admin.listen)
             .await
             .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", admin.listen))?;
-        tokio::spawn(relay.metrics.clone().serve(listener));
+        tokio::spawn(crate::admin::serve(relay.clone(), listener));
     }
     relay.metrics.set_queue(queued);
     tokio::spawn(crate::delivery::run(relay.clone(), new_ids));
-    for listener in listeners {
-        tokio::spawn(relay.clone().serve(listener));
+    if watching && let Err(e) = relay.watch() {
+        tracing::warn!(error = %e, "files are not watched; reload with SIGHUP or sluice reload");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                let relay = relay.clone();
+                tokio::spawn(async move { relay.reload("SIGHUP").await });
+            }
+        }
     }
     tracing::info!("shutting down; queued mail stays in the spool");
     Ok(())
@@ -58,9 +65,44 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub async fn check(config: Config) -> anyhow::Result<()> {
     let tenants = config.tenants.len();
     let policies: usize = config.tenants.iter().map(|t| t.policies.len()).sum();
-    let (_relay, _ids) = Relay::build(config).await?;
+    let (_relay, _ids) = Relay::build(config, None).await?;
     println!("configuration ok: {tenants} tenant(s), {policies} policy component(s) loaded");
     Ok(())
+}
+
+/// Send `method target` to the admin listener of the relay `config` describes; print the
+/// answer; an error unless it is 200.
+async fn admin_call(config: &Config, method: &str, target: &str) -> anyhow::Result<()> {
+    let admin = config.admin.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("the configuration has no [admin] listen address to reach the relay")
+    })?;
+    let (status, body) =
+        crate::admin::request(admin.listen, method, target).await.map_err(anyhow::Error::msg)?;
+    println!("{body}");
+    if status != 200 {
+        anyhow::bail!("the relay answered {status}");
+    }
+    Ok(())
+}
+
+/// `sluice reload`.
+pub async fn reload(config: &Config) -> anyhow::Result<()> {
+    admin_call(config, "POST", "/api/reload").await
+}
+
+/// `sluice policy rollback --tenant T`.
+pub async fn rollback(config: &Config, tenant: &str) -> anyhow::Result<()> {
+    let encoded: String = tenant
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    admin_call(config, "POST", &format!("/api/rollback?tenant={encoded}")).await
 }
 
 /// What `sluice queue` does.

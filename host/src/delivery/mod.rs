@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::NextHop;
 use crate::dns::MxAnswer;
+use crate::live::Live;
 use crate::server::{Relay, rfc5322_date};
 use crate::spool::{self, QueuedMessage, QueuedRecipient, RecipientStatus, Store};
 use client::{Pool, Transaction};
@@ -47,9 +48,10 @@ pub struct Outbound {
 impl Outbound {
     /// From the relay's `[delivery]` settings.
     pub fn new(relay: &Relay) -> Self {
-        let config = &relay.config.delivery;
+        let live = relay.live();
+        let config = &live.config.delivery;
         let pool = Pool::new(client::Settings {
-            helo: relay.config.server.hostname.clone(),
+            helo: live.config.server.hostname.clone(),
             timeout: Duration::from_secs(config.timeout_secs),
             tls: relay.tls_client().cloned(),
             idle: Duration::from_secs(config.connection_cache_secs),
@@ -128,13 +130,15 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
     if envelope.next_attempt > now {
         return Some(envelope.next_attempt);
     }
-    let config = &relay.config.delivery;
+    // Routes and retry settings of the current configuration (they change on reload).
+    let live = relay.live();
+    let config = &live.config.delivery;
 
     // Group pending recipients by next hop.
     let mut groups: HashMap<Target, Vec<usize>> = HashMap::new();
     for (i, r) in envelope.recipients.iter().enumerate() {
         if r.status == RecipientStatus::Pending {
-            groups.entry(route(relay, &envelope, &r.address)).or_default().push(i);
+            groups.entry(route(&live, &envelope, &r.address)).or_default().push(i);
         }
     }
     // The message is read once, when the first group gets its slots.
@@ -163,7 +167,7 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
         let results = match &hop {
             Target::Mx(domain) => mx_deliver(relay, outbound, domain, &tx).await,
             Target::Hop(NextHop::Maildir(path)) => {
-                let dir = relay.config.resolve(path);
+                let dir = live.config.resolve(path);
                 let message = message.clone();
                 let envelope_from = envelope.mail_from.clone();
                 let addrs = addresses.clone();
@@ -293,8 +297,8 @@ impl Target {
     }
 }
 
-fn route(relay: &Relay, envelope: &QueuedMessage, address: &str) -> Target {
-    let config = &relay.config.delivery;
+fn route(live: &Live, envelope: &QueuedMessage, address: &str) -> Target {
+    let config = &live.config.delivery;
     if let Some(name) = &envelope.route {
         if let Some(hop) = config.next_hops.get(name).and_then(|h| NextHop::parse(h).ok()) {
             return Target::Hop(hop);
@@ -302,7 +306,7 @@ fn route(relay: &Relay, envelope: &QueuedMessage, address: &str) -> Target {
         tracing::warn!(id = %envelope.id, route = %name, "a policy routed to an unknown next hop; using the normal route");
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_lowercase()).unwrap_or_default();
-    if let Some(tenant) = relay.tenant_of_domain(&domain) {
+    if let Some(tenant) = live.tenant_of_domain(&domain) {
         return Target::Hop(tenant.next_hop.clone());
     }
     match config.smarthost.as_deref().and_then(|h| NextHop::parse(h).ok()) {
@@ -332,7 +336,7 @@ async fn mx_deliver(
         }
         Err(e) => return all(RcptResult::Transient(format!("451 4.4.3 MX lookup for {domain} failed: {e}"))),
     };
-    let port = relay.config.delivery.mx_port;
+    let port = relay.live().config.delivery.mx_port;
     let mut last = format!("451 4.4.1 no mail exchanger of {domain} answered");
     for host in hosts.iter().take(5) {
         // Addresses from the relay's own resolver (the one that gave the MX records).
@@ -407,7 +411,8 @@ async fn queue_bounce(
     failed: &[QueuedRecipient],
     message: &[u8],
 ) -> std::io::Result<()> {
-    let hostname = &relay.config.server.hostname;
+    let live = relay.live();
+    let hostname = &live.config.server.hostname;
     let id = spool::new_id();
     let now = spool::now_secs();
     let boundary = format!("{id}/{hostname}");

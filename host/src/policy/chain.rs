@@ -67,6 +67,21 @@ pub struct Chain {
     pub policies: Vec<Arc<LoadedPolicy>>,
     /// Settings.
     pub settings: ChainSettings,
+    /// Per policy: runs in shadow mode (decisions logged and counted, never applied).
+    /// Missing entries mean enforced.
+    pub shadow: Vec<bool>,
+}
+
+impl Chain {
+    /// A chain whose policies are all enforced.
+    pub fn new(tenant: impl Into<String>, policies: Vec<Arc<LoadedPolicy>>, settings: ChainSettings) -> Self {
+        Self { tenant: tenant.into(), policies, settings, shadow: Vec::new() }
+    }
+
+    /// Whether the policy at `index` runs in shadow mode.
+    pub fn is_shadow(&self, index: usize) -> bool {
+        self.shadow.get(index).copied().unwrap_or(false)
+    }
 }
 
 /// What a stage is judged on besides the session.
@@ -120,8 +135,32 @@ pub struct StageResult {
     pub decided_by: Option<String>,
     /// Close the connection after replying.
     pub disconnect: bool,
-    /// Every policy's part, in order.
+    /// Every enforced policy's part, in order.
     pub runs: Vec<PolicyRun>,
+    /// What the shadow policies would have done; never applied.
+    pub shadow: Vec<ShadowRun>,
+}
+
+/// A shadow policy's decision at one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowRun {
+    /// The policy's part, as if it were enforced.
+    pub run: PolicyRun,
+    /// Its verdict differs from the enforced chain's at this stage (`continue` and `accept`
+    /// count as the same: both let the stage pass).
+    pub disagrees: bool,
+}
+
+/// A verdict's kind, for comparing a shadow decision with the enforced one.
+pub fn verdict_kind(verdict: &Result<Verdict, Fault>) -> &'static str {
+    match verdict {
+        Ok(Verdict::Continue | Verdict::Accept) => "pass",
+        Ok(Verdict::Reject(_)) => "reject",
+        Ok(Verdict::Tempfail(_)) => "tempfail",
+        Ok(Verdict::Discard) => "discard",
+        Ok(Verdict::Quarantine(_)) => "quarantine",
+        Err(_) => "fault",
+    }
 }
 
 impl StageResult {
@@ -164,6 +203,7 @@ impl ChainSession {
             decided_by: None,
             disconnect: false,
             runs: Vec::new(),
+            shadow: Vec::new(),
         };
         if !self.chain.policies.iter().any(|p| p.stages.contains(stage)) {
             return result;
@@ -173,52 +213,20 @@ impl ChainSession {
             StageInput::Recipient(r) => Some(r.to_wit_recipient()),
             _ => None,
         };
+        let hook_input = match (stage, input, &rcpt) {
+            (Stage::Connect, _, _) => HookInput::Connect,
+            (Stage::Helo, _, _) => HookInput::Helo,
+            (Stage::Mail, _, _) => HookInput::Mail,
+            (Stage::Rcpt, _, Some(rcpt)) => HookInput::Rcpt(rcpt),
+            (Stage::Data, StageInput::Message(message), _) => HookInput::Data(message),
+            // A stage called without its input (a caller bug): nothing to judge.
+            _ => return result,
+        };
         for index in 0..self.chain.policies.len() {
-            let policy = self.chain.policies[index].clone();
-            if !policy.stages.contains(stage) {
+            if !self.chain.policies[index].stages.contains(stage) || self.chain.is_shadow(index) {
                 continue;
             }
-            let started = Instant::now();
-            let hook_input = match (stage, input, &rcpt) {
-                (Stage::Connect, _, _) => HookInput::Connect,
-                (Stage::Helo, _, _) => HookInput::Helo,
-                (Stage::Mail, _, _) => HookInput::Mail,
-                (Stage::Rcpt, _, Some(rcpt)) => HookInput::Rcpt(rcpt),
-                (Stage::Data, StageInput::Message(message), _) => HookInput::Data(message),
-                // A stage called without its input (a caller bug): nothing to judge.
-                _ => continue,
-            };
-            let outcome = self.call(index, &policy, &ctx, hook_input).await;
-            let micros = micros_since(started);
-            let run = match outcome {
-                Ok(decision) => PolicyRun {
-                    policy: policy.name.clone(),
-                    outcome: Ok(decision.verdict),
-                    symbols: decision.symbols,
-                    changes: decision.changes,
-                    disconnect: decision.disconnect,
-                    micros,
-                },
-                Err(fault) => {
-                    tracing::warn!(
-                        tenant = %self.chain.tenant,
-                        policy = %policy.name,
-                        file = %policy.file.display(),
-                        stage = %stage,
-                        transaction = %session.transaction_id,
-                        cause = %fault,
-                        "policy fault"
-                    );
-                    PolicyRun {
-                        policy: policy.name.clone(),
-                        outcome: Err(fault),
-                        symbols: Vec::new(),
-                        changes: Vec::new(),
-                        disconnect: false,
-                        micros,
-                    }
-                }
-            };
+            let run = self.run_one(index, stage, session, &ctx, hook_input).await;
             let decided = match &run.outcome {
                 Ok(Verdict::Continue) => None,
                 Ok(verdict) => Some(verdict.clone()),
@@ -228,14 +236,82 @@ impl ChainSession {
                 },
             };
             result.disconnect |= run.disconnect;
+            let name = run.policy.clone();
             result.runs.push(run);
             if let Some(verdict) = decided {
                 result.verdict = verdict;
-                result.decided_by = Some(policy.name.clone());
+                result.decided_by = Some(name);
                 break;
             }
         }
+        // Shadow policies see every stage the enforced chain saw, whatever it decided.
+        for index in 0..self.chain.policies.len() {
+            if !self.chain.policies[index].stages.contains(stage) || !self.chain.is_shadow(index) {
+                continue;
+            }
+            let run = self.run_one(index, stage, session, &ctx, hook_input).await;
+            let enforced = Ok(result.verdict.clone());
+            let disagrees = verdict_kind(&run.outcome) != verdict_kind(&enforced);
+            if disagrees || !matches!(run.outcome, Ok(Verdict::Continue)) {
+                tracing::info!(
+                    tenant = %self.chain.tenant,
+                    policy = %run.policy,
+                    stage = %stage,
+                    transaction = %session.transaction_id,
+                    verdict = verdict_kind(&run.outcome),
+                    enforced = verdict_kind(&enforced),
+                    symbols = %run.symbols.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+                    "shadow decision"
+                );
+            }
+            result.shadow.push(ShadowRun { run, disagrees });
+        }
         result
+    }
+
+    /// One policy's part in a stage; a fault is logged with the policy and its file.
+    async fn run_one(
+        &mut self,
+        index: usize,
+        stage: Stage,
+        session: &SessionInfo,
+        ctx: &super::bindings::types::Context,
+        input: HookInput<'_>,
+    ) -> PolicyRun {
+        let policy = self.chain.policies[index].clone();
+        let started = Instant::now();
+        let outcome = self.call(index, &policy, ctx, input).await;
+        let micros = micros_since(started);
+        match outcome {
+            Ok(decision) => PolicyRun {
+                policy: policy.name.clone(),
+                outcome: Ok(decision.verdict),
+                symbols: decision.symbols,
+                changes: decision.changes,
+                disconnect: decision.disconnect,
+                micros,
+            },
+            Err(fault) => {
+                tracing::warn!(
+                    tenant = %self.chain.tenant,
+                    policy = %policy.name,
+                    file = %policy.file.display(),
+                    stage = %stage,
+                    transaction = %session.transaction_id,
+                    shadow = self.chain.is_shadow(index),
+                    cause = %fault,
+                    "policy fault"
+                );
+                PolicyRun {
+                    policy: policy.name.clone(),
+                    outcome: Err(fault),
+                    symbols: Vec::new(),
+                    changes: Vec::new(),
+                    disconnect: false,
+                    micros,
+                }
+            }
+        }
     }
 
     /// Call one policy, instantiating it first if this session has no live instance. After
@@ -512,6 +588,7 @@ mod tests {
 
     fn result(stage: Stage, verdict: Verdict, symbols: &[(&str, f64)]) -> StageResult {
         StageResult {
+            shadow: Vec::new(),
             stage,
             verdict,
             decided_by: Some("p".into()),

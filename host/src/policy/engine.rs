@@ -122,7 +122,7 @@ pub enum LoadError {
 }
 
 /// What to load: a component file, its configuration and limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicySpec {
     /// Path of the `.wasm`.
     pub path: PathBuf,
@@ -153,6 +153,10 @@ pub struct LoadedPolicy {
     pub file: PathBuf,
     /// SHA-256 of the file, hex.
     pub hash: String,
+    /// What it was loaded from (a reload reuses it when the spec and the file's hash match).
+    pub spec: PolicySpec,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
     pre: InstancePre<HostState>,
     exports: VerifiedExports,
     pub(crate) io: Arc<PolicyIo>,
@@ -345,6 +349,8 @@ impl PolicyEngine {
             stages,
             file,
             hash,
+            spec: spec.clone(),
+            loaded_at: std::time::SystemTime::now(),
             pre: instance_pre,
             exports,
             io,

@@ -147,6 +147,7 @@ fn deny_by_default_wasi(stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) ->
 }
 
 /// What a hook is called with besides the context.
+#[derive(Clone, Copy)]
 pub(crate) enum HookInput<'a> {
     Connect,
     Helo,

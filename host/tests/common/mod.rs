@@ -50,7 +50,7 @@ pub fn chain(policies: Vec<Arc<LoadedPolicy>>) -> Arc<Chain> {
 }
 
 pub fn chain_with(policies: Vec<Arc<LoadedPolicy>>, settings: ChainSettings) -> Arc<Chain> {
-    Arc::new(Chain { tenant: "tenant-a".into(), policies, settings })
+    Arc::new(Chain::new("tenant-a", policies, settings))
 }
 
 pub const PLAIN: &str = "From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: Lunch\r\n\

@@ -1,0 +1,180 @@
+//! The admin listener (`[admin] listen`): a small HTTP/1.1 API for operators and scrapers.
+//!
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /api/policies`: per tenant, its generation and each policy's name, version,
+//!   content hash, mode, file and load time (JSON).
+//! - `POST /api/reload`: reload the configuration and policies now (what SIGHUP and the file
+//!   watcher do); answers the [`crate::live::ReloadReport`].
+//! - `POST /api/rollback?tenant=NAME`: put that tenant's previous generation back.
+//!
+//! It has no authentication: bind it to loopback or a management network only.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::server::Relay;
+
+/// Serve the admin API on `listener` until the task is dropped.
+pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let Some(head) = read_head(&mut stream).await else { return };
+            let (status, content_type, body) = route(&relay, &head).await;
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// The request line and headers (a body, if any, is not needed by any endpoint).
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 || head.len() > 8192 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, String) {
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    const JSON: &str = "application/json";
+    match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", relay.metrics.render()),
+        ("GET", "/api/policies") => ("200 OK", JSON, policies(relay).to_string()),
+        ("POST", "/api/reload") => {
+            let report = relay.reload("admin API").await;
+            let status = if report.result == "failed" { "500 Internal Server Error" } else { "200 OK" };
+            (status, JSON, serde_json::to_string(&report).unwrap_or_default())
+        }
+        ("POST", "/api/rollback") => {
+            let tenant = query.split('&').find_map(|kv| kv.strip_prefix("tenant=")).unwrap_or("");
+            match relay.rollback(&percent_decode(tenant)).await {
+                Ok(generation) => (
+                    "200 OK",
+                    JSON,
+                    serde_json::json!({"tenant": tenant, "generation": generation}).to_string(),
+                ),
+                Err(e) => ("409 Conflict", JSON, serde_json::json!({"error": e}).to_string()),
+            }
+        }
+        (_, "/metrics" | "/api/policies" | "/api/reload" | "/api/rollback") => {
+            ("405 Method Not Allowed", JSON, serde_json::json!({"error": "method not allowed"}).to_string())
+        }
+        _ => ("404 Not Found", JSON, serde_json::json!({"error": "no such endpoint"}).to_string()),
+    }
+}
+
+/// `GET /api/policies`.
+fn policies(relay: &Relay) -> serde_json::Value {
+    let live = relay.live();
+    let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let tenants: Vec<serde_json::Value> = live
+        .tenants
+        .iter()
+        .map(|tenant| {
+            let policies: Vec<serde_json::Value> = tenant
+                .chain
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    serde_json::json!({
+                        "name": p.name,
+                        "version": p.version,
+                        "hash": p.hash,
+                        "mode": if tenant.chain.is_shadow(i) { "shadow" } else { "enforce" },
+                        "file": p.file.display().to_string(),
+                        "generation": tenant.generation,
+                        "loaded_at": secs(p.loaded_at),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "tenant": tenant.name,
+                "generation": tenant.generation,
+                "loaded_at": secs(tenant.loaded_at),
+                "previous_generation": relay.previous_generation(&tenant.name),
+                "domains": tenant.domains,
+                "policies": policies,
+            })
+        })
+        .collect();
+    serde_json::json!({ "tenants": tenants })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request to a running relay's admin API (for `sluice reload` and `sluice policy
+/// rollback`): the status code and the body.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+) -> Result<(u16, String), String> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("{addr}: timed out connecting"))?
+        .map_err(|e| format!("{addr}: cannot connect: {e} (is the relay running with [admin] listen?)"))?;
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("{addr}: {e}"))?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| format!("{addr}: no answer"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

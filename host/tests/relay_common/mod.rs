@@ -1,0 +1,151 @@
+//! Helpers of the relay's end-to-end tests: the `sluice` binary on loopback, Python's smtplib
+//! as the client, `tests/support/sink.py` as the next hop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-relay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a script of `tests/support` and wait for its "ready" line.
+pub fn support(script: &str, args: &[String]) -> Proc {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script);
+    let mut child =
+        Command::new("python3").arg(path).args(args).stdout(Stdio::piped()).spawn().expect(script);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "{script}");
+    Proc(child)
+}
+
+pub fn sink(port: u16, dir: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![port.to_string(), dir.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    support("sink.py", &args)
+}
+
+pub struct Relay {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+pub fn relay(dir: &Path, port: u16, body: &str) -> Relay {
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\nmax_message_bytes = 100000\n\
+         [spool]\ndir = \"spool\"\n{body}"
+    );
+    std::fs::write(dir.join("sluice.toml"), config).expect("config");
+    start(dir, port)
+}
+
+pub fn start(dir: &Path, port: u16) -> Relay {
+    start_with(dir, port, &[])
+}
+
+pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Relay {
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(dir.join("sluice.toml"))
+        .args(extra)
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .env("SLUICE_LOG", "info")
+        .stderr(std::fs::File::create(dir.join("relay.log")).expect("log"))
+        .spawn()
+        .expect("start sluice");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "relay did not start: {}", log(dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Relay { proc, port, dir: dir.to_path_buf() }
+}
+
+pub fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default()
+}
+
+/// Run a Python snippet with `PORT` defined; returns its stdout.
+pub fn python(port: u16, code: &str) -> String {
+    let program = format!("import smtplib, socket\nPORT = {port}\n{code}");
+    let out = Command::new("python3").arg("-c").arg(program).output().expect("python3");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Files in `dir` ending in `suffix`, sorted.
+pub fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(suffix)).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub const MESSAGE: &str = "From: Alice <alice@remote.test>\\r\\nTo: bob@example.test\\r\\nSubject: Lunch\\r\\n\
+Date: Sat, 28 Nov 2026 00:00:00 +0000\\r\\nMessage-ID: <1.2@remote.test>\\r\\n\\r\\nShall we meet at noon?\\r\\n";
+
+/// Loopback is not trusted here: the client is "the internet".
+pub fn inbound(sink_port: u16) -> String {
+    format!(
+        "[relay]\ntrusted_networks = []\n[delivery]\nretry_base_secs = 1\nretry_max_secs = 2\n\
+         smarthost = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n"
+    )
+}
+
+pub fn sluice(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("sluice.toml"))
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .output()
+        .expect("sluice");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The sink's counters: connections, transactions, most connections open at once.
+pub fn sink_stats(dir: &Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(dir.join("stats.json")).unwrap_or_default();
+    let field = |name: &str| {
+        text.split(&format!("\"{name}\": "))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("sessions"), field("transactions"), field("max_open"))
+}
