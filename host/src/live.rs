@@ -228,17 +228,20 @@ impl Relay {
     /// Re-read the configuration and the policy files and swap in what changed.
     pub async fn reload(self: &Arc<Self>, reason: &str) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().await;
+        let started = std::time::Instant::now();
         let report = self.reload_locked().await;
+        let millis = started.elapsed().as_millis() as u64;
         self.metrics.reload(report.result);
         match report.result {
             "failed" => {
                 for error in &report.errors {
-                    tracing::error!(reason, error = %error, "reload failed; the running generation stays");
+                    tracing::error!(reason, millis, error = %error, "reload failed; the running generation stays");
                 }
             }
             result => tracing::info!(
                 reason,
                 result,
+                millis,
                 changed = %report.changed.iter().map(|(t, g)| format!("{t}@{g}")).collect::<Vec<_>>().join(","),
                 "reload"
             ),
@@ -413,7 +416,8 @@ impl Relay {
     /// Watch the configuration file and every policy file and reload when one changes.
     /// Directories are watched, not files (a watch on a file is lost when it is renamed
     /// over); a burst of events is taken as one once the files have been quiet for
-    /// [`QUIET`], so a file being written is not taken half-way (and if a writer pauses
+    /// [`QUIET`] (10 ms after a rename into place or a close after writing), so a file being
+    /// written is not taken half-way (and if a writer pauses
     /// longer, the half file fails validation and the running generation stays until the
     /// complete file arrives).
     pub fn watch(self: &Arc<Self>) -> Result<(), String> {
@@ -433,10 +437,15 @@ impl Relay {
                 if !relevant(&event, &files) {
                     continue;
                 }
-                // Quiet period: more events restart it.
+                // Quiet period: more events for these files restart it (other files in the
+                // same directories, such as a log being written, do not).
+                let mut quiet_until = tokio::time::Instant::now() + quiet_after(&event);
                 loop {
-                    match tokio::time::timeout(QUIET, rx.recv()).await {
-                        Ok(Some(_)) => continue,
+                    match tokio::time::timeout_at(quiet_until, rx.recv()).await {
+                        Ok(Some(event)) if relevant(&event, &files) => {
+                            quiet_until = tokio::time::Instant::now() + quiet_after(&event);
+                        }
+                        Ok(Some(_)) => {}
                         Ok(None) => return,
                         Err(_) => break,
                     }
@@ -464,7 +473,19 @@ impl Relay {
 }
 
 /// How long files must be quiet before a change is taken.
-pub const QUIET: Duration = Duration::from_millis(100);
+pub const QUIET: Duration = Duration::from_millis(50);
+
+/// The quiet period after `event`: short when the event says a file is complete (renamed
+/// into place, or closed after writing), [`QUIET`] while a file is still being written.
+fn quiet_after(event: &notify::Event) -> Duration {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    match event.kind {
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        | EventKind::Access(AccessKind::Close(AccessMode::Write)) => Duration::from_millis(10),
+        _ => QUIET,
+    }
+}
 
 fn relevant(event: &notify::Event, files: &HashSet<PathBuf>) -> bool {
     use notify::EventKind;

@@ -174,31 +174,49 @@ impl Spool {
         serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// Every envelope in `store`, oldest first; removes leftovers of interrupted writes.
+    /// Every envelope in `store`, oldest first, after removing the leftovers of writes a
+    /// crash interrupted (temporary files, a message file without its envelope). Only for
+    /// start-up, before anything writes to the spool: while the relay runs, those are
+    /// writes in progress — use [`Spool::list`].
     pub fn recover(&self, store: Store) -> io::Result<Vec<QueuedMessage>> {
         let dir = self.dir(store);
-        let mut envelopes = Vec::new();
-        let mut names = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            names.push(entry?.file_name().to_string_lossy().into_owned());
-        }
-        names.sort();
+        let names = self.names(store)?;
         for name in &names {
             if name.starts_with('.') && name.ends_with(".tmp") {
                 let _ = fs::remove_file(dir.join(name));
-            } else if let Some(id) = name.strip_suffix(".msg") {
-                if !names.iter().any(|n| n.strip_suffix(".json") == Some(id)) {
-                    tracing::warn!(id, "removing a message file without envelope (never acknowledged)");
-                    let _ = fs::remove_file(dir.join(name));
-                }
-            } else if let Some(id) = name.strip_suffix(".json") {
+            } else if let Some(id) = name.strip_suffix(".msg")
+                && !names.iter().any(|n| n.strip_suffix(".json") == Some(id))
+            {
+                tracing::warn!(id, "removing a message file without envelope (never acknowledged)");
+                let _ = fs::remove_file(dir.join(name));
+            }
+        }
+        self.list(store)
+    }
+
+    /// Every envelope in `store`, oldest first, touching nothing: safe while messages are
+    /// being written and removed (one that vanishes meanwhile is skipped).
+    pub fn list(&self, store: Store) -> io::Result<Vec<QueuedMessage>> {
+        let mut envelopes = Vec::new();
+        for name in self.names(store)? {
+            if let Some(id) = name.strip_suffix(".json") {
                 match self.envelope(store, id) {
                     Ok(envelope) => envelopes.push(envelope),
-                    Err(e) => tracing::error!(id, error = %e, "unreadable envelope left in the spool"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::error!(id, error = %e, "unreadable envelope in the spool"),
                 }
             }
         }
         Ok(envelopes)
+    }
+
+    fn names(&self, store: Store) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(self.dir(store))? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Move a message between stores (quarantine release).
@@ -254,6 +272,10 @@ mod tests {
         // Leftovers of a crash: a message without envelope, a temporary file.
         fs::write(dir.join("queue").join("ABCDEF.msg"), b"half").unwrap();
         fs::write(dir.join("queue").join(".ABCDEF.json.tmp"), b"{").unwrap();
+        // While the relay runs they are writes in progress: listing leaves them alone.
+        assert_eq!(spool.list(Store::Queue).unwrap(), vec![envelope(&id)]);
+        assert!(dir.join("queue").join("ABCDEF.msg").exists());
+        assert!(dir.join("queue").join(".ABCDEF.json.tmp").exists());
         let found = spool.recover(Store::Queue).unwrap();
         assert_eq!(found, vec![envelope(&id)]);
         assert!(!dir.join("queue").join("ABCDEF.msg").exists());

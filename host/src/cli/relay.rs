@@ -21,12 +21,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let admin = config.admin.clone();
     let watching = config_path.is_some();
     let (relay, new_ids) = Relay::build(config, config_path).await?;
+    // Clean up after a crash before anything writes to the spool.
+    let queued = relay.spool.recover(Store::Queue)?.len();
+    let quarantined = relay.spool.recover(Store::Quarantine)?.len();
     let errors = relay.apply_listeners(&listen).await;
     if let Some(error) = errors.first() {
         anyhow::bail!("{error}");
     }
-    let queued = relay.spool.recover(Store::Queue)?.len();
-    let quarantined = relay.spool.recover(Store::Quarantine)?.len();
     tracing::info!(
         listen = listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(",").as_str(),
         tenants = relay.live().tenants.len(),
@@ -146,7 +147,7 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::List => {
             for (store, name) in [(Store::Queue, "queue"), (Store::Quarantine, "quarantine")] {
-                for m in spool.recover(store)? {
+                for m in spool.list(store)? {
                     let pending: Vec<&str> = m.pending().map(|r| r.address.as_str()).collect();
                     println!(
                         "{}  {name:10}  from <{}>  to {}  attempts {}  {}",
@@ -169,7 +170,7 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
         }
         QueueCommand::Flush => {
             let mut n = 0;
-            for mut m in spool.recover(Store::Queue)? {
+            for mut m in spool.list(Store::Queue)? {
                 m.next_attempt = 0;
                 spool.update(Store::Queue, &m)?;
                 n += 1;

@@ -83,7 +83,7 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
             }
             _ = rescan.tick() => {
                 let spool = relay.spool.clone();
-                if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || spool.recover(Store::Queue)).await {
+                if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || spool.list(Store::Queue)).await {
                     relay.metrics.set_queue(all.len());
                     due.clear();
                     for m in all {

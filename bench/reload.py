@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Hot reload under load: reload latency, and 100 reloads while 20 clients send mail.
+
+Usage: python3 bench/reload.py [--sluice target/release/sluice] [--reloads 100] [--clients 20]
+                               [--latency-runs 40] [--cold-runs 20] [--keep]
+
+Needs the relay and the shipped policies built in release mode:
+    cargo build --release -p sluice
+    cargo build --release --target wasm32-wasip2 -p spam-heuristics -p dnsbl
+
+It starts, on loopback only, a test next hop (host/tests/support/sink.py) and `sluice serve`
+with one tenant whose policy file is policies/filter.wasm, then prints:
+
+1. reload latency: a new version of the file is renamed into place; the time until
+   GET /api/policies shows the new content hash, i.e. until new sessions get the new
+   generation (the file watcher's quiet period, validation and the swap): for components
+   never seen before (compiled), and for the two alternating (from the compile cache).
+2. reloads under load: 20 client threads send mail, one new connection per message, while
+   the file is replaced 100 times (alternating spam-heuristics and dnsbl, every fifth time
+   first by a broken file); then every message the relay answered 250 must reach the next
+   hop, no transaction may fail, and every transaction's log line names one generation.
+"""
+import argparse
+import json
+import os
+import shutil
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WASM = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def deploy(target, data):
+    tmp = target + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
+
+
+def api(admin, path, method="GET"):
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method=method)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().decode()
+
+
+def current_hash(admin):
+    listing = json.loads(api(admin, "/api/policies"))
+    return listing["tenants"][0]["policies"][0]["hash"]
+
+
+def metric(admin, name):
+    for line in api(admin, "/metrics").splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_hash(admin, wanted, timeout=10.0):
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if current_hash(admin) == wanted:
+            return time.perf_counter()
+        time.sleep(0.002)
+    return None
+
+
+def sha256(data):
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, int(round(p / 100.0 * (len(values) - 1)))))
+    return values[k]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    ap.add_argument("--reloads", type=int, default=100)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--latency-runs", type=int, default=40)
+    ap.add_argument("--cold-runs", type=int, default=20)
+    ap.add_argument("--keep", action="store_true", help="keep the working directory (printed)")
+    args = ap.parse_args()
+    versions = [os.path.join(WASM, "spam_heuristics.wasm"), os.path.join(WASM, "dnsbl.wasm")]
+    for path in [args.sluice] + versions:
+        if not os.path.exists(path):
+            sys.exit(f"missing {path}: build it first (see the docstring)")
+    blobs = [open(v, "rb").read() for v in versions]
+
+    work = tempfile.mkdtemp(prefix="sluice-reload-bench-")
+    cache = os.path.join(work, "cache")
+    os.makedirs(os.path.join(work, "policies"))
+    filter_path = os.path.join(work, "policies", "filter.wasm")
+    deploy(filter_path, blobs[0])
+    port, admin, sink_port = free_port(), free_port(), free_port()
+    with open(os.path.join(work, "sluice.toml"), "w") as f:
+        f.write(f"""[server]
+hostname = "relay.test"
+listen = ["127.0.0.1:{port}"]
+max_connections = 2000
+max_connections_per_ip = 1000
+[spool]
+dir = "spool"
+[admin]
+listen = "127.0.0.1:{admin}"
+[relay]
+trusted_networks = ["127.0.0.0/8"]
+[delivery]
+retry_base_secs = 1
+retry_max_secs = 2
+[[tenant]]
+name = "example"
+domains = ["example.test"]
+next_hop = "smtp:127.0.0.1:{sink_port}"
+[[tenant.policy]]
+path = "policies/filter.wasm"
+""")
+    sink = subprocess.Popen([sys.executable, os.path.join(ROOT, "host/tests/support/sink.py"), str(sink_port),
+                             os.path.join(work, "sink")], stdout=subprocess.PIPE)
+    sink.stdout.readline()
+    log = open(os.path.join(work, "relay.log"), "w")
+    env = dict(os.environ, SLUICE_CACHE_DIR=cache, SLUICE_LOG="info")
+    relay = subprocess.Popen([args.sluice, "serve", "--config", os.path.join(work, "sluice.toml")],
+                             stderr=log, env=env)
+    try:
+        wait_port(port)
+        wait_port(admin)
+        run(args, work, filter_path, blobs, port, admin)
+    finally:
+        relay.terminate()
+        relay.wait()
+        sink.terminate()
+        log.close()
+        if args.keep:
+            print(f"working directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work, filter_path, blobs, port, admin):
+    hashes = [sha256(b) for b in blobs]
+
+    # 1. Latency. Components this relay has never seen (so they are compiled): the two
+    # shipped policies made distinct by a custom section (same behaviour, new content hash).
+    cold = []
+    for i in range(args.cold_runs):
+        fresh = blobs[i % 2] + custom_section("sluice-bench", os.urandom(16))
+        before = time.perf_counter()
+        deploy(filter_path, fresh)
+        done = wait_hash(admin, sha256(fresh))
+        cold.append((done - before) * 1000 if done else float("inf"))
+        time.sleep(0.05)
+    # Known components (in the compile cache): first make sure both are.
+    for i in range(2):
+        deploy(filter_path, blobs[i])
+        wait_hash(admin, hashes[i])
+    warm = []
+    for i in range(args.latency_runs):
+        blob, digest = blobs[i % 2], hashes[i % 2]
+        if current_hash(admin) == digest:
+            blob, digest = blobs[(i + 1) % 2], hashes[(i + 1) % 2]
+        before = time.perf_counter()
+        deploy(filter_path, blob)
+        done = wait_hash(admin, digest)
+        warm.append((done - before) * 1000 if done else float("inf"))
+        time.sleep(0.05)
+    print("reload latency, file renamed into place -> new sessions on the new generation (ms)")
+    print(f"  new components (compiled), {len(cold)} reloads:   p50 {percentile(cold, 50):.0f}  "
+          f"p99 {percentile(cold, 99):.0f}  max {max(cold):.0f}")
+    print(f"  known components (cached), {len(warm)} reloads:  p50 {percentile(warm, 50):.0f}  "
+          f"p99 {percentile(warm, 99):.0f}  max {max(warm):.0f}")
+
+    # 2. Reloads under load.
+    failed_before = metric(admin, 'sluice_reloads_total{result="failed"}')
+    applied_before = metric(admin, 'sluice_reloads_total{result="applied"}')
+    stop = threading.Event()
+    counts = {"sent": 0, "accepted": 0, "failed": 0}
+    errors = []
+    lock = threading.Lock()
+    body = ("From: alice@example.test\r\nTo: bob@example.test\r\nSubject: load\r\n"
+            "Date: Sat, 28 Nov 2026 00:00:00 +0000\r\nMessage-ID: <{n}@example.test>\r\n\r\n" + "x" * 4000 + "\r\n")
+
+    def client(k):
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+                refused = s.sendmail("alice@example.test", ["bob@example.test"], body.format(n=f"{k}.{n}"))
+                s.quit()
+                with lock:
+                    counts["sent"] += 1
+                    counts["accepted" if not refused else "failed"] += 1
+            except Exception as e:  # any failure counts
+                with lock:
+                    counts["sent"] += 1
+                    counts["failed"] += 1
+                    errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    started = time.time()
+    broken = [blobs[0][: len(blobs[0]) // 2], b"not a component at all"]
+    for i in range(args.reloads):
+        if i % 5 == 4:
+            deploy(filter_path, broken[i % 2])
+            time.sleep(0.25)
+        deploy(filter_path, blobs[i % 2])
+        time.sleep(0.25)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.time() - started
+    # Every accepted message must reach the next hop.
+    deadline = time.time() + 120
+    delivered = 0
+    while time.time() < deadline:
+        delivered = len([f for f in os.listdir(os.path.join(work, "sink")) if f.endswith(".eml")])
+        if delivered >= counts["accepted"]:
+            break
+        time.sleep(0.5)
+    failed = metric(admin, 'sluice_reloads_total{result="failed"}') - failed_before
+    applied = metric(admin, 'sluice_reloads_total{result="applied"}') - applied_before
+    lines = [l for l in open(os.path.join(work, "relay.log")) if " transaction " in l or l.rstrip().endswith("transaction")]
+    generations = set()
+    one_each = True
+    for l in lines:
+        found = [w for w in l.split() if w.startswith("generation=")]
+        one_each &= len(found) == 1
+        generations.update(found)
+    print(f"\nreloads under load: {args.clients} clients, new connection per message, {args.reloads} file "
+          f"replacements (+{args.reloads // 5} broken files) in {elapsed:.0f} s")
+    print(f"  reloads applied {applied:.0f}, refused (broken file) {failed:.0f}")
+    print(f"  messages sent {counts['sent']}, answered 250 {counts['accepted']}, failed {counts['failed']}, "
+          f"delivered to the next hop {delivered}, lost {max(0, counts['accepted'] - delivered)}")
+    print(f"  transaction log lines {len(lines)}, each naming exactly one generation: {one_each}; "
+          f"generations seen {len(generations)}")
+    if errors:
+        print("  first errors:", errors[:3])
+
+
+def custom_section(name, payload):
+    """A wasm custom section (id 0): ignored by the runtime, changes the file's hash."""
+    body = leb(len(name)) + name.encode() + payload
+    return b"\x00" + leb(len(body)) + body
+
+
+def leb(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+if __name__ == "__main__":
+    main()
