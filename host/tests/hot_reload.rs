@@ -253,6 +253,12 @@ fn a_config_reload_changes_domains_and_listeners() {
     std::fs::write(r.dir.join("sluice.toml"), config).expect("config");
     wait_for("the new domain", Duration::from_secs(20), || rcpt(r.port, "carol@new.test") == 250);
     assert_eq!(rcpt(second, "carol@new.test"), 250, "the new listener accepts");
+    // SIGHUP takes the same path (nothing changed since: the report says so).
+    let pid = r.proc.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    wait_for("the SIGHUP reload", Duration::from_secs(20), || {
+        log(&r.dir).lines().any(|l| l.contains("reason=\"SIGHUP\"") && l.contains("result=\"unchanged\""))
+    });
     drop(sink);
 }
 
