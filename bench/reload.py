@@ -2,19 +2,20 @@
 """Hot reload under load: reload latency, and 100 reloads while 20 clients send mail.
 
 Usage: python3 bench/reload.py [--sluice target/release/sluice] [--reloads 100] [--clients 20]
-                               [--latency-runs 40] [--cold-runs 20] [--keep]
+                               [--latency-runs 40] [--cold-restarts 7] [--keep]
 
 Needs the relay and the shipped policies built in release mode:
     cargo build --release -p sluice
-    cargo build --release --target wasm32-wasip2 -p spam-heuristics -p dnsbl
+    cargo build --release --target wasm32-wasip2 -p spam-heuristics -p dnsbl -p greylist -p rate-limit
 
 It starts, on loopback only, a test next hop (host/tests/support/sink.py) and `sluice serve`
 with one tenant whose policy file is policies/filter.wasm, then prints:
 
 1. reload latency: a new version of the file is renamed into place; the time until
    GET /api/policies shows the new content hash, i.e. until new sessions get the new
-   generation (the file watcher's quiet period, validation and the swap): for components
-   never seen before (compiled), and for the two alternating (from the compile cache).
+   generation (the file watcher's quiet period, validation and the swap): for shipped
+   policies the relay has never loaded (compiled; several fresh relays), and for two
+   alternating ones it has (from the compile cache).
 2. reloads under load: 20 client threads send mail, one new connection per message, while
    the file is replaced 100 times (alternating spam-heuristics and dnsbl, every fifth time
    first by a broken file); then every message the relay answered 250 must reach the next
@@ -38,15 +39,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WASM = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
 
 
-def free_port():
-    with socket.socket() as s:
+def free_ports(n):
+    """`n` distinct free loopback ports (the sockets stay bound until all are chosen)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
-def wait_port(port, timeout=60):
+def wait_port(port, timeout=60, process=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            sys.exit(f"the relay exited ({process.returncode}); see its log")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -102,37 +112,25 @@ def percentile(values, p):
     return values[k]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
-    ap.add_argument("--reloads", type=int, default=100)
-    ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--latency-runs", type=int, default=40)
-    ap.add_argument("--cold-runs", type=int, default=20)
-    ap.add_argument("--keep", action="store_true", help="keep the working directory (printed)")
-    args = ap.parse_args()
-    versions = [os.path.join(WASM, "spam_heuristics.wasm"), os.path.join(WASM, "dnsbl.wasm")]
-    for path in [args.sluice] + versions:
-        if not os.path.exists(path):
-            sys.exit(f"missing {path}: build it first (see the docstring)")
-    blobs = [open(v, "rb").read() for v in versions]
+class Relay:
+    """`sluice serve` in a fresh directory (fresh compile cache) with a test next hop."""
 
-    work = tempfile.mkdtemp(prefix="sluice-reload-bench-")
-    cache = os.path.join(work, "cache")
-    os.makedirs(os.path.join(work, "policies"))
-    filter_path = os.path.join(work, "policies", "filter.wasm")
-    deploy(filter_path, blobs[0])
-    port, admin, sink_port = free_port(), free_port(), free_port()
-    with open(os.path.join(work, "sluice.toml"), "w") as f:
-        f.write(f"""[server]
+    def __init__(self, sluice, first_policy):
+        self.work = tempfile.mkdtemp(prefix="sluice-reload-bench-")
+        os.makedirs(os.path.join(self.work, "policies"))
+        self.filter = os.path.join(self.work, "policies", "filter.wasm")
+        deploy(self.filter, first_policy)
+        self.port, self.admin, sink_port = free_ports(3)
+        with open(os.path.join(self.work, "sluice.toml"), "w") as f:
+            f.write(f"""[server]
 hostname = "relay.test"
-listen = ["127.0.0.1:{port}"]
+listen = ["127.0.0.1:{self.port}"]
 max_connections = 2000
 max_connections_per_ip = 1000
 [spool]
 dir = "spool"
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:{self.admin}"
 [relay]
 trusted_networks = ["127.0.0.0/8"]
 [delivery]
@@ -145,42 +143,72 @@ next_hop = "smtp:127.0.0.1:{sink_port}"
 [[tenant.policy]]
 path = "policies/filter.wasm"
 """)
-    sink = subprocess.Popen([sys.executable, os.path.join(ROOT, "host/tests/support/sink.py"), str(sink_port),
-                             os.path.join(work, "sink")], stdout=subprocess.PIPE)
-    sink.stdout.readline()
-    log = open(os.path.join(work, "relay.log"), "w")
-    env = dict(os.environ, SLUICE_CACHE_DIR=cache, SLUICE_LOG="info")
-    relay = subprocess.Popen([args.sluice, "serve", "--config", os.path.join(work, "sluice.toml")],
-                             stderr=log, env=env)
-    try:
-        wait_port(port)
-        wait_port(admin)
-        run(args, work, filter_path, blobs, port, admin)
-    finally:
-        relay.terminate()
-        relay.wait()
-        sink.terminate()
-        log.close()
-        if args.keep:
-            print(f"working directory kept: {work}")
+        self.sink = subprocess.Popen([sys.executable, os.path.join(ROOT, "host/tests/support/sink.py"),
+                                      str(sink_port), os.path.join(self.work, "sink")], stdout=subprocess.PIPE)
+        self.sink.stdout.readline()
+        self.log = open(os.path.join(self.work, "relay.log"), "w")
+        env = dict(os.environ, SLUICE_CACHE_DIR=os.path.join(self.work, "cache"), SLUICE_LOG="info")
+        self.relay = subprocess.Popen([sluice, "serve", "--config", os.path.join(self.work, "sluice.toml")],
+                                      stderr=self.log, env=env)
+        wait_port(self.port, process=self.relay)
+        wait_port(self.admin, process=self.relay)
+
+    def stop(self, keep=False):
+        self.relay.terminate()
+        self.relay.wait()
+        self.sink.terminate()
+        self.log.close()
+        if keep:
+            print(f"working directory kept: {self.work}")
         else:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
-def run(args, work, filter_path, blobs, port, admin):
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    ap.add_argument("--reloads", type=int, default=100)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--latency-runs", type=int, default=40)
+    ap.add_argument("--cold-restarts", type=int, default=7)
+    ap.add_argument("--keep", action="store_true", help="keep the working directory (printed)")
+    args = ap.parse_args()
+    names = ["spam_heuristics", "dnsbl", "greylist", "rate_limit"]
+    paths = [os.path.join(WASM, f"{n}.wasm") for n in names]
+    for path in [args.sluice] + paths:
+        if not os.path.exists(path):
+            sys.exit(f"missing {path}: build it first (see the docstring)")
+    blobs = {n: open(p, "rb").read() for n, p in zip(names, paths)}
+
+    # 1a. New components: a relay started on greylist gets each other shipped policy for the
+    # first time (compiled then; functions it shares with what the relay already
+    # compiled, such as the standard library's and the SDK's, are taken from the function
+    # cache). A fresh relay and compile cache each round.
+    cold = []
+    for _ in range(args.cold_restarts):
+        relay = Relay(args.sluice, blobs["greylist"])
+        try:
+            for name in ["spam_heuristics", "dnsbl", "rate_limit"]:
+                before = time.perf_counter()
+                deploy(relay.filter, blobs[name])
+                done = wait_hash(relay.admin, sha256(blobs[name]))
+                cold.append((done - before) * 1000 if done else float("inf"))
+                time.sleep(0.05)
+        finally:
+            relay.stop()
+
+    relay = Relay(args.sluice, blobs["spam_heuristics"])
+    try:
+        run(args, relay, [blobs["spam_heuristics"], blobs["dnsbl"]], cold)
+    finally:
+        relay.stop(args.keep)
+
+
+def run(args, relay, blobs, cold):
+    work, filter_path, port, admin = relay.work, relay.filter, relay.port, relay.admin
     hashes = [sha256(b) for b in blobs]
 
-    # 1. Latency. Components this relay has never seen (so they are compiled): the two
-    # shipped policies made distinct by a custom section (same behaviour, new content hash).
-    cold = []
-    for i in range(args.cold_runs):
-        fresh = blobs[i % 2] + custom_section("sluice-bench", os.urandom(16))
-        before = time.perf_counter()
-        deploy(filter_path, fresh)
-        done = wait_hash(admin, sha256(fresh))
-        cold.append((done - before) * 1000 if done else float("inf"))
-        time.sleep(0.05)
-    # Known components (in the compile cache): first make sure both are.
+    # 1b. Known components (in the compile cache): first make sure both are.
     for i in range(2):
         deploy(filter_path, blobs[i])
         wait_hash(admin, hashes[i])
@@ -268,24 +296,6 @@ def run(args, work, filter_path, blobs, port, admin):
           f"generations seen {len(generations)}")
     if errors:
         print("  first errors:", errors[:3])
-
-
-def custom_section(name, payload):
-    """A wasm custom section (id 0): ignored by the runtime, changes the file's hash."""
-    body = leb(len(name)) + name.encode() + payload
-    return b"\x00" + leb(len(body)) + body
-
-
-def leb(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 if __name__ == "__main__":

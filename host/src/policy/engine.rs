@@ -9,6 +9,7 @@
 //! A ticker thread advances the engine's epoch; every store counts the ticks its guest runs
 //! through, which bounds CPU time per hook call (see [`super::instance`]).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -228,6 +229,12 @@ impl PolicyEngine {
             .wasm_component_model(true)
             .max_wasm_stack(1 << 20)
             .async_stack_size(2 << 20);
+        // Functions already compiled (in an earlier version of a policy, or in another policy:
+        // they share the standard library and the SDK) are not compiled again: a new version
+        // of a policy compiles only what changed, which is what makes its reload fast.
+        config
+            .enable_incremental_compilation(Arc::new(FunctionCache::default()))
+            .map_err(|e| anyhow::anyhow!("cannot enable incremental compilation: {e}"))?;
         let engine =
             Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot build the wasm engine: {e}"))?;
 
@@ -357,6 +364,35 @@ impl PolicyEngine {
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
         }))
+    }
+}
+
+/// Compiled functions by Cranelift's key (the function's code and the compiler settings), in
+/// memory for the life of the process, up to [`FUNCTION_CACHE_BYTES`] (then new entries are
+/// not kept).
+#[derive(Debug, Default)]
+struct FunctionCache {
+    entries: std::sync::Mutex<(HashMap<Vec<u8>, Arc<[u8]>>, usize)>,
+}
+
+/// Bound of the function cache.
+const FUNCTION_CACHE_BYTES: usize = 256 << 20;
+
+impl wasmtime::CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let entries = self.entries.lock().ok()?;
+        entries.0.get(key).map(|v| std::borrow::Cow::Owned(v.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let Ok(mut entries) = self.entries.lock() else { return false };
+        let size = key.len() + value.len();
+        if entries.1 + size > FUNCTION_CACHE_BYTES {
+            return false;
+        }
+        entries.1 += size;
+        entries.0.insert(key.to_vec(), value.into());
+        true
     }
 }
 
