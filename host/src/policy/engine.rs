@@ -372,7 +372,13 @@ impl PolicyEngine {
 /// not kept).
 #[derive(Debug, Default)]
 struct FunctionCache {
-    entries: std::sync::Mutex<(HashMap<Vec<u8>, Arc<[u8]>>, usize)>,
+    entries: std::sync::Mutex<FunctionEntries>,
+}
+
+#[derive(Debug, Default)]
+struct FunctionEntries {
+    by_key: HashMap<Vec<u8>, Arc<[u8]>>,
+    bytes: usize,
 }
 
 /// Bound of the function cache.
@@ -381,17 +387,17 @@ const FUNCTION_CACHE_BYTES: usize = 256 << 20;
 impl wasmtime::CacheStore for FunctionCache {
     fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
         let entries = self.entries.lock().ok()?;
-        entries.0.get(key).map(|v| std::borrow::Cow::Owned(v.to_vec()))
+        entries.by_key.get(key).map(|v| std::borrow::Cow::Owned(v.to_vec()))
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
         let Ok(mut entries) = self.entries.lock() else { return false };
         let size = key.len() + value.len();
-        if entries.1 + size > FUNCTION_CACHE_BYTES {
+        if entries.bytes + size > FUNCTION_CACHE_BYTES {
             return false;
         }
-        entries.1 += size;
-        entries.0.insert(key.to_vec(), value.into());
+        entries.bytes += size;
+        entries.by_key.insert(key.to_vec(), value.into());
         true
     }
 }
