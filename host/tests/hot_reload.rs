@@ -162,6 +162,10 @@ fn a_new_policy_applies_to_new_sessions_while_open_ones_keep_theirs() {
     assert_eq!(policy_name(admin), "probe");
     assert_eq!(gtube(r.port), 250);
     assert!(http(admin, "GET", "/api/policies").contains("\"previous_generation\":2"));
+    // `cp` over the file in place (truncate, then write) is taken too, once complete.
+    std::fs::copy(SPAM_HEURISTICS, &filter).expect("cp");
+    wait_for("the copied policy", Duration::from_secs(20), || policy_name(admin) == "spam-heuristics");
+    assert_eq!(gtube(r.port), 550);
     // Nothing further back: a second rollback goes forward again; an unknown tenant is an error.
     let (ok, out) = sluice(&r.dir, &["policy", "rollback", "--tenant", "nobody"]);
     assert!(!ok && out.contains("no tenant named"), "{out}");
