@@ -61,6 +61,9 @@ pub struct Config {
     /// directory for the embedded default).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// SHA-256 of the text it was parsed from, hex (a reload skips an unchanged file).
+    #[serde(skip)]
+    pub text_hash: String,
 }
 
 /// `[server]`.
@@ -308,6 +311,7 @@ impl Config {
         let error = |message: String| ConfigError { source_name: source_name.to_string(), message };
         let mut config: Config = toml::from_str(text).map_err(|e| error(describe_toml_error(text, &e)))?;
         config.base_dir = base_dir;
+        config.text_hash = text_hash(text);
         config.check().map_err(|message| match key_line(text, &message) {
             Some(line) => error(format!("line {line}: {message}")),
             None => error(message),
@@ -566,6 +570,12 @@ fn key_line(text: &str, message: &str) -> Option<usize> {
     }
     let start = span?.start.min(text.len());
     Some(text[..start].matches('\n').count() + 1)
+}
+
+/// SHA-256 of configuration text, hex.
+pub fn text_hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {

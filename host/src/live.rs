@@ -50,8 +50,6 @@ pub struct Tenant {
 pub struct Live {
     /// The configuration.
     pub config: Arc<Config>,
-    /// SHA-256 of the configuration file's text (empty for the embedded default).
-    config_hash: String,
     /// Tenants, the first being the default.
     pub tenants: Vec<Arc<Tenant>>,
     /// Local domain → index in `tenants`.
@@ -67,7 +65,6 @@ pub struct Live {
 impl Live {
     fn assemble(
         config: Arc<Config>,
-        config_hash: String,
         tenants: Vec<Arc<Tenant>>,
         tls: Option<tokio_rustls::TlsAcceptor>,
         users: Option<Arc<Users>>,
@@ -81,7 +78,6 @@ impl Live {
         Self {
             trusted: config.trusted_networks(),
             config,
-            config_hash,
             tenants,
             local_domains: Arc::new(local_domains),
             tls,
@@ -181,14 +177,13 @@ async fn file_hash(path: &Path) -> Result<String, String> {
 }
 
 /// The first snapshot, at start: every failure is fatal.
-pub async fn initial(loader: &Loader, config: Config, config_text: Option<&str>) -> anyhow::Result<Live> {
+pub async fn initial(loader: &Loader, config: Config) -> anyhow::Result<Live> {
     let mut tenants = Vec::new();
     for t in &config.tenants {
         tenants.push(loader.tenant(&config, t, None).await.map_err(anyhow::Error::msg)?);
     }
     let (tls, users) = tls_and_users(&config).map_err(anyhow::Error::msg)?;
-    let hash = config_text.map(|t| hex::encode(Sha256::digest(t.as_bytes()))).unwrap_or_default();
-    Ok(Live::assemble(Arc::new(config), hash, tenants, tls, users))
+    Ok(Live::assemble(Arc::new(config), tenants, tls, users))
 }
 
 type TlsAndUsers = (Option<tokio_rustls::TlsAcceptor>, Option<Arc<Users>>);
@@ -252,20 +247,19 @@ impl Relay {
     async fn reload_locked(self: &Arc<Self>) -> ReloadReport {
         let failed = |errors: Vec<String>| ReloadReport { result: "failed", changed: Vec::new(), errors };
         let current = self.live();
-        let (config, config_hash) = match &self.config_path {
-            None => (current.config.clone(), current.config_hash.clone()),
+        let config = match &self.config_path {
+            None => current.config.clone(),
             Some(path) => {
                 let text = match std::fs::read_to_string(path) {
                     Ok(text) => text,
                     Err(e) => return failed(vec![format!("{}: cannot read: {e}", path.display())]),
                 };
-                let hash = hex::encode(Sha256::digest(text.as_bytes()));
-                if hash == current.config_hash {
-                    (current.config.clone(), hash)
+                if crate::config::text_hash(&text) == current.config.text_hash {
+                    current.config.clone()
                 } else {
                     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
                     match Config::parse(&text, &path.display().to_string(), base) {
-                        Ok(config) => (Arc::new(config), hash),
+                        Ok(config) => Arc::new(config),
                         Err(e) => return failed(vec![e.to_string()]),
                     }
                 }
@@ -319,7 +313,7 @@ impl Relay {
                 }
             }
         }
-        let next = Live::assemble(config.clone(), config_hash, tenants, tls, users);
+        let next = Live::assemble(config.clone(), tenants, tls, users);
         self.swap(next);
         if config_changed {
             self.apply_listeners(&config.server.listen).await;
@@ -353,13 +347,8 @@ impl Relay {
         drop(previous);
         let mut tenants = current.tenants.clone();
         tenants[index] = back.clone();
-        let next = Live::assemble(
-            current.config.clone(),
-            current.config_hash.clone(),
-            tenants,
-            current.tls.clone(),
-            current.users.clone(),
-        );
+        let next =
+            Live::assemble(current.config.clone(), tenants, current.tls.clone(), current.users.clone());
         self.swap(next);
         self.metrics.reload("rollback");
         tracing::info!(tenant = name, generation = back.generation, "rolled back to the previous generation");

@@ -82,12 +82,6 @@ impl Relay {
             clock: crate::policy::Clock::System,
         };
         let loader = Loader::new(engine, services);
-        let config_text = match &config_path {
-            Some(path) => {
-                Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
-            }
-            None => None,
-        };
         let (tx, rx) = mpsc::unbounded_channel();
         let tls_client = if config.delivery.starttls {
             Some(crate::delivery::client::tls_connector().map_err(anyhow::Error::msg)?)
@@ -95,7 +89,7 @@ impl Relay {
             None
         };
         let connections = Arc::new(Semaphore::new(config.server.max_connections));
-        let live = crate::live::initial(&loader, config, config_text.as_deref()).await?;
+        let live = crate::live::initial(&loader, config).await?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         for tenant in &live.tenants {
             metrics.set_generation(&tenant.name, tenant.generation);

@@ -212,11 +212,6 @@ impl Pool {
             connection.quit(Duration::from_secs(2)).await;
         }
     }
-
-    /// Connections in the cache (for tests and metrics).
-    pub fn idle_connections(&self) -> usize {
-        self.idle.lock().map(|idle| idle.values().map(Vec::len).sum()).unwrap_or(0)
-    }
 }
 
 /// A reply from an SMTP server.

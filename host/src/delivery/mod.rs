@@ -153,19 +153,15 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
         let _slot = outbound.slots.clone().acquire_owned().await;
         let message = match &message {
             Some(m) => m.clone(),
-            None => {
-                let spool = relay.spool.clone();
-                let owned = id.to_string();
-                match tokio::task::spawn_blocking(move || spool.message(Store::Queue, &owned)).await {
-                    Ok(Ok(bytes)) => message.insert(Arc::new(bytes)).clone(),
-                    // Deleted meanwhile.
-                    _ => return None,
-                }
-            }
+            None => match read_message(relay, id).await {
+                Some(bytes) => message.insert(bytes).clone(),
+                // Deleted meanwhile.
+                None => return None,
+            },
         };
         let tx = Transaction { mail_from: &envelope.mail_from, recipients: &addresses, message: &message };
         let results = match &hop {
-            Target::Mx(domain) => mx_deliver(relay, outbound, domain, &tx).await,
+            Target::Mx(domain) => mx_deliver(relay, outbound, domain, config.mx_port, &tx).await,
             Target::Hop(NextHop::Maildir(path)) => {
                 let dir = live.config.resolve(path);
                 let message = message.clone();
@@ -240,12 +236,7 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
         }
     }
     if !newly_failed.is_empty() && !envelope.mail_from.is_empty() && message.is_none() {
-        let spool = relay.spool.clone();
-        let owned = id.to_string();
-        if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || spool.message(Store::Queue, &owned)).await
-        {
-            message = Some(Arc::new(bytes));
-        }
+        message = read_message(relay, id).await;
     }
     if !newly_failed.is_empty()
         && !envelope.mail_from.is_empty()
@@ -275,6 +266,16 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
         tracing::error!(id = %envelope.id, error = %e, "cannot update the envelope");
     }
     Some(next)
+}
+
+/// A queued message's bytes, read off the async runtime (None if it is gone).
+async fn read_message(relay: &Relay, id: &str) -> Option<Arc<Vec<u8>>> {
+    let spool = relay.spool.clone();
+    let owned = id.to_string();
+    match tokio::task::spawn_blocking(move || spool.message(Store::Queue, &owned)).await {
+        Ok(Ok(bytes)) => Some(Arc::new(bytes)),
+        _ => None,
+    }
 }
 
 /// Where one recipient's copy goes.
@@ -322,6 +323,7 @@ async fn mx_deliver(
     relay: &Relay,
     outbound: &Outbound,
     domain: &str,
+    port: u16,
     tx: &Transaction<'_>,
 ) -> Vec<RcptResult> {
     let all = |r: RcptResult| tx.recipients.iter().map(|_| r.clone()).collect::<Vec<_>>();
@@ -336,7 +338,6 @@ async fn mx_deliver(
         }
         Err(e) => return all(RcptResult::Transient(format!("451 4.4.3 MX lookup for {domain} failed: {e}"))),
     };
-    let port = relay.live().config.delivery.mx_port;
     let mut last = format!("451 4.4.1 no mail exchanger of {domain} answered");
     for host in hosts.iter().take(5) {
         // Addresses from the relay's own resolver (the one that gave the MX records).
