@@ -54,6 +54,7 @@ pub const SYMBOLS: &[&str] = &[
     "BODY_PHARMA",
     "BODY_PHISH_ACCOUNT",
     "BODY_SHOUTING",
+    "BODY_EXCLAIM_MANY",
     "BODY_MONEY_AMOUNTS",
     "ATTACH_EXECUTABLE",
     "ATTACH_DOUBLE_EXTENSION",
@@ -1246,6 +1247,9 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
     if letters >= 200 && caps > 0.35 {
         hits.add("BODY_SHOUTING", 1.2, format!("{:.0}% capitals", caps * 100.0));
     }
+    if let Some(detail) = exclamation_heavy(visible) {
+        hits.add("BODY_EXCLAIM_MANY", 1.5, detail);
+    }
     let amounts = visible
         .match_indices('$')
         .filter(|(i, _)| visible[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
@@ -1253,6 +1257,18 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
     if amounts >= 3 {
         hits.add("BODY_MONEY_AMOUNTS", 0.3, format!("{amounts} dollar amounts"));
     }
+}
+
+/// Runs of three or more exclamation marks in a text where they are frequent (at least two
+/// per thousand characters): the punctuation of sales copy. A single "!!!" in a long
+/// newsletter or a thread does not count.
+fn exclamation_heavy(visible: &str) -> Option<String> {
+    if !visible.contains("!!!") {
+        return None;
+    }
+    let marks = visible.bytes().filter(|&b| b == b'!').count();
+    (marks * 1000 >= 2 * visible.len())
+        .then(|| format!("{marks} exclamation marks in {} characters", visible.len()))
 }
 
 fn attachment_rules(input: &Input, hits: &mut Hits) {
@@ -1430,6 +1446,19 @@ mod tests {
         assert!(names(&m).contains(&"BODY_8BIT_UNDECLARED"));
         m.raw_body = b"Mostly English text with one name: Ren\xe9e.".repeat(10);
         assert!(!names(&m).contains(&"BODY_8BIT_UNDECLARED"));
+    }
+
+    #[test]
+    fn dense_exclamation_runs() {
+        let mut m = plain();
+        m.text = Some("ACT NOW!!! Limited offer! Order today!! Only $19.95!".into());
+        assert!(names(&m).contains(&"BODY_EXCLAIM_MANY"));
+        // One excited line in a long ordinary message.
+        m.text = Some(format!("{}We won!!!\n", "An ordinary sentence about the release plan.\n".repeat(60)));
+        assert!(!names(&m).contains(&"BODY_EXCLAIM_MANY"));
+        // Many marks but no run.
+        m.text = Some("Great! Thanks! See you! Bye!".into());
+        assert!(!names(&m).contains(&"BODY_EXCLAIM_MANY"));
     }
 
     #[test]
