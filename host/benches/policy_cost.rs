@@ -77,6 +77,21 @@ fn bench(c: &mut Criterion) {
     group.bench_function("all_shipped_policies", |b| {
         b.iter(|| rt.block_on(simulate(&every, &envelope, &message)))
     });
+    // What a policy runs on between a reload and the moment its optimised code is ready.
+    let baseline_engine = PolicyEngine::new(EngineOptions {
+        max_instances: 64,
+        cache_dir: None,
+        baseline_tier: true,
+        ..EngineOptions::default()
+    })
+    .expect("engine");
+    let baseline = rt
+        .block_on(baseline_engine.load_quickly(&PolicySpec::new(SPAM_HEURISTICS), "bench", services.clone()))
+        .expect("load policy");
+    let on_baseline = chain(vec![baseline]);
+    group.bench_function("baseline_code/spam-heuristics", |b| {
+        b.iter(|| rt.block_on(simulate(&on_baseline, &envelope, &message)))
+    });
     let empty = chain(Vec::new());
     group.bench_function("no_policies", |b| b.iter(|| rt.block_on(simulate(&empty, &envelope, &message))));
     group.finish();

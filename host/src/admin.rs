@@ -101,6 +101,7 @@ fn policies(relay: &Relay) -> serde_json::Value {
                         "file": p.file.display().to_string(),
                         "generation": tenant.generation,
                         "loaded_at": secs(p.loaded_at),
+                        "code": p.code.as_str(),
                     })
                 })
                 .collect();

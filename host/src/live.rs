@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::{self, Users};
 use crate::config::{Cidr, Config, NextHop, TenantConfig};
 use crate::policy::chain::Chain;
-use crate::policy::{HostServices, PolicyEngine};
+use crate::policy::{CodeTier, HostServices, LoadedPolicy, PolicyEngine};
 use crate::server::Relay;
 
 /// A tenant at run time: one generation of its chain and routes.
@@ -44,6 +44,33 @@ pub struct Tenant {
     pub loaded_at: SystemTime,
     /// Its configuration and policy files' hashes: equal fingerprints, same tenant.
     fingerprint: String,
+}
+
+impl Tenant {
+    /// The same generation with `old` replaced by `new` (the same file and settings with
+    /// other code), or `None` when `old` is not in its chain.
+    fn with_policy_replaced(&self, old: &Arc<LoadedPolicy>, new: &Arc<LoadedPolicy>) -> Option<Arc<Tenant>> {
+        if !self.chain.policies.iter().any(|p| Arc::ptr_eq(p, old)) {
+            return None;
+        }
+        let policies = self
+            .chain
+            .policies
+            .iter()
+            .map(|p| if Arc::ptr_eq(p, old) { new.clone() } else { p.clone() })
+            .collect();
+        let mut chain = Chain::new(self.chain.tenant.clone(), policies, self.chain.settings.clone());
+        chain.shadow = self.chain.shadow.clone();
+        Some(Arc::new(Tenant {
+            name: self.name.clone(),
+            chain: Arc::new(chain),
+            next_hop: self.next_hop.clone(),
+            domains: self.domains.clone(),
+            generation: self.generation,
+            loaded_at: self.loaded_at,
+            fingerprint: self.fingerprint.clone(),
+        }))
+    }
 }
 
 /// One snapshot of everything a session runs on.
@@ -96,21 +123,26 @@ pub struct Loader {
     engine: PolicyEngine,
     services: HostServices,
     generations: AtomicU64,
+    /// Baseline-compiled policies whose optimised code is being made (by address).
+    optimizing: std::sync::Mutex<HashSet<usize>>,
 }
 
 impl Loader {
     /// A loader over `engine`.
     pub fn new(engine: PolicyEngine, services: HostServices) -> Self {
-        Self { engine, services, generations: AtomicU64::new(0) }
+        Self { engine, services, generations: AtomicU64::new(0), optimizing: Default::default() }
     }
 
     /// The tenant `t` describes: `current` itself when nothing changed, else a new generation
-    /// that reuses every policy of `current` whose file and settings are the same.
+    /// that reuses every policy of `current` whose file and settings are the same. `quickly`:
+    /// new policies may be compiled by the baseline compiler (see
+    /// [`PolicyEngine::load_quickly`]).
     pub async fn tenant(
         &self,
         config: &Config,
         t: &TenantConfig,
         current: Option<&Arc<Tenant>>,
+        quickly: bool,
     ) -> Result<Arc<Tenant>, String> {
         let mut hashes = Vec::with_capacity(t.policies.len());
         for p in &t.policies {
@@ -136,13 +168,19 @@ impl Loader {
                 c.chain.policies.iter().find(|loaded| loaded.spec == spec && loaded.hash == *hash).cloned()
             });
             let loaded = match reused {
-                Some(loaded) => loaded,
-                None => self
-                    .engine
-                    .load(&spec, &t.name, self.services.clone())
-                    .await
-                    .map_err(|e| format!("tenant {}: {e}", t.name))?,
+                Some(loaded) => Ok(loaded),
+                None if quickly => self.engine.load_quickly(&spec, &t.name, self.services.clone()).await,
+                None => self.engine.load(&spec, &t.name, self.services.clone()).await,
             };
+            let loaded = loaded.map_err(|e| format!("tenant {}: {e}", t.name))?;
+            if loaded.code == CodeTier::Baseline {
+                tracing::info!(
+                    tenant = %t.name,
+                    policy = %loaded.name,
+                    file = %loaded.file.display(),
+                    "policy compiled by the baseline compiler; optimised code follows"
+                );
+            }
             policies.push(loaded);
         }
         // The hashes of what was actually loaded (a file may have changed meanwhile; the
@@ -180,7 +218,7 @@ async fn file_hash(path: &Path) -> Result<String, String> {
 pub async fn initial(loader: &Loader, config: Config) -> anyhow::Result<Live> {
     let mut tenants = Vec::new();
     for t in &config.tenants {
-        tenants.push(loader.tenant(&config, t, None).await.map_err(anyhow::Error::msg)?);
+        tenants.push(loader.tenant(&config, t, None, false).await.map_err(anyhow::Error::msg)?);
     }
     let (tls, users) = tls_and_users(&config).map_err(anyhow::Error::msg)?;
     Ok(Live::assemble(Arc::new(config), tenants, tls, users))
@@ -226,6 +264,7 @@ impl Relay {
         let started = std::time::Instant::now();
         let report = self.reload_locked().await;
         let millis = started.elapsed().as_millis() as u64;
+        self.optimize_in_background();
         self.metrics.reload(report.result);
         match report.result {
             "failed" => {
@@ -271,7 +310,7 @@ impl Relay {
         let mut errors = Vec::new();
         for t in &config.tenants {
             let running = current.tenants.iter().find(|r| r.name == t.name);
-            match self.loader.tenant(&config, t, running).await {
+            match self.loader.tenant(&config, t, running, true).await {
                 Ok(tenant) => tenants.push(tenant),
                 Err(e) => {
                     errors.push(e);
@@ -351,8 +390,81 @@ impl Relay {
             Live::assemble(current.config.clone(), tenants, current.tls.clone(), current.users.clone());
         self.swap(next);
         self.metrics.reload("rollback");
+        self.optimize_in_background();
         tracing::info!(tenant = name, generation = back.generation, "rolled back to the previous generation");
         Ok(back.generation)
+    }
+
+    /// Compile, off the request path, the optimised code of every running policy that runs on
+    /// baseline code, and put it in place of the baseline code (same file, same settings,
+    /// same generation: sessions that started on the baseline code finish on it).
+    fn optimize_in_background(self: &Arc<Self>) {
+        let live = self.live();
+        for policy in live.tenants.iter().flat_map(|t| t.chain.policies.iter()) {
+            if policy.code != CodeTier::Baseline {
+                continue;
+            }
+            let key = Arc::as_ptr(policy) as usize;
+            if !self.loader.optimizing.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+                continue;
+            }
+            let relay = self.clone();
+            let policy = policy.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let tenant = policy.io.tenant.clone();
+                match relay.loader.engine.load(&policy.spec, &tenant, relay.loader.services.clone()).await {
+                    Ok(optimized) if optimized.hash == policy.hash => {
+                        relay.replace_policy(&policy, &optimized).await;
+                        tracing::info!(
+                            tenant = %tenant,
+                            policy = %policy.name,
+                            millis = started.elapsed().as_millis() as u64,
+                            "policy now runs on optimised code"
+                        );
+                    }
+                    // The file changed meanwhile: the reload that follows takes it.
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        tenant = %tenant,
+                        policy = %policy.name,
+                        error = %e,
+                        "cannot compile optimised code; the policy stays on baseline code"
+                    ),
+                }
+                relay.loader.optimizing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            });
+        }
+    }
+
+    /// Put `new` in place of `old` wherever a running or previous generation has it.
+    async fn replace_policy(self: &Arc<Self>, old: &Arc<LoadedPolicy>, new: &Arc<LoadedPolicy>) {
+        let _one_at_a_time = self.reloading.lock().await;
+        {
+            let mut previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+            for tenant in previous.values_mut() {
+                if let Some(replaced) = tenant.with_policy_replaced(old, new) {
+                    *tenant = replaced;
+                }
+            }
+        }
+        let current = self.live();
+        let mut replaced = false;
+        let tenants = current
+            .tenants
+            .iter()
+            .map(|t| {
+                t.with_policy_replaced(old, new).inspect(|_| replaced = true).unwrap_or_else(|| t.clone())
+            })
+            .collect();
+        if replaced {
+            self.swap(Live::assemble(
+                current.config.clone(),
+                tenants,
+                current.tls.clone(),
+                current.users.clone(),
+            ));
+        }
     }
 
     /// The previous generation of a tenant, if one is kept.
@@ -402,7 +514,8 @@ impl Relay {
         errors
     }
 
-    /// Watch the configuration file and every policy file and reload when one changes.
+    /// Watch the configuration file, every policy file, the TLS certificate and key and the
+    /// users file, and reload when one changes.
     /// Directories are watched, not files (a watch on a file is lost when it is renamed
     /// over); a burst of events is taken as one once the files have been quiet for
     /// [`QUIET`] (10 ms after a rename into place or a close after writing), so a file being
@@ -418,10 +531,11 @@ impl Relay {
         })
         .map_err(|e| format!("cannot watch files: {e}"))?;
         let relay = self.clone();
+        // The watches are in place when this returns, not when the task first runs.
+        let mut watched: HashSet<PathBuf> = HashSet::new();
+        let mut files = relay.watched_files();
+        sync_watches(&mut watcher, &mut watched, &files);
         tokio::spawn(async move {
-            let mut watched: HashSet<PathBuf> = HashSet::new();
-            let mut files = relay.watched_files();
-            sync_watches(&mut watcher, &mut watched, &files);
             while let Some(event) = rx.recv().await {
                 if !relevant(&event, &files) {
                     continue;
@@ -447,15 +561,18 @@ impl Relay {
         Ok(())
     }
 
-    /// The configuration file and every policy file, absolute.
+    /// The configuration file, every policy file, the TLS certificate and key and the users
+    /// file, absolute.
     fn watched_files(&self) -> HashSet<PathBuf> {
         let live = self.live();
-        let mut files: HashSet<PathBuf> = live
-            .config
-            .tenants
-            .iter()
-            .flat_map(|t| t.policies.iter().map(|p| live.config.resolve(&p.path)))
-            .collect();
+        let config = &live.config;
+        let mut files: HashSet<PathBuf> =
+            config.tenants.iter().flat_map(|t| t.policies.iter().map(|p| config.resolve(&p.path))).collect();
+        if let Some(tls) = &config.tls {
+            files.insert(config.resolve(&tls.cert));
+            files.insert(config.resolve(&tls.key));
+        }
+        files.extend(config.relay.auth_users_file.iter().map(|f| config.resolve(f)));
         files.extend(self.config_path.iter().cloned());
         files.into_iter().filter_map(|f| std::path::absolute(f).ok()).collect()
     }

@@ -74,6 +74,8 @@ impl Relay {
             // Sessions of two generations may overlap during a reload.
             max_instances: u32::try_from(config.server.max_connections.saturating_mul(2).clamp(16, 10_000))
                 .unwrap_or(1000),
+            // Reloads take effect on baseline code at once; optimised code follows.
+            baseline_tier: true,
             ..EngineOptions::default()
         })?;
         let services = HostServices {

@@ -170,6 +170,103 @@ fn a_new_policy_applies_to_new_sessions_while_open_ones_keep_theirs() {
     assert!(!ok && out.contains("no tenant named"), "{out}");
 }
 
+/// `component` with a custom section appended: the same code under a content hash no cache
+/// has seen.
+fn never_seen(component: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"sluice-test";
+    let payload = format!("{:?}-{}", std::time::SystemTime::now(), std::process::id());
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn a_policy_never_compiled_before_applies_at_once_then_gets_optimised_code() {
+    let (r, admin, filter, _sink) = setup("hot-tier", PROBE, "");
+    let started = Instant::now();
+    deploy(&filter, &never_seen(&std::fs::read(SPAM_HEURISTICS).expect("policy")));
+    wait_for("the new policy", Duration::from_secs(20), || policy_name(admin) == "spam-heuristics");
+    let latency = started.elapsed();
+    assert!(latency < Duration::from_secs(5), "reload took {latency:?}");
+    assert_eq!(gtube(r.port), 550, "the new policy judges at once");
+    wait_for("optimised code", Duration::from_secs(30), || {
+        http(admin, "GET", "/api/policies").contains("\"code\":\"optimized\"")
+    });
+    assert_eq!(gtube(r.port), 550, "and goes on judging on the optimised code");
+    let log = log(&r.dir);
+    assert!(log.contains("policy compiled by the baseline compiler"), "{log}");
+    assert!(log.contains("policy now runs on optimised code"), "{log}");
+    // The generation is the same one: only the code under it changed.
+    let listing = http(admin, "GET", "/api/policies");
+    assert!(listing.contains("\"generation\":2") && !listing.contains("\"generation\":3"), "{listing}");
+}
+
+/// SHA-256 of the certificate a new STARTTLS handshake presents, and of the one in `pem`.
+fn presented_certificate(port: u16, pem: &Path) -> (String, String) {
+    let out = python(
+        port,
+        &format!(
+            "import ssl, hashlib\n\
+             ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+             s = smtplib.SMTP('127.0.0.1', PORT); s.ehlo('client.remote.test'); s.starttls(context=ctx)\n\
+             print(hashlib.sha256(s.sock.getpeercert(binary_form=True)).hexdigest())\n\
+             print(hashlib.sha256(ssl.PEM_cert_to_DER_cert(open('{}').read())).hexdigest())\n\
+             s.quit()",
+            pem.display()
+        ),
+    );
+    let mut lines = out.lines().map(str::to_string);
+    (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
+}
+
+#[test]
+fn a_renewed_certificate_is_used_by_new_handshakes() {
+    let dir = temp_dir("hot-tls");
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    std::fs::create_dir_all(dir.join("tls")).expect("tls dir");
+    std::fs::copy(support.join("relay-cert.pem"), dir.join("tls/cert.pem")).expect("cert");
+    std::fs::copy(support.join("relay-key.pem"), dir.join("tls/key.pem")).expect("key");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let config = format!(
+        "[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\
+         [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n"
+    );
+    let r = relay(&dir, free_port(), &config);
+    let (presented, first) = presented_certificate(r.port, &support.join("relay-cert.pem"));
+    assert_eq!(presented, first, "{}", log(&r.dir));
+
+    // A renewal the way deploy hooks do it: the key, then the certificate, each renamed
+    // into place. No reload command: the watcher sees the files.
+    let open = OpenSession::new(r.port);
+    deploy(&dir.join("tls/key.pem"), &std::fs::read(support.join("renewed-key.pem")).expect("key"));
+    deploy(&dir.join("tls/cert.pem"), &std::fs::read(support.join("renewed-cert.pem")).expect("cert"));
+    let renewed = support.join("renewed-cert.pem");
+    wait_for("the renewed certificate", Duration::from_secs(20), || {
+        let (presented, wanted) = presented_certificate(r.port, &renewed);
+        presented == wanted
+    });
+    drop(open);
+    let log = log(&r.dir);
+    assert!(log.contains("reason=\"file change\""), "{log}");
+}
+
 #[test]
 fn bad_files_and_configs_keep_the_running_generation() {
     let (r, admin, filter, _sink) = setup("hot-bad", SPAM_HEURISTICS, "");

@@ -7,12 +7,28 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sluice::policy::{ChainSettings, FailureMode, Fault, Outcome, Stage};
+use sluice::policy::{ChainSettings, CodeTier, FailureMode, Fault, Outcome, Stage};
 use sluice_test_artifacts::PROBE;
 
+/// The probe made to fault at data, on optimised code and on baseline code (what a policy
+/// runs on right after a reload): both must give the same result.
 async fn faulting(fault: &str) -> (Outcome, u16, Vec<String>, Option<Fault>) {
-    let engine = engine();
-    let probe = load(&engine, PROBE, &[("fault", fault), ("fault_stage", "data")]).await;
+    let optimized = faulting_on(engine(), CodeTier::Optimized, fault).await;
+    let baseline = faulting_on(baseline_engine(), CodeTier::Baseline, fault).await;
+    assert_eq!(optimized, baseline, "{fault}: optimised and baseline code disagree");
+    optimized
+}
+
+async fn faulting_on(
+    engine: sluice::policy::PolicyEngine,
+    tier: CodeTier,
+    fault: &str,
+) -> (Outcome, u16, Vec<String>, Option<Fault>) {
+    let probe = engine
+        .load_quickly(&spec(PROBE, &[("fault", fault), ("fault_stage", "data")]), "tenant-a", services())
+        .await
+        .expect("policy loads");
+    assert_eq!(probe.code, tier);
     let chain = chain(vec![probe]);
     let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
     let fault = sim.stages.iter().flat_map(|s| &s.runs).find_map(|r| r.outcome.clone().err());

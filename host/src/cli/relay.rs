@@ -24,6 +24,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     // Clean up after a crash before anything writes to the spool.
     let queued = relay.spool.recover(Store::Queue)?.len();
     let quarantined = relay.spool.recover(Store::Quarantine)?.len();
+    // Watch before anything listens: a change made as soon as the relay answers is seen.
+    if watching && let Err(e) = relay.watch() {
+        tracing::warn!(error = %e, "files are not watched; reload with SIGHUP or sluice reload");
+    }
     let errors = relay.apply_listeners(&listen).await;
     if let Some(error) = errors.first() {
         anyhow::bail!("{error}");
@@ -43,9 +47,6 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     relay.metrics.set_queue(queued);
     tokio::spawn(crate::delivery::run(relay.clone(), new_ids));
-    if watching && let Err(e) = relay.watch() {
-        tracing::warn!(error = %e, "files are not watched; reload with SIGHUP or sluice reload");
-    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {

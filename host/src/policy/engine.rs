@@ -38,11 +38,40 @@ pub struct EngineOptions {
     pub cache_dir: Option<PathBuf>,
     /// Epoch tick: the granularity of CPU deadlines.
     pub tick: Duration,
+    /// Keep a second, baseline compiler (Winch) for [`PolicyEngine::load_quickly`]: a policy
+    /// whose optimised code is not in the cache yet is compiled by it in a fraction of the
+    /// time, so a reload takes effect at once; the optimised code follows in the background.
+    pub baseline_tier: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { max_instances: 1000, cache_dir: default_cache_dir(), tick: Duration::from_millis(1) }
+        Self {
+            max_instances: 1000,
+            cache_dir: default_cache_dir(),
+            tick: Duration::from_millis(1),
+            baseline_tier: false,
+        }
+    }
+}
+
+/// Which compiler made a loaded policy's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeTier {
+    /// Cranelift, optimising: what policies normally run on.
+    Optimized,
+    /// Winch, the baseline compiler: compiles several times faster, runs slower; used
+    /// between a reload and the moment the optimised code is ready.
+    Baseline,
+}
+
+impl CodeTier {
+    /// `optimized` or `baseline`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Optimized => "optimized",
+            Self::Baseline => "baseline",
+        }
     }
 }
 
@@ -158,6 +187,8 @@ pub struct LoadedPolicy {
     pub spec: PolicySpec,
     /// When it was loaded.
     pub loaded_at: std::time::SystemTime,
+    /// Which compiler made its code.
+    pub code: CodeTier,
     pre: InstancePre<HostState>,
     exports: VerifiedExports,
     pub(crate) io: Arc<PolicyIo>,
@@ -196,12 +227,37 @@ impl Drop for Ticker {
     }
 }
 
-/// The process's policy engine: one wasmtime `Engine`, one `Linker`, the compile cache.
+/// The process's policy engine: one wasmtime `Engine`, one `Linker`, the compile cache (and,
+/// when asked for, a baseline-compiler engine for fast reloads).
 pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<HostState>,
+    baseline: Option<(Engine, Linker<HostState>)>,
     options: EngineOptions,
     ticker: Arc<Ticker>,
+}
+
+/// A linker with WASI (deny-by-default, see [`super::instance`]) and the host imports.
+fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+    PolicyWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(|e| anyhow::anyhow!("cannot link host imports: {e}"))?;
+    Ok(linker)
+}
+
+/// The baseline engine: Winch, instances allocated on demand (it only runs a policy for the
+/// moments until the optimised code replaces it), the same deadlines and stack limits.
+fn baseline_engine() -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config
+        .strategy(wasmtime::Strategy::Winch)
+        .epoch_interruption(true)
+        .wasm_component_model(true)
+        .max_wasm_stack(1 << 20)
+        .async_stack_size(2 << 20);
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot build the baseline wasm engine: {e}"))
 }
 
 impl PolicyEngine {
@@ -228,7 +284,11 @@ impl PolicyEngine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .wasm_component_model(true)
             .max_wasm_stack(1 << 20)
-            .async_stack_size(2 << 20);
+            .async_stack_size(2 << 20)
+            // With a baseline tier, optimised code is compiled in the background while the
+            // relay runs: on one thread, so that it leaves the other cores (and the shared
+            // compile thread pool the baseline compiler needs for the next reload) free.
+            .parallel_compilation(!options.baseline_tier);
         // Functions already compiled (in an earlier version of a policy, or in another policy:
         // they share the standard library and the SDK) are not compiled again: a new version
         // of a policy compiles only what changed, which is what makes its reload fast.
@@ -237,29 +297,35 @@ impl PolicyEngine {
             .map_err(|e| anyhow::anyhow!("cannot enable incremental compilation: {e}"))?;
         let engine =
             Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot build the wasm engine: {e}"))?;
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
-        PolicyWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| anyhow::anyhow!("cannot link host imports: {e}"))?;
+        let main_linker = linker(&engine)?;
+        let baseline = match options.baseline_tier {
+            true => {
+                let engine = baseline_engine()?;
+                let linker = linker(&engine)?;
+                Some((engine, linker))
+            }
+            false => None,
+        };
 
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = stop.clone();
-            let engine = engine.clone();
+            let engines: Vec<Engine> =
+                std::iter::once(engine.clone()).chain(baseline.as_ref().map(|(e, _)| e.clone())).collect();
             let tick = options.tick;
             std::thread::Builder::new()
                 .name("sluice-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
-                        engine.increment_epoch();
+                        for engine in &engines {
+                            engine.increment_epoch();
+                        }
                     }
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
         }
-        Ok(Self { engine, linker, options, ticker: Arc::new(Ticker { stop }) })
+        Ok(Self { engine, linker: main_linker, baseline, options, ticker: Arc::new(Ticker { stop }) })
     }
 
     /// The epoch tick.
@@ -267,12 +333,42 @@ impl PolicyEngine {
         self.options.tick
     }
 
-    /// Load, link, describe and initialise one policy for `tenant`.
+    /// Load, link, describe and initialise one policy for `tenant`, with optimised code.
     pub async fn load(
         &self,
         spec: &PolicySpec,
         tenant: &str,
         services: HostServices,
+    ) -> Result<Arc<LoadedPolicy>, LoadError> {
+        self.load_tier(spec, tenant, services, false).await
+    }
+
+    /// Like [`Self::load`], but when the optimised code of this file is not in the compile
+    /// cache and the engine has a baseline tier, compile with the baseline compiler (several
+    /// times faster). The caller replaces the result with [`Self::load`]'s once that is ready.
+    pub async fn load_quickly(
+        &self,
+        spec: &PolicySpec,
+        tenant: &str,
+        services: HostServices,
+    ) -> Result<Arc<LoadedPolicy>, LoadError> {
+        self.load_tier(spec, tenant, services, true).await
+    }
+
+    /// Whether the optimised code for content `hash` is in the on-disk compile cache.
+    fn optimized_cached(&self, hash: &str) -> bool {
+        self.options
+            .cache_dir
+            .as_deref()
+            .is_some_and(|dir| dir.join(format!("{}.cwasm", cache_key(&self.engine, hash))).is_file())
+    }
+
+    async fn load_tier(
+        &self,
+        spec: &PolicySpec,
+        tenant: &str,
+        services: HostServices,
+        quickly: bool,
     ) -> Result<Arc<LoadedPolicy>, LoadError> {
         let file = spec.path.clone();
         if spec.limits.memory_bytes > MAX_MEMORY_CAP {
@@ -287,11 +383,22 @@ impl PolicyEngine {
         let bytes =
             tokio::fs::read(&file).await.map_err(|source| LoadError::Read { file: file.clone(), source })?;
         let hash = hex::encode(Sha256::digest(&bytes));
+        let (engine, linker, code) = match &self.baseline {
+            Some((engine, linker)) if quickly && !self.optimized_cached(&hash) => {
+                (engine, linker, CodeTier::Baseline)
+            }
+            _ => (&self.engine, &self.linker, CodeTier::Optimized),
+        };
 
         // Compilation is CPU-bound (milliseconds to seconds): keep it off the async workers.
         let component = {
-            let engine = self.engine.clone();
-            let cache_dir = self.options.cache_dir.clone();
+            let engine = engine.clone();
+            // Baseline code is not written to the cache: it only bridges the time until the
+            // optimised code is ready.
+            let cache_dir = match code {
+                CodeTier::Optimized => self.options.cache_dir.clone(),
+                CodeTier::Baseline => None,
+            };
             let hash = hash.clone();
             let file = file.clone();
             tokio::task::spawn_blocking(move || compile(&engine, cache_dir.as_deref(), &bytes, &hash, &file))
@@ -301,8 +408,7 @@ impl PolicyEngine {
                     cause: format!("compiler task failed: {e}"),
                 })??
         };
-        let instance_pre = self
-            .linker
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { file: file.clone(), cause: format!("{e:#}") })?;
         let exports = HookExports::locate(&component)
@@ -321,8 +427,7 @@ impl PolicyEngine {
                 tick: self.options.tick,
             })
         };
-        let probed =
-            PolicyInstance::probe(&self.engine, &instance_pre, exports, io_named(provisional_name)).await;
+        let probed = PolicyInstance::probe(engine, &instance_pre, exports, io_named(provisional_name)).await;
         let (mut probe, exports) = match probed {
             Ok(probed) => probed,
             Err(Fault::Exports(cause)) => return Err(LoadError::Exports { file, cause }),
@@ -358,10 +463,11 @@ impl PolicyEngine {
             hash,
             spec: spec.clone(),
             loaded_at: std::time::SystemTime::now(),
+            code,
             pre: instance_pre,
             exports,
             io,
-            engine: self.engine.clone(),
+            engine: engine.clone(),
             _ticker: self.ticker.clone(),
         }))
     }

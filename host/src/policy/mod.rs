@@ -33,7 +33,7 @@ pub use chain::{
 };
 pub use context::{EnvelopeAddress, EsmtpParam, SessionInfo, Stage, StageSet, TlsInfo};
 pub use decision::{Change, Decision, Reply, Symbol, Verdict};
-pub use engine::{EngineOptions, LoadError, LoadedPolicy, PolicyEngine, PolicySpec};
+pub use engine::{CodeTier, EngineOptions, LoadError, LoadedPolicy, PolicyEngine, PolicySpec};
 pub use instance::Fault;
 pub use message::ParsedMessage;
 

@@ -20,6 +20,18 @@ pub fn engine() -> PolicyEngine {
         .expect("engine")
 }
 
+/// An engine whose `load_quickly` always compiles with the baseline compiler (no cache).
+#[allow(dead_code)]
+pub fn baseline_engine() -> PolicyEngine {
+    PolicyEngine::new(EngineOptions {
+        max_instances: 32,
+        cache_dir: None,
+        baseline_tier: true,
+        ..EngineOptions::default()
+    })
+    .expect("engine")
+}
+
 pub fn services() -> HostServices {
     services_with(Arc::new(MemoryKv::new(10_000)), Arc::new(FixtureResolver::default()), Clock::System)
 }
