@@ -373,10 +373,8 @@ impl Config {
                 ));
             }
             for d in &t.domains {
-                let domain = d.trim().trim_end_matches('.').to_lowercase();
-                if domain.is_empty() || domain.contains(['@', ' ']) {
-                    return Err(format!("{key}.domains: not a domain: {d:?}"));
-                }
+                crate::domains::check(d).map_err(|e| format!("{key}.domains: {e}"))?;
+                let domain = crate::domains::normalise(d);
                 if let Some(other) = seen_domains.insert(domain.clone(), t.name.clone()) {
                     return Err(format!("{key}.domains: {domain} already belongs to tenant {other}"));
                 }

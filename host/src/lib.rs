@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod domains;
 pub mod live;
 pub mod metrics;
 pub mod policy;

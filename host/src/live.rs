@@ -13,7 +13,7 @@
 //! any failure keeps the whole running snapshot. Each tenant's previous generation is kept for
 //! rollback.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{self, Users};
 use crate::config::{Cidr, Config, NextHop, TenantConfig};
+use crate::domains::DomainMap;
 use crate::policy::chain::Chain;
 use crate::policy::{CodeTier, HostServices, LoadedPolicy, PolicyEngine};
 use crate::server::Relay;
@@ -80,7 +81,7 @@ pub struct Live {
     /// Tenants, the first being the default.
     pub tenants: Vec<Arc<Tenant>>,
     /// Local domain → index in `tenants`.
-    pub local_domains: Arc<HashMap<String, usize>>,
+    pub local_domains: Arc<DomainMap>,
     /// Networks that may relay.
     pub trusted: Vec<Cidr>,
     /// STARTTLS, when configured.
@@ -96,10 +97,10 @@ impl Live {
         tls: Option<tokio_rustls::TlsAcceptor>,
         users: Option<Arc<Users>>,
     ) -> Self {
-        let mut local_domains = HashMap::new();
+        let mut local_domains = DomainMap::default();
         for (index, tenant) in tenants.iter().enumerate() {
             for domain in &tenant.domains {
-                local_domains.insert(domain.clone(), index);
+                local_domains.insert(domain, index);
             }
         }
         Self {
@@ -114,7 +115,7 @@ impl Live {
 
     /// The tenant a domain belongs to.
     pub fn tenant_of_domain(&self, domain: &str) -> Option<&Arc<Tenant>> {
-        self.local_domains.get(&domain.to_lowercase()).and_then(|i| self.tenants.get(*i))
+        self.local_domains.tenant_of(domain).and_then(|i| self.tenants.get(i))
     }
 }
 
@@ -190,7 +191,7 @@ impl Loader {
         let mut chain = Chain::new(t.name.clone(), policies, t.chain_settings());
         chain.shadow = t.policies.iter().map(|p| p.is_shadow()).collect();
         let next_hop = NextHop::parse(&t.next_hop).map_err(|e| format!("tenant {}: {e}", t.name))?;
-        let domains = t.domains.iter().map(|d| d.trim().trim_end_matches('.').to_lowercase()).collect();
+        let domains = t.domains.iter().map(|d| crate::domains::normalise(d)).collect();
         Ok(Arc::new(Tenant {
             name: t.name.clone(),
             chain: Arc::new(chain),

@@ -187,6 +187,59 @@ fn several_destinations_each_get_their_copy() {
 }
 
 #[test]
+fn wildcard_domains_route_subdomains_and_the_most_specific_entry_wins() {
+    let dir = temp_dir("wildcards");
+    let (a_port, b_port) = (free_port(), free_port());
+    let _a = sink(a_port, &dir.join("a"), &[]);
+    let _b = sink(b_port, &dir.join("b"), &[]);
+    let body = format!(
+        "[relay]\ntrusted_networks = []\n\
+         [[tenant]]\nname = \"a\"\ndomains = [\"example.test\", \"*.example.test\"]\nnext_hop = \"smtp:127.0.0.1:{a_port}\"\n\
+         [[tenant]]\nname = \"b\"\ndomains = [\"shop.example.test\"]\nnext_hop = \"smtp:127.0.0.1:{b_port}\"\n"
+    );
+    let r = relay(&dir, free_port(), &body);
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\n\
+             print(s.sendmail('alice@remote.test', ['bob@example.test', 'carol@mail.Example.test', \
+             'dan@x.y.example.test', 'erin@shop.example.test'], '{MESSAGE}'))\n\
+             s.mail('alice@remote.test')\n\
+             print(s.rcpt('frank@notexample.test')[0], s.rcpt('gina@example.test.evil.test')[0])\n\
+             s.quit()"
+        ),
+    );
+    assert_eq!(out, "{}\n554 554\n", "{}", log(&r.dir));
+    wait_for("both deliveries", Duration::from_secs(20), || {
+        files(&dir.join("a"), ".eml").len() == 1 && files(&dir.join("b"), ".eml").len() == 1
+    });
+    let a = std::fs::read_to_string(&files(&dir.join("a"), ".env")[0]).expect("env");
+    for rcpt in ["bob@example.test", "carol@mail.example.test", "dan@x.y.example.test"] {
+        assert!(a.to_lowercase().contains(rcpt), "{rcpt} not in {a}");
+    }
+    assert!(!a.contains("erin"), "{a}");
+    let b = std::fs::read_to_string(&files(&dir.join("b"), ".env")[0]).expect("env");
+    assert!(b.contains("erin@shop.example.test") && !b.contains("bob"), "{b}");
+
+    // The same entry in two tenants is refused by `sluice check`, naming both.
+    let check = |name: &str, config: &str| {
+        let at = dir.join(name);
+        std::fs::create_dir_all(&at).expect("dir");
+        std::fs::write(at.join("sluice.toml"), config).expect("config");
+        sluice(&at, &["check"])
+    };
+    let (ok, out) = check(
+        "overlap",
+        "[[tenant]]\nname = \"a\"\ndomains = [\"*.example.test\"]\nnext_hop = \"maildir:m\"\n\
+         [[tenant]]\nname = \"b\"\ndomains = [\"*.Example.test.\"]\nnext_hop = \"maildir:m\"\n",
+    );
+    assert!(!ok && out.contains("*.example.test already belongs to tenant a"), "{out}");
+    let (ok, out) =
+        check("bad", "[[tenant]]\nname = \"a\"\ndomains = [\"mail.*.test\"]\nnext_hop = \"maildir:m\"\n");
+    assert!(!ok && out.contains("not a domain or *.domain wildcard"), "{out}");
+}
+
+#[test]
 fn a_temporary_failure_is_retried() {
     let dir = temp_dir("retry");
     let sink_port = free_port();

@@ -3,8 +3,7 @@
 //! rules, limits, ESMTP parameters and relay authorization live here, so they are tested
 //! without sockets.
 
-use std::collections::HashMap;
-
+use crate::domains::DomainMap;
 use crate::policy::context::{EnvelopeAddress, EsmtpParam};
 use crate::policy::decision::Reply;
 
@@ -94,7 +93,7 @@ pub struct AcceptedRecipient {
 #[derive(Debug)]
 pub struct Session {
     limits: SessionLimits,
-    local_domains: std::sync::Arc<HashMap<String, usize>>,
+    local_domains: std::sync::Arc<DomainMap>,
     /// May relay to any domain (trusted network or authenticated).
     relay_allowed: bool,
     helo: Option<String>,
@@ -117,11 +116,7 @@ pub struct Session {
 
 impl Session {
     /// A new session. `local_domains` maps each local domain to its tenant.
-    pub fn new(
-        limits: SessionLimits,
-        local_domains: std::sync::Arc<HashMap<String, usize>>,
-        relay_allowed: bool,
-    ) -> Self {
+    pub fn new(limits: SessionLimits, local_domains: std::sync::Arc<DomainMap>, relay_allowed: bool) -> Self {
         Self {
             limits,
             local_domains,
@@ -414,7 +409,7 @@ impl Session {
         }
         // Postmaster without a domain (RFC 5321 §4.5.1) goes to the first tenant.
         let mailbox = if path.eq_ignore_ascii_case("postmaster") {
-            let domain = self.local_domains.iter().find(|(_, t)| **t == 0).map(|(d, _)| d.clone());
+            let domain = self.local_domains.first_domain_of(0).map(str::to_string);
             match domain {
                 Some(d) => super::address::Mailbox { local: "postmaster".into(), domain: d },
                 None => return Step::Reply(reply(550, "5.1.1", "No postmaster here")),
@@ -431,8 +426,8 @@ impl Session {
                 Err(e) => return self.error(reply(553, "5.1.3", &format!("Bad recipient address: {e}"))),
             }
         };
-        let destination = match self.local_domains.get(&mailbox.domain) {
-            Some(tenant) => Destination::Local(*tenant),
+        let destination = match self.local_domains.tenant_of(&mailbox.domain) {
+            Some(tenant) => Destination::Local(tenant),
             None if self.relay_allowed => Destination::Relay,
             None => return self.error(reply(554, "5.7.1", "Relaying denied")),
         };
@@ -479,9 +474,9 @@ mod tests {
     }
 
     fn session_with(relay: bool, max_errors: u32) -> Session {
-        let mut domains = HashMap::new();
-        domains.insert("local.example".to_string(), 0);
-        domains.insert("other-tenant.example".to_string(), 1);
+        let mut domains = DomainMap::default();
+        domains.insert("local.example", 0);
+        domains.insert("other-tenant.example", 1);
         Session::new(
             SessionLimits {
                 hostname: "mx.test".into(),
