@@ -56,6 +56,7 @@ async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, S
     match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", relay.metrics.render()),
         ("GET", "/api/policies") => ("200 OK", JSON, policies(relay).to_string()),
+        ("GET", "/api/tenants") => ("200 OK", JSON, tenants(relay).to_string()),
         ("POST", "/api/reload") => {
             let report = relay.reload("admin API").await;
             let status = if report.result == "failed" { "500 Internal Server Error" } else { "200 OK" };
@@ -72,11 +73,59 @@ async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, S
                 Err(e) => ("409 Conflict", JSON, serde_json::json!({"error": e}).to_string()),
             }
         }
-        (_, "/metrics" | "/api/policies" | "/api/reload" | "/api/rollback") => {
+        (_, "/metrics" | "/api/policies" | "/api/tenants" | "/api/reload" | "/api/rollback") => {
             ("405 Method Not Allowed", JSON, serde_json::json!({"error": "method not allowed"}).to_string())
         }
         _ => ("404 Not Found", JSON, serde_json::json!({"error": "no such endpoint"}).to_string()),
     }
+}
+
+/// `GET /api/tenants`: each tenant's domains, route, chain, generation and counters.
+fn tenants(relay: &Relay) -> serde_json::Value {
+    use crate::config::NextHop;
+    use crate::policy::FailureMode;
+    let live = relay.live();
+    let tenants: Vec<serde_json::Value> = live
+        .tenants
+        .iter()
+        .map(|tenant| {
+            let chain = &tenant.chain;
+            let next_hop = match &tenant.next_hop {
+                NextHop::Smtp { host, port } => format!("smtp:{host}:{port}"),
+                NextHop::Maildir(path) => format!("maildir:{}", path.display()),
+            };
+            let failure_mode = match &chain.settings.failure_mode {
+                FailureMode::Tempfail(_) => "tempfail",
+                FailureMode::Continue => "continue",
+            };
+            let thresholds = &chain.settings.thresholds;
+            serde_json::json!({
+                "tenant": tenant.name,
+                "domains": tenant.domains,
+                "next_hop": next_hop,
+                "generation": tenant.generation,
+                "previous_generation": relay.previous_generation(&tenant.name),
+                "failure_mode": failure_mode,
+                "thresholds": {
+                    "add_header": thresholds.add_header,
+                    "quarantine": thresholds.quarantine,
+                    "reject": thresholds.reject,
+                },
+                "chain": chain
+                    .policies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| serde_json::json!({
+                        "name": p.name,
+                        "version": p.version,
+                        "mode": if chain.is_shadow(i) { "shadow" } else { "enforce" },
+                    }))
+                    .collect::<Vec<_>>(),
+                "counters": relay.metrics.tenant(&tenant.name),
+            })
+        })
+        .collect();
+    serde_json::json!({ "tenants": tenants })
 }
 
 /// `GET /api/policies`.

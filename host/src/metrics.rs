@@ -23,11 +23,13 @@ type LatencyHistograms = BTreeMap<(String, String), ([u64; LATENCY_BUCKETS_MICRO
 pub struct Metrics {
     connections: AtomicU64,
     active: AtomicI64,
-    transactions: Mutex<BTreeMap<String, u64>>,
+    /// (tenant, outcome) → transactions.
+    transactions: Mutex<BTreeMap<(String, String), u64>>,
     /// (tenant, policy, verdict) → (count, total microseconds).
     policies: Mutex<PolicyCounters>,
     latency: Mutex<LatencyHistograms>,
-    deliveries: Mutex<BTreeMap<String, u64>>,
+    /// (tenant, result) → delivery attempts per recipient.
+    deliveries: Mutex<BTreeMap<(String, String), u64>>,
     queued: AtomicI64,
     reloads: Mutex<BTreeMap<String, u64>>,
     generations: Mutex<BTreeMap<String, u64>>,
@@ -42,6 +44,22 @@ fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
     *map.entry(key.to_string()).or_insert(0) += 1;
 }
 
+fn bump_pair(map: &Mutex<BTreeMap<(String, String), u64>>, tenant: &str, key: &str) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    *map.entry((tenant.to_string(), key.to_string())).or_insert(0) += 1;
+}
+
+/// One tenant's counters, for `GET /api/tenants`.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TenantCounters {
+    /// Transactions by outcome.
+    pub transactions: BTreeMap<String, u64>,
+    /// Delivery attempts per recipient by result.
+    pub deliveries: BTreeMap<String, u64>,
+    /// Policy calls by verdict (`fault` for faults).
+    pub policy_calls: BTreeMap<String, u64>,
+}
+
 impl Metrics {
     /// A connection opened; the returned guard counts it as active until dropped.
     pub fn connection(&self) -> ActiveConnection<'_> {
@@ -50,9 +68,32 @@ impl Metrics {
         ActiveConnection(self)
     }
 
-    /// A transaction ended with `outcome`.
-    pub fn transaction(&self, outcome: &str) {
-        bump(&self.transactions, outcome);
+    /// A transaction of `tenant` ended with `outcome`.
+    pub fn transaction(&self, tenant: &str, outcome: &str) {
+        bump_pair(&self.transactions, tenant, outcome);
+    }
+
+    /// `tenant`'s counters.
+    pub fn tenant(&self, tenant: &str) -> TenantCounters {
+        let of = |map: &Mutex<BTreeMap<(String, String), u64>>| {
+            map.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|((t, _), _)| t == tenant)
+                .map(|((_, k), n)| (k.clone(), *n))
+                .collect()
+        };
+        let mut policy_calls = BTreeMap::new();
+        for ((t, _, verdict), (n, _)) in self.policies.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if t == tenant {
+                *policy_calls.entry(verdict.clone()).or_insert(0) += n;
+            }
+        }
+        TenantCounters {
+            transactions: of(&self.transactions),
+            deliveries: of(&self.deliveries),
+            policy_calls,
+        }
     }
 
     /// Every policy run of a stage.
@@ -105,9 +146,9 @@ impl Metrics {
         self.generations.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.to_string(), generation);
     }
 
-    /// A delivery attempt for one recipient: `delivered`, `deferred` or `failed`.
-    pub fn delivery(&self, result: &str) {
-        bump(&self.deliveries, result);
+    /// A delivery attempt for one recipient of `tenant`: `delivered`, `deferred` or `failed`.
+    pub fn delivery(&self, tenant: &str, result: &str) {
+        bump_pair(&self.deliveries, tenant, result);
     }
 
     /// Messages entered (+1) or left (-1) the queue.
@@ -129,8 +170,12 @@ impl Metrics {
         out.push_str("# TYPE sluice_connections_active gauge\n");
         out.push_str(&format!("sluice_connections_active {}\n", self.active.load(Ordering::Relaxed)));
         out.push_str("# TYPE sluice_transactions_total counter\n");
-        for (outcome, n) in self.transactions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!("sluice_transactions_total{{outcome=\"{}\"}} {n}\n", label(outcome)));
+        for ((tenant, outcome), n) in self.transactions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!(
+                "sluice_transactions_total{{tenant=\"{}\",outcome=\"{}\"}} {n}\n",
+                label(tenant),
+                label(outcome)
+            ));
         }
         out.push_str(
             "# TYPE sluice_policy_calls_total counter\n# TYPE sluice_policy_seconds_total counter\n",
@@ -171,8 +216,12 @@ impl Metrics {
             out.push_str(&format!("sluice_policy_duration_seconds_count{{{labels}}} {cumulative}\n"));
         }
         out.push_str("# TYPE sluice_delivery_attempts_total counter\n");
-        for (result, n) in self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!("sluice_delivery_attempts_total{{result=\"{}\"}} {n}\n", label(result)));
+        for ((tenant, result), n) in self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!(
+                "sluice_delivery_attempts_total{{tenant=\"{}\",result=\"{}\"}} {n}\n",
+                label(tenant),
+                label(result)
+            ));
         }
         out.push_str("# TYPE sluice_queue_messages gauge\n");
         out.push_str(&format!("sluice_queue_messages {}\n", self.queued.load(Ordering::Relaxed).max(0)));

@@ -524,6 +524,18 @@ impl Connection {
                     Destination::Local(t) => t,
                     Destination::Relay => 0,
                 };
+                // One tenant per transaction: its chain judges the message and its copy is
+                // queued with its changes. Recipients of another tenant are deferred with 452
+                // (RFC 5321 §4.5.3.1.10): the client sends them in a new transaction.
+                if self.tenant.is_some_and(|current| current != tenant) {
+                    let deferred = reply(
+                        452,
+                        "4.5.3",
+                        "Too many recipients: this one belongs elsewhere, send it in another transaction",
+                    );
+                    writer.write_all(&render(&deferred)).await?;
+                    return Ok(Flow::Continue);
+                }
                 let result = self.stage(tenant, Stage::Rcpt, StageInput::Recipient(&to)).await;
                 let _ = self.transaction.absorb(&result);
                 let disconnect = result.disconnect;
@@ -532,8 +544,6 @@ impl Connection {
                         writer.write_all(&render(r)).await?;
                     }
                     _ => {
-                        // The transaction's message stage runs in its first recipient's tenant;
-                        // each recipient is still delivered by its own domain's route.
                         self.tenant.get_or_insert(tenant);
                         self.info.recipients.push(to.clone());
                         self.core.rcpt_accepted(to, destination);
@@ -871,7 +881,7 @@ impl Connection {
     }
 
     fn log_refusal(&self, judgement: &Judgement) {
-        self.relay.metrics.transaction(judgement.outcome.as_str());
+        self.relay.metrics.transaction(&self.info.tenant, judgement.outcome.as_str());
         tracing::info!(
             client = %self.peer,
             helo = self.info.helo.as_deref().unwrap_or(""),
@@ -887,7 +897,7 @@ impl Connection {
 
     fn log_transaction(&self, judgement: &Judgement, answer: &crate::policy::Reply) {
         let outcome = if answer.code >= 400 { "error" } else { judgement.outcome.as_str() };
-        self.relay.metrics.transaction(outcome);
+        self.relay.metrics.transaction(&self.info.tenant, outcome);
         let to: Vec<&str> = self.core.recipients().iter().map(|r| r.address.address.as_str()).collect();
         tracing::info!(
             id = %self.info.transaction_id,

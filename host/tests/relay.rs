@@ -166,14 +166,18 @@ fn several_destinations_each_get_their_copy() {
         mail.display()
     );
     let r = relay(&dir, free_port(), &body);
+    // One tenant per transaction: carol (tenant other) is deferred with 452 in the first
+    // transaction and sent in a second one, the way clients retry deferred recipients.
     let out = python(
         r.port,
         &format!(
             "s = smtplib.SMTP('127.0.0.1', PORT)\n\
-             print(s.sendmail('alice@example.test', ['bob@example.test', 'carol@other.test', 'dave@remote.test'], '{MESSAGE}'))\ns.quit()"
+             refused = s.sendmail('alice@example.test', ['bob@example.test', 'carol@other.test', 'dave@remote.test'], '{MESSAGE}')\n\
+             print({{k: v[0] for k, v in refused.items()}})\n\
+             print(s.sendmail('alice@example.test', list(refused), '{MESSAGE}'))\ns.quit()"
         ),
     );
-    assert_eq!(out.trim(), "{}");
+    assert_eq!(out, "{'carol@other.test': 452}\n{}\n", "{}", log(&r.dir));
     wait_for("three deliveries", Duration::from_secs(20), || {
         files(&dir.join("local"), ".eml").len() == 1
             && files(&dir.join("remote"), ".eml").len() == 1
@@ -202,14 +206,16 @@ fn wildcard_domains_route_subdomains_and_the_most_specific_entry_wins() {
         r.port,
         &format!(
             "s = smtplib.SMTP('127.0.0.1', PORT)\n\
-             print(s.sendmail('alice@remote.test', ['bob@example.test', 'carol@mail.Example.test', \
-             'dan@x.y.example.test', 'erin@shop.example.test'], '{MESSAGE}'))\n\
+             refused = s.sendmail('alice@remote.test', ['bob@example.test', 'carol@mail.Example.test', \
+             'dan@x.y.example.test', 'erin@shop.example.test'], '{MESSAGE}')\n\
+             print({{k: v[0] for k, v in refused.items()}})\n\
+             print(s.sendmail('alice@remote.test', list(refused), '{MESSAGE}'))\n\
              s.mail('alice@remote.test')\n\
              print(s.rcpt('frank@notexample.test')[0], s.rcpt('gina@example.test.evil.test')[0])\n\
              s.quit()"
         ),
     );
-    assert_eq!(out, "{}\n554 554\n", "{}", log(&r.dir));
+    assert_eq!(out, "{'erin@shop.example.test': 452}\n{}\n554 554\n", "{}", log(&r.dir));
     wait_for("both deliveries", Duration::from_secs(20), || {
         files(&dir.join("a"), ".eml").len() == 1 && files(&dir.join("b"), ".eml").len() == 1
     });
@@ -237,6 +243,45 @@ fn wildcard_domains_route_subdomains_and_the_most_specific_entry_wins() {
     let (ok, out) =
         check("bad", "[[tenant]]\nname = \"a\"\ndomains = [\"mail.*.test\"]\nnext_hop = \"maildir:m\"\n");
     assert!(!ok && out.contains("not a domain or *.domain wildcard"), "{out}");
+}
+
+#[test]
+fn each_tenant_judges_its_own_transaction() {
+    let dir = temp_dir("per-tenant");
+    let (a_port, b_port) = (free_port(), free_port());
+    let _a = sink(a_port, &dir.join("a"), &[]);
+    let _b = sink(b_port, &dir.join("b"), &[]);
+    let tenant = |name: &str, port: u16, extra: &str| {
+        format!(
+            "[[tenant]]\nname = \"{name}\"\ndomains = [\"{name}.test\"]\nnext_hop = \"smtp:127.0.0.1:{port}\"\n\
+             [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ header = \"X-Judged-By:{name}\"{extra} }}\n"
+        )
+    };
+    let body = format!(
+        "[relay]\ntrusted_networks = []\n{}{}",
+        tenant("a", a_port, ""),
+        tenant("b", b_port, ", verdict = \"reject\", verdict_stage = \"data\"")
+    );
+    let r = relay(&dir, free_port(), &body);
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('client.remote.test')\ns.mail('x@remote.test')\n\
+             print(s.rcpt('ann@a.test')[0], s.rcpt('bea@b.test')[0], s.rcpt('amy@a.test')[0])\n\
+             print(s.data('{MESSAGE}')[0])\n\
+             s.mail('x@remote.test')\nprint(s.rcpt('bea@b.test')[0], s.rcpt('ann@a.test')[0])\n\
+             print(s.data('{MESSAGE}')[0])\ns.quit()"
+        ),
+    );
+    // Tenant a takes its two recipients and defers b's; then b's chain judges b's message
+    // (and rejects it) without a's recipients in it.
+    assert_eq!(out, "250 452 250\n250\n250 452\n550\n", "{}", log(&r.dir));
+    wait_for("tenant a's delivery", Duration::from_secs(20), || files(&dir.join("a"), ".eml").len() == 1);
+    let a = std::fs::read_to_string(&files(&dir.join("a"), ".eml")[0]).expect("message");
+    assert!(a.contains("X-Judged-By: a") && !a.contains("X-Judged-By: b"), "{a}");
+    let env = std::fs::read_to_string(&files(&dir.join("a"), ".env")[0]).expect("env");
+    assert!(env.contains("ann@a.test") && env.contains("amy@a.test") && !env.contains("bea"), "{env}");
+    assert!(files(&dir.join("b"), ".eml").is_empty());
 }
 
 #[test]
@@ -568,12 +613,12 @@ fn metrics_and_json_logs() {
         )
     };
     wait_for("delivery counted", Duration::from_secs(10), || {
-        scrape().contains("sluice_delivery_attempts_total{result=\"delivered\"} 1")
+        scrape().contains("sluice_delivery_attempts_total{tenant=\"example\",result=\"delivered\"} 1")
     });
     let metrics = scrape();
     for expected in [
         "sluice_connections_active 0",
-        "sluice_transactions_total{outcome=\"accept\"} 1",
+        "sluice_transactions_total{tenant=\"example\",outcome=\"accept\"} 1",
         "sluice_policy_calls_total{tenant=\"example\",policy=\"probe\",verdict=\"continue\"}",
         "sluice_policy_duration_seconds_bucket{tenant=\"example\",policy=\"probe\",le=\"+Inf\"}",
         "sluice_policy_duration_seconds_count{tenant=\"example\",policy=\"probe\"}",
@@ -581,6 +626,19 @@ fn metrics_and_json_logs() {
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }
+    // The tenant's view: domains, route, chain, generation and counters.
+    let tenants = python(
+        admin,
+        "import urllib.request, json\n\
+         t = json.loads(urllib.request.urlopen(f'http://127.0.0.1:{PORT}/api/tenants').read())['tenants'][0]\n\
+         print(t['tenant'], t['domains'], t['next_hop'].startswith('smtp:127.0.0.1:'), t['generation'], \
+         t['failure_mode'], [p['name'] for p in t['chain']], t['counters']['transactions'], \
+         t['counters']['deliveries'], t['counters']['policy_calls'].get('continue', 0) > 0)",
+    );
+    assert_eq!(
+        tenants.trim(),
+        "example ['example.test'] True 1 tempfail ['probe'] {'accept': 1} {'delivered': 1} True"
+    );
     // Every log line is one JSON object; the transaction line carries the envelope.
     let log = log(&r.dir);
     let transaction =

@@ -190,19 +190,19 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
             let r = &mut envelope.recipients[*i];
             match result {
                 RcptResult::Delivered(reply) => {
-                    relay.metrics.delivery("delivered");
+                    relay.metrics.delivery(&envelope.tenant, "delivered");
                     tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivered");
                     r.status = RecipientStatus::Delivered;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Permanent(reply) => {
-                    relay.metrics.delivery("failed");
+                    relay.metrics.delivery(&envelope.tenant, "failed");
                     tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery failed");
                     r.status = RecipientStatus::Failed;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Transient(reply) => {
-                    relay.metrics.delivery("deferred");
+                    relay.metrics.delivery(&envelope.tenant, "deferred");
                     tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery deferred");
                     r.last_reply = Some(reply);
                 }
