@@ -15,6 +15,13 @@ if ! command -v swaks >/dev/null || ! swaks --support 2>/dev/null | grep -q "TLS
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl
 fi
+# The shared-state tests run a real Redis server.
+if ! command -v redis-server >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update
+    $SUDO apt-get install -y --no-install-recommends redis-server
+fi
 if [ ! -d ../shared/corpus ]; then
     echo "scripts/test.sh: ../shared/corpus is missing; the tests read the shared mail corpus beside the repository" >&2
     exit 1

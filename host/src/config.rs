@@ -54,6 +54,9 @@ pub struct Config {
     /// Delivery.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// The key-value store behind the policies' `kv-*` imports.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Tenants, the first being the default one.
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
@@ -105,6 +108,33 @@ impl Default for ServerConfig {
             max_errors: 10,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `embedded` (a persistent file, the default), `memory` (lost at exit), or a Redis or
+    /// Valkey URL (`redis://host:port/db`, `rediss://` with TLS) shared by several relays.
+    pub backend: String,
+    /// File of the embedded store.
+    pub path: PathBuf,
+    /// Most keys the store holds (all tenants together); writes of new keys beyond fail.
+    /// Embedded and memory stores only.
+    pub max_keys: usize,
+    /// Prefix of every key on a Redis server (relays sharing state use the same one).
+    pub prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: "embedded".into(),
+            path: PathBuf::from("var/state/kv.redb"),
+            max_keys: 1_000_000,
+            prefix: "sluice:".into(),
         }
     }
 }
@@ -358,6 +388,18 @@ impl Config {
         }
         if self.tenants.is_empty() {
             return Err("tenant: at least one [[tenant]] is required".into());
+        }
+        let backend = self.state.backend.as_str();
+        if backend.starts_with("redis://") || backend.starts_with("rediss://") {
+            redis::Client::open(backend).map_err(|e| format!("state.backend: {e}"))?;
+        } else if !matches!(backend, "embedded" | "memory") {
+            return Err(format!(
+                "state.backend: `embedded`, `memory` or a redis:// URL, not {:?}",
+                self.state.backend
+            ));
+        }
+        if self.state.max_keys == 0 {
+            return Err("state.max_keys: must be at least 1".into());
         }
         let mut seen_domains = BTreeMap::new();
         for (i, t) in self.tenants.iter().enumerate() {

@@ -33,6 +33,8 @@ use crate::smtp::reply::{render, reply};
 use crate::smtp::session::{Destination, Session, SessionLimits, Step};
 use crate::spool::{self, QueuedMessage, QueuedRecipient, RecipientStatus, Spool, Store};
 use crate::state::kv::MemoryKv;
+use crate::state::redb_kv::RedbKv;
+use crate::state::redis_kv::RedisKv;
 
 /// The running relay: the live snapshot of configuration and tenants (swapped on reload),
 /// the spool, delivery, counters.
@@ -78,11 +80,24 @@ impl Relay {
             baseline_tier: true,
             ..EngineOptions::default()
         })?;
-        let services = HostServices {
-            kv: Arc::new(MemoryKv::new(1_000_000)),
-            resolver: dns.clone(),
-            clock: crate::policy::Clock::System,
-        };
+        let services =
+            HostServices {
+                kv: match config.state.backend.as_str() {
+                    "memory" => Arc::new(MemoryKv::new(config.state.max_keys)),
+                    url if url.starts_with("redis") => Arc::new(
+                        RedisKv::new(url, &config.state.prefix)
+                            .map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
+                    ),
+                    _ => {
+                        let path = config.resolve(&config.state.path);
+                        Arc::new(RedbKv::open(&path, config.state.max_keys).map_err(|e| {
+                            anyhow::anyhow!("state.path: cannot open the key-value store: {e}")
+                        })?)
+                    }
+                },
+                resolver: dns.clone(),
+                clock: crate::policy::Clock::System,
+            };
         let loader = Loader::new(engine, services);
         let (tx, rx) = mpsc::unbounded_channel();
         let tls_client = if config.delivery.starttls {

@@ -24,10 +24,12 @@ async fn faulting_on(
     tier: CodeTier,
     fault: &str,
 ) -> (Outcome, u16, Vec<String>, Option<Fault>) {
-    let probe = engine
-        .load_quickly(&spec(PROBE, &[("fault", fault), ("fault_stage", "data")]), "tenant-a", services())
-        .await
-        .expect("policy loads");
+    let mut spec = spec(PROBE, &[("fault", fault), ("fault_stage", "data")]);
+    if fault == "print" {
+        // The output cap must stop it, not the CPU deadline, however loaded the machine.
+        spec.limits.cpu_deadline = Duration::from_secs(10);
+    }
+    let probe = engine.load_quickly(&spec, "tenant-a", services()).await.expect("policy loads");
     assert_eq!(probe.code, tier);
     let chain = chain(vec![probe]);
     let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;

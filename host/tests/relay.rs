@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use relay_common::*;
-use sluice_test_artifacts::PROBE;
+use sluice_test_artifacts::{PROBE, RATE_LIMIT};
 
 #[test]
 fn delivers_inbound_mail_to_the_next_hop() {
@@ -282,6 +282,38 @@ fn each_tenant_judges_its_own_transaction() {
     let env = std::fs::read_to_string(&files(&dir.join("a"), ".env")[0]).expect("env");
     assert!(env.contains("ann@a.test") && env.contains("amy@a.test") && !env.contains("bea"), "{env}");
     assert!(files(&dir.join("b"), ".eml").is_empty());
+}
+
+#[test]
+fn policy_state_survives_a_restart_on_the_embedded_store() {
+    for (backend, after_restart) in [("embedded", "451"), ("memory", "250")] {
+        let dir = temp_dir(&format!("state-{backend}"));
+        let sink_port = free_port();
+        let _sink = sink(sink_port, &dir.join("sink"), &[]);
+        let body = format!(
+            "[state]\nbackend = \"{backend}\"\n{}\
+             [[tenant.policy]]\npath = \"{RATE_LIMIT}\"\nconfig = {{ messages = \"2\", by = \"ip\" }}\n",
+            inbound(sink_port)
+        );
+        let send = |port: u16| {
+            python(
+                port,
+                "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('c.remote.test')\n\
+                 print(s.mail('a@remote.test')[0])\ns.quit()",
+            )
+            .trim()
+            .to_string()
+        };
+        let port = free_port();
+        let r = relay(&dir, port, &body);
+        let counts: Vec<String> = (0..3).map(|_| send(port)).collect();
+        assert_eq!(counts, ["250", "250", "451"], "{backend}: {}", log(&r.dir));
+        // Past the store's once-a-second flush, then a hard stop.
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(r);
+        let r = start(&dir, port);
+        assert_eq!(send(port), after_restart, "{backend} after a restart: {}", log(&r.dir));
+    }
 }
 
 #[test]

@@ -126,7 +126,7 @@ impl KvStore for MemoryKv {
     }
 }
 
-fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
+pub(crate) fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse().ok())
