@@ -5,7 +5,7 @@
 //! one tenant for `localhost` with the shipped Rust policies and delivers into a Maildir under
 //! `./var/mail`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -279,6 +279,13 @@ pub struct TenantConfig {
     /// The chain, in order.
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyConfig>,
+    /// Outbound: clients in these networks (CIDR) may relay, and their sessions are this
+    /// tenant's (the most specific network wins).
+    #[serde(default)]
+    pub outbound_networks: Vec<String>,
+    /// Outbound: sessions of these authenticated users are this tenant's.
+    #[serde(default)]
+    pub outbound_users: Vec<String>,
 }
 
 fn default_failure_mode() -> String {
@@ -402,6 +409,8 @@ impl Config {
             return Err("state.max_keys: must be at least 1".into());
         }
         let mut seen_domains = BTreeMap::new();
+        let mut seen_networks = HashMap::new();
+        let mut seen_users = HashMap::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let key = format!("tenant[{i}] ({})", t.name);
             if t.name.trim().is_empty() {
@@ -419,6 +428,18 @@ impl Config {
                 let domain = crate::domains::normalise(d);
                 if let Some(other) = seen_domains.insert(domain.clone(), t.name.clone()) {
                     return Err(format!("{key}.domains: {domain} already belongs to tenant {other}"));
+                }
+            }
+            for (j, net) in t.outbound_networks.iter().enumerate() {
+                let cidr = Cidr::parse(net)
+                    .ok_or_else(|| format!("{key}.outbound_networks[{j}]: not a CIDR block: {net:?}"))?;
+                if let Some(other) = seen_networks.insert(cidr, t.name.clone()) {
+                    return Err(format!("{key}.outbound_networks: {net} already belongs to tenant {other}"));
+                }
+            }
+            for user in &t.outbound_users {
+                if let Some(other) = seen_users.insert(user.clone(), t.name.clone()) {
+                    return Err(format!("{key}.outbound_users: {user} already belongs to tenant {other}"));
                 }
             }
             for (j, p) in t.policies.iter().enumerate() {
@@ -448,8 +469,15 @@ impl Config {
     }
 
     /// Trusted networks, parsed.
+    /// Networks whose clients may relay: `relay.trusted_networks` and every tenant's
+    /// `outbound_networks`.
     pub fn trusted_networks(&self) -> Vec<Cidr> {
-        self.relay.trusted_networks.iter().filter_map(|n| Cidr::parse(n)).collect()
+        self.relay
+            .trusted_networks
+            .iter()
+            .chain(self.tenants.iter().flat_map(|t| t.outbound_networks.iter()))
+            .filter_map(|n| Cidr::parse(n))
+            .collect()
     }
 }
 
@@ -540,7 +568,7 @@ impl NextHop {
 }
 
 /// An IP network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
@@ -556,6 +584,11 @@ impl Cidr {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
     }
 
     /// Whether `ip` is inside.

@@ -13,7 +13,7 @@
 //! any failure keeps the whole running snapshot. Each tenant's previous generation is kept for
 //! rollback.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,6 +84,10 @@ pub struct Live {
     pub local_domains: Arc<DomainMap>,
     /// Networks that may relay.
     pub trusted: Vec<Cidr>,
+    /// Outbound networks → tenant index, most specific first.
+    outbound_networks: Vec<(Cidr, usize)>,
+    /// Outbound authenticated users → tenant index.
+    outbound_users: HashMap<String, usize>,
     /// STARTTLS, when configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// AUTH users, when configured.
@@ -98,19 +102,40 @@ impl Live {
         users: Option<Arc<Users>>,
     ) -> Self {
         let mut local_domains = DomainMap::default();
+        let mut outbound_networks = Vec::new();
+        let mut outbound_users = HashMap::new();
         for (index, tenant) in tenants.iter().enumerate() {
             for domain in &tenant.domains {
                 local_domains.insert(domain, index);
             }
+            if let Some(t) = config.tenants.iter().find(|t| t.name == tenant.name) {
+                outbound_networks
+                    .extend(t.outbound_networks.iter().filter_map(|n| Cidr::parse(n)).map(|c| (c, index)));
+                outbound_users.extend(t.outbound_users.iter().map(|u| (u.clone(), index)));
+            }
         }
+        outbound_networks.sort_by_key(|(cidr, _)| std::cmp::Reverse(cidr.prefix()));
         Self {
             trusted: config.trusted_networks(),
             config,
             tenants,
             local_domains: Arc::new(local_domains),
+            outbound_networks,
+            outbound_users,
             tls,
             users,
         }
+    }
+
+    /// The tenant whose sessions come from `ip` (its most specific `outbound_networks`
+    /// entry), else the first (default) tenant.
+    pub fn tenant_of_client(&self, ip: std::net::IpAddr) -> usize {
+        self.outbound_networks.iter().find(|(net, _)| net.contains(ip)).map_or(0, |(_, t)| *t)
+    }
+
+    /// The tenant an authenticated user sends for, if one lists it in `outbound_users`.
+    pub fn tenant_of_user(&self, user: &str) -> Option<usize> {
+        self.outbound_users.get(user).copied()
     }
 
     /// The tenant a domain belongs to.

@@ -299,6 +299,9 @@ struct Connection {
     transaction: Transaction,
     /// Tenant whose chain judges the message (that of the first accepted recipient).
     tenant: Option<usize>,
+    /// The session's own tenant: by client network, then by authenticated user. Its chain
+    /// runs connect, helo and mail, and judges relayed (outbound) recipients.
+    session_tenant: usize,
     /// The message so far, under BDAT.
     chunks: Vec<u8>,
     /// A BDAT chunk went over the size limit.
@@ -326,8 +329,9 @@ impl Connection {
         if live.users.is_some() {
             core.offer_auth(live.config.relay.allow_plaintext_auth_on_loopback && peer.ip().is_loopback());
         }
+        let session_tenant = live.tenant_of_client(peer.ip());
         let info = SessionInfo {
-            tenant: live.tenants[0].name.clone(),
+            tenant: live.tenants[session_tenant].name.clone(),
             transaction_id: spool::new_id(),
             client_ip: peer.ip(),
             client_port: peer.port(),
@@ -350,6 +354,7 @@ impl Connection {
             session_results: Vec::new(),
             transaction: Transaction::new(),
             tenant: None,
+            session_tenant,
             chunks: Vec::new(),
             chunks_too_big: false,
         }
@@ -377,7 +382,7 @@ impl Connection {
             self.info.reverse_dns = tokio::time::timeout(Duration::from_secs(5), lookup).await.ok().flatten();
         }
 
-        let connect = self.stage(0, Stage::Connect, StageInput::Session).await;
+        let connect = self.stage(self.session_tenant, Stage::Connect, StageInput::Session).await;
         if let Verdict::Reject(r) | Verdict::Tempfail(r) = &connect.verdict {
             tracing::info!(client = %self.peer, stage = "connect", reply = %r, "connection refused by policy");
             writer.write_all(&render(r)).await?;
@@ -506,7 +511,7 @@ impl Connection {
                 self.info.helo = Some(name.clone());
                 // A new EHLO replaces what the previous one told the policies.
                 self.session_results.retain(|r| r.stage != Stage::Helo);
-                let result = self.stage(0, Stage::Helo, StageInput::Session).await;
+                let result = self.stage(self.session_tenant, Stage::Helo, StageInput::Session).await;
                 let disconnect = result.disconnect;
                 if let Verdict::Reject(r) | Verdict::Tempfail(r) = &result.verdict {
                     writer.write_all(&render(r)).await?;
@@ -523,7 +528,7 @@ impl Connection {
                     let _ = self.transaction.absorb(r);
                 }
                 self.info.mail_from = Some(from.clone());
-                let result = self.stage(0, Stage::Mail, StageInput::Session).await;
+                let result = self.stage(self.session_tenant, Stage::Mail, StageInput::Session).await;
                 if let Some(judgement) = self.transaction.absorb(&result) {
                     self.log_refusal(&judgement);
                     self.info.mail_from = None;
@@ -537,7 +542,7 @@ impl Connection {
             Step::Rcpt(to, destination) => {
                 let tenant = match destination {
                     Destination::Local(t) => t,
-                    Destination::Relay => 0,
+                    Destination::Relay => self.session_tenant,
                 };
                 // One tenant per transaction: its chain judges the message and its copy is
                 // queued with its changes. Recipients of another tenant are deferred with 452
@@ -710,6 +715,9 @@ impl Connection {
         if ok {
             tracing::info!(client = %self.peer, user = %user, "authenticated");
             self.core.authenticated(user.clone());
+            if let Some(tenant) = self.live.tenant_of_user(&user) {
+                self.session_tenant = tenant;
+            }
             self.info.authenticated_user = Some(user);
             Ok(Some(reply(235, "2.7.0", "Authentication successful")))
         } else {

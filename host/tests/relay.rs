@@ -285,6 +285,55 @@ fn each_tenant_judges_its_own_transaction() {
 }
 
 #[test]
+fn outbound_sessions_belong_to_the_tenant_of_their_network_or_user() {
+    let dir = temp_dir("outbound-tenants");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    std::fs::write(dir.join("users"), format!("{ALICE}\n")).expect("users");
+    let body = format!(
+        "[relay]\ntrusted_networks = []\nauth_users_file = \"users\"\nallow_plaintext_auth_on_loopback = true\n\
+         [delivery]\nsmarthost = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant]]\nname = \"a\"\ndomains = [\"a.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant]]\nname = \"b\"\ndomains = [\"b.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         outbound_networks = [\"10.0.0.0/8\", \"127.0.0.1/32\"]\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ header = \"X-Judged-By:b\" }}\n\
+         [[tenant]]\nname = \"c\"\ndomains = [\"c.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         outbound_users = [\"alice\"]\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"reject\", verdict_stage = \"mail\" }}\n"
+    );
+    let r = relay(&dir, free_port(), &body);
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('host.b.test')\n\
+             print(s.sendmail('x@b.test', ['dave@remote.test'], '{MESSAGE}'))\ns.quit()\n\
+             s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('host.c.test')\ns.login('alice', 'secret')\n\
+             print(s.mail('alice@c.test')[0])\ns.quit()"
+        ),
+    );
+    // From 127.0.0.1, without AUTH: tenant b's network lets it relay and b's chain judges
+    // it; once alice authenticates, the session is tenant c's, whose chain refuses at MAIL.
+    assert_eq!(out, "{}\n550\n", "{}", log(&r.dir));
+    wait_for("the relayed message", Duration::from_secs(20), || files(&dir.join("sink"), ".eml").len() == 1);
+    let delivered = std::fs::read_to_string(&files(&dir.join("sink"), ".eml")[0]).expect("message");
+    assert!(delivered.contains("X-Judged-By: b"), "{delivered}");
+    let log = log(&r.dir);
+    assert!(log.contains("tenant=c"), "{log}");
+
+    // A user or network in two tenants is refused.
+    let at = dir.join("dup");
+    std::fs::create_dir_all(&at).expect("dir");
+    std::fs::write(
+        at.join("sluice.toml"),
+        "[[tenant]]\nname = \"a\"\nnext_hop = \"maildir:m\"\noutbound_users = [\"bob\"]\n\
+         [[tenant]]\nname = \"b\"\nnext_hop = \"maildir:m\"\noutbound_users = [\"bob\"]\n",
+    )
+    .expect("config");
+    let (ok, out) = sluice(&at, &["check"]);
+    assert!(!ok && out.contains("bob already belongs to tenant a"), "{out}");
+}
+
+#[test]
 fn policy_state_survives_a_restart_on_the_embedded_store() {
     for (backend, after_restart) in [("embedded", "451"), ("memory", "250")] {
         let dir = temp_dir(&format!("state-{backend}"));
