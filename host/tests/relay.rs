@@ -334,6 +334,60 @@ fn outbound_sessions_belong_to_the_tenant_of_their_network_or_user() {
 }
 
 #[test]
+fn a_tenant_whose_policy_loops_traps_or_hoards_memory_affects_only_its_own_mail() {
+    let dir = temp_dir("tenant-faults");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let mut body = format!(
+        "[relay]\ntrusted_networks = []\n\
+         [[tenant]]\nname = \"good\"\ndomains = [\"good.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\n"
+    );
+    for fault in ["loop", "trap", "alloc", "log"] {
+        body.push_str(&format!(
+            "[[tenant]]\nname = \"{fault}\"\ndomains = [\"{fault}.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+             [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ fault = \"{fault}\", fault_stage = \"rcpt\" }}\n"
+        ));
+    }
+    let r = relay(&dir, free_port(), &body);
+    // Four threads keep the faulty tenants busy while the good tenant's mail goes through.
+    let out = python(
+        r.port,
+        &format!(
+            "import threading, time\n\
+             stop = False\nbad = {{}}\n\
+             def hammer(fault):\n    while not stop:\n        s = smtplib.SMTP('127.0.0.1', PORT, timeout=30)\n        \
+             s.ehlo('c.remote.test')\n        s.mail('x@remote.test')\n        code = s.rcpt('y@' + fault + '.test')[0]\n        \
+             bad.setdefault(fault, set()).add(code)\n        s.quit()\n\
+             threads = [threading.Thread(target=hammer, args=(f,)) for f in ['loop', 'trap', 'alloc', 'log']]\n\
+             [t.start() for t in threads]\ntime.sleep(0.5)\n\
+             slowest = 0.0\nrefused = {{}}\n\
+             for i in range(10):\n    t = time.time()\n    s = smtplib.SMTP('127.0.0.1', PORT, timeout=30)\n    \
+             refused.update(s.sendmail('x@remote.test', ['bob@good.test'], '{MESSAGE}'))\n    s.quit()\n    \
+             slowest = max(slowest, time.time() - t)\n\
+             stop = True\n[t.join() for t in threads]\n\
+             print(sorted((k, sorted(v)) for k, v in bad.items()))\nprint(refused)\nprint(slowest < 2.0, round(slowest, 3))"
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("[('alloc', [451]), ('log', [451]), ('loop', [451]), ('trap', [451])]"),
+        "{out}\n{}",
+        log(&r.dir)
+    );
+    assert_eq!(lines.get(1).copied(), Some("{}"), "{out}");
+    assert!(lines.get(2).is_some_and(|l| l.starts_with("True")), "the good tenant slowed down: {out}");
+    wait_for("the good tenant's mail", Duration::from_secs(30), || {
+        files(&dir.join("sink"), ".eml").len() == 10
+    });
+    let log = log(&r.dir);
+    for fault in ["CPU deadline", "memory cap", "trapped"] {
+        assert!(log.contains(fault), "{fault} not logged: {log}");
+    }
+}
+
+#[test]
 fn policy_state_survives_a_restart_on_the_embedded_store() {
     for (backend, after_restart) in [("embedded", "451"), ("memory", "250")] {
         let dir = temp_dir(&format!("state-{backend}"));
