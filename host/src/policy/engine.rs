@@ -247,16 +247,22 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     Ok(linker)
 }
 
-/// The baseline engine: Winch, instances allocated on demand (it only runs a policy for the
-/// moments until the optimised code replaces it), the same deadlines and stack limits.
-fn baseline_engine() -> anyhow::Result<Engine> {
+/// What both engines share: components, epoch deadlines, stack limits.
+fn base_config() -> Config {
     let mut config = Config::new();
     config
-        .strategy(wasmtime::Strategy::Winch)
         .epoch_interruption(true)
         .wasm_component_model(true)
         .max_wasm_stack(1 << 20)
         .async_stack_size(2 << 20);
+    config
+}
+
+/// The baseline engine: Winch, instances allocated on demand (it only runs a policy for the
+/// moments until the optimised code replaces it), the same deadlines and stack limits.
+fn baseline_engine() -> anyhow::Result<Engine> {
+    let mut config = base_config();
+    config.strategy(wasmtime::Strategy::Winch);
     Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot build the baseline wasm engine: {e}"))
 }
 
@@ -278,13 +284,9 @@ impl PolicyEngine {
             .table_keep_resident(64 << 10)
             .pagemap_scan(Enabled::Auto);
 
-        let mut config = Config::new();
+        let mut config = base_config();
         config
-            .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .wasm_component_model(true)
-            .max_wasm_stack(1 << 20)
-            .async_stack_size(2 << 20)
             // With a baseline tier, optimised code is compiled in the background while the
             // relay runs: on one thread, so that it leaves the other cores (and the shared
             // compile thread pool the baseline compiler needs for the next reload) free.
@@ -357,10 +359,7 @@ impl PolicyEngine {
 
     /// Whether the optimised code for content `hash` is in the on-disk compile cache.
     fn optimized_cached(&self, hash: &str) -> bool {
-        self.options
-            .cache_dir
-            .as_deref()
-            .is_some_and(|dir| dir.join(format!("{}.cwasm", cache_key(&self.engine, hash))).is_file())
+        self.options.cache_dir.as_deref().is_some_and(|dir| cached_path(dir, &self.engine, hash).is_file())
     }
 
     async fn load_tier(
@@ -514,6 +513,11 @@ fn cache_key(engine: &Engine, content_hash: &str) -> String {
     format!("{content_hash}-{:016x}", hasher.finish())
 }
 
+/// Where the compiled code of content `hash` for `engine` lives in the cache `dir`.
+fn cached_path(dir: &Path, engine: &Engine, content_hash: &str) -> PathBuf {
+    dir.join(format!("{}.cwasm", cache_key(engine, content_hash)))
+}
+
 /// Compile `bytes`, through the cache in `cache_dir` when one is configured.
 fn compile(
     engine: &Engine,
@@ -528,7 +532,7 @@ fn compile(
         return Component::new(engine, bytes).map_err(invalid);
     };
     let key = cache_key(engine, hash);
-    let cached = dir.join(format!("{key}.cwasm"));
+    let cached = cached_path(dir, engine, hash);
     if cached.is_file() {
         // SAFETY: files in the cache directory are written only by `compile` below, from
         // this engine's own `serialize`, under a name that binds the content hash and the
