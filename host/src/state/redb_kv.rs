@@ -183,17 +183,18 @@ impl Inner {
         })
     }
 
-    /// Store `value` under `key` (replacing its expiry index entry).
+    /// Store `value` under `key`, whose stored entry (live or expired) had expiry
+    /// `previous` (`None`: no entry), replacing its expiry index entry.
     fn put(
         &self,
         txn: &redb::WriteTransaction,
         key: &str,
         value: &[u8],
         expires: u64,
+        previous: Option<u64>,
     ) -> Result<(), KvError> {
         let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
         let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-        let previous = entries.get(key).map_err(unavailable)?.map(|v| decode(v.value()).0);
         match previous {
             Some(old) if old != 0 && old != expires => {
                 expiries.remove((old, key)).map_err(unavailable)?;
@@ -213,13 +214,13 @@ impl Inner {
         Ok(())
     }
 
-    /// The live (expiry, value) of `key`.
-    fn current(&self, txn: &redb::WriteTransaction, key: &str) -> Result<Option<(u64, Vec<u8>)>, KvError> {
+    /// The stored (expiry, value) of `key`, live or expired.
+    fn stored(&self, txn: &redb::WriteTransaction, key: &str) -> Result<Option<(u64, Vec<u8>)>, KvError> {
         let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
         let found = entries.get(key).map_err(unavailable)?;
-        Ok(found.and_then(|v| {
+        Ok(found.map(|v| {
             let (expires, value) = decode(v.value());
-            live(expires, now_millis()).then(|| (expires, value.to_vec()))
+            (expires, value.to_vec())
         }))
     }
 }
@@ -246,7 +247,13 @@ impl KvStore for RedbKv {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
         let key = key.to_string();
-        self.blocking(move |inner| inner.write(|txn| inner.put(txn, &key, &value, expiry(ttl)))).await
+        self.blocking(move |inner| {
+            inner.write(|txn| {
+                let previous = inner.stored(txn, &key)?.map(|(expires, _)| expires);
+                inner.put(txn, &key, &value, expiry(ttl), previous)
+            })
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
@@ -272,11 +279,13 @@ impl KvStore for RedbKv {
         let key = key.to_string();
         self.blocking(move |inner| {
             inner.write(|txn| {
-                let (value, expires) = match inner.current(txn, &key)? {
+                let stored = inner.stored(txn, &key)?;
+                let previous = stored.as_ref().map(|(expires, _)| *expires);
+                let (value, expires) = match stored.filter(|(expires, _)| live(*expires, now_millis())) {
                     Some((expires, value)) => (parse_counter(&value)?.saturating_add(delta), expires),
                     None => (delta, expiry(ttl)),
                 };
-                inner.put(txn, &key, value.to_string().as_bytes(), expires)?;
+                inner.put(txn, &key, value.to_string().as_bytes(), expires, previous)?;
                 Ok(value)
             })
         })
