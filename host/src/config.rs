@@ -117,7 +117,7 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// `embedded` (a persistent file, the default), `memory` (lost at exit), or a Redis or
-    /// Valkey URL (`redis://host:port/db`, `rediss://` with TLS) shared by several relays.
+    /// Valkey URL (`redis://host:port/db`; no TLS) shared by several relays.
     pub backend: String,
     /// File of the embedded store.
     pub path: PathBuf,
@@ -397,7 +397,7 @@ impl Config {
             return Err("tenant: at least one [[tenant]] is required".into());
         }
         let backend = self.state.backend.as_str();
-        if backend.starts_with("redis://") || backend.starts_with("rediss://") {
+        if backend.starts_with("redis://") {
             redis::Client::open(backend).map_err(|e| format!("state.backend: {e}"))?;
         } else if !matches!(backend, "embedded" | "memory") {
             return Err(format!(

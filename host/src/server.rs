@@ -84,7 +84,7 @@ impl Relay {
             HostServices {
                 kv: match config.state.backend.as_str() {
                     "memory" => Arc::new(MemoryKv::new(config.state.max_keys)),
-                    url if url.starts_with("redis") => Arc::new(
+                    url if url.starts_with("redis://") => Arc::new(
                         RedisKv::new(url, &config.state.prefix)
                             .map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
                     ),

@@ -39,7 +39,7 @@ fn millis(ttl: Duration) -> u64 {
 }
 
 impl RedisKv {
-    /// A store on the server at `url` (`redis://host:port/db`, `rediss://` for TLS). Nothing
+    /// A store on the server at `url` (`redis://host:port/db`; this build has no TLS client for Redis). Nothing
     /// is connected yet; the URL is checked.
     pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
