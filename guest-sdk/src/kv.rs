@@ -11,7 +11,8 @@ pub enum KvError {
     QuotaExceeded,
     /// Key or value too large.
     TooLarge,
-    /// The store could not be reached.
+    /// The operation does not apply (`incr` of a value that is not a counter). An unreachable
+    /// store never shows up here: the host ends the call and the tenant's failure mode applies.
     Unavailable(String),
 }
 
@@ -20,7 +21,7 @@ impl std::fmt::Display for KvError {
         match self {
             KvError::QuotaExceeded => f.write_str("key-value quota exceeded"),
             KvError::TooLarge => f.write_str("key or value too large"),
-            KvError::Unavailable(why) => write!(f, "key-value store unavailable: {why}"),
+            KvError::Unavailable(why) => write!(f, "key-value operation failed: {why}"),
         }
     }
 }

@@ -56,7 +56,7 @@ async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, S
     match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", relay.metrics.render()),
         ("GET", "/api/policies") => ("200 OK", JSON, policies(relay).to_string()),
-        ("GET", "/api/tenants") => ("200 OK", JSON, tenants(relay).to_string()),
+        ("GET", "/api/tenants") => ("200 OK", JSON, tenants(relay).await.to_string()),
         ("POST", "/api/reload") => {
             let report = relay.reload("admin API").await;
             let status = if report.result == "failed" { "500 Internal Server Error" } else { "200 OK" };
@@ -81,14 +81,22 @@ async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, S
 }
 
 /// `GET /api/tenants`: each tenant's domains, route, chain, generation and counters.
-fn tenants(relay: &Relay) -> serde_json::Value {
+async fn tenants(relay: &Relay) -> serde_json::Value {
     use crate::config::NextHop;
     use crate::policy::FailureMode;
     let live = relay.live();
+    let mut usage = Vec::with_capacity(live.tenants.len());
+    for tenant in &live.tenants {
+        usage.push(match relay.loader.kv().usage(&tenant.name).await {
+            Ok(u) => serde_json::json!(u),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        });
+    }
     let tenants: Vec<serde_json::Value> = live
         .tenants
         .iter()
-        .map(|tenant| {
+        .zip(usage)
+        .map(|(tenant, kv_usage)| {
             let chain = &tenant.chain;
             let next_hop = match &tenant.next_hop {
                 NextHop::Smtp { host, port } => format!("smtp:{host}:{port}"),
@@ -106,6 +114,8 @@ fn tenants(relay: &Relay) -> serde_json::Value {
                 "generation": tenant.generation,
                 "previous_generation": relay.previous_generation(&tenant.name),
                 "failure_mode": failure_mode,
+                "limits": tenant.limits,
+                "kv_usage": kv_usage,
                 "thresholds": {
                     "add_header": thresholds.add_header,
                     "quarantine": thresholds.quarantine,

@@ -286,6 +286,20 @@ pub struct TenantConfig {
     /// Outbound: sessions of these authenticated users are this tenant's.
     #[serde(default)]
     pub outbound_users: Vec<String>,
+    /// CPU deadline per hook call of its policies, milliseconds (default 50; a policy's own
+    /// `cpu_ms` wins).
+    pub cpu_ms: Option<u64>,
+    /// Memory cap of its policies' instances, MiB (default 64; a policy's own `memory_mib`
+    /// wins).
+    pub memory_mib: Option<usize>,
+    /// Largest message for its recipients, bytes (default and ceiling: `server.max_message_bytes`).
+    pub max_message_bytes: Option<usize>,
+    /// Transactions per minute it accepts recipients for, on this relay (default: no limit).
+    pub max_messages_per_minute: Option<u32>,
+    /// Keys its policies may hold in the key-value store (default 100 000).
+    pub kv_max_keys: Option<u64>,
+    /// Bytes of keys and values its policies may hold (default 64 MiB).
+    pub kv_max_bytes: Option<u64>,
 }
 
 fn default_failure_mode() -> String {
@@ -459,8 +473,50 @@ impl Config {
                     return Err(format!("{key}.policy[{j}]: cpu_ms and memory_mib must be positive"));
                 }
             }
+            let zero = |v: Option<u64>| v == Some(0);
+            for (name, bad) in [
+                ("cpu_ms", zero(t.cpu_ms)),
+                ("memory_mib", t.memory_mib == Some(0)),
+                ("max_message_bytes", t.max_message_bytes == Some(0)),
+                ("max_messages_per_minute", t.max_messages_per_minute == Some(0)),
+                ("kv_max_keys", zero(t.kv_max_keys)),
+                ("kv_max_bytes", zero(t.kv_max_bytes)),
+            ] {
+                if bad {
+                    return Err(format!("{key}.{name}: must be positive"));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// What is valid but probably not meant: printed by `sluice check`, logged at start and
+    /// on reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let key = format!("tenant[{i}] ({})", t.name);
+            if t.policies.is_empty() {
+                warnings.push(format!(
+                    "{key}: no policies: its mail is accepted without any check (add a [[tenant.policy]])"
+                ));
+            }
+            if i > 0 && t.domains.is_empty() && t.outbound_networks.is_empty() && t.outbound_users.is_empty()
+            {
+                warnings.push(format!(
+                    "{key}: no domains, outbound_networks or outbound_users: no mail can reach it"
+                ));
+            }
+            if let Some(max) = t.max_message_bytes
+                && max > self.server.max_message_bytes
+            {
+                warnings.push(format!(
+                    "{key}.max_message_bytes: {max} is above server.max_message_bytes ({}), which applies",
+                    self.server.max_message_bytes
+                ));
+            }
+        }
+        warnings
     }
 
     /// A path from the configuration, resolved against its base directory.
@@ -482,6 +538,15 @@ impl Config {
 }
 
 impl TenantConfig {
+    /// Its share of the key-value store.
+    pub fn kv_quota(&self) -> crate::state::kv::Quota {
+        let default = crate::state::kv::Quota::default();
+        crate::state::kv::Quota {
+            max_keys: self.kv_max_keys.unwrap_or(default.max_keys),
+            max_bytes: self.kv_max_bytes.unwrap_or(default.max_bytes),
+        }
+    }
+
     /// The chain settings.
     pub fn chain_settings(&self) -> ChainSettings {
         ChainSettings {
@@ -504,8 +569,8 @@ impl TenantConfig {
 }
 
 impl PolicyConfig {
-    /// The spec the engine loads, paths resolved against `config`.
-    pub fn spec(&self, config: &Config) -> PolicySpec {
+    /// The spec the engine loads for `tenant`, paths resolved against `config`.
+    pub fn spec(&self, config: &Config, tenant: &TenantConfig) -> PolicySpec {
         let mut spec = PolicySpec::new(config.resolve(&self.path));
         spec.name = self.name.clone();
         spec.config = self
@@ -519,11 +584,11 @@ impl PolicyConfig {
                 (k.clone(), value)
             })
             .collect();
-        let mut limits = PolicyLimits::default();
-        if let Some(ms) = self.cpu_ms {
+        let mut limits = PolicyLimits { kv_quota: tenant.kv_quota(), ..PolicyLimits::default() };
+        if let Some(ms) = self.cpu_ms.or(tenant.cpu_ms) {
             limits.cpu_deadline = Duration::from_millis(ms);
         }
-        if let Some(mib) = self.memory_mib {
+        if let Some(mib) = self.memory_mib.or(tenant.memory_mib) {
             limits.memory_bytes = mib.saturating_mul(1 << 20);
         }
         spec.limits = limits;

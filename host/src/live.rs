@@ -43,8 +43,30 @@ pub struct Tenant {
     pub generation: u64,
     /// When this generation was made.
     pub loaded_at: SystemTime,
+    /// Its limits besides the per-call ones of its policies.
+    pub limits: TenantLimits,
     /// Its configuration and policy files' hashes: equal fingerprints, same tenant.
     fingerprint: String,
+}
+
+/// A tenant's own limits.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TenantLimits {
+    /// Largest message for its recipients (None: the server's).
+    pub max_message_bytes: Option<usize>,
+    /// Transactions per minute it accepts recipients for (None: no limit).
+    pub max_messages_per_minute: Option<u32>,
+    /// Its share of the key-value store.
+    #[serde(serialize_with = "serialize_quota")]
+    pub kv_quota: crate::state::kv::Quota,
+}
+
+fn serialize_quota<S: serde::Serializer>(q: &crate::state::kv::Quota, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut out = s.serialize_struct("quota", 2)?;
+    out.serialize_field("max_keys", &q.max_keys)?;
+    out.serialize_field("max_bytes", &q.max_bytes)?;
+    out.end()
 }
 
 impl Tenant {
@@ -69,6 +91,7 @@ impl Tenant {
             domains: self.domains.clone(),
             generation: self.generation,
             loaded_at: self.loaded_at,
+            limits: self.limits,
             fingerprint: self.fingerprint.clone(),
         }))
     }
@@ -159,6 +182,11 @@ impl Loader {
         Self { engine, services, generations: AtomicU64::new(0), optimizing: Default::default() }
     }
 
+    /// The key-value store behind the policies.
+    pub fn kv(&self) -> &Arc<dyn crate::state::kv::KvStore> {
+        &self.services.kv
+    }
+
     /// The tenant `t` describes: `current` itself when nothing changed, else a new generation
     /// that reuses every policy of `current` whose file and settings are the same. `quickly`:
     /// new policies may be compiled by the baseline compiler (see
@@ -189,7 +217,7 @@ impl Loader {
         }
         let mut policies = Vec::with_capacity(t.policies.len());
         for (p, hash) in t.policies.iter().zip(&hashes) {
-            let spec = p.spec(config);
+            let spec = p.spec(config, t);
             let reused = current.and_then(|c| {
                 c.chain.policies.iter().find(|loaded| loaded.spec == spec && loaded.hash == *hash).cloned()
             });
@@ -224,6 +252,11 @@ impl Loader {
             domains,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             loaded_at: SystemTime::now(),
+            limits: TenantLimits {
+                max_message_bytes: t.max_message_bytes,
+                max_messages_per_minute: t.max_messages_per_minute,
+                kv_quota: t.kv_quota(),
+            },
             fingerprint,
         }))
     }
@@ -242,6 +275,9 @@ async fn file_hash(path: &Path) -> Result<String, String> {
 
 /// The first snapshot, at start: every failure is fatal.
 pub async fn initial(loader: &Loader, config: Config) -> anyhow::Result<Live> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let mut tenants = Vec::new();
     for t in &config.tenants {
         tenants.push(loader.tenant(&config, t, None, false).await.map_err(anyhow::Error::msg)?);
@@ -324,7 +360,12 @@ impl Relay {
                 } else {
                     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
                     match Config::parse(&text, &path.display().to_string(), base) {
-                        Ok(config) => Arc::new(config),
+                        Ok(config) => {
+                            for warning in config.warnings() {
+                                tracing::warn!("{warning}");
+                            }
+                            Arc::new(config)
+                        }
                         Err(e) => return failed(vec![e.to_string()]),
                     }
                 }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::policy::chain::StageResult;
 use crate::policy::decision::Verdict;
@@ -21,8 +20,9 @@ type LatencyHistograms = BTreeMap<(String, String), ([u64; LATENCY_BUCKETS_MICRO
 /// The relay's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    connections: AtomicU64,
-    active: AtomicI64,
+    /// Tenant of the session (by client network, else the default tenant) → (connections,
+    /// active connections).
+    connections: Mutex<BTreeMap<String, (u64, i64)>>,
     /// (tenant, outcome) → transactions.
     transactions: Mutex<BTreeMap<(String, String), u64>>,
     /// (tenant, policy, verdict) → (count, total microseconds).
@@ -30,7 +30,8 @@ pub struct Metrics {
     latency: Mutex<LatencyHistograms>,
     /// (tenant, result) → delivery attempts per recipient.
     deliveries: Mutex<BTreeMap<(String, String), u64>>,
-    queued: AtomicI64,
+    /// Tenant → messages in the queue.
+    queued: Mutex<BTreeMap<String, i64>>,
     reloads: Mutex<BTreeMap<String, u64>>,
     generations: Mutex<BTreeMap<String, u64>>,
     /// (tenant, policy, verdict) → shadow decisions.
@@ -61,11 +62,13 @@ pub struct TenantCounters {
 }
 
 impl Metrics {
-    /// A connection opened; the returned guard counts it as active until dropped.
-    pub fn connection(&self) -> ActiveConnection<'_> {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveConnection(self)
+    /// A connection of `tenant` opened; the returned guard counts it as active until dropped.
+    pub fn connection(&self, tenant: &str) -> ActiveConnection<'_> {
+        let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, active) = map.entry(tenant.to_string()).or_default();
+        *total += 1;
+        *active += 1;
+        ActiveConnection(self, tenant.to_string())
     }
 
     /// A transaction of `tenant` ended with `outcome`.
@@ -151,24 +154,41 @@ impl Metrics {
         bump_pair(&self.deliveries, tenant, result);
     }
 
-    /// Messages entered (+1) or left (-1) the queue.
-    pub fn queue(&self, delta: i64) {
-        self.queued.fetch_add(delta, Ordering::Relaxed);
+    /// A message of `tenant` entered (+1) or left (-1) the queue.
+    pub fn queue(&self, tenant: &str, delta: i64) {
+        let mut map = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(tenant.to_string()).or_insert(0) += delta;
     }
 
-    /// Set the queue depth (after scanning the spool).
-    pub fn set_queue(&self, depth: usize) {
-        self.queued.store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed);
+    /// Set the queue depth of every tenant from the tenants of the queued messages (after
+    /// scanning the spool).
+    pub fn set_queue<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
+        let mut map = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        map.values_mut().for_each(|n| *n = 0);
+        for tenant in tenants {
+            *map.entry(tenant.to_string()).or_insert(0) += 1;
+        }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ");
-        out.push_str("# TYPE sluice_connections_total counter\n");
-        out.push_str(&format!("sluice_connections_total {}\n", self.connections.load(Ordering::Relaxed)));
-        out.push_str("# TYPE sluice_connections_active gauge\n");
-        out.push_str(&format!("sluice_connections_active {}\n", self.active.load(Ordering::Relaxed)));
+        {
+            let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            out.push_str("# TYPE sluice_connections_total counter\n");
+            for (tenant, (total, _)) in connections.iter() {
+                out.push_str(&format!("sluice_connections_total{{tenant=\"{}\"}} {total}\n", label(tenant)));
+            }
+            out.push_str("# TYPE sluice_connections_active gauge\n");
+            for (tenant, (_, active)) in connections.iter() {
+                out.push_str(&format!(
+                    "sluice_connections_active{{tenant=\"{}\"}} {}\n",
+                    label(tenant),
+                    active.max(&0)
+                ));
+            }
+        }
         out.push_str("# TYPE sluice_transactions_total counter\n");
         for ((tenant, outcome), n) in self.transactions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             out.push_str(&format!(
@@ -224,7 +244,9 @@ impl Metrics {
             ));
         }
         out.push_str("# TYPE sluice_queue_messages gauge\n");
-        out.push_str(&format!("sluice_queue_messages {}\n", self.queued.load(Ordering::Relaxed).max(0)));
+        for (tenant, n) in self.queued.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!("sluice_queue_messages{{tenant=\"{}\"}} {}\n", label(tenant), n.max(&0)));
+        }
         out.push_str("# TYPE sluice_reloads_total counter\n");
         for (result, n) in self.reloads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             out.push_str(&format!("sluice_reloads_total{{result=\"{}\"}} {n}\n", label(result)));
@@ -254,11 +276,14 @@ impl Metrics {
     }
 }
 
-/// Counts a connection as active while alive.
-pub struct ActiveConnection<'a>(&'a Metrics);
+/// Counts a connection of a tenant as active while alive.
+pub struct ActiveConnection<'a>(&'a Metrics, String);
 
 impl Drop for ActiveConnection<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self.0.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, active)) = map.get_mut(&self.1) {
+            *active -= 1;
+        }
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
@@ -58,6 +58,8 @@ pub struct Relay {
     delivery: mpsc::UnboundedSender<String>,
     connections: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Tenant → (minute since the epoch, transactions accepted in it).
+    rates: Mutex<HashMap<String, (u64, u32)>>,
 }
 
 impl Relay {
@@ -125,8 +127,28 @@ impl Relay {
             spool: Arc::new(spool),
             delivery: tx,
             per_ip: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
         };
         Ok((Arc::new(relay), rx))
+    }
+
+    /// Whether `tenant` may start one more transaction this minute under `per_minute`;
+    /// `take`: count it.
+    fn message_rate(&self, tenant: &str, per_minute: u32, take: bool) -> bool {
+        let minute = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, count) = rates.entry(tenant.to_string()).or_insert((minute, 0));
+        if *at != minute {
+            *at = minute;
+            *count = 0;
+        }
+        if *count >= per_minute {
+            return false;
+        }
+        if take {
+            *count += 1;
+        }
+        true
     }
 
     /// The current snapshot of configuration and tenants.
@@ -169,7 +191,9 @@ impl Relay {
                 .await;
             return;
         };
-        let _active = self.metrics.connection();
+        let live = self.live();
+        let tenant = &live.tenants[live.tenant_of_client(peer.ip())].name;
+        let _active = self.metrics.connection(tenant);
         let ip = peer.ip();
         let admitted = {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,7 +212,7 @@ impl Relay {
         }
         let mut conn = Connection::new(self.clone(), peer, local);
         if let Err(e) = conn.serve(stream).await {
-            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            tracing::debug!(tenant = %tenant, client = %peer, error = %e, "connection ended with an error");
         }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = per_ip.get_mut(&ip) {
@@ -384,7 +408,7 @@ impl Connection {
 
         let connect = self.stage(self.session_tenant, Stage::Connect, StageInput::Session).await;
         if let Verdict::Reject(r) | Verdict::Tempfail(r) = &connect.verdict {
-            tracing::info!(client = %self.peer, stage = "connect", reply = %r, "connection refused by policy");
+            tracing::info!(tenant = %self.info.tenant, client = %self.peer, stage = "connect", reply = %r, "connection refused by policy");
             writer.write_all(&render(r)).await?;
             writer.flush().await?;
             return Ok(());
@@ -404,11 +428,11 @@ impl Connection {
         let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
+                tracing::info!(tenant = %self.info.tenant, client = %self.peer, error = %e, "TLS handshake failed");
                 return Ok(());
             }
             Err(_) => {
-                tracing::info!(client = %self.peer, "TLS handshake timed out");
+                tracing::info!(tenant = %self.info.tenant, client = %self.peer, "TLS handshake timed out");
                 return Ok(());
             }
         };
@@ -556,6 +580,29 @@ impl Connection {
                     writer.write_all(&render(&deferred)).await?;
                     return Ok(Flow::Continue);
                 }
+                let limits = self.live.tenants[tenant].limits;
+                if let (Some(max), Some(declared)) = (limits.max_message_bytes, self.core.declared_size())
+                    && declared > max
+                {
+                    // RFC 1870 §6.1: the declared size is over this recipient's limit.
+                    let r = reply(552, "5.3.4", "Message size exceeds the fixed maximum for this recipient");
+                    writer.write_all(&render(&r)).await?;
+                    return Ok(Flow::Continue);
+                }
+                let first = self.tenant.is_none();
+                if first
+                    && let Some(per_minute) = limits.max_messages_per_minute
+                    && !self.relay.message_rate(&self.live.tenants[tenant].name, per_minute, false)
+                {
+                    tracing::info!(
+                        tenant = %self.live.tenants[tenant].name,
+                        client = %self.peer,
+                        "recipient deferred: the tenant's message rate is used up for this minute"
+                    );
+                    let r = reply(451, "4.7.1", "Message rate exceeded for this domain, try again later");
+                    writer.write_all(&render(&r)).await?;
+                    return Ok(Flow::Continue);
+                }
                 let result = self.stage(tenant, Stage::Rcpt, StageInput::Recipient(&to)).await;
                 let _ = self.transaction.absorb(&result);
                 let disconnect = result.disconnect;
@@ -564,6 +611,9 @@ impl Connection {
                         writer.write_all(&render(r)).await?;
                     }
                     _ => {
+                        if first && let Some(per_minute) = limits.max_messages_per_minute {
+                            self.relay.message_rate(&self.live.tenants[tenant].name, per_minute, true);
+                        }
                         self.tenant.get_or_insert(tenant);
                         self.info.recipients.push(to.clone());
                         self.core.rcpt_accepted(to, destination);
@@ -582,7 +632,7 @@ impl Connection {
             }
             Step::Chunk { size, last } => {
                 let timeout = Duration::from_secs(self.live.config.server.data_timeout_secs);
-                let limit = self.core.max_message_bytes() as u64;
+                let limit = self.message_limit() as u64;
                 // The size is declared up front: a chunk that would go over the limit is read
                 // and dropped, never kept.
                 if self.chunks_too_big || (self.chunks.len() as u64).saturating_add(size) > limit {
@@ -713,15 +763,16 @@ impl Connection {
             .await
             .unwrap_or(false);
         if ok {
-            tracing::info!(client = %self.peer, user = %user, "authenticated");
+            tracing::info!(tenant = %self.info.tenant, client = %self.peer, user = %user, "authenticated");
             self.core.authenticated(user.clone());
             if let Some(tenant) = self.live.tenant_of_user(&user) {
                 self.session_tenant = tenant;
+                self.info.tenant = self.live.tenants[tenant].name.clone();
             }
             self.info.authenticated_user = Some(user);
             Ok(Some(reply(235, "2.7.0", "Authentication successful")))
         } else {
-            tracing::info!(client = %self.peer, user = %user, "authentication failed");
+            tracing::info!(tenant = %self.info.tenant, client = %self.peer, user = %user, "authentication failed");
             // Slow down guessing.
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(Some(self.core_error(reply(535, "5.7.8", "Authentication credentials invalid"))))
@@ -767,12 +818,21 @@ impl Connection {
         }
     }
 
+    /// The largest message this transaction may carry: the server's limit, or its tenant's
+    /// when lower.
+    fn message_limit(&self) -> usize {
+        let server = self.core.max_message_bytes();
+        let tenant =
+            self.tenant.and_then(|t| self.live.tenants.get(t)).and_then(|t| t.limits.max_message_bytes);
+        tenant.map_or(server, |t| t.min(server))
+    }
+
     async fn read_data<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut BufReader<R>,
     ) -> std::io::Result<DataRead> {
         let timeout = Duration::from_secs(self.live.config.server.data_timeout_secs);
-        let mut decoder = DataDecoder::new(self.core.max_message_bytes());
+        let mut decoder = DataDecoder::new(self.message_limit());
         loop {
             let buf = match tokio::time::timeout(timeout, reader.fill_buf()).await {
                 Ok(buf) => buf?,
@@ -816,7 +876,7 @@ impl Connection {
                 match self.store(&judgement, parsed.raw(), tenant, store).await {
                     Ok(()) => reply(250, "2.0.0", &format!("Ok: queued as {id}")),
                     Err(e) => {
-                        tracing::error!(id, error = %e, "cannot store the message in the spool");
+                        tracing::error!(tenant = %self.info.tenant, id, error = %e, "cannot store the message in the spool");
                         reply(451, "4.3.0", "Temporary local problem, please try again later")
                     }
                 }
@@ -870,7 +930,7 @@ impl Connection {
             .await
             .map_err(std::io::Error::other)??;
         if store == Store::Queue {
-            self.relay.metrics.queue(1);
+            self.relay.metrics.queue(&self.live.tenants[tenant].name, 1);
             let _ = self.relay.delivery.send(id);
         }
         Ok(())

@@ -385,6 +385,86 @@ fn a_tenant_whose_policy_loops_traps_or_hoards_memory_affects_only_its_own_mail(
     for fault in ["CPU deadline", "memory cap", "trapped"] {
         assert!(log.contains(fault), "{fault} not logged: {log}");
     }
+    // Faulting on every call, each faulty policy is suspended by the fault breaker: its
+    // tenant's failure mode applies without running it.
+    for fault in ["loop", "trap", "alloc", "log"] {
+        let suspended = log.lines().any(|l| {
+            l.contains("policy suspended after 5 faults in a row") && l.contains(&format!("tenant={fault}"))
+        });
+        assert!(suspended, "{fault} not suspended: {log}");
+    }
+}
+
+#[test]
+fn tenant_limits_apply_to_their_own_mail_only() {
+    let dir = temp_dir("tenant-limits");
+    let (sink_port, admin) = (free_port(), free_port());
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let body = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[relay]\ntrusted_networks = []\n\
+         [[tenant]]\nname = \"small\"\ndomains = [\"small.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         max_message_bytes = 4000\nmax_messages_per_minute = 3\nkv_max_keys = 2\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ kv_fill = \"yes\" }}\n\
+         [[tenant]]\nname = \"big\"\ndomains = [\"big.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ kv_fill = \"yes\" }}\n\
+         [[tenant]]\nname = \"slow\"\ndomains = [\"slow.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         cpu_ms = 20\nmemory_mib = 16\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ fault = \"loop\", fault_stage = \"rcpt\" }}\n"
+    );
+    let r = relay(&dir, free_port(), &body);
+    let big_message = format!("Subject: big\\r\\n\\r\\n{}\\r\\n", "x".repeat(5000));
+    let out = python(
+        r.port,
+        &format!(
+            "def session(sender, rcpts, message, size=None):\n    \
+             s = smtplib.SMTP('127.0.0.1', PORT, timeout=30)\n    s.ehlo('c.remote.test')\n    \
+             codes = [s.mail(sender, ['SIZE=%d' % size] if size else [])[0]]\n    \
+             codes += [s.rcpt(r)[0] for r in rcpts]\n    \
+             if 250 in codes[1:]:\n        codes.append(s.data(message)[0])\n    s.quit()\n    return codes\n\
+             print(session('x@remote.test', ['a@small.test', 'a@big.test'], '', size=10000))\n\
+             print(session('x@remote.test', ['a@small.test'], '{big_message}'))\n\
+             print(session('x@remote.test', ['a@small.test', 'b@small.test', 'c@small.test'], '{MESSAGE}'))\n\
+             print(session('x@remote.test', ['a@small.test'], '{MESSAGE}'))\n\
+             print(session('x@remote.test', ['b@small.test'], '{MESSAGE}'))\n\
+             print(session('x@remote.test', ['a@big.test', 'b@big.test', 'c@big.test'], '{big_message}', size=6000))\n\
+             print(session('x@remote.test', ['a@slow.test'], '{MESSAGE}'))"
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let expected = [
+        // Declared size over small's limit: 552 for its recipient, fine for big's; big's
+        // recipient then counts as big's transaction.
+        "[250, 552, 250, 250]",
+        // Over small's limit at DATA (first transaction of small this minute).
+        "[250, 250, 552]",
+        // Small's key quota (2 keys): the third recipient is refused by the policy.
+        "[250, 250, 250, 451, 250]",
+        // Third transaction of small this minute.
+        "[250, 250, 250]",
+        // Fourth: over its rate.
+        "[250, 451]",
+        // Big: none of small's limits.
+        "[250, 250, 250, 250, 250]",
+        // Slow's policy loops: stopped at slow's own 20 ms deadline, its failure mode applies.
+        "[250, 451]",
+    ];
+    assert_eq!(lines, expected, "{out}\n{}", log(&r.dir));
+    let log = log(&r.dir);
+    assert!(log.contains("CPU deadline of 20ms exceeded"), "{log}");
+    assert!(log.contains("the tenant's message rate is used up"), "{log}");
+    // Its share of the store and its limits, as the admin API shows them.
+    let tenants = python(
+        admin,
+        "import urllib.request, json\n\
+         for t in json.loads(urllib.request.urlopen(f'http://127.0.0.1:{PORT}/api/tenants').read())['tenants']:\n    \
+         print(t['tenant'], t['kv_usage']['keys'], t['limits']['kv_quota']['max_keys'], \
+         t['limits']['max_message_bytes'], t['limits']['max_messages_per_minute'])",
+    );
+    assert_eq!(
+        tenants.trim(),
+        "small 2 2 4000 3\nbig 3 100000 None None\nslow 0 100000 None None",
+        "{tenants}"
+    );
 }
 
 #[test]
@@ -752,12 +832,13 @@ fn metrics_and_json_logs() {
     });
     let metrics = scrape();
     for expected in [
-        "sluice_connections_active 0",
+        "sluice_connections_total{tenant=\"example\"} ",
+        "sluice_connections_active{tenant=\"example\"} 0",
         "sluice_transactions_total{tenant=\"example\",outcome=\"accept\"} 1",
         "sluice_policy_calls_total{tenant=\"example\",policy=\"probe\",verdict=\"continue\"}",
         "sluice_policy_duration_seconds_bucket{tenant=\"example\",policy=\"probe\",le=\"+Inf\"}",
         "sluice_policy_duration_seconds_count{tenant=\"example\",policy=\"probe\"}",
-        "sluice_queue_messages 0",
+        "sluice_queue_messages{tenant=\"example\"} 0",
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }
@@ -812,6 +893,28 @@ fn check_names_what_is_wrong() {
         std::fs::write(dir.join("sluice.toml"), &broken).expect("config");
         let (ok, text) = sluice(&dir, &["check"]);
         assert!(!ok, "accepted: {broken}");
+        assert!(text.contains(expected), "{expected} not in: {text}");
+    }
+    let broken = good.replace("[[tenant.policy]]\n", "kv_max_keys = 0\n[[tenant.policy]]\n");
+    std::fs::write(dir.join("sluice.toml"), &broken).expect("config");
+    let (ok, text) = sluice(&dir, &["check"]);
+    assert!(!ok && text.contains("tenant[0] (example).kv_max_keys: must be positive"), "{text}");
+
+    // Valid but probably not meant: warnings, and the check passes.
+    let state = format!("[state]\nbackend = \"redis://127.0.0.1:{}/0\"\n[[tenant]]", free_port());
+    let odd = format!(
+        "{}[[tenant]]\nname = \"empty\"\nnext_hop = \"maildir:m\"\nmax_message_bytes = 999999999\n",
+        good.replacen("[[tenant]]", &state, 1)
+    );
+    std::fs::write(dir.join("sluice.toml"), &odd).expect("config");
+    let (ok, text) = sluice(&dir, &["check"]);
+    assert!(ok, "{odd}\n{text}");
+    for expected in [
+        "warning: tenant[1] (empty): no policies",
+        "warning: tenant[1] (empty): no domains, outbound_networks or outbound_users",
+        "warning: tenant[1] (empty).max_message_bytes: 999999999 is above server.max_message_bytes",
+        "warning: state.backend: redis://127.0.0.1:",
+    ] {
         assert!(text.contains(expected), "{expected} not in: {text}");
     }
 }

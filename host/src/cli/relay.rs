@@ -22,7 +22,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let watching = config_path.is_some();
     let (relay, new_ids) = Relay::build(config, config_path).await?;
     // Clean up after a crash before anything writes to the spool.
-    let queued = relay.spool.recover(Store::Queue)?.len();
+    let queue = relay.spool.recover(Store::Queue)?;
+    let queued = queue.len();
     let quarantined = relay.spool.recover(Store::Quarantine)?.len();
     // Watch before anything listens: a change made as soon as the relay answers is seen.
     if watching && let Err(e) = relay.watch() {
@@ -45,7 +46,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", admin.listen))?;
         tokio::spawn(crate::admin::serve(relay.clone(), listener));
     }
-    relay.metrics.set_queue(queued);
+    relay.metrics.set_queue(queue.iter().map(|m| m.tenant.as_str()));
     tokio::spawn(crate::delivery::run(relay.clone(), new_ids));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -67,7 +68,20 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
 pub async fn check(config: Config) -> anyhow::Result<()> {
     let tenants = config.tenants.len();
     let policies: usize = config.tenants.iter().map(|t| t.policies.len()).sum();
-    let (_relay, _ids) = Relay::build(config, None).await?;
+    let warnings = config.warnings();
+    let shared = config.state.backend.starts_with("redis://").then(|| config.state.backend.clone());
+    let (relay, _ids) = Relay::build(config, None).await?;
+    for warning in &warnings {
+        println!("warning: {warning}");
+    }
+    if let Some(url) = shared
+        && let Err(e) = relay.loader.kv().usage("").await
+    {
+        println!(
+            "warning: state.backend: {url}: {e} (until it is reachable, policies that use the store \
+             fail into their tenant's failure mode)"
+        );
+    }
     println!("configuration ok: {tenants} tenant(s), {policies} policy component(s) loaded");
     Ok(())
 }

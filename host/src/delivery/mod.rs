@@ -84,7 +84,7 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
             _ = rescan.tick() => {
                 let spool = relay.spool.clone();
                 if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || spool.list(Store::Queue)).await {
-                    relay.metrics.set_queue(all.len());
+                    relay.metrics.set_queue(all.iter().map(|m| m.tenant.as_str()));
                     due.clear();
                     for m in all {
                         if !in_flight.contains(&m.id) { due.insert((m.next_attempt, m.id), ()); }
@@ -191,19 +191,19 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
             match result {
                 RcptResult::Delivered(reply) => {
                     relay.metrics.delivery(&envelope.tenant, "delivered");
-                    tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivered");
+                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivered");
                     r.status = RecipientStatus::Delivered;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Permanent(reply) => {
                     relay.metrics.delivery(&envelope.tenant, "failed");
-                    tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery failed");
+                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery failed");
                     r.status = RecipientStatus::Failed;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Transient(reply) => {
                     relay.metrics.delivery(&envelope.tenant, "deferred");
-                    tracing::info!(id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery deferred");
+                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery deferred");
                     r.last_reply = Some(reply);
                 }
             }
@@ -244,15 +244,15 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
             queue_bounce(relay, &envelope, &newly_failed, message.as_deref().map_or(&[][..], |m| &m[..]))
                 .await
     {
-        tracing::error!(id = %envelope.id, error = %e, "cannot queue the delivery status notification");
+        tracing::error!(tenant = %envelope.tenant, id = %envelope.id, error = %e, "cannot queue the delivery status notification");
     }
 
     let spool = relay.spool.clone();
     if envelope.pending().next().is_none() {
         let id = envelope.id.clone();
         let _ = tokio::task::spawn_blocking(move || spool.remove(Store::Queue, &id)).await;
-        tracing::info!(id = %envelope.id, attempts = envelope.attempts, "done");
-        relay.metrics.queue(-1);
+        tracing::info!(tenant = %envelope.tenant, id = %envelope.id, attempts = envelope.attempts, "done");
+        relay.metrics.queue(&envelope.tenant, -1);
         return None;
     }
     let backoff = config
@@ -263,7 +263,7 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
     let next = envelope.next_attempt;
     let updated = envelope.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.update(Store::Queue, &updated)).await {
-        tracing::error!(id = %envelope.id, error = %e, "cannot update the envelope");
+        tracing::error!(tenant = %envelope.tenant, id = %envelope.id, error = %e, "cannot update the envelope");
     }
     Some(next)
 }
@@ -304,7 +304,7 @@ fn route(live: &Live, envelope: &QueuedMessage, address: &str) -> Target {
         if let Some(hop) = config.next_hops.get(name).and_then(|h| NextHop::parse(h).ok()) {
             return Target::Hop(hop);
         }
-        tracing::warn!(id = %envelope.id, route = %name, "a policy routed to an unknown next hop; using the normal route");
+        tracing::warn!(tenant = %envelope.tenant, id = %envelope.id, route = %name, "a policy routed to an unknown next hop; using the normal route");
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_lowercase()).unwrap_or_default();
     if let Some(tenant) = live.tenant_of_domain(&domain) {
@@ -497,8 +497,8 @@ Content-Type: text/rfc822-headers\r\n\
     tokio::task::spawn_blocking(move || spool.store(Store::Queue, &envelope, text.as_bytes()))
         .await
         .map_err(std::io::Error::other)??;
-    tracing::info!(id = %id, original = %original.id, to = %original.mail_from, "queued a delivery status notification");
-    relay.metrics.queue(1);
+    tracing::info!(tenant = %original.tenant, id = %id, original = %original.id, to = %original.mail_from, "queued a delivery status notification");
+    relay.metrics.queue(&original.tenant, 1);
     relay.notify(id);
     Ok(())
 }

@@ -280,8 +280,28 @@ impl ChainSession {
     ) -> PolicyRun {
         let policy = self.chain.policies[index].clone();
         let started = Instant::now();
-        let outcome = self.call(index, &policy, ctx, input).await;
+        let outcome = match policy.breaker.suspended() {
+            Some(left) => Err(Fault::Suspended(left)),
+            None => self.call(index, &policy, ctx, input).await,
+        };
         let micros = micros_since(started);
+        match &outcome {
+            Ok(_) => policy.breaker.success(),
+            // Not the policy's doing, and cheap: an unreachable store does not suspend it.
+            Err(Fault::Suspended(_) | Fault::State(_)) => {}
+            Err(_) => {
+                if let Some(length) = policy.breaker.fault() {
+                    tracing::error!(
+                        tenant = %self.chain.tenant,
+                        policy = %policy.name,
+                        file = %policy.file.display(),
+                        seconds = length.as_secs(),
+                        "policy suspended after {} faults in a row: the tenant's failure mode applies without running it",
+                        super::breaker::FAULTS_IN_A_ROW
+                    );
+                }
+            }
+        }
         match outcome {
             Ok(decision) => PolicyRun {
                 policy: policy.name.clone(),
@@ -292,16 +312,27 @@ impl ChainSession {
                 micros,
             },
             Err(fault) => {
-                tracing::warn!(
-                    tenant = %self.chain.tenant,
-                    policy = %policy.name,
-                    file = %policy.file.display(),
-                    stage = %stage,
-                    transaction = %session.transaction_id,
-                    shadow = self.chain.is_shadow(index),
-                    cause = %fault,
-                    "policy fault"
-                );
+                if matches!(fault, Fault::Suspended(_)) {
+                    tracing::debug!(
+                        tenant = %self.chain.tenant,
+                        policy = %policy.name,
+                        stage = %stage,
+                        transaction = %session.transaction_id,
+                        cause = %fault,
+                        "policy suspended"
+                    );
+                } else {
+                    tracing::warn!(
+                        tenant = %self.chain.tenant,
+                        policy = %policy.name,
+                        file = %policy.file.display(),
+                        stage = %stage,
+                        transaction = %session.transaction_id,
+                        shadow = self.chain.is_shadow(index),
+                        cause = %fault,
+                        "policy fault"
+                    );
+                }
                 PolicyRun {
                     policy: policy.name.clone(),
                     outcome: Err(fault),

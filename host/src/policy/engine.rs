@@ -192,6 +192,8 @@ pub struct LoadedPolicy {
     pre: InstancePre<HostState>,
     exports: VerifiedExports,
     pub(crate) io: Arc<PolicyIo>,
+    /// Suspends it after faults in a row (one per loaded policy: a new load starts closed).
+    pub breaker: Arc<super::breaker::Breaker>,
     engine: Engine,
     _ticker: Arc<Ticker>,
 }
@@ -466,6 +468,7 @@ impl PolicyEngine {
             pre: instance_pre,
             exports,
             io,
+            breaker: Arc::default(),
             engine: engine.clone(),
             _ticker: self.ticker.clone(),
         }))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use wasmtime::component::Resource;
 
 use super::bindings::{host, types as wit};
-use super::instance::HostState;
+use super::instance::{HostState, StateUnavailable};
 use super::message::{MAX_RAW_READ, Mailbox, MessageHandle, truncate_utf8};
 use crate::dns::{DnsError, RecordType};
 use crate::state::kv::{self, KvError};
@@ -126,11 +126,16 @@ impl wit::HostMessage for HostState {
     }
 }
 
-fn kv_error(e: KvError) -> host::KvError {
-    match e {
-        KvError::QuotaExceeded => host::KvError::QuotaExceeded,
-        KvError::TooLarge => host::KvError::TooLarge,
-        KvError::Unavailable(why) => host::KvError::Unavailable(why),
+/// A store answer as the guest sees it. An unreachable store ends the call (a trap the host
+/// classifies as [`super::instance::Fault::State`]): the tenant's failure mode decides, not a
+/// policy that might read "no counter" as "no limit".
+fn kv_answer<T>(answer: Result<T, KvError>) -> wasmtime::Result<Result<T, host::KvError>> {
+    match answer {
+        Ok(v) => Ok(Ok(v)),
+        Err(KvError::QuotaExceeded) => Ok(Err(host::KvError::QuotaExceeded)),
+        Err(KvError::TooLarge) => Ok(Err(host::KvError::TooLarge)),
+        Err(KvError::Invalid(why)) => Ok(Err(host::KvError::Unavailable(why))),
+        Err(KvError::Unavailable(why)) => Err(wasmtime::Error::new(StateUnavailable(why))),
     }
 }
 
@@ -200,7 +205,7 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.io.services.kv.get(&key).await.map_err(kv_error))
+        kv_answer(self.io.services.kv.get(&key).await)
     }
 
     async fn kv_set(
@@ -216,7 +221,7 @@ impl host::Host for HostState {
         if value.len() > kv::MAX_VALUE_BYTES {
             return Ok(Err(host::KvError::TooLarge));
         }
-        Ok(self.io.services.kv.set(&key, value, ttl(ttl_seconds)).await.map_err(kv_error))
+        kv_answer(self.io.services.kv.set(&key, value, ttl(ttl_seconds), self.io.limits.kv_quota).await)
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<Result<(), host::KvError>> {
@@ -224,7 +229,7 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.io.services.kv.delete(&key).await.map_err(kv_error))
+        kv_answer(self.io.services.kv.delete(&key).await)
     }
 
     async fn kv_incr(
@@ -237,7 +242,7 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.io.services.kv.incr(&key, delta, ttl(ttl_seconds)).await.map_err(kv_error))
+        kv_answer(self.io.services.kv.incr(&key, delta, ttl(ttl_seconds), self.io.limits.kv_quota).await)
     }
 
     async fn dns_lookup(

@@ -41,7 +41,26 @@ pub enum Fault {
     /// `init` refused the configuration.
     #[error("init refused the configuration: {0}")]
     InitRefused(String),
+    /// Suspended by the fault breaker after faults in a row; not run.
+    #[error("suspended after {} faults in a row; runs again in {}s", super::breaker::FAULTS_IN_A_ROW, .0.as_secs().max(1))]
+    Suspended(Duration),
+    /// The key-value store behind `kv-*` could not be reached: the call ends here, and the
+    /// tenant's failure mode decides, whatever the policy would have made of the error.
+    #[error("key-value store unavailable: {0}")]
+    State(String),
 }
+
+/// Raised by a `kv-*` import when the store cannot be reached.
+#[derive(Debug)]
+pub(crate) struct StateUnavailable(pub String);
+
+impl std::fmt::Display for StateUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key-value store unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for StateUnavailable {}
 
 /// Raised by the epoch callback when a call has used its CPU budget.
 #[derive(Debug)]
@@ -355,6 +374,9 @@ fn classify(error: &wasmtime::Error, state: &HostState) -> Fault {
     }
     if error.downcast_ref::<MemoryCapExceeded>().is_some() {
         return Fault::Memory(state.io.limits.memory_bytes);
+    }
+    if let Some(StateUnavailable(why)) = error.downcast_ref::<StateUnavailable>() {
+        return Fault::State(why.clone());
     }
     // A full output pipe makes the guest's write fail; most languages then abort, which
     // surfaces as a trap. Name the real cause.

@@ -11,9 +11,11 @@
 //! - [`engine`]: the one wasmtime engine, compile cache, loading and validation;
 //! - [`instance`]: a store per session, CPU/memory/output limits, faults;
 //! - [`imports`]: the host capabilities (log, config, clock, key-value, DNS, message);
-//! - [`chain`]: evaluation of a chain for one stage, and the transaction judge.
+//! - [`chain`]: evaluation of a chain for one stage, and the transaction judge;
+//! - [`breaker`]: suspension of a policy that keeps faulting.
 
 mod bindings;
+pub mod breaker;
 pub mod chain;
 pub mod context;
 pub mod decision;
@@ -38,7 +40,7 @@ pub use instance::Fault;
 pub use message::ParsedMessage;
 
 use crate::dns::Resolver;
-use crate::state::kv::KvStore;
+use crate::state::kv::{KvStore, Quota};
 
 /// Bounds on every call into one policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub struct PolicyLimits {
     pub dns_timeout: Duration,
     /// Bytes an instance may print to stdout and stderr, each (default 64 KiB).
     pub output_bytes: usize,
+    /// The tenant's share of the key-value store (default 100 000 keys, 64 MiB).
+    pub kv_quota: Quota,
 }
 
 impl Default for PolicyLimits {
@@ -63,6 +67,7 @@ impl Default for PolicyLimits {
             dns_lookups_per_call: 10,
             dns_timeout: Duration::from_secs(2),
             output_bytes: 64 << 10,
+            kv_quota: Quota::default(),
         }
     }
 }

@@ -394,6 +394,9 @@ impl Session {
 
     /// The mail stage passed.
     pub fn mail_accepted(&mut self, from: EnvelopeAddress) {
+        // Taken again from the command: the caller may have reset the session in between.
+        self.declared_size =
+            from.params.iter().find(|p| p.name == "SIZE").and_then(|p| p.value.as_deref()?.parse().ok());
         self.mail_from = Some(from);
     }
 
@@ -522,6 +525,13 @@ mod tests {
         let mut s = session(false);
         assert_eq!(code(&run(&mut s, "EHLO client.example")), 250);
         assert_eq!(code(&run(&mut s, "MAIL FROM:<a@remote.example> SIZE=100")), 250);
+        assert_eq!(s.declared_size(), Some(100));
+        // The relay resets the session before it accepts a new MAIL: the size is kept.
+        s.reset();
+        s.mail_accepted(EnvelopeAddress {
+            address: "a@remote.example".into(),
+            params: vec![crate::policy::EsmtpParam { name: "SIZE".into(), value: Some("100".into()) }],
+        });
         assert_eq!(s.declared_size(), Some(100));
         assert_eq!(
             run(&mut s, "RCPT TO:<b@Local.Example>"),

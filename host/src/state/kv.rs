@@ -20,22 +20,91 @@ pub enum KvError {
     /// Key or value too large.
     #[error("key or value too large")]
     TooLarge,
+    /// The operation does not apply to the stored value (an increment of a value that is
+    /// not a counter).
+    #[error("{0}")]
+    Invalid(String),
     /// Backend failure.
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
 
-/// A key-value backend. Keys arrive already namespaced.
+/// How much of the store one tenant may hold. Every key a tenant's policies write counts
+/// against it: a key, and its bytes (the namespaced key plus the value; a counter counts as
+/// [`COUNTER_BYTES`]). Writes that would go over fail with [`KvError::QuotaExceeded`];
+/// shrinking a value or deleting a key always works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    /// Keys.
+    pub max_keys: u64,
+    /// Bytes of keys and values.
+    pub max_bytes: u64,
+}
+
+impl Quota {
+    /// No limit beyond the store's own.
+    pub const UNLIMITED: Quota = Quota { max_keys: u64::MAX, max_bytes: u64::MAX };
+
+    /// Whether `usage` may grow by `add_keys` keys and change by `add_bytes` bytes.
+    pub fn admits(&self, usage: Usage, add_keys: u64, add_bytes: i64) -> bool {
+        let keys_ok = add_keys == 0 || usage.keys.saturating_add(add_keys) <= self.max_keys;
+        let bytes_ok =
+            add_bytes <= 0 || usage.bytes.saturating_add(add_bytes.unsigned_abs()) <= self.max_bytes;
+        keys_ok && bytes_ok
+    }
+}
+
+impl Default for Quota {
+    /// 100 000 keys and 64 MiB per tenant.
+    fn default() -> Self {
+        Quota { max_keys: 100_000, max_bytes: 64 << 20 }
+    }
+}
+
+/// What a tenant holds in the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Keys (expired keys count until the store deletes them).
+    pub keys: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+}
+
+impl Usage {
+    pub(crate) fn add(&mut self, keys: i64, bytes: i64) {
+        self.keys = self.keys.saturating_add_signed(keys);
+        self.bytes = self.bytes.saturating_add_signed(bytes);
+    }
+}
+
+/// Bytes a counter counts as, whatever its value (the longest `i64` in decimal).
+pub const COUNTER_BYTES: u64 = 20;
+
+/// Bytes an entry counts as against its tenant's quota.
+pub fn entry_bytes(key: &str, value_len: usize) -> u64 {
+    (key.len() + value_len) as u64
+}
+
+/// A key-value backend. Keys arrive already namespaced ([`namespaced`]); the backend keeps
+/// each tenant's [`Usage`] and enforces the [`Quota`] a write brings.
 #[async_trait::async_trait]
 pub trait KvStore: Send + Sync {
     /// Read a key.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     /// Write a key with an optional time to live.
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError>;
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<(), KvError>;
     /// Delete a key.
     async fn delete(&self, key: &str) -> Result<(), KvError>;
     /// Add to a counter atomically; `ttl` applies when the counter is created.
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError>;
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError>;
+    /// What `tenant` holds.
+    async fn usage(&self, tenant: &str) -> Result<Usage, KvError>;
 }
 
 /// The namespaced key for `key` of `policy` in `tenant`. Length prefixes make the mapping
@@ -44,9 +113,16 @@ pub fn namespaced(tenant: &str, policy: &str, key: &str) -> String {
     format!("{}:{}{}:{}{}", tenant.len(), tenant, policy.len(), policy, key)
 }
 
+/// The tenant of a namespaced key (empty for a key not made by [`namespaced`]).
+pub fn tenant_of(key: &str) -> &str {
+    key.split_once(':').and_then(|(len, rest)| rest.get(..len.parse::<usize>().ok()?)).unwrap_or("")
+}
+
 struct Entry {
     value: Vec<u8>,
     expires: Option<Instant>,
+    /// What it counts as against its tenant's quota.
+    bytes: u64,
 }
 
 impl Entry {
@@ -55,31 +131,91 @@ impl Entry {
     }
 }
 
-/// An in-process store with expiry and a bound on the number of keys. Used by
-/// `sluice policy test` and as the relay's store when no other is configured.
+#[derive(Default)]
+struct Memory {
+    entries: HashMap<String, Entry>,
+    usage: HashMap<String, Usage>,
+    /// When expired keys were last deleted (a full store scans at most once a second).
+    swept: Option<Instant>,
+}
+
+impl Memory {
+    fn remove(&mut self, key: &str) {
+        if let Some(e) = self.entries.remove(key) {
+            self.charge(key, -1, -(e.bytes as i64));
+        }
+    }
+
+    fn charge(&mut self, key: &str, keys: i64, bytes: i64) {
+        let tenant = tenant_of(key);
+        let usage = self.usage.entry(tenant.to_string()).or_default();
+        usage.add(keys, bytes);
+        if usage.keys == 0 {
+            self.usage.remove(tenant);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if self.swept.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        self.swept = Some(now);
+        let dead: Vec<String> =
+            self.entries.iter().filter(|(_, e)| !e.live(now)).map(|(k, _)| k.clone()).collect();
+        for key in dead {
+            self.remove(&key);
+        }
+    }
+
+    /// Room for `key` to hold an entry of `bytes`: an expired entry under it goes first; when
+    /// the tenant's quota or the store's bound would be passed, expired keys are deleted and
+    /// the check made again.
+    fn make_room(&mut self, max_keys: usize, quota: Quota, key: &str, bytes: u64) -> Result<(), KvError> {
+        let now = Instant::now();
+        if self.entries.get(key).is_some_and(|e| !e.live(now)) {
+            self.remove(key);
+        }
+        let fits = |m: &Memory| {
+            let old = m.entries.get(key).map(|e| e.bytes);
+            let usage = m.usage.get(tenant_of(key)).copied().unwrap_or_default();
+            let new_key = u64::from(old.is_none());
+            (new_key == 0 || m.entries.len() < max_keys)
+                && quota.admits(usage, new_key, bytes as i64 - old.unwrap_or(0) as i64)
+        };
+        if fits(self) {
+            return Ok(());
+        }
+        self.sweep();
+        if fits(self) { Ok(()) } else { Err(KvError::QuotaExceeded) }
+    }
+
+    fn insert(&mut self, key: &str, value: Vec<u8>, expires: Option<Instant>, bytes: u64) {
+        let old = self.entries.insert(key.to_string(), Entry { value, expires, bytes });
+        match old {
+            Some(old) => self.charge(key, 0, bytes as i64 - old.bytes as i64),
+            None => self.charge(key, 1, bytes as i64),
+        }
+    }
+}
+
+/// An in-process store with expiry, per-tenant quotas and a bound on the number of keys.
+/// Used by `sluice policy test` and as the relay's store with `backend = "memory"`.
 pub struct MemoryKv {
-    entries: Mutex<HashMap<String, Entry>>,
+    memory: Mutex<Memory>,
     max_keys: usize,
 }
 
 impl MemoryKv {
-    /// A store holding at most `max_keys` live keys.
+    /// A store holding at most `max_keys` keys.
     pub fn new(max_keys: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), max_keys }
+        Self { memory: Mutex::new(Memory::default()), max_keys }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> Result<R, KvError> {
-        let mut map = self.entries.lock().map_err(|_| KvError::Unavailable("store lock poisoned".into()))?;
-        Ok(f(&mut map))
-    }
-
-    fn make_room(map: &mut HashMap<String, Entry>, max_keys: usize, key: &str) -> Result<(), KvError> {
-        if map.contains_key(key) || map.len() < max_keys {
-            return Ok(());
-        }
-        let now = Instant::now();
-        map.retain(|_, e| e.live(now));
-        if map.len() < max_keys { Ok(()) } else { Err(KvError::QuotaExceeded) }
+    fn with<R>(&self, f: impl FnOnce(&mut Memory) -> R) -> Result<R, KvError> {
+        let mut memory =
+            self.memory.lock().map_err(|_| KvError::Unavailable("store lock poisoned".into()))?;
+        Ok(f(&mut memory))
     }
 }
 
@@ -87,42 +223,50 @@ impl MemoryKv {
 impl KvStore for MemoryKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let now = Instant::now();
-        self.with(|map| map.get(key).filter(|e| e.live(now)).map(|e| e.value.clone()))
+        self.with(|m| m.entries.get(key).filter(|e| e.live(now)).map(|e| e.value.clone()))
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
-        let max = self.max_keys;
-        self.with(|map| {
-            Self::make_room(map, max, key)?;
-            map.insert(key.to_string(), Entry { value, expires: ttl.map(|t| Instant::now() + t) });
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<(), KvError> {
+        let bytes = entry_bytes(key, value.len());
+        self.with(|m| {
+            m.make_room(self.max_keys, quota, key, bytes)?;
+            m.insert(key, value, ttl.map(|t| Instant::now() + t), bytes);
             Ok(())
         })?
     }
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.with(|map| {
-            map.remove(key);
-        })
+        self.with(|m| m.remove(key))
     }
 
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        let max = self.max_keys;
-        self.with(|map| {
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError> {
+        let bytes = key.len() as u64 + COUNTER_BYTES;
+        self.with(|m| {
             let now = Instant::now();
-            let current = match map.get(key) {
+            let current = match m.entries.get(key) {
                 Some(e) if e.live(now) => Some((parse_counter(&e.value)?, e.expires)),
                 _ => None,
             };
             let (value, expires) = match current {
                 Some((n, expires)) => (n.saturating_add(delta), expires),
                 None => {
-                    Self::make_room(map, max, key)?;
+                    m.make_room(self.max_keys, quota, key, bytes)?;
                     (delta, ttl.map(|t| now + t))
                 }
             };
-            map.insert(key.to_string(), Entry { value: value.to_string().into_bytes(), expires });
+            m.insert(key, value.to_string().into_bytes(), expires, bytes);
             Ok(value)
         })?
+    }
+
+    async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
+        self.with(|m| m.usage.get(tenant).copied().unwrap_or_default())
     }
 }
 
@@ -130,7 +274,7 @@ pub(crate) fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| KvError::Unavailable("value is not an integer counter".into()))
+        .ok_or_else(|| KvError::Invalid("value is not an integer counter".into()))
 }
 
 #[cfg(test)]
@@ -140,27 +284,37 @@ mod tests {
     #[tokio::test]
     async fn incr_creates_counts_and_expires() {
         let kv = MemoryKv::new(10);
-        assert_eq!(kv.incr("k", 1, Some(Duration::from_millis(50))).await, Ok(1));
-        assert_eq!(kv.incr("k", 2, Some(Duration::from_secs(100))).await, Ok(3));
+        let q = Quota::UNLIMITED;
+        assert_eq!(kv.incr("k", 1, Some(Duration::from_millis(50)), q).await, Ok(1));
+        assert_eq!(kv.incr("k", 2, Some(Duration::from_secs(100)), q).await, Ok(3));
         tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(kv.incr("k", 1, None).await, Ok(1));
+        assert_eq!(kv.incr("k", 1, None, q).await, Ok(1));
         assert_eq!(kv.get("k").await, Ok(Some(b"1".to_vec())));
     }
 
     #[tokio::test]
-    async fn key_quota_is_enforced() {
+    async fn store_bound_is_enforced() {
         let kv = MemoryKv::new(2);
-        kv.set("a", vec![1], None).await.unwrap();
-        kv.set("b", vec![1], None).await.unwrap();
-        assert_eq!(kv.set("c", vec![1], None).await, Err(KvError::QuotaExceeded));
-        kv.set("a", vec![2], None).await.unwrap();
+        let q = Quota::UNLIMITED;
+        kv.set("a", vec![1], None, q).await.unwrap();
+        kv.set("b", vec![1], None, q).await.unwrap();
+        assert_eq!(kv.set("c", vec![1], None, q).await, Err(KvError::QuotaExceeded));
+        kv.set("a", vec![2], None, q).await.unwrap();
         kv.delete("a").await.unwrap();
-        kv.set("c", vec![1], None).await.unwrap();
+        kv.set("c", vec![1], None, q).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tenant_quotas() {
+        crate::state::conformance::tenant_quotas(&MemoryKv::new(1000)).await;
     }
 
     #[test]
     fn namespaces_cannot_collide() {
         assert_ne!(namespaced("a", "b:c", "d"), namespaced("a", "b", ":cd"));
         assert_ne!(namespaced("t1", "p", "k"), namespaced("t", "1p", "k"));
+        assert_eq!(tenant_of(&namespaced("t:1", "p", "k")), "t:1");
+        assert_eq!(tenant_of("junk"), "");
+        assert_eq!(tenant_of("99:short"), "");
     }
 }

@@ -13,12 +13,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::kv::{KvError, KvStore, parse_counter};
+use super::kv::{COUNTER_BYTES, KvError, KvStore, Quota, Usage, entry_bytes, parse_counter, tenant_of};
 
-/// Key → expiry (Unix milliseconds, big-endian, 0 for none) followed by the value.
-const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// Key → expiry (Unix milliseconds, big-endian, 0 for none), the bytes it counts as against
+/// its tenant's quota (big-endian), then the value.
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries-v2");
 /// (expiry, key) for every key that has one.
 const EXPIRIES: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiries");
+/// Tenant → (keys, bytes) it holds.
+const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
 
 /// How often written data is made durable.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -53,18 +56,28 @@ fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn encode(expires: u64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + value.len());
+fn encode(expires: u64, charged: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
     out.extend_from_slice(&expires.to_be_bytes());
+    out.extend_from_slice(&charged.to_be_bytes());
     out.extend_from_slice(value);
     out
 }
 
-/// (expiry, value) of a stored entry; a malformed one reads as expired.
-fn decode(stored: &[u8]) -> (u64, &[u8]) {
-    match stored.split_first_chunk::<8>() {
-        Some((expiry, value)) => (u64::from_be_bytes(*expiry), value),
-        None => (1, &[]),
+/// A stored entry.
+struct Stored<'a> {
+    expires: u64,
+    charged: u64,
+    value: &'a [u8],
+}
+
+/// A stored entry's parts; a malformed one reads as expired.
+fn decode(stored: &[u8]) -> Stored<'_> {
+    match stored.split_first_chunk::<8>().and_then(|(e, rest)| Some((e, rest.split_first_chunk::<8>()?))) {
+        Some((expires, (charged, value))) => {
+            Stored { expires: u64::from_be_bytes(*expires), charged: u64::from_be_bytes(*charged), value }
+        }
+        None => Stored { expires: 1, charged: 0, value: &[] },
     }
 }
 
@@ -88,6 +101,7 @@ impl RedbKv {
                 .and_then(|t| t.len().map_err(|e| e.to_string()))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             txn.open_table(EXPIRIES).map_err(|e| format!("{}: {e}", path.display()))?;
+            txn.open_table(USAGE).map_err(|e| format!("{}: {e}", path.display()))?;
             txn.commit().map_err(|e| format!("{}: {e}", path.display()))?;
             usize::try_from(keys).unwrap_or(usize::MAX)
         };
@@ -155,11 +169,15 @@ impl Inner {
     }
 
     fn sweep(&self) -> Result<(), KvError> {
+        self.write(|txn| self.sweep_in(txn))
+    }
+
+    /// Delete every expired key, through the expiry index.
+    fn sweep_in(&self, txn: &redb::WriteTransaction) -> Result<(), KvError> {
         let now = now_millis();
-        self.write(|txn| {
-            let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-            let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let due: Vec<(u64, String)> = expiries
+        let due: Vec<(u64, String)> = {
+            let expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
+            expiries
                 .range((0u64, "")..(now, ""))
                 .map_err(unavailable)?
                 .filter_map(Result::ok)
@@ -167,61 +185,131 @@ impl Inner {
                     let (at, key) = k.value();
                     (at, key.to_string())
                 })
-                .collect();
-            for (at, key) in &due {
+                .collect()
+        };
+        for (at, key) in &due {
+            let still_due = self.stored(txn, key)?.is_some_and(|(expires, _)| expires == *at);
+            if still_due {
+                self.remove(txn, key)?;
+            } else {
+                let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
                 expiries.remove((*at, key.as_str())).map_err(unavailable)?;
-                let still_due = entries
-                    .get(key.as_str())
-                    .map_err(unavailable)?
-                    .is_some_and(|v| decode(v.value()).0 == *at);
-                if still_due {
-                    entries.remove(key.as_str()).map_err(unavailable)?;
-                    self.keys.fetch_sub(1, Ordering::Relaxed);
-                }
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
-    /// Store `value` under `key`, whose stored entry (live or expired) had expiry
-    /// `previous` (`None`: no entry), replacing its expiry index entry.
+    /// (expiry, bytes charged) of `key`'s stored entry, live or expired.
+    fn stored(&self, txn: &redb::WriteTransaction, key: &str) -> Result<Option<(u64, u64)>, KvError> {
+        let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+        let found = entries.get(key).map_err(unavailable)?;
+        Ok(found.map(|v| {
+            let stored = decode(v.value());
+            (stored.expires, stored.charged)
+        }))
+    }
+
+    fn usage(&self, txn: &redb::WriteTransaction, tenant: &str) -> Result<Usage, KvError> {
+        let usage = txn.open_table(USAGE).map_err(unavailable)?;
+        let found = usage.get(tenant).map_err(unavailable)?;
+        Ok(found.map(|v| v.value()).map(|(keys, bytes)| Usage { keys, bytes }).unwrap_or_default())
+    }
+
+    fn charge(&self, txn: &redb::WriteTransaction, key: &str, keys: i64, bytes: i64) -> Result<(), KvError> {
+        let tenant = tenant_of(key);
+        let mut usage = self.usage(txn, tenant)?;
+        usage.add(keys, bytes);
+        let mut table = txn.open_table(USAGE).map_err(unavailable)?;
+        if usage.keys == 0 {
+            table.remove(tenant).map_err(unavailable)?;
+        } else {
+            table.insert(tenant, (usage.keys, usage.bytes)).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Delete `key` with its expiry index entry and its charge. Whether it was there.
+    fn remove(&self, txn: &redb::WriteTransaction, key: &str) -> Result<bool, KvError> {
+        let removed = {
+            let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+            let removed = entries.remove(key).map_err(unavailable)?;
+            removed.map(|v| {
+                let stored = decode(v.value());
+                (stored.expires, stored.charged)
+            })
+        };
+        let Some((expires, charged)) = removed else { return Ok(false) };
+        if expires != 0 {
+            let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
+            expiries.remove((expires, key)).map_err(unavailable)?;
+        }
+        self.keys.fetch_sub(1, Ordering::Relaxed);
+        self.charge(txn, key, -1, -(charged as i64))?;
+        Ok(true)
+    }
+
+    /// Whether `key` may hold an entry charged `charged` bytes: within the store's bound and
+    /// its tenant's quota.
+    fn fits(
+        &self,
+        txn: &redb::WriteTransaction,
+        key: &str,
+        charged: u64,
+        quota: Quota,
+        previous: Option<(u64, u64)>,
+    ) -> Result<bool, KvError> {
+        let new_key = u64::from(previous.is_none());
+        if new_key == 1 && self.keys.load(Ordering::Relaxed) >= self.max_keys {
+            return Ok(false);
+        }
+        let usage = self.usage(txn, tenant_of(key))?;
+        Ok(quota.admits(usage, new_key, charged as i64 - previous.map_or(0, |(_, c)| c as i64)))
+    }
+
+    /// Store `value` under `key`, charged `charged` bytes. An expired entry under the key is
+    /// deleted first; when the bound or the quota would be passed, expired keys are swept
+    /// and the check made again.
     fn put(
         &self,
         txn: &redb::WriteTransaction,
         key: &str,
         value: &[u8],
         expires: u64,
-        previous: Option<u64>,
+        charged: u64,
+        quota: Quota,
     ) -> Result<(), KvError> {
-        let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-        let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-        match previous {
-            Some(old) if old != 0 && old != expires => {
+        let mut previous = self.stored(txn, key)?;
+        if previous.is_some_and(|(at, _)| !live(at, now_millis())) {
+            self.remove(txn, key)?;
+            previous = None;
+        }
+        if !self.fits(txn, key, charged, quota, previous)? {
+            self.sweep_in(txn)?;
+            if !self.fits(txn, key, charged, quota, previous)? {
+                return Err(KvError::QuotaExceeded);
+            }
+        }
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+            let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
+            if let Some((old, _)) = previous
+                && old != 0
+                && old != expires
+            {
                 expiries.remove((old, key)).map_err(unavailable)?;
             }
-            Some(_) => {}
-            None => {
-                if self.keys.load(Ordering::Relaxed) >= self.max_keys {
-                    return Err(KvError::QuotaExceeded);
-                }
-                self.keys.fetch_add(1, Ordering::Relaxed);
+            entries.insert(key, encode(expires, charged, value).as_slice()).map_err(unavailable)?;
+            if expires != 0 {
+                expiries.insert((expires, key), ()).map_err(unavailable)?;
             }
         }
-        entries.insert(key, encode(expires, value).as_slice()).map_err(unavailable)?;
-        if expires != 0 {
-            expiries.insert((expires, key), ()).map_err(unavailable)?;
+        match previous {
+            Some((_, old)) => self.charge(txn, key, 0, charged as i64 - old as i64),
+            None => {
+                self.keys.fetch_add(1, Ordering::Relaxed);
+                self.charge(txn, key, 1, charged as i64)
+            }
         }
-        Ok(())
-    }
-
-    /// The stored (expiry, value) of `key`, live or expired.
-    fn stored(&self, txn: &redb::WriteTransaction, key: &str) -> Result<Option<(u64, Vec<u8>)>, KvError> {
-        let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-        let found = entries.get(key).map_err(unavailable)?;
-        Ok(found.map(|v| {
-            let (expires, value) = decode(v.value());
-            (expires, value.to_vec())
-        }))
     }
 }
 
@@ -238,55 +326,70 @@ impl KvStore for RedbKv {
             let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
             let found = entries.get(key.as_str()).map_err(unavailable)?;
             Ok(found.and_then(|v| {
-                let (expires, value) = decode(v.value());
-                live(expires, now_millis()).then(|| value.to_vec())
+                let stored = decode(v.value());
+                live(stored.expires, now_millis()).then(|| stored.value.to_vec())
             }))
         })
         .await
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<(), KvError> {
         let key = key.to_string();
         self.blocking(move |inner| {
-            inner.write(|txn| {
-                let previous = inner.stored(txn, &key)?.map(|(expires, _)| expires);
-                inner.put(txn, &key, &value, expiry(ttl), previous)
-            })
+            inner
+                .write(|txn| inner.put(txn, &key, &value, expiry(ttl), entry_bytes(&key, value.len()), quota))
         })
         .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
         let key = key.to_string();
+        self.blocking(move |inner| inner.write(|txn| inner.remove(txn, &key).map(|_| ()))).await
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError> {
+        let key = key.to_string();
         self.blocking(move |inner| {
             inner.write(|txn| {
-                let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-                let removed = entries.remove(key.as_str()).map_err(unavailable)?.map(|v| decode(v.value()).0);
-                if let Some(expires) = removed {
-                    inner.keys.fetch_sub(1, Ordering::Relaxed);
-                    if expires != 0 {
-                        let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-                        expiries.remove((expires, key.as_str())).map_err(unavailable)?;
+                let current = {
+                    let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+                    let found = entries.get(key.as_str()).map_err(unavailable)?;
+                    match found {
+                        Some(v) => {
+                            let stored = decode(v.value());
+                            if live(stored.expires, now_millis()) {
+                                Some((parse_counter(stored.value)?, stored.expires))
+                            } else {
+                                None
+                            }
+                        }
+                        None => None,
                     }
-                }
-                Ok(())
+                };
+                let (value, expires) = match current {
+                    Some((n, expires)) => (n.saturating_add(delta), expires),
+                    None => (delta, expiry(ttl)),
+                };
+                let charged = key.len() as u64 + COUNTER_BYTES;
+                inner.put(txn, &key, value.to_string().as_bytes(), expires, charged, quota)?;
+                Ok(value)
             })
         })
         .await
     }
 
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        let key = key.to_string();
+    async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
+        let tenant = tenant.to_string();
         self.blocking(move |inner| {
             inner.write(|txn| {
-                let stored = inner.stored(txn, &key)?;
-                let previous = stored.as_ref().map(|(expires, _)| *expires);
-                let (value, expires) = match stored.filter(|(expires, _)| live(*expires, now_millis())) {
-                    Some((expires, value)) => (parse_counter(&value)?.saturating_add(delta), expires),
-                    None => (delta, expiry(ttl)),
-                };
-                inner.put(txn, &key, value.to_string().as_bytes(), expires, previous)?;
-                Ok(value)
+                inner.sweep_in(txn)?;
+                inner.usage(txn, &tenant)
             })
         })
         .await
@@ -296,6 +399,8 @@ impl KvStore for RedbKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const Q: Quota = Quota::UNLIMITED;
 
     fn store(name: &str, max_keys: usize) -> (RedbKv, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("sluice-redb-{name}-{}", std::process::id()));
@@ -307,10 +412,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn counts_expires_and_persists_across_reopening() {
         let (kv, path) = store("persist", 100);
-        assert_eq!(kv.incr("k", 1, Some(Duration::from_millis(300))).await, Ok(1));
-        assert_eq!(kv.incr("k", 2, Some(Duration::from_secs(100))).await, Ok(3));
-        kv.set("kept", b"value".to_vec(), None).await.unwrap();
-        kv.set("gone", b"x".to_vec(), None).await.unwrap();
+        assert_eq!(kv.incr("k", 1, Some(Duration::from_millis(300)), Q).await, Ok(1));
+        assert_eq!(kv.incr("k", 2, Some(Duration::from_secs(100)), Q).await, Ok(3));
+        kv.set("kept", b"value".to_vec(), None, Q).await.unwrap();
+        kv.set("gone", b"x".to_vec(), None, Q).await.unwrap();
         kv.delete("gone").await.unwrap();
         assert_eq!(kv.get("gone").await, Ok(None));
         drop(kv);
@@ -319,21 +424,27 @@ mod tests {
         assert_eq!(kv.get("k").await, Ok(Some(b"3".to_vec())));
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(kv.get("k").await, Ok(None));
-        assert_eq!(kv.incr("k", 1, None).await, Ok(1));
+        assert_eq!(kv.incr("k", 1, None, Q).await, Ok(1));
         kv.inner.sweep().unwrap();
         assert_eq!(kv.inner.keys.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenant_quotas() {
+        let (kv, _) = store("tenants", 1000);
+        crate::state::conformance::tenant_quotas(&kv).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn key_quota_and_sweeping() {
         let (kv, _) = store("quota", 2);
-        kv.set("a", vec![1], Some(Duration::from_millis(50))).await.unwrap();
-        kv.set("b", vec![1], None).await.unwrap();
-        assert_eq!(kv.set("c", vec![1], None).await, Err(KvError::QuotaExceeded));
-        kv.set("b", vec![2], None).await.unwrap();
+        kv.set("a", vec![1], Some(Duration::from_millis(50)), Q).await.unwrap();
+        kv.set("b", vec![1], None, Q).await.unwrap();
+        assert_eq!(kv.set("c", vec![1], None, Q).await, Err(KvError::QuotaExceeded));
+        kv.set("b", vec![2], None, Q).await.unwrap();
         tokio::time::sleep(Duration::from_millis(80)).await;
-        kv.inner.sweep().unwrap();
-        kv.set("c", vec![1], None).await.unwrap();
+        // A write that finds the store full deletes expired keys itself.
+        kv.set("c", vec![1], None, Q).await.unwrap();
         assert_eq!(kv.get("a").await, Ok(None));
         assert_eq!(kv.get("c").await, Ok(Some(vec![1])));
     }

@@ -1,25 +1,122 @@
 //! The shared store: Redis or Valkey, so that several relays behind one MX share rate-limit
-//! counters and greylisting. Every operation is one atomic command (a counter's increment
-//! and its expiry together in one script). The connection is made on first use and made again
-//! after the server goes away; while it is away, operations fail at once with
-//! [`KvError::Unavailable`] (after the connection timeout), never hang, never crash.
+//! counters, greylisting and quotas. Every operation is one script, atomic on the server: the
+//! write, its expiry and its tenant's usage together. Usage lives beside the data, per tenant:
+//! a hash of totals, a hash of what each key counts as, and a sorted set of expiry times, so
+//! keys the server expires give their room back on the tenant's next write.
+//!
+//! The connection is made on first use and made again after the server goes away. While it is
+//! away operations fail with [`KvError::Unavailable`] within about a second (after a failed
+//! attempt to connect, at once for the next second): they never hang and never crash.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::kv::{KvError, KvStore};
+use super::kv::{COUNTER_BYTES, KvError, KvStore, Quota, Usage, entry_bytes, tenant_of};
 
 /// How long to wait for a connection or an answer.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// After a failed attempt to connect, operations fail at once for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// INCRBY, and PEXPIRE when the counter has no expiry yet (it was just created).
-const INCR: &str = r"
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+/// KEYS: the key, the tenant's usage hash, its sizes hash, its expiry set.
+/// ARGV: operation (set, incr, del, usage), now (Unix ms), max keys, max bytes, bytes the
+/// entry counts as, time to live in ms (0: none), the value (set) or delta (incr).
+/// Returns {0} or {0, counter} on success, {1} when the quota would be passed, {keys, bytes}
+/// for usage.
+const SCRIPT: &str = r"
+local key, usage, sizes, expiries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local op, now = ARGV[1], tonumber(ARGV[2])
+
+local function forget(k)
+    local size = redis.call('HGET', sizes, k)
+    if size then
+        redis.call('HDEL', sizes, k)
+        redis.call('HINCRBY', usage, 'keys', -1)
+        redis.call('HINCRBY', usage, 'bytes', -tonumber(size))
+    end
+    redis.call('ZREM', expiries, k)
 end
-return value";
+
+-- Keys the server has expired give their room back.
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', expiries, '-inf', now, 'LIMIT', 0, 100)) do
+    local ttl = redis.call('PTTL', k)
+    if ttl == -2 then
+        forget(k)
+    elseif ttl > 0 then
+        redis.call('ZADD', expiries, now + ttl, k)
+    else
+        redis.call('ZREM', expiries, k)
+    end
+end
+
+local function totals()
+    local u = redis.call('HMGET', usage, 'keys', 'bytes')
+    return tonumber(u[1]) or 0, tonumber(u[2]) or 0
+end
+
+if op == 'usage' then
+    local keys, bytes = totals()
+    return {keys, bytes}
+end
+
+local tracked = redis.call('HGET', sizes, key)
+local exists = redis.call('EXISTS', key) == 1
+if tracked and not exists then
+    forget(key)
+    tracked = false
+end
+
+if op == 'del' then
+    redis.call('DEL', key)
+    forget(key)
+    return {0}
+end
+
+local size, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local function admits()
+    local keys, bytes = totals()
+    local grow = size - (tonumber(tracked) or 0)
+    if not tracked and keys + 1 > tonumber(ARGV[3]) then return false end
+    if grow > 0 and bytes + grow > tonumber(ARGV[4]) then return false end
+    return true
+end
+
+local function account(expiry_ms)
+    if not tracked then redis.call('HINCRBY', usage, 'keys', 1) end
+    redis.call('HINCRBY', usage, 'bytes', size - (tonumber(tracked) or 0))
+    redis.call('HSET', sizes, key, size)
+    if expiry_ms > 0 then
+        redis.call('ZADD', expiries, now + expiry_ms, key)
+    else
+        redis.call('ZREM', expiries, key)
+    end
+end
+
+if op == 'set' then
+    if not admits() then return {1} end
+    if ttl > 0 then
+        redis.call('SET', key, ARGV[7], 'PX', ttl)
+    else
+        redis.call('SET', key, ARGV[7])
+    end
+    account(ttl)
+    return {0}
+end
+
+-- incr: an existing counter keeps its expiry; a new one needs room and gets the ttl.
+if exists then
+    local value = redis.call('INCRBY', key, ARGV[7])
+    if not tracked then account(redis.call('PTTL', key)) end
+    return {0, value}
+end
+if not admits() then return {1} end
+local value = redis.call('INCRBY', key, ARGV[7])
+if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+account(ttl)
+return {0, value}";
 
 /// A store on a Redis or Valkey server.
 pub struct RedisKv {
@@ -27,7 +124,9 @@ pub struct RedisKv {
     /// Key prefix: the namespace of this relay's keys on a shared server.
     prefix: String,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
-    incr: redis::Script,
+    /// When the last attempt to connect failed.
+    failed_at: Mutex<Option<Instant>>,
+    script: redis::Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> KvError {
@@ -38,82 +137,151 @@ fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A script failure: a counter that is not one is the caller's mistake, anything else the
+/// server's.
+fn script_error(e: redis::RedisError) -> KvError {
+    let text = e.to_string();
+    if text.contains("not an integer") || text.contains("overflow") {
+        KvError::Invalid("value is not an integer counter".into())
+    } else {
+        KvError::Unavailable(text)
+    }
+}
+
 impl RedisKv {
-    /// A store on the server at `url` (`redis://host:port/db`; this build has no TLS client for Redis). Nothing
-    /// is connected yet; the URL is checked.
+    /// A store on the server at `url` (`redis://host:port/db`; this build has no TLS client
+    /// for Redis). Nothing is connected yet; the URL is checked.
     pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
         Ok(Self {
             client,
             prefix: prefix.to_string(),
             connection: tokio::sync::Mutex::new(None),
-            incr: redis::Script::new(INCR),
+            failed_at: Mutex::new(None),
+            script: redis::Script::new(SCRIPT),
         })
     }
 
+    fn recently_failed(&self) -> bool {
+        let failed_at = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER)
+    }
+
     async fn connection(&self) -> Result<ConnectionManager, KvError> {
+        let down = || KvError::Unavailable("no connection to the key-value server".into());
+        if self.recently_failed() {
+            return Err(down());
+        }
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
+        }
+        // Whoever waited for the lock while an attempt failed does not make another one.
+        if self.recently_failed() {
+            return Err(down());
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1);
-        let connection =
-            tokio::time::timeout(TIMEOUT * 3, self.client.get_connection_manager_with_config(config))
-                .await
-                .map_err(|_| KvError::Unavailable("no connection to the key-value server".into()))?
-                .map_err(unavailable)?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+        let attempt =
+            tokio::time::timeout(TIMEOUT, self.client.get_connection_manager_with_config(config)).await;
+        match attempt {
+            Ok(Ok(connection)) => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *slot = Some(connection.clone());
+                Ok(connection)
+            }
+            failure => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Err(match failure {
+                    Ok(Err(e)) => unavailable(e),
+                    _ => down(),
+                })
+            }
+        }
     }
 
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    /// Run `f` on the connection, bounded in time.
-    async fn run<R>(
+    /// Run the script for `op` on `key` (namespaced, without the prefix).
+    async fn invoke(
         &self,
-        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<R>,
-    ) -> Result<R, KvError> {
+        op: &str,
+        key: &str,
+        quota: Quota,
+        size: u64,
+        ttl: u64,
+        arg: &[u8],
+    ) -> Result<Vec<i64>, KvError> {
+        let tenant = tenant_of(key);
+        let p = &self.prefix;
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(format!("{p}{key}"))
+            .key(format!("{p}q:usage:{tenant}"))
+            .key(format!("{p}q:sizes:{tenant}"))
+            .key(format!("{p}q:expiries:{tenant}"))
+            .arg(op)
+            .arg(now_millis())
+            .arg(quota.max_keys)
+            .arg(quota.max_bytes)
+            .arg(size)
+            .arg(ttl)
+            .arg(arg);
         let mut connection = self.connection().await?;
-        tokio::time::timeout(TIMEOUT * 2, f(&mut connection))
+        tokio::time::timeout(TIMEOUT * 2, invocation.invoke_async::<Vec<i64>>(&mut connection))
             .await
             .map_err(|_| KvError::Unavailable("the key-value server did not answer in time".into()))?
-            .map_err(unavailable)
+            .map_err(script_error)
     }
 }
 
 #[async_trait::async_trait]
 impl KvStore for RedisKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let key = self.key(key);
-        self.run(async |c| redis::cmd("GET").arg(&key).query_async(c).await).await
+        let key = format!("{}{key}", self.prefix);
+        let mut connection = self.connection().await?;
+        tokio::time::timeout(TIMEOUT * 2, redis::cmd("GET").arg(&key).query_async(&mut connection))
+            .await
+            .map_err(|_| KvError::Unavailable("the key-value server did not answer in time".into()))?
+            .map_err(unavailable)
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
-        let key = self.key(key);
-        self.run(async |c| {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&key).arg(value);
-            if let Some(ttl) = ttl {
-                cmd.arg("PX").arg(millis(ttl));
-            }
-            cmd.query_async(c).await
-        })
-        .await
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<(), KvError> {
+        let size = entry_bytes(key, value.len());
+        match self.invoke("set", key, quota, size, ttl.map_or(0, millis), &value).await?.first() {
+            Some(0) => Ok(()),
+            _ => Err(KvError::QuotaExceeded),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
-        let key = self.key(key);
-        self.run(async |c| redis::cmd("DEL").arg(&key).query_async::<i64>(c).await.map(|_| ())).await
+        self.invoke("del", key, Quota::UNLIMITED, 0, 0, b"").await.map(|_| ())
     }
 
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        let key = self.key(key);
-        let ttl = ttl.map_or(0, millis);
-        self.run(async |c| self.incr.key(&key).arg(delta).arg(ttl).invoke_async(c).await).await
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError> {
+        let size = key.len() as u64 + COUNTER_BYTES;
+        let delta = delta.to_string();
+        match self.invoke("incr", key, quota, size, ttl.map_or(0, millis), delta.as_bytes()).await?[..] {
+            [0, value] => Ok(value),
+            _ => Err(KvError::QuotaExceeded),
+        }
+    }
+
+    async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
+        let key = super::kv::namespaced(tenant, "", "");
+        match self.invoke("usage", &key, Quota::UNLIMITED, 0, 0, b"").await?[..] {
+            [keys, bytes] => Ok(Usage { keys: keys.max(0) as u64, bytes: bytes.max(0) as u64 }),
+            _ => Err(KvError::Unavailable("unexpected answer from the key-value server".into())),
+        }
     }
 }

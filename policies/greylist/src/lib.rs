@@ -11,7 +11,8 @@
 //!   `pass_ttl_seconds` (default 3110400, 36 days).
 //! - `exempt_networks`: CIDRs never greylisted; authenticated clients never are.
 //!
-//! If the store fails, mail passes (and the failure is logged).
+//! If the store refuses an operation (the tenant's key quota is full), mail passes (and that
+//! is logged); an unreachable store is the tenant's failure mode (the host ends the call).
 
 use std::net::IpAddr;
 
@@ -71,7 +72,7 @@ impl Policy for Greylist {
         let seen = match kv::get(&key) {
             Ok(value) => value,
             Err(e) => {
-                log::warn("greylist store unavailable; passing", &[("error", &e.to_string())]);
+                log::warn("greylist store refused the operation; passing", &[("error", &e.to_string())]);
                 return Decision::no_opinion();
             }
         };
@@ -83,7 +84,7 @@ impl Policy for Greylist {
                 let waited = now - first;
                 if waited >= self.delay {
                     if let Err(e) = kv::set(&key, b"pass", Some(self.pass_ttl)) {
-                        log::warn("greylist store unavailable", &[("error", &e.to_string())]);
+                        log::warn("greylist store refused the operation", &[("error", &e.to_string())]);
                     }
                     Decision::no_opinion().symbol("GREYLIST_PASSED", 0.0, Some(&format!("after {waited}s")))
                 } else {
@@ -95,7 +96,7 @@ impl Policy for Greylist {
             }
             None => {
                 if let Err(e) = kv::set(&key, now.to_string().as_bytes(), Some(self.retry_window)) {
-                    log::warn("greylist store unavailable; passing", &[("error", &e.to_string())]);
+                    log::warn("greylist store refused the operation; passing", &[("error", &e.to_string())]);
                     return Decision::no_opinion();
                 }
                 Decision::tempfail(&format!("4.7.1 Greylisted, please try again in {} seconds", self.delay))

@@ -12,8 +12,10 @@
 //! - `by`: which keys to count, any of `ip`, `sender`, `user` (default `ip, user`).
 //! - `exempt_networks`: CIDRs never limited (default none).
 //!
-//! If the store fails, the policy lets mail through and logs the failure: a rate limiter
-//! must not stop all mail because its counters are unreachable.
+//! If the store refuses a counter (the tenant's key quota is full), the policy lets mail
+//! through and logs it: a rate limiter must not stop all mail because it cannot count. A
+//! store that cannot be reached never gets here: the host ends the call and the tenant's
+//! failure mode decides.
 
 use sluice_policy::net::Cidr;
 use sluice_policy::{Config, Context, Decision, Policy, Recipient, Stage, export_policy, kv, log};
@@ -64,7 +66,7 @@ impl RateLimit {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    log::warn("rate counter unavailable", &[("key", &counter), ("error", &e.to_string())])
+                    log::warn("rate counter not counted", &[("key", &counter), ("error", &e.to_string())])
                 }
             }
         }

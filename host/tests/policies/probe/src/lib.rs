@@ -10,6 +10,8 @@
 //! - `symbol` (`NAME=SCORE`) and `header` (`Name: value`) at data.
 //! - `kv_set` (`key=value`) and `kv_get` (`key`) at data: the value read comes back as the
 //!   symbol `KV_<value>` or `KV_NONE`.
+//! - `kv_fill` (any value): at rcpt, writes one key per recipient and tempfails with
+//!   `4.7.0 probe: key-value quota exceeded` once the store refuses it.
 //! - `dns` (a name): at connect, A lookups of it until the budget runs out; the count of
 //!   answers and the last error come back as symbols at data.
 //! - `calls` (any value): at data, the symbol `CALLS_<n>` counts the hooks this instance
@@ -126,7 +128,15 @@ impl Policy for Probe {
         self.at(Stage::Mail)
     }
 
-    fn on_rcpt(&mut self, _ctx: &Context, _rcpt: &Recipient) -> Decision {
+    fn on_rcpt(&mut self, _ctx: &Context, rcpt: &Recipient) -> Decision {
+        if self.config.get("kv_fill").is_some()
+            && let Err(e) = kv::set(&format!("rcpt:{}", rcpt.address), b"seen", None)
+        {
+            return match e {
+                kv::KvError::QuotaExceeded => Decision::tempfail("4.7.0 probe: key-value quota exceeded"),
+                other => Decision::tempfail(&format!("4.7.0 probe: {other}")),
+            };
+        }
         self.at(Stage::Rcpt)
     }
 
