@@ -772,6 +772,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_configurations_are_valid() {
+        let readme = include_str!("../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.contains("[[tenant]]"))
+            .collect();
+        assert!(blocks.len() >= 2, "the README's configurations were not found");
+        for block in blocks {
+            if let Err(e) = Config::parse(block, "README.md", PathBuf::new()) {
+                panic!("{e}\n{block}");
+            }
+        }
+    }
+
+    #[test]
     fn next_hops_and_networks() {
         assert_eq!(
             NextHop::parse("mx.example:25"),

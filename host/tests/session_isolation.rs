@@ -81,6 +81,40 @@ async fn dns_lookups_per_call_are_bounded() {
     assert!(names.contains(&"DNS_BudgetExceeded".to_string()), "{names:?}");
 }
 
+/// A name server that never answers.
+struct Silent;
+
+#[async_trait::async_trait]
+impl sluice::dns::Resolver for Silent {
+    async fn lookup(
+        &self,
+        _name: &str,
+        _kind: sluice::dns::RecordType,
+    ) -> Result<Vec<String>, sluice::dns::DnsError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_lookups_per_call_are_bounded_in_time() {
+    let services = services_with(Arc::new(MemoryKv::new(10)), Arc::new(Silent), Clock::System);
+    let engine = engine();
+    let mut probe_spec = spec(PROBE, &[("dns", "silent.test")]);
+    probe_spec.limits.dns_timeout = std::time::Duration::from_millis(100);
+    let probe = engine.load(&probe_spec, "t", services).await.expect("load");
+    let started = std::time::Instant::now();
+    let sim =
+        run(&chain(vec![probe]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    let took = started.elapsed();
+    // Ten lookups of 100 ms each, then the budget: the call ends, the message goes on.
+    let names = symbols(&sim);
+    assert!(names.contains(&"DNS_ANSWERS_0".to_string()), "{names:?}");
+    assert!(names.contains(&"DNS_BudgetExceeded".to_string()), "{names:?}");
+    assert_eq!(sim.judgement.outcome, Outcome::Accept);
+    assert!(took >= std::time::Duration::from_millis(1000), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_read_the_message_and_their_changes_come_back() {
     let engine = engine();
