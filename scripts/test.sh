@@ -15,12 +15,26 @@ if ! command -v swaks >/dev/null || ! swaks --support 2>/dev/null | grep -q "TLS
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl
 fi
-# The shared-state tests run a real Redis server.
-if ! command -v redis-server >/dev/null; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# The shared-state tests run a real Redis server; the C policies need clang, lld and
+# wasi-libc for wasm32; the JavaScript ones node and npm.
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+MISSING=()
+command -v redis-server >/dev/null || MISSING+=(redis-server)
+command -v clang >/dev/null || MISSING+=(clang)
+command -v wasm-ld >/dev/null || MISSING+=(lld)
+[ -f /usr/lib/wasm32-wasi/libc.a ] || MISSING+=(wasi-libc)
+command -v node >/dev/null || MISSING+=(nodejs)
+command -v npm >/dev/null || MISSING+=(npm)
+if [ ${#MISSING[@]} -gt 0 ]; then
     $SUDO apt-get update
-    $SUDO apt-get install -y --no-install-recommends redis-server
+    $SUDO apt-get install -y --no-install-recommends "${MISSING[@]}"
+fi
+# The Python policies: componentize-py (pinned; the version policies/README.md documents).
+if ! command -v componentize-py >/dev/null || [ "$(componentize-py --version 2>/dev/null)" != "componentize-py 0.25.1" ]; then
+    python3 -m pip install --quiet componentize-py==0.25.1
+    # pyenv makes a shim for a new command only on rehash.
+    command -v pyenv >/dev/null && pyenv rehash
 fi
 if [ ! -d ../shared/corpus ]; then
     echo "scripts/test.sh: ../shared/corpus is missing; the tests read the shared mail corpus beside the repository" >&2
@@ -39,5 +53,7 @@ echo "== cargo clippy (host)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo clippy (wasm32-wasip2)"
 cargo clippy --target wasm32-wasip2 "${WASM_PACKAGES[@]}" -- -D warnings
+echo "== policies in every language (policies/build.sh)"
+policies/build.sh --require-all js python c
 echo "== cargo test"
 cargo test --workspace

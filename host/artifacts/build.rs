@@ -30,7 +30,12 @@ fn main() {
     let shipped: Vec<String> = crates.iter().map(|(n, _)| n.clone()).collect();
     crates.extend(crates_in(&root.join("host/tests/policies")));
 
-    for dir in ["policies", "host/tests/policies", "guest-sdk", "wit"] {
+    // The Rust crates only: policies/js holds node_modules, which must not be scanned.
+    for (_, dir) in &crates {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    // A new crate changes Cargo.lock.
+    for dir in ["guest-sdk", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
 

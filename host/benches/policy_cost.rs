@@ -2,16 +2,15 @@
 //! (instantiate + init) and every hook a message passes through (connect, helo, mail, one
 //! rcpt, data), on a message parsed once. Run with `cargo bench -p sluice --bench policy_cost`.
 
+mod common;
+
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::dns::FixtureResolver;
-use sluice::policy::simulate::{Envelope, simulate};
+use sluice::policy::simulate::simulate;
 use sluice::policy::{
-    Chain, ChainSettings, Clock, EngineOptions, HostServices, LoadedPolicy, ParsedMessage, PolicyEngine,
-    PolicySpec,
+    Chain, ChainSettings, EngineOptions, HostServices, LoadedPolicy, ParsedMessage, PolicyEngine, PolicySpec,
 };
-use sluice::state::kv::MemoryKv;
 use sluice_test_artifacts::{DNSBL, GREYLIST, RATE_LIMIT, SENDER_GUARD, SPAM_HEURISTICS};
 
 const MESSAGE: &str = "Return-Path: <alice@example.org>\r\nReceived: from mx.example.org (mx.example.org \
@@ -36,20 +35,9 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let engine =
         PolicyEngine::new(EngineOptions { max_instances: 64, ..EngineOptions::default() }).expect("engine");
-    let services = HostServices {
-        kv: Arc::new(MemoryKv::new(1_000_000)),
-        resolver: Arc::new(FixtureResolver::default()),
-        clock: Clock::System,
-    };
+    let services = common::services();
     let message = Arc::new(ParsedMessage::parse(MESSAGE.as_bytes().to_vec()));
-    let envelope = Envelope {
-        client_ip: "198.51.100.20".parse().expect("ip"),
-        helo: "mx.example.org".into(),
-        from: "alice@example.org".into(),
-        to: vec!["bob@example.com".into()],
-        authenticated_user: None,
-        transaction_id: "bench".into(),
-    };
+    let envelope = common::envelope();
     let chain =
         |policies: Vec<Arc<LoadedPolicy>>| Arc::new(Chain::new("bench", policies, ChainSettings::default()));
 

@@ -329,6 +329,10 @@ pub struct PolicyConfig {
     pub cpu_ms: Option<u64>,
     /// Memory cap, MiB (default 64).
     pub memory_mib: Option<usize>,
+    /// Sessions one warm instance may serve (default 1: a fresh instance per session). For
+    /// policies whose instantiation is costly (JavaScript, Python); what the policy keeps in
+    /// memory then carries over between sessions of its tenant.
+    pub sessions_per_instance: Option<u32>,
     /// `enforce` (default) or `shadow`: run on live traffic, log and count the decisions,
     /// never apply them.
     #[serde(default)]
@@ -472,6 +476,9 @@ impl Config {
                 if p.cpu_ms == Some(0) || p.memory_mib == Some(0) {
                     return Err(format!("{key}.policy[{j}]: cpu_ms and memory_mib must be positive"));
                 }
+                if p.sessions_per_instance.is_some_and(|n| n == 0 || n > 100_000) {
+                    return Err(format!("{key}.policy[{j}].sessions_per_instance: from 1 to 100000"));
+                }
             }
             let zero = |v: Option<u64>| v == Some(0);
             for (name, bad) in [
@@ -590,6 +597,9 @@ impl PolicyConfig {
         }
         if let Some(mib) = self.memory_mib.or(tenant.memory_mib) {
             limits.memory_bytes = mib.saturating_mul(1 << 20);
+        }
+        if let Some(n) = self.sessions_per_instance {
+            limits.sessions_per_instance = n;
         }
         spec.limits = limits;
         spec

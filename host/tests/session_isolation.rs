@@ -26,6 +26,23 @@ async fn an_instance_lives_for_one_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instances_serve_a_bounded_number_of_sessions() {
+    let engine = engine();
+    let mut warm = spec(PROBE, &[("calls", "yes")]);
+    warm.limits.sessions_per_instance = 3;
+    let chain = chain(vec![engine.load(&warm, "t", common::services()).await.expect("load")]);
+    // Six hooks a session; one instance serves three sessions in a row, then a fresh one.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let sim =
+            run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com", "c@example.com"]), PLAIN)
+                .await;
+        seen.extend(symbols(&sim).into_iter().filter(|s| s.starts_with("CALLS_")));
+    }
+    assert_eq!(seen, ["CALLS_6", "CALLS_12", "CALLS_18", "CALLS_6"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_value_keys_are_private_to_tenant_and_policy() {
     let kv = Arc::new(MemoryKv::new(1000));
     let services = services_with(kv, Arc::new(FixtureResolver::default()), Clock::System);

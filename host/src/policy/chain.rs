@@ -183,6 +183,17 @@ pub struct ChainSession {
     instances: Vec<Option<PolicyInstance>>,
 }
 
+impl Drop for ChainSession {
+    /// The session is over: instances that may serve another session are kept warm.
+    fn drop(&mut self) {
+        for (slot, policy) in self.instances.iter_mut().zip(&self.chain.policies) {
+            if let Some(instance) = slot.take() {
+                policy.session_ended(instance);
+            }
+        }
+    }
+}
+
 impl ChainSession {
     /// A session over `chain`; nothing is instantiated until a hook needs it.
     pub fn new(chain: Arc<Chain>) -> Self {
@@ -358,7 +369,7 @@ impl ChainSession {
         let slot = &mut self.instances[index];
         let instance = match slot {
             Some(instance) => instance,
-            None => slot.insert(policy.instantiate().await?),
+            None => slot.insert(policy.session_instance().await?),
         };
         let result = instance.call_hook(ctx, input).await;
         if result.is_err() {

@@ -194,6 +194,8 @@ pub struct LoadedPolicy {
     pub(crate) io: Arc<PolicyIo>,
     /// Suspends it after faults in a row (one per loaded policy: a new load starts closed).
     pub breaker: Arc<super::breaker::Breaker>,
+    /// Warm instances waiting for the next session (with `sessions_per_instance` above 1).
+    warm: std::sync::Mutex<Vec<PolicyInstance>>,
     engine: Engine,
     _ticker: Arc<Ticker>,
 }
@@ -274,13 +276,15 @@ impl PolicyEngine {
         let mut pool = PoolingAllocationConfig::new();
         let n = options.max_instances.max(1);
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
+            // Components made by other languages' toolchains link several core modules: a
+            // componentize-py component has 38 core instances.
+            .total_core_instances(n.saturating_mul(16))
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(4))
             .total_stacks(n.min(512))
-            .max_core_instances_per_component(32)
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
             .max_memory_size(MAX_MEMORY_CAP)
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10)
@@ -469,6 +473,7 @@ impl PolicyEngine {
             exports,
             io,
             breaker: Arc::default(),
+            warm: std::sync::Mutex::new(Vec::new()),
             engine: engine.clone(),
             _ticker: self.ticker.clone(),
         }))
@@ -564,7 +569,34 @@ fn compile(
     Ok(component)
 }
 
+/// Warm instances kept per policy, at most (each holds a slot of the instance pool).
+pub const MAX_WARM_INSTANCES: usize = 16;
+
 impl LoadedPolicy {
+    /// An instance for a new session: a warm one when the policy allows reuse and one is
+    /// waiting, else a fresh one.
+    pub(crate) async fn session_instance(&self) -> Result<PolicyInstance, Fault> {
+        if self.io.limits.sessions_per_instance > 1 {
+            let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            if let Some(mut instance) = warm {
+                instance.sessions += 1;
+                return Ok(instance);
+            }
+        }
+        self.instantiate().await
+    }
+
+    /// The session of `instance` is over: keep it warm if it may serve another one.
+    pub(crate) fn session_ended(&self, instance: PolicyInstance) {
+        if !instance.reusable || instance.sessions >= self.io.limits.sessions_per_instance {
+            return;
+        }
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if warm.len() < MAX_WARM_INSTANCES {
+            warm.push(instance);
+        }
+    }
+
     /// A fresh instance for one session, initialised with the policy's configuration.
     pub(crate) async fn instantiate(&self) -> Result<PolicyInstance, Fault> {
         let mut instance =

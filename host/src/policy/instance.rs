@@ -179,6 +179,10 @@ pub(crate) enum HookInput<'a> {
 pub struct PolicyInstance {
     store: Store<HostState>,
     hooks: Hooks,
+    /// Sessions it has served (more than one only with warm reuse).
+    pub(crate) sessions: u32,
+    /// No call is under way or was cut short: it may serve another session.
+    pub(crate) reusable: bool,
 }
 
 impl PolicyInstance {
@@ -193,7 +197,7 @@ impl PolicyInstance {
     ) -> Result<Self, Fault> {
         let (mut store, instance) = Self::start(engine, pre, io).await?;
         let hooks = exports.bind(&mut store, &instance).map_err(Fault::Exports)?;
-        let mut instance = Self { store, hooks };
+        let mut instance = Self { store, hooks, sessions: 1, reusable: true };
         instance.flush_output();
         Ok(instance)
     }
@@ -209,7 +213,7 @@ impl PolicyInstance {
         let (mut store, instance) = Self::start(engine, pre, io).await?;
         let verified = exports.verify(&mut store, &instance).map_err(Fault::Exports)?;
         let hooks = verified.bind(&mut store, &instance).map_err(Fault::Exports)?;
-        let mut instance = Self { store, hooks };
+        let mut instance = Self { store, hooks, sessions: 1, reusable: true };
         instance.flush_output();
         Ok((instance, verified))
     }
@@ -256,6 +260,9 @@ impl PolicyInstance {
     }
 
     fn begin_call(&mut self) {
+        // Cleared until the call returns: a call cut short (its session went away while the
+        // guest was suspended) leaves the store mid-call, never to be reused.
+        self.reusable = false;
         let state = self.store.data_mut();
         state.budget.ticks_used = 0;
         state.budget.dns_lookups = 0;
@@ -347,7 +354,10 @@ impl PolicyInstance {
             tracing::warn!(policy = %state.io.policy, tenant = %state.io.tenant, "policy log output over budget was dropped");
         }
         match result {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => {
+                self.reusable = true;
+                Ok(value)
+            }
             Ok(Err(e)) => Err(classify(&e, state)),
             Err(_) => Err(Fault::WallClock(wall)),
         }

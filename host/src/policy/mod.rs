@@ -57,6 +57,11 @@ pub struct PolicyLimits {
     pub output_bytes: usize,
     /// The tenant's share of the key-value store (default 100 000 keys, 64 MiB).
     pub kv_quota: Quota,
+    /// Sessions one instance may serve (default 1: a fresh instance for every session).
+    /// Above 1, an instance that ended its session cleanly is kept warm for the next session
+    /// of the same tenant: no instantiation and no `init`, but what the policy keeps in
+    /// memory (globals) carries over between those sessions.
+    pub sessions_per_instance: u32,
 }
 
 impl Default for PolicyLimits {
@@ -68,6 +73,7 @@ impl Default for PolicyLimits {
             dns_timeout: Duration::from_secs(2),
             output_bytes: 64 << 10,
             kv_quota: Quota::default(),
+            sessions_per_instance: 1,
         }
     }
 }

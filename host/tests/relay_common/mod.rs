@@ -75,10 +75,14 @@ pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Relay {
         .stderr(std::fs::File::create(dir.join("relay.log")).expect("log"))
         .spawn()
         .expect("start sluice");
-    let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut proc = Proc(child);
+    // Long enough for a cold compile of the large JavaScript and Python components.
+    let deadline = Instant::now() + Duration::from_secs(300);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "relay did not start: {}", log(dir));
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            panic!("relay exited ({status}): {}", log(dir));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     Relay { proc, port, dir: dir.to_path_buf() }

@@ -1,0 +1,175 @@
+//! The policies written in JavaScript, Python and C, built from source by `policies/build.sh`
+//! (scripts/test.sh runs it before the tests): each passes its golden suite through
+//! `sluice policy test`, and all three judge mail together in a running relay, loaded by the
+//! same host code as the Rust ones.
+
+mod relay_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use relay_common::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A built component, or a failure that says how to build it.
+fn component(language: &str, name: &str) -> PathBuf {
+    let path = repo().join("target/policies").join(language).join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run policies/build.sh (scripts/test.sh installs the toolchains and does)",
+        path.display()
+    );
+    path
+}
+
+fn sluice(args: &[String]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .output()
+        .expect("run sluice");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// `sluice policy test --suite` on the policy's `suite/`, with the arguments of its
+/// `config.args` (one option and its value per line) and its `dns.txt` if any.
+fn suite(language: &str, name: &str) {
+    let dir = repo().join("policies").join(language).join(name).join("suite");
+    let mut args: Vec<String> = vec!["policy".into(), "test".into(), "--policy".into()];
+    args.push(component(language, name).display().to_string());
+    if let Ok(text) = std::fs::read_to_string(dir.join("config.args")) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (option, value) = line.split_once(' ').unwrap_or((line, ""));
+            args.push(option.to_string());
+            if !value.is_empty() {
+                args.push(value.to_string());
+            }
+        }
+    }
+    if dir.join("dns.txt").exists() {
+        args.extend(["--dns".into(), dir.join("dns.txt").display().to_string()]);
+    }
+    args.extend(["--suite".into(), dir.display().to_string()]);
+    let (ok, out) = sluice(&args);
+    let messages = std::fs::read_dir(&dir)
+        .expect("suite")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "eml")))
+        .count();
+    assert!(ok && out.contains(&format!("{messages} passed, 0 failed")), "{out}");
+}
+
+#[test]
+fn javascript_url_guard_suite() {
+    suite("js", "url-guard");
+}
+
+#[test]
+fn python_rules_suite() {
+    suite("python", "rules");
+}
+
+#[test]
+fn c_header_sanity_suite() {
+    suite("c", "header-sanity");
+}
+
+#[test]
+fn the_three_languages_judge_mail_together_in_a_relay() {
+    let dir = temp_dir("languages");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let (c, py, js) =
+        (component("c", "header-sanity"), component("python", "rules"), component("js", "url-guard"));
+    let body = format!(
+        "{}[[tenant.policy]]\npath = \"{}\"\n\
+         [[tenant.policy]]\npath = \"{}\"\nsessions_per_instance = 100\n\
+         config = {{ \"rule.SUBJ_INVOICE_URGENT\" = \"subject /invoice.*urgent/i 16.0\" }}\n\
+         [[tenant.policy]]\npath = \"{}\"\nsessions_per_instance = 100\n",
+        inbound(sink_port),
+        c.display(),
+        py.display(),
+        js.display()
+    );
+    let r = relay(&dir, free_port(), &body);
+    let phish = "From: Service <service@notify.example.org>\\r\\nTo: bob@example.test\\r\\n\
+                 Subject: Your account is on hold\\r\\nMIME-Version: 1.0\\r\\n\
+                 Content-Type: text/html; charset=utf-8\\r\\n\\r\\n\
+                 <p>You have won! <a href=\"https://paypa1.com/verify\">Verify</a></p>\\r\\n";
+    let invoice = "From: Accounts <accounts@billing.example.org>\\r\\nTo: bob@example.test\\r\\n\
+                   Subject: Invoice 4471 - URGENT\\r\\nDate: Fri, 27 Nov 2026 10:00:00 +0000\\r\\n\
+                   Message-ID: <i4471@billing.example.org>\\r\\n\\r\\nPay now.\\r\\n";
+    let out = python(
+        r.port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT, timeout=60)\n\
+             print(s.sendmail('x@remote.test', ['bob@example.test'], '{phish}'))\n\
+             try:\n    s.sendmail('x@remote.test', ['bob@example.test'], '{invoice}')\n\
+             except smtplib.SMTPDataError as e:\n    print(e.smtp_code, e.smtp_error.decode())\n\
+             s.quit()\n\
+             s = smtplib.SMTP('127.0.0.1', PORT, timeout=60)\n\
+             print(s.sendmail('x@remote.test', ['bob@example.test'], '{phish}'))\n\
+             s.quit()"
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first().copied(), Some("{}"), "{out}\n{}", log(&r.dir));
+    // The Python rule configured in the relay's file rejects the invoice on its own.
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("550")), "{out}\n{}", log(&r.dir));
+    assert_eq!(lines.get(2).copied(), Some("{}"), "{out}\n{}", log(&r.dir));
+    wait_for("the phishing messages", Duration::from_secs(30), || {
+        files(&dir.join("sink"), ".eml").len() == 2
+    });
+    // One symbol from each language's policy, on the first session's fresh instances and on
+    // the second session's warm ones alike.
+    for file in files(&dir.join("sink"), ".eml") {
+        let delivered = std::fs::read_to_string(&file).expect("message");
+        let symbols = delivered.lines().find(|l| l.starts_with("X-Spam-Symbols:")).unwrap_or_default();
+        for symbol in ["HS_MISSING_DATE", "BODY_YOU_WON", "URL_LOOKALIKE"] {
+            assert!(symbols.contains(symbol), "{symbol} missing: {delivered}");
+        }
+    }
+}
+
+/// The "Write your own" recipes of policies/README.md, run as written (in a scratch folder,
+/// with `~/sluice` this repository and `sluice` the binary under test): each must end in a
+/// verdict with the policy's symbol.
+#[test]
+fn the_readme_recipes_work() {
+    let readme = std::fs::read_to_string(repo().join("policies/README.md")).expect("README");
+    let recipes = &readme[readme.find("### Write your own").expect("recipes section")..];
+    let blocks: Vec<&str> = recipes.split("```sh\n").skip(1).filter_map(|b| b.split("```").next()).collect();
+    assert_eq!(blocks.len(), 3, "one recipe per language");
+    let bin = Path::new(env!("CARGO_BIN_EXE_sluice")).parent().expect("bin dir").to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let repo = repo().canonicalize().expect("repo");
+    for (language, block) in ["javascript", "python", "c"].iter().zip(blocks) {
+        let dir = temp_dir(&format!("recipe-{language}"));
+        std::fs::write(
+            dir.join("message.eml"),
+            "From: a@example.org\r\nTo: b@example.com\r\nSubject: Free money for you\r\n\r\nhi\r\n",
+        )
+        .expect("message");
+        let script = block.replace("~/sluice", &repo.display().to_string()).replace(
+            "mkdir my-policy && cd my-policy",
+            "mkdir my-policy && cd my-policy && cp ../message.eml .",
+        );
+        let out = Command::new("bash")
+            .arg("-ec")
+            .arg(&script)
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+            .output()
+            .expect("bash");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("FREE_MONEY(+3.0)"), "{language} recipe:\n{text}");
+    }
+}
