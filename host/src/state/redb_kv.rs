@@ -266,9 +266,11 @@ impl Inner {
         Ok(quota.admits(usage, new_key, charged as i64 - previous.map_or(0, |(_, c)| c as i64)))
     }
 
-    /// Store `value` under `key`, charged `charged` bytes. An expired entry under the key is
-    /// deleted first; when the bound or the quota would be passed, expired keys are swept
-    /// and the check made again.
+    /// Store `value` under `key`, charged `charged` bytes, where `previous` is the (expiry,
+    /// charge) of the entry stored under it, live or expired (the caller has read it). An
+    /// expired entry is deleted first; when the bound or the quota would be passed, expired
+    /// keys are swept and the check made again.
+    #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
         txn: &redb::WriteTransaction,
@@ -277,8 +279,8 @@ impl Inner {
         expires: u64,
         charged: u64,
         quota: Quota,
+        mut previous: Option<(u64, u64)>,
     ) -> Result<(), KvError> {
-        let mut previous = self.stored(txn, key)?;
         if previous.is_some_and(|(at, _)| !live(at, now_millis())) {
             self.remove(txn, key)?;
             previous = None;
@@ -342,8 +344,10 @@ impl KvStore for RedbKv {
     ) -> Result<(), KvError> {
         let key = key.to_string();
         self.blocking(move |inner| {
-            inner
-                .write(|txn| inner.put(txn, &key, &value, expiry(ttl), entry_bytes(&key, value.len()), quota))
+            inner.write(|txn| {
+                let previous = inner.stored(txn, &key)?;
+                inner.put(txn, &key, &value, expiry(ttl), entry_bytes(&key, value.len()), quota, previous)
+            })
         })
         .await
     }
@@ -357,27 +361,28 @@ impl KvStore for RedbKv {
         let key = key.to_string();
         self.blocking(move |inner| {
             inner.write(|txn| {
-                let current = {
+                // One read of the entry: its counter when live, its expiry and charge for `put`.
+                let (previous, counter) = {
                     let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-                    let found = entries.get(key.as_str()).map_err(unavailable)?;
-                    match found {
+                    match entries.get(key.as_str()).map_err(unavailable)? {
                         Some(v) => {
                             let stored = decode(v.value());
-                            if live(stored.expires, now_millis()) {
-                                Some((parse_counter(stored.value)?, stored.expires))
+                            let counter = if live(stored.expires, now_millis()) {
+                                Some(parse_counter(stored.value)?)
                             } else {
                                 None
-                            }
+                            };
+                            (Some((stored.expires, stored.charged)), counter)
                         }
-                        None => None,
+                        None => (None, None),
                     }
                 };
-                let (value, expires) = match current {
-                    Some((n, expires)) => (n.saturating_add(delta), expires),
-                    None => (delta, expiry(ttl)),
+                let (value, expires) = match (counter, previous) {
+                    (Some(n), Some((expires, _))) => (n.saturating_add(delta), expires),
+                    _ => (delta, expiry(ttl)),
                 };
                 let charged = key.len() as u64 + COUNTER_BYTES;
-                inner.put(txn, &key, value.to_string().as_bytes(), expires, charged, quota)?;
+                inner.put(txn, &key, value.to_string().as_bytes(), expires, charged, quota, previous)?;
                 Ok(value)
             })
         })
