@@ -63,6 +63,12 @@ impl Breaker {
         }
     }
 
+    /// A call ended in a way that says nothing of the policy (the store was unreachable): a
+    /// trial it was ends without a verdict, and the next call may try again.
+    pub fn inconclusive(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).trial = None;
+    }
+
     /// A call faulted. Returns the suspension it starts, if it starts one.
     pub fn fault(&self) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,6 +126,12 @@ mod tests {
         assert_eq!(b.fault(), Some(Duration::from_secs(200)));
         assert!(b.suspended().is_some_and(|d| d > Duration::from_secs(190)));
         b.state.lock().unwrap().until = Some(Instant::now());
+        assert_eq!(b.suspended(), None);
+        assert_eq!(b.fault(), Some(MAX_SUSPENSION));
+        // A trial that meets an unreachable store says nothing: the next call tries again.
+        b.state.lock().unwrap().until = Some(Instant::now());
+        assert_eq!(b.suspended(), None);
+        b.inconclusive();
         assert_eq!(b.suspended(), None);
         assert_eq!(b.fault(), Some(MAX_SUSPENSION));
         // A successful trial closes it.

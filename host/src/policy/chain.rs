@@ -298,8 +298,9 @@ impl ChainSession {
         let micros = micros_since(started);
         match &outcome {
             Ok(_) => policy.breaker.success(),
+            Err(Fault::Suspended(_)) => {}
             // Not the policy's doing, and cheap: an unreachable store does not suspend it.
-            Err(Fault::Suspended(_) | Fault::State(_)) => {}
+            Err(Fault::State(_)) => policy.breaker.inconclusive(),
             Err(_) => {
                 if let Some(length) = policy.breaker.fault() {
                     tracing::error!(
