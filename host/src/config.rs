@@ -480,14 +480,13 @@ impl Config {
                     return Err(format!("{key}.policy[{j}].sessions_per_instance: from 1 to 100000"));
                 }
             }
-            let zero = |v: Option<u64>| v == Some(0);
             for (name, bad) in [
-                ("cpu_ms", zero(t.cpu_ms)),
+                ("cpu_ms", t.cpu_ms == Some(0)),
                 ("memory_mib", t.memory_mib == Some(0)),
                 ("max_message_bytes", t.max_message_bytes == Some(0)),
                 ("max_messages_per_minute", t.max_messages_per_minute == Some(0)),
-                ("kv_max_keys", zero(t.kv_max_keys)),
-                ("kv_max_bytes", zero(t.kv_max_bytes)),
+                ("kv_max_keys", t.kv_max_keys == Some(0)),
+                ("kv_max_bytes", t.kv_max_bytes == Some(0)),
             ] {
                 if bad {
                     return Err(format!("{key}.{name}: must be positive"));

@@ -57,16 +57,7 @@ pub struct TenantLimits {
     /// Transactions per minute it accepts recipients for (None: no limit).
     pub max_messages_per_minute: Option<u32>,
     /// Its share of the key-value store.
-    #[serde(serialize_with = "serialize_quota")]
     pub kv_quota: crate::state::kv::Quota,
-}
-
-fn serialize_quota<S: serde::Serializer>(q: &crate::state::kv::Quota, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeStruct;
-    let mut out = s.serialize_struct("quota", 2)?;
-    out.serialize_field("max_keys", &q.max_keys)?;
-    out.serialize_field("max_bytes", &q.max_bytes)?;
-    out.end()
 }
 
 impl Tenant {

@@ -191,9 +191,11 @@ impl Relay {
                 .await;
             return;
         };
+        // One snapshot for the whole session; its tenant (by client network) labels it.
         let live = self.live();
-        let tenant = &live.tenants[live.tenant_of_client(peer.ip())].name;
-        let _active = self.metrics.connection(tenant);
+        let session_tenant = live.tenant_of_client(peer.ip());
+        let tenant = live.tenants[session_tenant].name.clone();
+        let _active = self.metrics.connection(&tenant);
         let ip = peer.ip();
         let admitted = {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,7 +212,7 @@ impl Relay {
             let _ = stream.write_all(&render(&r)).await;
             return;
         }
-        let mut conn = Connection::new(self.clone(), peer, local);
+        let mut conn = Connection::new(self.clone(), live, session_tenant, peer, local);
         if let Err(e) = conn.serve(stream).await {
             tracing::debug!(tenant = %tenant, client = %peer, error = %e, "connection ended with an error");
         }
@@ -333,8 +335,13 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(relay: Arc<Relay>, peer: SocketAddr, listener: String) -> Self {
-        let live = relay.live();
+    fn new(
+        relay: Arc<Relay>,
+        live: Arc<Live>,
+        session_tenant: usize,
+        peer: SocketAddr,
+        listener: String,
+    ) -> Self {
         let server = &live.config.server;
         let relay_allowed = live.trusted.iter().any(|net| net.contains(peer.ip()));
         let mut core = Session::new(
@@ -353,7 +360,6 @@ impl Connection {
         if live.users.is_some() {
             core.offer_auth(live.config.relay.allow_plaintext_auth_on_loopback && peer.ip().is_loopback());
         }
-        let session_tenant = live.tenant_of_client(peer.ip());
         let info = SessionInfo {
             tenant: live.tenants[session_tenant].name.clone(),
             transaction_id: spool::new_id(),

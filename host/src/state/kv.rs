@@ -33,7 +33,7 @@ pub enum KvError {
 /// against it: a key, and its bytes (the namespaced key plus the value; a counter counts as
 /// [`COUNTER_BYTES`]). Writes that would go over fail with [`KvError::QuotaExceeded`];
 /// shrinking a value or deleting a key always works.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Quota {
     /// Keys.
     pub max_keys: u64,

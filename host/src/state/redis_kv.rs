@@ -141,6 +141,13 @@ fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The server's answer to `request`, or unavailable when it does not come in time.
+async fn answer<R>(request: impl Future<Output = R>) -> Result<R, KvError> {
+    tokio::time::timeout(TIMEOUT * 2, request)
+        .await
+        .map_err(|_| KvError::Unavailable("the key-value server did not answer in time".into()))
+}
+
 /// A script failure: a counter that is not one is the caller's mistake, anything else the
 /// server's.
 fn script_error(e: redis::RedisError) -> KvError {
@@ -232,10 +239,7 @@ impl RedisKv {
             .arg(ttl)
             .arg(arg);
         let mut connection = self.connection().await?;
-        tokio::time::timeout(TIMEOUT * 2, invocation.invoke_async::<Vec<i64>>(&mut connection))
-            .await
-            .map_err(|_| KvError::Unavailable("the key-value server did not answer in time".into()))?
-            .map_err(script_error)
+        answer(invocation.invoke_async::<Vec<i64>>(&mut connection)).await?.map_err(script_error)
     }
 }
 
@@ -244,10 +248,7 @@ impl KvStore for RedisKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let key = format!("{}{key}", self.prefix);
         let mut connection = self.connection().await?;
-        tokio::time::timeout(TIMEOUT * 2, redis::cmd("GET").arg(&key).query_async(&mut connection))
-            .await
-            .map_err(|_| KvError::Unavailable("the key-value server did not answer in time".into()))?
-            .map_err(unavailable)
+        answer(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?.map_err(unavailable)
     }
 
     async fn set(
