@@ -171,5 +171,7 @@ fn the_readme_recipes_work() {
         let text =
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && text.contains("FREE_MONEY(+3.0)"), "{language} recipe:\n{text}");
+        // A recipe folder holds a whole toolchain (node_modules): not left behind on success.
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
