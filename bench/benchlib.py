@@ -1,6 +1,9 @@
-"""What the benchmark scripts share: paths, loopback ports, waiting for a listener."""
+"""What the benchmark scripts share: paths, loopback ports, waiting for a listener, Postfix's
+smtp-sink as the next hop."""
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 
@@ -33,3 +36,50 @@ def wait_port(port, timeout=60, process=None):
         except OSError:
             time.sleep(0.05)
     sys.exit(f"nothing listens on {port}")
+
+
+def finish(work, keep):
+    """Remove a run's working folder, or say where it is kept."""
+    if keep:
+        print(f"kept {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def need_postfix_tools():
+    """smtp-source and smtp-sink (Debian package postfix), installed if missing and possible.
+    Installing the package configures and starts no Postfix instance."""
+    if shutil.which("smtp-source") and shutil.which("smtp-sink"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit("smtp-source/smtp-sink are missing: apt-get install postfix")
+    print("installing Debian's postfix package (for smtp-source and smtp-sink)", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["debconf-set-selections"], input=b"postfix postfix/main_mailer_type select No configuration\n",
+                   check=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+class Sink:
+    """smtp-sink with running counters; counts the messages it has received."""
+
+    def __init__(self, port, workdir, name):
+        self.out = os.path.join(workdir, f"sink-{name}.out")
+        args = ["smtp-sink", "-c", f"127.0.0.1:{port}", "1024"]
+        if os.geteuid() == 0:
+            args[1:1] = ["-u", "nobody"]
+        self.proc = subprocess.Popen(args, stdout=open(self.out, "wb"), stderr=subprocess.STDOUT)
+        time.sleep(0.3)
+
+    def count(self):
+        with open(self.out, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 400))
+            tail = f.read().decode(errors="replace")
+        counts = [int(part.split("=")[1]) for part in tail.replace("\r", "\n").split() if part.startswith("mesg=")]
+        return counts[-1] if counts else 0
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()

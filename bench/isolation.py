@@ -35,31 +35,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import ROOT, WASM, free_ports, wait_port
-
-
-class Sink:
-    """smtp-sink with running counters; counts the messages it has received."""
-
-    def __init__(self, port, workdir, name):
-        self.out = os.path.join(workdir, f"sink-{name}.out")
-        args = ["smtp-sink", "-c", f"127.0.0.1:{port}", "1024"]
-        if os.geteuid() == 0:
-            args[1:1] = ["-u", "nobody"]
-        self.proc = subprocess.Popen(args, stdout=open(self.out, "wb"), stderr=subprocess.STDOUT)
-        time.sleep(0.3)
-
-    def count(self):
-        with open(self.out, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 400))
-            tail = f.read().decode(errors="replace")
-        counts = [int(part.split("=")[1]) for part in tail.replace("\r", "\n").split() if part.startswith("mesg=")]
-        return counts[-1] if counts else 0
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
+from benchlib import ROOT, WASM, Sink, free_ports, wait_port
 
 
 def config(port, steady_sink, noisy_sink, noisy_fault):

@@ -57,3 +57,6 @@ echo "== policies in every language (policies/build.sh)"
 policies/build.sh --require-all js python c
 echo "== cargo test"
 cargo test --workspace
+echo "== benchmark scripts start (tiny runs; figures come from full runs, see bench/README.md)"
+python3 bench/throughput.py --tiny --sluice target/debug/sluice
+python3 bench/idle.py --counts 200 --sluice target/debug/sluice

@@ -145,11 +145,14 @@ impl Default for StateConfig {
 pub struct SpoolConfig {
     /// Directory of the queue and the quarantine.
     pub dir: PathBuf,
+    /// How an accepted message reaches the disk before its 250: `group` (one `syncfs` for
+    /// every session waiting at that moment) or `file` (an fsync per file).
+    pub sync: crate::spool::SyncMode,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("var/spool") }
+        Self { dir: PathBuf::from("var/spool"), sync: crate::spool::SyncMode::default() }
     }
 }
 

@@ -582,16 +582,22 @@ impl Relay {
     /// complete file arrives).
     pub fn watch(self: &Arc<Self>) -> Result<(), String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Event>();
+        let relay = self.clone();
+        let mut files = relay.watched_files();
+        // Events are sorted on the watcher's own thread: the watched directories may hold
+        // busy files (a log the relay writes, say), whose events never reach the runtime.
+        let shared = Arc::new(std::sync::Mutex::new(files.clone()));
+        let filter = shared.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            if let Ok(event) = event
+                && filter.lock().is_ok_and(|files| relevant(&event, &files))
+            {
                 let _ = tx.send(event);
             }
         })
         .map_err(|e| format!("cannot watch files: {e}"))?;
-        let relay = self.clone();
         // The watches are in place when this returns, not when the task first runs.
         let mut watched: HashSet<PathBuf> = HashSet::new();
-        let mut files = relay.watched_files();
         sync_watches(&mut watcher, &mut watched, &files);
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
@@ -613,6 +619,9 @@ impl Relay {
                 }
                 relay.reload("file change").await;
                 files = relay.watched_files();
+                if let Ok(mut current) = shared.lock() {
+                    current.clone_from(&files);
+                }
                 sync_watches(&mut watcher, &mut watched, &files);
             }
         });

@@ -55,7 +55,7 @@ pub struct Relay {
     pub dns: Arc<DnsResolver>,
     /// TLS client for STARTTLS towards next hops (None: delivery stays in plaintext).
     tls_client: Option<tokio_rustls::TlsConnector>,
-    delivery: mpsc::UnboundedSender<String>,
+    delivery: mpsc::UnboundedSender<crate::delivery::Queued>,
     connections: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Tenant → (minute since the epoch, transactions accepted in it).
@@ -68,9 +68,9 @@ impl Relay {
     pub async fn build(
         config: Config,
         config_path: Option<PathBuf>,
-    ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<String>)> {
+    ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<crate::delivery::Queued>)> {
         let spool_dir = config.resolve(&config.spool.dir);
-        let spool = Spool::open(&spool_dir)
+        let spool = Spool::open_with(&spool_dir, config.spool.sync)
             .map_err(|e| anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()))?;
         let dns =
             Arc::new(DnsResolver::new(&config.dns.nameservers).map_err(|e| anyhow::anyhow!("dns: {e}"))?);
@@ -163,7 +163,7 @@ impl Relay {
 
     /// Tell the delivery task about a newly queued message.
     pub fn notify(&self, id: String) {
-        let _ = self.delivery.send(id);
+        let _ = self.delivery.send(crate::delivery::Queued { id, loaded: None });
     }
 
     /// Accept connections on `listener` until the task is dropped.
@@ -929,15 +929,17 @@ impl Connection {
             route: judgement.route.clone(),
             quarantine_reason: judgement.quarantine_reason.clone(),
         };
-        let message = self.final_message(judgement, body, now);
+        let message = Arc::new(self.final_message(judgement, body, now));
         let spool = self.relay.spool.clone();
-        let env = envelope.clone();
-        tokio::task::spawn_blocking(move || spool.store(store, &env, &message))
+        let (env, bytes) = (envelope.clone(), message.clone());
+        tokio::task::spawn_blocking(move || spool.store(store, &env, &bytes))
             .await
             .map_err(std::io::Error::other)??;
         if store == Store::Queue {
             self.relay.metrics.queue(&self.live.tenants[tenant].name, 1);
-            let _ = self.relay.delivery.send(id);
+            // The first attempt takes the message from here, not from the disk.
+            let _ =
+                self.relay.delivery.send(crate::delivery::Queued { id, loaded: Some((envelope, message)) });
         }
         Ok(())
     }

@@ -1,19 +1,30 @@
 //! The durable queue: every accepted message lives here until it is delivered or bounced.
 //!
-//! A message is two files in `queue/` (or `quarantine/`): `ID.msg`, the message as it will be
-//! delivered, and `ID.json`, its envelope and delivery state. Each is written to a temporary
-//! name, fsynced, renamed into place, and the directory is fsynced; the envelope goes last, so
-//! a message exists exactly when its envelope does. Only then does the client get
-//! `250 queued as ID`. Stores run on the blocking pool, one thread each, so concurrent sessions
-//! fsync in parallel rather than one after another.
+//! A message is one file in `queue/` (or `quarantine/`), `ID.mail`: a header line with the
+//! lengths and the CRC-32 of what follows, the envelope and delivery state (JSON), and the
+//! message as it will be delivered. One file per message keeps the file system's work per
+//! message to a create and an unlink — on a busy relay the directory operations, not the
+//! bytes, are what the kernel spends its time on. The file is written in place: a file that
+//! a crash cut short fails its length or CRC check, is removed at start (it never got a 250),
+//! and is never delivered. Delivery progress rewrites the file under a temporary name and
+//! renames it over the old one.
 //!
-//! On start, [`Spool::recover`] lists every envelope; a message file without an envelope (a
-//! crash before the 250) and leftover temporary files are removed.
+//! Only once the file is on disk does the client get `250 queued as ID`. How it gets there is
+//! [`SyncMode`]: `group` (the default) commits the writes of every session waiting at that
+//! moment with one `syncfs(2)` of the spool's file system — one journal commit for many
+//! messages, the way a database's group commit works — and `file` fsyncs each file and the
+//! directory, for a spool that shares its file system with other heavy writers. Stores run on
+//! the blocking pool, so concurrent sessions wait for the same commit.
+//!
+//! Removals and delivery-progress updates are not waited for in `group` mode: after a crash
+//! they can only be undone, which means one more delivery attempt (a duplicate), never a
+//! loss.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -80,11 +91,85 @@ pub enum Store {
     Quarantine,
 }
 
+/// How writes reach the disk before a 250.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// One `syncfs(2)` commits the writes of every session waiting at that moment.
+    #[default]
+    Group,
+    /// `fsync(2)` of each file and of the directory, per message.
+    File,
+}
+
 /// The spool directory.
 #[derive(Debug)]
 pub struct Spool {
     queue: PathBuf,
     quarantine: PathBuf,
+    mode: SyncMode,
+    group: GroupSync,
+}
+
+/// Group commit: callers whose writes are done wait for a `syncfs` that started after them;
+/// one caller runs it for everyone waiting.
+#[derive(Debug)]
+struct GroupSync {
+    /// Any file of the spool's filesystem (the spool directory).
+    handle: File,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Commits started so far.
+    started: u64,
+    /// The last commit that finished, and its error if it failed.
+    finished: u64,
+    failed: Option<(u64, io::ErrorKind, String)>,
+    running: bool,
+}
+
+impl GroupSync {
+    fn new(dir: &Path) -> io::Result<Self> {
+        Ok(Self { handle: File::open(dir)?, state: Mutex::new(SyncState::default()), done: Condvar::new() })
+    }
+
+    /// Returns once everything written before the call is on disk.
+    fn sync(&self) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // A commit already running may have started before our writes: we need the next one.
+        let needed = state.started + 1;
+        loop {
+            if state.finished >= needed {
+                return match &state.failed {
+                    // A failed commit fails every caller it covered (their data may be lost).
+                    Some((generation, kind, text)) if *generation >= needed => {
+                        Err(io::Error::new(*kind, text.clone()))
+                    }
+                    _ => Ok(()),
+                };
+            }
+            if state.running {
+                state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            state.running = true;
+            state.started += 1;
+            let generation = state.started;
+            drop(state);
+            let result = rustix::fs::syncfs(&self.handle);
+            state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.running = false;
+            state.finished = generation;
+            if let Err(e) = result {
+                let e = io::Error::from(e);
+                state.failed = Some((generation, e.kind(), format!("syncfs: {e}")));
+            }
+            self.done.notify_all();
+        }
+    }
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -108,14 +193,24 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Spool {
-    /// Open (creating) the spool under `dir`.
+    /// Open (creating) the spool under `dir`, committing writes the default way.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with(dir, SyncMode::default())
+    }
+
+    /// Open (creating) the spool under `dir`.
+    pub fn open_with(dir: &Path, mode: SyncMode) -> io::Result<Self> {
         let queue = dir.join("queue");
         let quarantine = dir.join("quarantine");
         fs::create_dir_all(&queue)?;
         fs::create_dir_all(&quarantine)?;
         sync_dir(dir)?;
-        Ok(Self { queue, quarantine })
+        Ok(Self { queue, quarantine, mode, group: GroupSync::new(dir)? })
+    }
+
+    /// How this spool commits.
+    pub fn mode(&self) -> SyncMode {
+        self.mode
     }
 
     fn dir(&self, store: Store) -> &Path {
@@ -125,85 +220,190 @@ impl Spool {
         }
     }
 
-    /// Store a new message durably. Returns once both files and the directory are on disk.
+    fn path(&self, store: Store, id: &str) -> io::Result<PathBuf> {
+        if !valid_id(id) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid queue id"));
+        }
+        Ok(self.dir(store).join(format!("{id}.{EXTENSION}")))
+    }
+
+    /// Store a new message durably: returns once it is on disk.
     pub fn store(&self, store: Store, envelope: &QueuedMessage, message: &[u8]) -> io::Result<()> {
-        let dir = self.dir(store);
-        write_durably(dir, &format!("{}.msg", envelope.id), message)?;
-        let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
-        write_durably(dir, &format!("{}.json", envelope.id), &json)?;
-        sync_dir(dir)
+        let path = self.path(store, &envelope.id)?;
+        let bytes = encode(envelope, message)?;
+        // Written in place: until the commit below the client has no 250, and a file a crash
+        // cut short fails its length or CRC check and is never delivered.
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        file.write_all(&bytes)?;
+        match self.mode {
+            SyncMode::File => {
+                file.sync_all()?;
+                sync_dir(self.dir(store))
+            }
+            SyncMode::Group => {
+                drop(file);
+                self.group.sync()
+            }
+        }
     }
 
-    /// Rewrite an envelope (delivery progress) atomically.
+    /// Rewrite a message's envelope (delivery progress) atomically: a new file renamed over
+    /// the old. In `group` mode it is not waited for: lost in a crash, it costs one more
+    /// attempt.
     pub fn update(&self, store: Store, envelope: &QueuedMessage) -> io::Result<()> {
-        let dir = self.dir(store);
-        let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
-        write_durably(dir, &format!("{}.json", envelope.id), &json)?;
-        sync_dir(dir)
+        let path = self.path(store, &envelope.id)?;
+        let old = fs::read(&path)?;
+        let (_, message, _) = decode(&old)?;
+        let bytes = encode(envelope, message)?;
+        let tmp = self.dir(store).join(format!(".{}.{}.tmp", envelope.id, new_id()));
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(&bytes)?;
+        let durable = self.mode == SyncMode::File;
+        if durable {
+            file.sync_all()?;
+        }
+        drop(file);
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if durable { sync_dir(self.dir(store)) } else { Ok(()) }
     }
 
-    /// Remove a message: envelope first, so a crash in between leaves an orphan message file
-    /// that recovery deletes, never an envelope without its message.
+    /// Remove a message.
     pub fn remove(&self, store: Store, id: &str) -> io::Result<()> {
-        if !valid_id(id) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid queue id"));
-        }
-        let dir = self.dir(store);
-        fs::remove_file(dir.join(format!("{id}.json")))?;
-        match fs::remove_file(dir.join(format!("{id}.msg"))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        sync_dir(dir)
+        fs::remove_file(self.path(store, id)?)?;
+        if self.mode == SyncMode::File { sync_dir(self.dir(store)) } else { Ok(()) }
     }
 
-    /// The message bytes.
+    /// The message bytes, checked against the length and CRC-32 recorded with them:
+    /// `InvalidData` if they differ (a write a crash cut short, or damage on disk since).
     pub fn message(&self, store: Store, id: &str) -> io::Result<Vec<u8>> {
-        if !valid_id(id) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid queue id"));
+        let bytes = fs::read(self.path(store, id)?)?;
+        let (_, message, intact) = decode(&bytes)?;
+        if !intact {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("spool file of {id} fails its CRC check"),
+            ));
         }
-        fs::read(self.dir(store).join(format!("{id}.msg")))
+        Ok(message.to_vec())
     }
 
-    /// One envelope.
+    /// The message bytes of `envelope` (see [`Spool::message`]).
+    pub fn checked_message(&self, store: Store, envelope: &QueuedMessage) -> io::Result<Vec<u8>> {
+        self.message(store, &envelope.id)
+    }
+
+    /// One envelope (the message is not read). `InvalidData` for a file whose length is not
+    /// what its header says (being written, or cut short).
     pub fn envelope(&self, store: Store, id: &str) -> io::Result<QueuedMessage> {
-        if !valid_id(id) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid queue id"));
+        let mut file = File::open(self.path(store, id)?)?;
+        let mut head = vec![0u8; 4096];
+        let mut filled = 0;
+        loop {
+            let n = file.read(&mut head[filled..])?;
+            filled += n;
+            if n == 0 || filled == head.len() {
+                break;
+            }
         }
-        let bytes = fs::read(self.dir(store).join(format!("{id}.json")))?;
-        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        head.truncate(filled);
+        let header = Header::parse(&head)?;
+        // Still being written (or cut short by a crash): not a message yet.
+        let length = file.metadata()?.len();
+        if usize::try_from(length).ok() != Some(header.total()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("spool file of {id} is {length} bytes, its header says {}", header.total()),
+            ));
+        }
+        if head.len() < header.envelope_end() {
+            // A large envelope (many recipients): read the rest of it.
+            head.resize(header.envelope_end(), 0);
+            file.read_exact(&mut head[filled..])?;
+        }
+        serde_json::from_slice(&head[header.start..header.envelope_end()])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// Every envelope in `store`, oldest first, after removing the leftovers of writes a
-    /// crash interrupted (temporary files, a message file without its envelope). Only for
-    /// start-up, before anything writes to the spool: while the relay runs, those are
-    /// writes in progress — use [`Spool::list`].
+    /// Every envelope in `store`, oldest first, after removing what a crash left of writes
+    /// that were never acknowledged: temporary files, spool files shorter or longer than
+    /// their header says or without a readable envelope. Also converts the spool files of
+    /// earlier versions (`ID.json` + `ID.msg`). Only for start-up, before anything writes to
+    /// the spool: while the relay runs, those are writes in progress — use [`Spool::list`].
     pub fn recover(&self, store: Store) -> io::Result<Vec<QueuedMessage>> {
         let dir = self.dir(store);
         let names = self.names(store)?;
         for name in &names {
+            let path = dir.join(name);
             if name.starts_with('.') && name.ends_with(".tmp") {
-                let _ = fs::remove_file(dir.join(name));
+                let _ = fs::remove_file(&path);
+            } else if let Some(id) = name.strip_suffix(".json") {
+                self.convert_legacy(store, id)?;
             } else if let Some(id) = name.strip_suffix(".msg")
                 && !names.iter().any(|n| n.strip_suffix(".json") == Some(id))
             {
                 tracing::warn!(id, "removing a message file without envelope (never acknowledged)");
-                let _ = fs::remove_file(dir.join(name));
+                let _ = fs::remove_file(&path);
+            } else if let Some(id) = name.strip_suffix(&format!(".{EXTENSION}")) {
+                let complete = fs::read(&path).and_then(|bytes| {
+                    let (envelope, message, _) = decode(&bytes)?;
+                    serde_json::from_slice::<QueuedMessage>(envelope)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    Ok(message.len())
+                });
+                if let Err(e) = complete {
+                    tracing::warn!(id, error = %e, "removing an incomplete spool file (never acknowledged)");
+                    let _ = fs::remove_file(&path);
+                }
             }
         }
         self.list(store)
     }
 
+    /// A message in the two-file layout of earlier versions, rewritten as one spool file.
+    fn convert_legacy(&self, store: Store, id: &str) -> io::Result<()> {
+        let dir = self.dir(store);
+        let (json, msg) = (dir.join(format!("{id}.json")), dir.join(format!("{id}.msg")));
+        let envelope: QueuedMessage = match fs::read(&json).map(|b| serde_json::from_slice(&b)) {
+            Ok(Ok(envelope)) => envelope,
+            _ => {
+                tracing::warn!(id, "removing an unreadable envelope of the earlier spool layout");
+                let _ = fs::remove_file(&json);
+                let _ = fs::remove_file(&msg);
+                return Ok(());
+            }
+        };
+        let message = fs::read(&msg)?;
+        let _ = fs::remove_file(self.path(store, id)?);
+        let mut file = OpenOptions::new().write(true).create_new(true).open(self.path(store, id)?)?;
+        file.write_all(&encode(&envelope, &message)?)?;
+        file.sync_all()?;
+        sync_dir(dir)?;
+        fs::remove_file(&json)?;
+        fs::remove_file(&msg)?;
+        sync_dir(dir)
+    }
+
     /// Every envelope in `store`, oldest first, touching nothing: safe while messages are
-    /// being written and removed (one that vanishes meanwhile is skipped).
+    /// being written and removed (one that vanishes or is still being written is skipped).
     pub fn list(&self, store: Store) -> io::Result<Vec<QueuedMessage>> {
         let mut envelopes = Vec::new();
         for name in self.names(store)? {
-            if let Some(id) = name.strip_suffix(".json") {
+            if let Some(id) = name.strip_suffix(&format!(".{EXTENSION}"))
+                && !name.starts_with('.')
+            {
                 match self.envelope(store, id) {
                     Ok(envelope) => envelopes.push(envelope),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::error!(id, error = %e, "unreadable envelope in the spool"),
+                    Err(e)
+                        if e.kind() == io::ErrorKind::InvalidData
+                            || e.kind() == io::ErrorKind::UnexpectedEof =>
+                    {
+                        tracing::debug!(id, error = %e, "spool file not complete (being written?)");
+                    }
+                    Err(e) => tracing::error!(id, error = %e, "unreadable spool file"),
                 }
             }
         }
@@ -219,21 +419,89 @@ impl Spool {
         Ok(names)
     }
 
-    /// Move a message between stores (quarantine release).
+    /// Move a message between stores (quarantine release, a damaged file set aside). The
+    /// message moves as it is, even if it fails its check.
     pub fn transfer(&self, from: Store, to: Store, envelope: &QueuedMessage) -> io::Result<()> {
-        let message = self.message(from, &envelope.id)?;
-        self.store(to, envelope, &message)?;
+        let bytes = fs::read(self.path(from, &envelope.id)?)?;
+        let (_, message, _) = decode(&bytes)?;
+        self.store(to, envelope, message)?;
         self.remove(from, &envelope.id)
     }
 }
 
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))
+/// The extension of spool files.
+pub const EXTENSION: &str = "mail";
+
+/// First line of a spool file: `sluice-spool 1 ENVELOPE_LEN MESSAGE_LEN CRC32\n`, then the
+/// envelope (JSON), a newline, and the message. The CRC-32 covers envelope and message.
+const MAGIC: &str = "sluice-spool 1";
+
+struct Header {
+    /// Where the envelope starts (after the header line).
+    start: usize,
+    envelope_len: usize,
+    message_len: usize,
+    crc: u32,
+}
+
+impl Header {
+    fn parse(bytes: &[u8]) -> io::Result<Self> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("spool file: {what}"));
+        let end = bytes.iter().take(128).position(|b| *b == b'\n').ok_or_else(|| bad("no header line"))?;
+        let line = std::str::from_utf8(&bytes[..end]).map_err(|_| bad("header is not text"))?;
+        let fields = line.strip_prefix(MAGIC).ok_or_else(|| bad("unknown format"))?;
+        let mut parts = fields.split_ascii_whitespace();
+        let mut number = |what: &str| -> io::Result<u64> {
+            parts
+                .next()
+                .and_then(|p| u64::from_str_radix(p, if what == "crc" { 16 } else { 10 }).ok())
+                .ok_or_else(|| bad(what))
+        };
+        let envelope_len = usize::try_from(number("envelope length")?).map_err(|_| bad("envelope length"))?;
+        let message_len = usize::try_from(number("message length")?).map_err(|_| bad("message length"))?;
+        let crc = u32::try_from(number("crc")?).map_err(|_| bad("crc"))?;
+        Ok(Self { start: end + 1, envelope_len, message_len, crc })
+    }
+
+    fn envelope_end(&self) -> usize {
+        self.start.saturating_add(self.envelope_len)
+    }
+
+    fn total(&self) -> usize {
+        self.envelope_end().saturating_add(1).saturating_add(self.message_len)
+    }
+}
+
+fn encode(envelope: &QueuedMessage, message: &[u8]) -> io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(envelope).map_err(io::Error::other)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&json);
+    crc.update(message);
+    let header = format!("{MAGIC} {} {} {:08x}\n", json.len(), message.len(), crc.finalize());
+    let mut out = Vec::with_capacity(header.len() + json.len() + 1 + message.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    out.extend_from_slice(message);
+    Ok(out)
+}
+
+/// Envelope bytes, message bytes, and whether the CRC matches. `InvalidData` if the file is
+/// not as long as its header says.
+fn decode(bytes: &[u8]) -> io::Result<(&[u8], &[u8], bool)> {
+    let header = Header::parse(bytes)?;
+    if bytes.len() != header.total() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("spool file is {} bytes, its header says {}", bytes.len(), header.total()),
+        ));
+    }
+    let envelope = &bytes[header.start..header.envelope_end()];
+    let message = &bytes[header.envelope_end() + 1..];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(envelope);
+    crc.update(message);
+    Ok((envelope, message, crc.finalize() == header.crc))
 }
 
 /// fsync a directory, making renames and removals in it durable.
@@ -263,29 +531,113 @@ mod tests {
         }
     }
 
+    fn queue_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join("queue"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn store_recover_remove() {
+        for mode in [SyncMode::Group, SyncMode::File] {
+            let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+            let spool = Spool::open_with(&dir, mode).unwrap();
+            let id = new_id();
+            let body = b"Subject: x\r\n\r\nhi\r\n";
+            spool.store(Store::Queue, &envelope(&id), body).unwrap();
+            assert!(spool.store(Store::Queue, &envelope(&id), body).is_err(), "ids are never reused");
+            assert_eq!(queue_files(&dir), vec![format!("{id}.mail")]);
+            // Leftovers of a crash: a temporary file, a spool file cut short, one empty.
+            let whole = encode(&envelope("ABCDEF"), body).unwrap();
+            fs::write(dir.join("queue").join(".ABCDEF.1.tmp"), b"x").unwrap();
+            fs::write(dir.join("queue").join("ABCDEF.mail"), &whole[..whole.len() - 3]).unwrap();
+            fs::write(dir.join("queue").join("ABCDE0.mail"), b"").unwrap();
+            // While the relay runs they are writes in progress: listing leaves them alone.
+            assert_eq!(spool.list(Store::Queue).unwrap(), vec![envelope(&id)]);
+            assert_eq!(queue_files(&dir).len(), 4);
+            let found = spool.recover(Store::Queue).unwrap();
+            assert_eq!(found, vec![envelope(&id)]);
+            assert_eq!(queue_files(&dir), vec![format!("{id}.mail")]);
+            assert_eq!(spool.message(Store::Queue, &id).unwrap(), body);
+            // Delivery progress keeps the message.
+            let mut progressed = envelope(&id);
+            progressed.attempts = 3;
+            spool.update(Store::Queue, &progressed).unwrap();
+            assert_eq!(spool.envelope(Store::Queue, &id).unwrap(), progressed);
+            assert_eq!(spool.message(Store::Queue, &id).unwrap(), body);
+            spool.transfer(Store::Queue, Store::Quarantine, &progressed).unwrap();
+            assert!(spool.recover(Store::Queue).unwrap().is_empty());
+            assert_eq!(spool.recover(Store::Quarantine).unwrap(), vec![progressed]);
+            spool.remove(Store::Quarantine, &id).unwrap();
+            assert!(spool.recover(Store::Quarantine).unwrap().is_empty());
+            assert!(spool.message(Store::Queue, "../etc/passwd").is_err());
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// A spool file damaged after it was written fails its CRC check: never delivered as it
+    /// is, but still movable (to the quarantine) for an operator to look at.
+    #[test]
+    fn damaged_message_is_detected() {
         let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
         let spool = Spool::open(&dir).unwrap();
         let id = new_id();
-        spool.store(Store::Queue, &envelope(&id), b"Subject: x\r\n\r\nhi\r\n").unwrap();
-        // Leftovers of a crash: a message without envelope, a temporary file.
-        fs::write(dir.join("queue").join("ABCDEF.msg"), b"half").unwrap();
-        fs::write(dir.join("queue").join(".ABCDEF.json.tmp"), b"{").unwrap();
-        // While the relay runs they are writes in progress: listing leaves them alone.
-        assert_eq!(spool.list(Store::Queue).unwrap(), vec![envelope(&id)]);
-        assert!(dir.join("queue").join("ABCDEF.msg").exists());
-        assert!(dir.join("queue").join(".ABCDEF.json.tmp").exists());
-        let found = spool.recover(Store::Queue).unwrap();
-        assert_eq!(found, vec![envelope(&id)]);
-        assert!(!dir.join("queue").join("ABCDEF.msg").exists());
-        assert!(!dir.join("queue").join(".ABCDEF.json.tmp").exists());
-        assert_eq!(spool.message(Store::Queue, &id).unwrap(), b"Subject: x\r\n\r\nhi\r\n");
+        spool.store(Store::Queue, &envelope(&id), b"Subject: x\r\n\r\nwhole body\r\n").unwrap();
+        let path = dir.join("queue").join(format!("{id}.mail"));
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        let err = spool.checked_message(Store::Queue, &envelope(&id)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         spool.transfer(Store::Queue, Store::Quarantine, &envelope(&id)).unwrap();
-        assert!(spool.recover(Store::Queue).unwrap().is_empty());
-        spool.remove(Store::Quarantine, &id).unwrap();
-        assert!(spool.recover(Store::Quarantine).unwrap().is_empty());
-        assert!(spool.message(Store::Queue, "../etc/passwd").is_err());
+        assert!(spool.message(Store::Quarantine, &id).is_ok(), "stored again with its own CRC");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Spool folders of earlier versions (an envelope file and a message file) are converted
+    /// at start.
+    #[test]
+    fn earlier_layout_is_converted() {
+        let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+        let spool = Spool::open(&dir).unwrap();
+        let id = new_id();
+        let queue = dir.join("queue");
+        fs::write(queue.join(format!("{id}.json")), serde_json::to_vec(&envelope(&id)).unwrap()).unwrap();
+        fs::write(queue.join(format!("{id}.msg")), b"Subject: old\r\n\r\nbody\r\n").unwrap();
+        fs::write(queue.join("ABCDEF.msg"), b"no envelope").unwrap();
+        assert_eq!(spool.recover(Store::Queue).unwrap(), vec![envelope(&id)]);
+        assert_eq!(spool.message(Store::Queue, &id).unwrap(), b"Subject: old\r\n\r\nbody\r\n");
+        assert_eq!(queue_files(&dir), vec![format!("{id}.mail")]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Many threads storing at once: each returns only after a commit that began after its
+    /// writes, and everything is there.
+    #[test]
+    fn group_commit_under_concurrency() {
+        let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+        let spool = std::sync::Arc::new(Spool::open(&dir).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        spool.store(Store::Queue, &envelope(&new_id()), b"x\r\n").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(spool.recover(Store::Queue).unwrap().len(), 200);
+        let state = spool.group.state.lock().unwrap();
+        assert!(state.finished >= 1 && state.finished <= 200 && !state.running);
+        drop(state);
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -40,7 +40,7 @@ fn delivers_inbound_mail_to_the_next_hop() {
     assert!(env.contains("\"alice@remote.test\"") && env.contains("bob@example.test"), "{env}");
     // Delivered mail leaves the spool.
     wait_for("spool empty", Duration::from_secs(10), || {
-        files(&r.dir.join("spool/queue"), ".json").is_empty()
+        files(&r.dir.join("spool/queue"), ".mail").is_empty()
     });
 }
 
@@ -93,7 +93,7 @@ fn never_an_open_relay() {
     }
     assert_eq!(out.lines().count(), vectors.len() * 3);
     assert!(files(&dir.join("sink"), ".eml").is_empty());
-    assert!(files(&r.dir.join("spool/queue"), ".json").is_empty());
+    assert!(files(&r.dir.join("spool/queue"), ".mail").is_empty());
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn smuggling_is_refused() {
     }
     std::thread::sleep(Duration::from_millis(500));
     assert!(files(&dir.join("sink"), ".eml").is_empty());
-    assert!(files(&r.dir.join("spool/queue"), ".json").is_empty());
+    assert!(files(&r.dir.join("spool/queue"), ".mail").is_empty());
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn a_policy_can_refuse_at_every_stage() {
             ),
         );
         assert!(out.starts_with("refused 5"), "{stage}: {out} {}", log(&r.dir));
-        assert!(files(&r.dir.join("spool/queue"), ".json").is_empty(), "{stage}");
+        assert!(files(&r.dir.join("spool/queue"), ".mail").is_empty(), "{stage}");
     }
 }
 
@@ -517,7 +517,7 @@ fn a_temporary_failure_is_retried() {
     let log = log(&r.dir);
     assert!(log.contains("delivery deferred") && log.contains("451 4.3.0 try again later"), "{log}");
     wait_for("spool empty", Duration::from_secs(10), || {
-        files(&r.dir.join("spool/queue"), ".json").is_empty()
+        files(&r.dir.join("spool/queue"), ".mail").is_empty()
     });
 }
 
@@ -565,7 +565,7 @@ fn queued_mail_survives_kill_9() {
         ),
     );
     assert_eq!(out.trim(), "{}");
-    assert_eq!(files(&dir.join("spool/queue"), ".json").len(), 1);
+    assert_eq!(files(&dir.join("spool/queue"), ".mail").len(), 1);
     // kill -9: no shutdown of any kind.
     let mut r = r;
     let _ = Command::new("kill").args(["-9", &r.proc.0.id().to_string()]).status();
@@ -728,7 +728,7 @@ fn bad_input_gets_a_reply_or_a_clean_close() {
 
     std::thread::sleep(Duration::from_millis(500));
     assert!(files(&dir.join("sink"), ".eml").is_empty());
-    assert!(files(&r.dir.join("spool/queue"), ".json").is_empty());
+    assert!(files(&r.dir.join("spool/queue"), ".mail").is_empty());
     // Still serving.
     let out = python(
         r.port,
@@ -765,10 +765,10 @@ fn a_next_hop_that_hangs_or_resets_keeps_the_mail_queued() {
             ),
         );
         wait_for("a deferred attempt", Duration::from_secs(20), || log(&r.dir).contains("delivery deferred"));
-        let queued = files(&r.dir.join("spool/queue"), ".json");
+        let queued = files(&r.dir.join("spool/queue"), ".mail");
         assert_eq!(queued.len(), 1, "{behaviour}");
-        let envelope = std::fs::read_to_string(&queued[0]).expect("envelope");
-        assert!(envelope.contains("\"status\": \"pending\""), "{envelope}");
+        let envelope = std::fs::read_to_string(&queued[0]).expect("spool file");
+        assert!(envelope.contains("\"status\":\"pending\""), "{envelope}");
     }
 }
 
@@ -936,7 +936,7 @@ fn quarantine_list_and_release() {
         ),
     );
     assert_eq!(out.trim(), "{}");
-    let held = files(&dir.join("spool/quarantine"), ".json");
+    let held = files(&dir.join("spool/quarantine"), ".mail");
     assert_eq!(held.len(), 1);
     let id = held[0].file_stem().expect("id").to_string_lossy().into_owned();
     let (ok, list) = sluice(&dir, &["queue", "list"]);
@@ -955,7 +955,7 @@ fn quarantine_list_and_release() {
     wait_for("delivery after release", Duration::from_secs(20), || {
         files(&dir.join("sink"), ".eml").len() == 1
     });
-    assert!(files(&dir.join("spool/quarantine"), ".json").is_empty());
+    assert!(files(&dir.join("spool/quarantine"), ".mail").is_empty());
 }
 
 #[test]

@@ -147,7 +147,7 @@ pub enum QueueCommand {
 
 /// `sluice queue …`.
 pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
-    let spool = Spool::open(&config.resolve(&config.spool.dir))?;
+    let spool = Spool::open_with(&config.resolve(&config.spool.dir), config.spool.sync)?;
     let find = |id: &str| -> anyhow::Result<Store> {
         if !spool::valid_id(id) {
             anyhow::bail!("{id}: not a queue id");

@@ -62,13 +62,27 @@ impl Outbound {
     }
 }
 
-/// Run delivery until the process ends: everything in the spool at start, then each new id
-/// from `new_ids`, and a rescan of the spool every few seconds (which picks up `sluice queue
-/// flush` and messages released from quarantine).
-pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>) {
+/// A message the delivery task is told about.
+pub struct Queued {
+    /// Queue id.
+    pub id: String,
+    /// Its envelope and bytes as just stored, so the first attempt need not read them back.
+    pub loaded: Option<(QueuedMessage, Arc<Vec<u8>>)>,
+}
+
+/// Bytes of freshly queued messages kept in memory for their first attempt; beyond it, the
+/// attempt reads the spool.
+const LOADED_BUDGET: usize = 64 << 20;
+
+/// Run delivery until the process ends: everything in the spool at start, then each new
+/// message from `new_ids`, and a rescan of the spool every few seconds (which picks up `sluice
+/// queue flush` and messages released from quarantine).
+pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<Queued>) {
     let outbound = Arc::new(Outbound::new(&relay));
     let mut due: BTreeMap<(u64, String), ()> = BTreeMap::new();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let mut loaded: HashMap<String, (QueuedMessage, Arc<Vec<u8>>)> = HashMap::new();
+    let mut loaded_bytes = 0usize;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<u64>)>();
     let mut rescan = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -76,7 +90,15 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
         let next_due = due.keys().next().map(|(t, _)| *t);
         let sleep = next_due.map(|t| t.saturating_sub(now)).unwrap_or(3600);
         tokio::select! {
-            Some(id) = new_ids.recv() => { due.insert((now, id), ()); }
+            Some(queued) = new_ids.recv() => {
+                if let Some((envelope, message)) = queued.loaded
+                    && loaded_bytes + message.len() <= LOADED_BUDGET
+                {
+                    loaded_bytes += message.len();
+                    loaded.insert(queued.id.clone(), (envelope, message));
+                }
+                due.insert((now, queued.id), ());
+            }
             Some((id, next)) = done_rx.recv() => {
                 in_flight.remove(&id);
                 if let Some(at) = next { due.insert((at, id), ()); }
@@ -85,7 +107,9 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
                 let spool = relay.spool.clone();
                 if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || spool.list(Store::Queue)).await {
                     relay.metrics.set_queue(all.iter().map(|m| m.tenant.as_str()));
-                    due.clear();
+                    // Merged, not replaced: what arrived while the listing ran stays due. A
+                    // stale entry (an older time of a message, one removed meanwhile) costs
+                    // one look at the spool when it comes up.
                     for m in all {
                         if !in_flight.contains(&m.id) { due.insert((m.next_attempt, m.id), ()); }
                     }
@@ -102,6 +126,10 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
             }
             let id = id.clone();
             due.pop_first();
+            let preloaded = loaded.remove(&id);
+            if let Some((_, message)) = &preloaded {
+                loaded_bytes -= message.len();
+            }
             if !in_flight.insert(id.clone()) {
                 continue;
             }
@@ -109,22 +137,32 @@ pub async fn run(relay: Arc<Relay>, mut new_ids: mpsc::UnboundedReceiver<String>
             let outbound = outbound.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let next = attempt(&relay, &outbound, &id).await;
+                let next = attempt(&relay, &outbound, &id, preloaded).await;
                 let _ = done.send((id, next));
             });
         }
     }
 }
 
-/// One delivery attempt of a queued message. Returns when to try again, if ever.
-pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64> {
-    let spool = relay.spool.clone();
-    let owned = id.to_string();
-    let loaded = tokio::task::spawn_blocking(move || spool.envelope(Store::Queue, &owned)).await;
-    let mut envelope = match loaded {
-        Ok(Ok(envelope)) => envelope,
-        // Deleted meanwhile (delivered, or removed by an operator).
-        _ => return None,
+/// One delivery attempt of a queued message (`preloaded`: its envelope and bytes as just
+/// stored). Returns when to try again, if ever.
+pub async fn attempt(
+    relay: &Relay,
+    outbound: &Outbound,
+    id: &str,
+    preloaded: Option<(QueuedMessage, Arc<Vec<u8>>)>,
+) -> Option<u64> {
+    let (mut envelope, mut message) = match preloaded {
+        Some((envelope, message)) => (envelope, Some(message)),
+        None => {
+            let spool = relay.spool.clone();
+            let owned = id.to_string();
+            match tokio::task::spawn_blocking(move || spool.envelope(Store::Queue, &owned)).await {
+                Ok(Ok(envelope)) => (envelope, None),
+                // Deleted meanwhile (delivered, or removed by an operator).
+                _ => return None,
+            }
+        }
     };
     let now = spool::now_secs();
     if envelope.next_attempt > now {
@@ -142,7 +180,6 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
         }
     }
     // The message is read once, when the first group gets its slots.
-    let mut message: Option<Arc<Vec<u8>>> = None;
     for (hop, indices) in groups {
         let addresses: Vec<String> =
             indices.iter().map(|i| envelope.recipients[*i].address.clone()).collect();
@@ -153,9 +190,9 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
         let _slot = outbound.slots.clone().acquire_owned().await;
         let message = match &message {
             Some(m) => m.clone(),
-            None => match read_message(relay, id).await {
+            None => match read_message(relay, &envelope).await {
                 Some(bytes) => message.insert(bytes).clone(),
-                // Deleted meanwhile.
+                // Deleted meanwhile, or set aside as damaged.
                 None => return None,
             },
         };
@@ -236,7 +273,7 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
         }
     }
     if !newly_failed.is_empty() && !envelope.mail_from.is_empty() && message.is_none() {
-        message = read_message(relay, id).await;
+        message = read_message(relay, &envelope).await;
     }
     if !newly_failed.is_empty()
         && !envelope.mail_from.is_empty()
@@ -268,12 +305,29 @@ pub async fn attempt(relay: &Relay, outbound: &Outbound, id: &str) -> Option<u64
     Some(next)
 }
 
-/// A queued message's bytes, read off the async runtime (None if it is gone).
-async fn read_message(relay: &Relay, id: &str) -> Option<Arc<Vec<u8>>> {
+/// A queued message's bytes, read off the async runtime and checked against its envelope
+/// (None if it is gone). A message file that does not match its envelope — cut short by a
+/// crash before its 250, or damaged on disk since — is never delivered: it moves to the
+/// quarantine for an operator to look at.
+async fn read_message(relay: &Relay, envelope: &QueuedMessage) -> Option<Arc<Vec<u8>>> {
     let spool = relay.spool.clone();
-    let owned = id.to_string();
-    match tokio::task::spawn_blocking(move || spool.message(Store::Queue, &owned)).await {
+    let owned = envelope.clone();
+    let read = tokio::task::spawn_blocking(move || spool.checked_message(Store::Queue, &owned)).await;
+    match read {
         Ok(Ok(bytes)) => Some(Arc::new(bytes)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::error!(tenant = %envelope.tenant, id = %envelope.id, error = %e, "damaged message file: moved to the quarantine, not delivered");
+            let spool = relay.spool.clone();
+            let mut held = envelope.clone();
+            held.quarantine_reason = Some(format!("spool check failed: {e}"));
+            let moved =
+                tokio::task::spawn_blocking(move || spool.transfer(Store::Queue, Store::Quarantine, &held))
+                    .await;
+            if let Ok(Ok(())) = moved {
+                relay.metrics.queue(&envelope.tenant, -1);
+            }
+            None
+        }
         _ => None,
     }
 }

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""End-to-end throughput, Sluice against Postfix in the same run: smtp-source -> relay ->
+smtp-sink, with fsync on in both relays, alternating the relays run after run.
+
+Usage: python3 bench/throughput.py [--messages 20000] [--sessions 20] [--runs 5]
+                                   [--sizes 4096,102400] [--connections new,reuse]
+                                   [--setups direct,postfix,sluice,sluice+rust,sluice+js,sluice+python]
+                                   [--sluice PATH] [--tiny] [--keep]
+
+One command from a fresh clone (as root, for Debian's postfix package and a private Postfix
+instance): it installs Postfix if missing (its smtp-source and smtp-sink drive every run; no
+system instance is configured or started), builds Sluice and the shipped Rust policies in
+release mode (unless --sluice names a binary), and uses the JavaScript and Python policies if
+`policies/build.sh js python` has built them (those setups are skipped otherwise).
+
+Set-ups, each on its own loopback port and delivering to its own smtp-sink:
+  direct         smtp-source -> smtp-sink, the ceiling of the generator itself
+  postfix        a private Postfix instance (queue and configuration under the work folder),
+                 relayhost the sink: Debian's Postfix as a user would run it, fsync on
+  sluice         Sluice, no policies
+  sluice+rust    Sluice with every shipped Rust policy in one chain: sender-guard, rate-limit
+                 (a limit the run never reaches: the counting still happens), greylist (the
+                 benchmark's triplet passed greylisting before the runs, as a known sender's
+                 has), dnsbl (two zones, the loopback client checked too, against a local name
+                 server that answers NXDOMAIN), spam-heuristics
+  sluice+js      Sluice with the JavaScript url-guard policy (warm instances, 100 sessions each)
+  sluice+python  Sluice with the Python rules policy (warm instances, 100 sessions each)
+  postfix+rspamd Postfix with rspamd as its milter, when rspamd is installed (skipped otherwise)
+
+Sluice runs with its defaults otherwise: the embedded state store, the spool committing with
+fsync before every 250 (group commit), info logging to a file. For every message size and
+connection mode (new: a connection per message; reuse: smtp-source -d, 20 sessions each sending
+all their messages on one connection), each run of each set-up sends --messages messages and
+ends when the sink has received them all; the figure is messages / (first connection to last
+delivery). Runs alternate between set-ups; each waits for the relays' queues to be empty. The
+table gives the median of --runs, the ratio to Postfix, the share of the direct rate, and
+messages lost (sent but not received at the sink, summed over the runs; must be 0) and
+duplicates (received twice: allowed, counted).
+
+--tiny: 40 messages, 1 run, 4 KiB, new connections (CI checks that the script still starts).
+"""
+import argparse
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from benchlib import ROOT, Sink, finish, free_ports, need_postfix_tools, wait_port
+
+RELEASE_WASM = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
+SHIPPED_RUST = ["sender-guard", "rate-limit", "greylist", "dnsbl", "spam-heuristics"]
+SENDER = "sender@remote.test"
+RECIPIENT = "user@example.com"
+
+
+def nxdomain_server(port):
+    """A name server on loopback that answers every question NXDOMAIN, with an SOA whose
+    minimum lets resolvers cache the answer (as a real DNSBL's negative answers are)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+
+    def serve():
+        soa = (b"\x00" + struct.pack("!HHIH", 6, 1, 300, 22) + b"\x00\x00" +
+               struct.pack("!IIIII", 1, 3600, 600, 86400, 300))
+        while True:
+            data, addr = sock.recvfrom(4096)
+            try:
+                pos = 12
+                while data[pos] != 0:
+                    pos += data[pos] + 1
+                question = data[12:pos + 5]
+                header = data[:2] + struct.pack("!HHHHH", 0x8183, 1, 0, 1, 0)
+                sock.sendto(header + question + soa, addr)
+            except (IndexError, OSError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+class Postfix:
+    """A private Postfix instance: its own configuration and queue under `base`, smtpd on
+    loopback `port`, everything relayed to the sink. Stopped by stop()."""
+
+    def __init__(self, base, port, sink_port, milter=None):
+        self.conf = os.path.join(base, "etc")
+        self.spool = os.path.join(base, "spool")
+        data = os.path.join(base, "data")
+        for d in (self.conf, self.spool, data):
+            os.makedirs(d, exist_ok=True)
+        shutil.chown(data, "postfix")
+        shutil.copy("/etc/postfix/master.cf", self.conf)
+        if os.path.exists("/etc/postfix/dynamicmaps.cf"):
+            shutil.copy("/etc/postfix/dynamicmaps.cf", self.conf)
+        settings = {
+            "compatibility_level": "3.6", "config_directory": self.conf, "queue_directory": self.spool,
+            "data_directory": data, "myhostname": "relay.test", "mydomain": "relay.test",
+            "inet_interfaces": "127.0.0.1", "inet_protocols": "ipv4", "mynetworks": "127.0.0.0/8",
+            "mydestination": "", "local_recipient_maps": "", "alias_maps": "", "alias_database": "",
+            "local_transport": "error:5.1.1 local delivery disabled", "relay_domains": "example.com",
+            "relayhost": f"[127.0.0.1]:{sink_port}", "smtp_host_lookup": "native",
+            "smtp_dns_support_level": "disabled", "biff": "no", "notify_classes": "",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "maillog_file": os.path.join(base, "maillog"), "maillog_file_prefixes": f"/var, /dev/stdout, {base}",
+        }
+        if milter:
+            settings.update({"smtpd_milters": milter, "milter_default_action": "accept",
+                             "milter_protocol": "6"})
+        with open(os.path.join(self.conf, "main.cf"), "w") as f:
+            f.write("# Private instance of bench/throughput.py: loopback only, relays to the sink.\n")
+            f.write("".join(f"{k} = {v}\n" for k, v in settings.items()))
+        postconf = ["postconf", "-c", self.conf]
+        subprocess.run(postconf + ["-M#", "smtp/inet"], stderr=subprocess.DEVNULL)
+        subprocess.run(postconf + ["-Me", f"127.0.0.1:{port}/inet=127.0.0.1:{port} inet n - n - - smtpd"], check=True)
+        subprocess.run(postconf + ["-F", "*/*/chroot = n"], check=True)
+        subprocess.run(["postfix", "-c", self.conf, "check"], check=True)
+        subprocess.run(["postfix", "-c", self.conf, "start"], check=True)
+        self.port = port
+        wait_port(port)
+
+    def queued(self):
+        n = 0
+        for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _, _, files in os.walk(os.path.join(self.spool, sub)):
+                n += len(files)
+        return n
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", self.conf, "stop"], stderr=subprocess.DEVNULL)
+        pid_file = os.path.join(self.spool, "pid", "master.pid")
+        for _ in range(40):
+            try:
+                pid = int(open(pid_file).read().strip())
+                os.kill(pid, 0)
+            except (OSError, ValueError):
+                return
+            time.sleep(0.5)
+
+
+class Rspamd:
+    """rspamd with its packaged rules, a private run folder, and a milter proxy on `port`."""
+
+    def __init__(self, base, port):
+        os.makedirs(os.path.join(base, "local.d"), exist_ok=True)
+        with open(os.path.join(base, "local.d", "worker-proxy.inc"), "w") as f:
+            f.write(f'bind_socket = "127.0.0.1:{port}";\nmilter = yes;\nupstream "local" {{ default = yes; self_scan = yes; }}\n')
+        with open(os.path.join(base, "local.d", "options.inc"), "w") as f:
+            f.write('dns { nameserver = ["127.0.0.1:1"]; timeout = 0.1s; retransmits = 0; }\n')
+        self.proc = subprocess.Popen(
+            ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", "/etc/rspamd/rspamd.conf",
+             "--var", f"LOCAL_CONFDIR={base}", "--var", f"DBDIR={base}", "--var", f"RUNDIR={base}"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(base, "rspamd.log"), "wb"))
+        wait_port(port, process=self.proc)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Sluice:
+    """`sluice serve` in its own folder with `policies` (a TOML fragment) for its one tenant."""
+
+    def __init__(self, binary, base, port, sink_port, dns_port, policies, sync):
+        os.makedirs(base, exist_ok=True)
+        self.base = base
+        self.port = port
+        with open(os.path.join(base, "sluice.toml"), "w") as f:
+            f.write(f"""[server]
+hostname = "relay.test"
+listen = ["127.0.0.1:{port}"]
+max_connections = 4000
+max_connections_per_ip = 4000
+max_message_bytes = 10485760
+[spool]
+dir = "spool"
+sync = "{sync}"
+[dns]
+nameservers = ["127.0.0.1:{dns_port}"]
+[[tenant]]
+name = "bench"
+domains = ["example.com"]
+next_hop = "smtp:127.0.0.1:{sink_port}"
+{policies}""")
+        self.proc = subprocess.Popen([binary, "serve", "--config", "sluice.toml"], cwd=base,
+                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(base, "relay.log"), "wb"))
+        wait_port(port, timeout=300, process=self.proc)
+
+    def queued(self):
+        queue = os.path.join(self.base, "spool", "queue")
+        return sum(1 for name in os.listdir(queue) if name.endswith(".mail"))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def policy(path, config="", extra=""):
+    return f'[[tenant.policy]]\npath = "{path}"\n{extra}' + (f"config = {{ {config} }}\n" if config else "")
+
+
+def rust_chain():
+    wasm = lambda name: os.path.join(RELEASE_WASM, name.replace("-", "_") + ".wasm")  # noqa: E731
+    return "".join([
+        policy(wasm("sender-guard"), 'domains = "example.com"'),
+        policy(wasm("rate-limit"), 'messages = "100000000", recipients = "100000000", window_seconds = "60"'),
+        policy(wasm("greylist"), 'delay_seconds = "0"'),
+        policy(wasm("dnsbl"), 'zones = "zen.dnsbl.test,bl.dnsbl.test", check_non_public = "true"'),
+        policy(wasm("spam-heuristics")),
+    ])
+
+
+def smtp_source(port, messages, sessions, size, reuse):
+    args = ["smtp-source", "-c", "-m", str(messages), "-s", str(sessions), "-l", str(size),
+            "-f", SENDER, "-t", RECIPIENT]
+    if reuse:
+        args.append("-d")
+    args.append(f"127.0.0.1:{port}")
+    return subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def warm_up(port):
+    """Two messages through a relay before its runs: the greylist's triplet passes (delay 0:
+    the first is deferred, the second passes) and every policy is compiled and loaded."""
+    body = "Subject: warm-up\r\n\r\nhello\r\n"
+    for _ in range(2):
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+                s.sendmail(SENDER, [RECIPIENT], body)
+        except smtplib.SMTPException:
+            pass
+
+
+def one_run(relay, sink, args, size, reuse):
+    """Throughput of one run (msg/s) and messages lost (negative: duplicates)."""
+    deadline = time.time() + 600
+    while relay is not None and relay.queued() > 0 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    port = relay.port if relay is not None else sink.port
+    before = sink.count()
+    started = time.time()
+    out = smtp_source(port, args.messages, args.sessions, size, reuse)
+    if out.returncode != 0:
+        print(f"  smtp-source exited {out.returncode}: {out.stderr.decode(errors='replace')[-300:]}", file=sys.stderr)
+    deadline = time.time() + 600
+    while sink.count() - before < args.messages and time.time() < deadline:
+        time.sleep(0.02)
+    got = sink.count() - before
+    return got / (time.time() - started), args.messages - got
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--sizes", default="4096,102400")
+    ap.add_argument("--connections", default="new,reuse")
+    ap.add_argument("--setups", default="direct,postfix,postfix+rspamd,sluice,sluice+rust,sluice+js,sluice+python")
+    ap.add_argument("--sluice", help="the sluice binary (default: build target/release/sluice)")
+    ap.add_argument("--spool-sync", default="group", choices=["group", "file"],
+                    help="how Sluice's spool commits before a 250 ([spool] sync)")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    if args.tiny:
+        args.messages, args.runs, args.sizes, args.connections, args.sessions = 40, 1, "4096", "new", 5
+
+    need_postfix_tools()
+    setups = args.setups.split(",")
+    if args.sluice is not None:
+        args.sluice = os.path.abspath(args.sluice)
+    if args.sluice is None:
+        subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
+        args.sluice = os.path.join(ROOT, "target", "release", "sluice")
+    if "sluice+rust" in setups:
+        build = ["cargo", "build", "--release", "--target", "wasm32-wasip2"]
+        for name in SHIPPED_RUST:
+            build += ["-p", name]
+        subprocess.run(build, cwd=ROOT, check=True)
+    components = {"sluice+js": os.path.join(ROOT, "target", "policies", "js", "url-guard.wasm"),
+                  "sluice+python": os.path.join(ROOT, "target", "policies", "python", "rules.wasm")}
+    for setup, path in components.items():
+        if setup in setups and not os.path.exists(path):
+            print(f"{setup}: skipped, {path} is missing (build it with policies/build.sh)", file=sys.stderr)
+            setups.remove(setup)
+    if "postfix+rspamd" in setups and shutil.which("rspamd") is None:
+        print("postfix+rspamd: skipped, rspamd is not installed (apt-get install rspamd)", file=sys.stderr)
+        setups.remove("postfix+rspamd")
+
+    work = tempfile.mkdtemp(prefix="sluice-throughput-")
+    os.chmod(work, 0o755)  # Postfix's daemons run as user postfix
+    ports = free_ports(1 + 2 * len(setups))
+    dns_port = ports.pop()
+    nxdomain_server(dns_port)
+    relays = {}
+    sinks = {}
+    stoppers = []
+    try:
+        for setup in setups:
+            # Each set-up has its own next hop: a late delivery of one never counts for another.
+            port, sink_port = ports.pop(), ports.pop()
+            sinks[setup] = Sink(sink_port, work, setup.replace("+", "-"))
+            sinks[setup].port = sink_port
+            stoppers.append(sinks[setup])
+            base = os.path.join(work, setup.replace("+", "-"))
+            if setup == "direct":
+                relays[setup] = None
+            elif setup == "postfix":
+                relays[setup] = Postfix(base, port, sink_port)
+            elif setup == "postfix+rspamd":
+                milter_port = free_ports(1)[0]
+                stoppers.append(Rspamd(base + "-rspamd", milter_port))
+                relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")
+            else:
+                chain = {
+                    "sluice": "",
+                    "sluice+rust": rust_chain(),
+                    "sluice+js": policy(components["sluice+js"], extra="sessions_per_instance = 100\n"),
+                    "sluice+python": policy(
+                        components["sluice+python"],
+                        '"rule.SUBJ_INVOICE_URGENT" = "subject /invoice.*urgent/i 16.0", '
+                        '"rule.BODY_WIRE" = "body /wire transfer/i 3.0"',
+                        extra="sessions_per_instance = 100\n"),
+                }[setup]
+                relays[setup] = Sluice(args.sluice, base, port, sink_port, dns_port, chain, args.spool_sync)
+            if relays[setup] is not None:
+                stoppers.append(relays[setup])
+                warm_up(relays[setup].port)
+
+        cases = [(int(size), conn) for size in args.sizes.split(",") for conn in args.connections.split(",")]
+        print(f"{args.messages} messages per run, {args.sessions} sessions, median of {args.runs} runs "
+              f"(set-ups alternating); {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+        results = {}
+        for size, conn in cases:
+            for run in range(args.runs):
+                for setup in setups:
+                    rate, lost = one_run(relays[setup], sinks[setup], args, size, conn == "reuse")
+                    results.setdefault((size, conn, setup), []).append((rate, lost))
+                    print(f"  {size // 1024} KiB {conn:<5} run {run + 1} {setup:<14} {rate:8.1f} msg/s"
+                          + (f"  LOST {lost}" if lost > 0 else f"  duplicates {-lost}" if lost else ""),
+                          file=sys.stderr, flush=True)
+
+        print(f"\n{'size':>7} {'connection':<10} {'set-up':<15} {'msg/s':>8} {'min':>8} {'max':>8} "
+              f"{'x Postfix':>9} {'of direct':>9} {'lost':>5} {'dup':>4}")
+        for size, conn in cases:
+            med = {s: statistics.median(r for r, _ in results[(size, conn, s)]) for s in setups}
+            for setup in setups:
+                rates = [r for r, _ in results[(size, conn, setup)]]
+                lost = sum(max(n, 0) for _, n in results[(size, conn, setup)])
+                dup = sum(max(-n, 0) for _, n in results[(size, conn, setup)])
+                ratio = f"{med[setup] / med['postfix']:.2f}" if "postfix" in med else "-"
+                direct = f"{100 * med[setup] / med['direct']:.0f}%" if "direct" in med else "-"
+                print(f"{size // 1024:>4} KiB {conn:<10} {setup:<15} {med[setup]:8.1f} {min(rates):8.1f} "
+                      f"{max(rates):8.1f} {ratio:>9} {direct:>9} {lost:>5} {dup:>4}")
+            if "sluice" in med and "sluice+rust" in med:
+                print(f"{'':>7} {'':<10} Rust chain overhead: {100 * (1 - med['sluice+rust'] / med['sluice']):.1f}% "
+                      "of the no-policy throughput")
+        if any(n > 0 for rs in results.values() for _, n in rs):
+            sys.exit("messages were lost")
+    finally:
+        for s in reversed(stoppers):
+            s.stop()
+        finish(work, args.keep)
+
+
+if __name__ == "__main__":
+    main()
