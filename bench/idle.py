@@ -16,7 +16,6 @@ the end of that count. Needs a file limit above the largest count (raised to the
 import argparse
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
