@@ -2,11 +2,13 @@
 """Memory per idle connection: Sluice's resident memory with 1,000 and 10,000 open, idle SMTP
 sessions.
 
-Usage: python3 bench/idle.py [--counts 1000,10000] [--sluice PATH] [--ehlo] [--keep]
+Usage: python3 bench/idle.py [--counts 1000,10000] [--sluice PATH] [--ehlo] [--chain data|all] [--keep]
 
-Builds Sluice in release mode unless --sluice names a binary (and the policy), starts `sluice serve` on loopback
-(one tenant with the shipped spam-heuristics policy, so the policy engine is loaded as in
-production; limits raised to 12,000 connections), then opens connections from this process in
+Builds Sluice in release mode unless --sluice names a binary (and the shipped Rust policies),
+starts `sluice serve` on loopback with one tenant and limits raised to 12,000 connections —
+its chain the spam-heuristics policy (--chain data, the default: no hook before DATA, so an
+idle session holds no policy instance) or all five shipped Rust policies (--chain all: dnsbl
+hooks connect and sender-guard helo, so every idle session holds their instances) — then opens connections from this process in
 batches, reads each one's 220 greeting (and, with --ehlo, sends EHLO and reads the reply), and
 leaves them idle. For each count it prints the relay's RSS (VmRSS of /proc/PID/status) before
 the first connection and with every connection open, the peak (VmHWM), and the difference per
@@ -24,6 +26,8 @@ import tempfile
 import time
 
 from benchlib import ROOT, WASM, finish, free_ports, wait_port
+
+SHIPPED = ["sender-guard", "rate-limit", "greylist", "dnsbl", "spam-heuristics"]
 
 
 def status(pid, key):
@@ -46,8 +50,9 @@ def open_idle(port, count, ehlo):
             fresh.append(s)
         for s in fresh:
             s.settimeout(60)
-            if not s.recv(512).startswith(b"220"):
-                sys.exit("no greeting")
+            greeting = s.recv(512)
+            if not greeting.startswith(b"220"):
+                sys.exit(f"connection {len(conns) + 1}: no greeting but {greeting[:200]!r}")
             if ehlo:
                 s.sendall(b"EHLO idle.test\r\n")
                 reply = b""
@@ -62,6 +67,7 @@ def main():
     ap.add_argument("--counts", default="1000,10000")
     ap.add_argument("--sluice", help="the sluice binary (default: build target/release/sluice)")
     ap.add_argument("--ehlo", action="store_true", help="send EHLO on each connection before leaving it idle")
+    ap.add_argument("--chain", choices=["data", "all"], default="data")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -75,11 +81,12 @@ def main():
     else:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")
-    subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip2", "-p", "spam-heuristics"],
-                   cwd=ROOT, check=True)
-    policy = os.path.join(WASM, "spam_heuristics.wasm")
-    if not os.path.exists(policy):
-        sys.exit(f"{policy} is missing: cargo build --release --target wasm32-wasip2 -p spam-heuristics")
+    names = ["spam-heuristics"] if args.chain == "data" else SHIPPED
+    build = ["cargo", "build", "--release", "--target", "wasm32-wasip2"]
+    subprocess.run(build + [arg for name in names for arg in ("-p", name)], cwd=ROOT, check=True)
+    configs = {"sender-guard": 'config = { domains = "example.com" }\n'}
+    chain = "".join(f'[[tenant.policy]]\npath = "{os.path.join(WASM, name.replace("-", "_"))}.wasm"\n'
+                    + configs.get(name, "") for name in names)
 
     print(f"{'connections':>11} {'RSS before':>11} {'RSS open':>10} {'peak':>10} {'per connection':>15}")
     for count in counts:
@@ -97,9 +104,7 @@ dir = "spool"
 name = "idle"
 domains = ["example.com"]
 next_hop = "smtp:127.0.0.1:{sink}"
-[[tenant.policy]]
-path = "{policy}"
-""")
+{chain}""")
         relay = subprocess.Popen([args.sluice, "serve", "--config", "sluice.toml"], cwd=work,
                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "relay.log"), "wb"))
         try:

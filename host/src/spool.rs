@@ -270,6 +270,11 @@ impl Spool {
         if durable { sync_dir(self.dir(store)) } else { Ok(()) }
     }
 
+    /// Whether `id` is in `store` (one `stat`).
+    pub fn contains(&self, store: Store, id: &str) -> bool {
+        self.path(store, id).is_ok_and(|path| path.exists())
+    }
+
     /// Remove a message.
     pub fn remove(&self, store: Store, id: &str) -> io::Result<()> {
         fs::remove_file(self.path(store, id)?)?;

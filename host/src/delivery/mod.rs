@@ -153,6 +153,9 @@ pub async fn attempt(
     preloaded: Option<(QueuedMessage, Arc<Vec<u8>>)>,
 ) -> Option<u64> {
     let (mut envelope, mut message) = match preloaded {
+        // A rescan may have found the file before its session's notice came, and delivered
+        // it already: only a message still in the spool is delivered.
+        Some(_) if !relay.spool.contains(Store::Queue, id) => return None,
         Some((envelope, message)) => (envelope, Some(message)),
         None => {
             let spool = relay.spool.clone();

@@ -281,7 +281,9 @@ impl PolicyEngine {
             .total_core_instances(n.saturating_mul(16))
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(4))
-            .total_stacks(n.min(512))
+            // A live instance keeps its fiber stack between calls: one per instance, or idle
+            // sessions holding instances would run out of stacks long before connections.
+            .total_stacks(n)
             .max_core_instances_per_component(64)
             .max_memories_per_component(8)
             .max_tables_per_component(16)
