@@ -187,16 +187,21 @@ impl ParsedMessage {
         let join_bodies = |parts: Vec<Cow<'_, str>>| -> Option<String> {
             if parts.is_empty() { None } else { Some(parts.join("\n")) }
         };
-        let text_parts: Vec<Cow<'_, str>> =
-            (0..msg.text_body_count()).filter_map(|i| msg.body_text(i)).collect();
-        let html_parts: Vec<Cow<'_, str>> =
-            (0..msg.html_body_count()).filter_map(|i| msg.body_html(i)).collect();
-        // A text/html-only message answers body_text with a rendering of the HTML; keep only
-        // genuine text/plain parts as the text body.
+        // A text/html-only message answers body_text with a rendering of the HTML (and a
+        // text-only one body_html with a rendering of the text); keep only genuine parts, and
+        // do not render what is not kept.
         let has_plain = msg.text_bodies().any(|p| !p.is_text_html());
-        let mut text_body = if has_plain { join_bodies(text_parts) } else { None };
+        let mut text_body = if has_plain {
+            join_bodies((0..msg.text_body_count()).filter_map(|i| msg.body_text(i)).collect())
+        } else {
+            None
+        };
         let has_html = msg.html_bodies().any(|p| p.is_text_html());
-        let mut html_body = if has_html { join_bodies(html_parts) } else { None };
+        let mut html_body = if has_html {
+            join_bodies((0..msg.html_body_count()).filter_map(|i| msg.body_html(i)).collect())
+        } else {
+            None
+        };
         // A message whose only text mail-parser filed as an attachment (an unterminated
         // multipart, say): an unnamed, non-attachment text part is still what the reader sees.
         if text_body.is_none() && html_body.is_none() {
