@@ -38,6 +38,24 @@ def wait_port(port, timeout=60, process=None):
     sys.exit(f"nothing listens on {port}")
 
 
+def server_config(port, connections, per_ip=None, server="", spool=""):
+    """The `[server]` and `[spool]` sections every benchmark's relay starts from: loopback
+    `port`, `connections` at once (`per_ip` from one address: the same by default), the spool
+    in the working folder; `server` and `spool` add lines to each."""
+    return (f'[server]\nhostname = "relay.test"\nlisten = ["127.0.0.1:{port}"]\n'
+            f"max_connections = {connections}\nmax_connections_per_ip = {per_ip or connections}\n{server}"
+            f'[spool]\ndir = "spool"\n{spool}')
+
+
+def start_sluice(binary, work, config, env=None):
+    """Write `config` to WORK/sluice.toml and start `sluice serve` on it in WORK, its log in
+    WORK/relay.log. Returns the process (wait for its port with wait_port)."""
+    with open(os.path.join(work, "sluice.toml"), "w") as f:
+        f.write(config)
+    return subprocess.Popen([os.path.abspath(binary), "serve", "--config", os.path.join(work, "sluice.toml")], cwd=work,
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "relay.log"), "wb"))
+
+
 def finish(work, keep):
     """Remove a run's working folder, or say where it is kept."""
     if keep:

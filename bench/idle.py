@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import ROOT, WASM, finish, free_ports, wait_port
+from benchlib import ROOT, WASM, finish, free_ports, server_config, start_sluice, wait_port
 
 SHIPPED = ["sender-guard", "rate-limit", "greylist", "dnsbl", "spam-heuristics"]
 
@@ -76,9 +76,7 @@ def main():
     if hard != resource.RLIM_INFINITY and hard < need:
         sys.exit(f"the file limit ({hard}) is below {need}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
-    if args.sluice is not None:
-        args.sluice = os.path.abspath(args.sluice)
-    else:
+    if args.sluice is None:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")
     names = ["spam-heuristics"] if args.chain == "data" else SHIPPED
@@ -92,21 +90,12 @@ def main():
     for count in counts:
         work = tempfile.mkdtemp(prefix="sluice-idle-")
         port, sink = free_ports(2)
-        with open(os.path.join(work, "sluice.toml"), "w") as f:
-            f.write(f"""[server]
-hostname = "relay.test"
-listen = ["127.0.0.1:{port}"]
-max_connections = 12000
-max_connections_per_ip = 12000
-[spool]
-dir = "spool"
-[[tenant]]
+        config = server_config(port, 12000) + f"""[[tenant]]
 name = "idle"
 domains = ["example.com"]
 next_hop = "smtp:127.0.0.1:{sink}"
-{chain}""")
-        relay = subprocess.Popen([args.sluice, "serve", "--config", "sluice.toml"], cwd=work,
-                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "relay.log"), "wb"))
+{chain}"""
+        relay = start_sluice(args.sluice, work, config)
         try:
             wait_port(port, timeout=300, process=relay)
             time.sleep(1)

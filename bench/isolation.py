@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import ROOT, WASM, Sink, free_ports, wait_port
+from benchlib import ROOT, WASM, Sink, free_ports, server_config, start_sluice, wait_port
 
 
 def config(port, steady_sink, noisy_sink, noisy_fault):
@@ -45,15 +45,7 @@ def config(port, steady_sink, noisy_sink, noisy_fault):
         probe_config = f'fault = "{noisy_fault}", fault_stage = "rcpt"'
     else:
         probe_config = 'header = "X-Probe: healthy"'
-    return f"""
-[server]
-hostname = "relay.test"
-listen = ["127.0.0.1:{port}"]
-max_connections = 2000
-max_connections_per_ip = 2000
-[spool]
-dir = "spool"
-[state]
+    return server_config(port, 2000) + f"""[state]
 backend = "memory"
 [relay]
 trusted_networks = []
@@ -118,11 +110,8 @@ def measure(args, noisy_fault, with_neighbour):
     workdir = tempfile.mkdtemp(prefix="sluice-isolation-")
     port, steady_port, noisy_port = free_ports(3)
     steady_sink, noisy_sink = Sink(steady_port, workdir, "steady"), Sink(noisy_port, workdir, "noisy")
-    with open(os.path.join(workdir, "sluice.toml"), "w") as f:
-        f.write(config(port, steady_port, noisy_port, noisy_fault))
     env = dict(os.environ, SLUICE_LOG="error")
-    relay = subprocess.Popen([args.sluice, "serve", "--config", os.path.join(workdir, "sluice.toml")],
-                             cwd=workdir, env=env, stderr=open(os.path.join(workdir, "relay.log"), "wb"))
+    relay = start_sluice(args.sluice, workdir, config(port, steady_port, noisy_port, noisy_fault), env)
     rates = []
     noisy = None
     try:

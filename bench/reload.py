@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 
-from benchlib import ROOT, WASM, free_ports, wait_port
+from benchlib import ROOT, WASM, free_ports, server_config, start_sluice, wait_port
 
 
 def deploy(target, data):
@@ -123,15 +123,7 @@ class Relay:
         self.filter = os.path.join(self.work, "policies", "filter.wasm")
         deploy(self.filter, first_policy)
         self.port, self.admin, sink_port = free_ports(3)
-        with open(os.path.join(self.work, "sluice.toml"), "w") as f:
-            f.write(f"""[server]
-hostname = "relay.test"
-listen = ["127.0.0.1:{self.port}"]
-max_connections = 2000
-max_connections_per_ip = 1000
-[spool]
-dir = "spool"
-[admin]
+        config = server_config(self.port, 2000, per_ip=1000) + f"""[admin]
 listen = "127.0.0.1:{self.admin}"
 [relay]
 trusted_networks = ["127.0.0.0/8"]
@@ -144,14 +136,12 @@ domains = ["example.test"]
 next_hop = "smtp:127.0.0.1:{sink_port}"
 [[tenant.policy]]
 path = "policies/filter.wasm"
-""")
+"""
         self.sink = subprocess.Popen([sys.executable, os.path.join(ROOT, "host/tests/support/sink.py"),
                                       str(sink_port), os.path.join(self.work, "sink")], stdout=subprocess.PIPE)
         self.sink.stdout.readline()
-        self.log = open(os.path.join(self.work, "relay.log"), "w")
         env = dict(os.environ, SLUICE_CACHE_DIR=os.path.join(self.work, "cache"), SLUICE_LOG="info")
-        self.relay = subprocess.Popen([sluice, "serve", "--config", os.path.join(self.work, "sluice.toml")],
-                                      stderr=self.log, env=env)
+        self.relay = start_sluice(sluice, self.work, config, env)
         wait_port(self.port, process=self.relay)
         wait_port(self.admin, process=self.relay)
 
@@ -159,7 +149,6 @@ path = "policies/filter.wasm"
         self.relay.terminate()
         self.relay.wait()
         self.sink.terminate()
-        self.log.close()
         if keep:
             print(f"working directory kept: {self.work}")
         else:

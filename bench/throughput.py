@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import ROOT, Sink, finish, free_ports, need_postfix_tools, wait_port
+from benchlib import ROOT, Sink, finish, free_ports, need_postfix_tools, server_config, start_sluice, wait_port
 
 RELEASE_WASM = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
 SHIPPED_RUST = ["sender-guard", "rate-limit", "greylist", "dnsbl", "spam-heuristics"]
@@ -171,25 +171,15 @@ class Sluice:
         os.makedirs(base, exist_ok=True)
         self.base = base
         self.port = port
-        with open(os.path.join(base, "sluice.toml"), "w") as f:
-            f.write(f"""[server]
-hostname = "relay.test"
-listen = ["127.0.0.1:{port}"]
-max_connections = 4000
-max_connections_per_ip = 4000
-max_message_bytes = 10485760
-[spool]
-dir = "spool"
-sync = "{sync}"
-[dns]
+        config = server_config(port, 4000, server="max_message_bytes = 10485760\n", spool=f'sync = "{sync}"\n')
+        config += f"""[dns]
 nameservers = ["127.0.0.1:{dns_port}"]
 [[tenant]]
 name = "bench"
 domains = ["example.com"]
 next_hop = "smtp:127.0.0.1:{sink_port}"
-{policies}""")
-        self.proc = subprocess.Popen([binary, "serve", "--config", "sluice.toml"], cwd=base,
-                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(base, "relay.log"), "wb"))
+{policies}"""
+        self.proc = start_sluice(binary, base, config)
         wait_port(port, timeout=300, process=self.proc)
 
     def queued(self):
@@ -279,8 +269,6 @@ def main():
 
     need_postfix_tools()
     setups = args.setups.split(",")
-    if args.sluice is not None:
-        args.sluice = os.path.abspath(args.sluice)
     if args.sluice is None:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")

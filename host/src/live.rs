@@ -583,7 +583,7 @@ impl Relay {
     pub fn watch(self: &Arc<Self>) -> Result<(), String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Event>();
         let relay = self.clone();
-        let mut files = relay.watched_files();
+        let files = relay.watched_files();
         // Events are sorted on the watcher's own thread: the watched directories may hold
         // busy files (a log the relay writes, say), whose events never reach the runtime.
         let shared = Arc::new(std::sync::Mutex::new(files.clone()));
@@ -600,25 +600,22 @@ impl Relay {
         let mut watched: HashSet<PathBuf> = HashSet::new();
         sync_watches(&mut watcher, &mut watched, &files);
         tokio::spawn(async move {
+            // Only relevant events arrive (the watcher's thread sorted them out).
             while let Some(event) = rx.recv().await {
-                if !relevant(&event, &files) {
-                    continue;
-                }
                 // Quiet period: more events for these files restart it (other files in the
-                // same directories, such as a log being written, do not).
+                // same directories, such as a log being written, never get here).
                 let mut quiet_until = tokio::time::Instant::now() + quiet_after(&event);
                 loop {
                     match tokio::time::timeout_at(quiet_until, rx.recv()).await {
-                        Ok(Some(event)) if relevant(&event, &files) => {
+                        Ok(Some(event)) => {
                             quiet_until = tokio::time::Instant::now() + quiet_after(&event);
                         }
-                        Ok(Some(_)) => {}
                         Ok(None) => return,
                         Err(_) => break,
                     }
                 }
                 relay.reload("file change").await;
-                files = relay.watched_files();
+                let files = relay.watched_files();
                 if let Ok(mut current) = shared.lock() {
                     current.clone_from(&files);
                 }

@@ -5,8 +5,8 @@
 //! message as it will be delivered. One file per message keeps the file system's work per
 //! message to a create and an unlink — on a busy relay the directory operations, not the
 //! bytes, are what the kernel spends its time on. The file is written in place: a file that
-//! a crash cut short fails its length or CRC check, is removed at start (it never got a 250),
-//! and is never delivered. Delivery progress rewrites the file under a temporary name and
+//! a crash cut short (it never got a 250) fails its length check and is removed at start; a
+//! file whose CRC fails is never delivered. Delivery progress rewrites the file under a temporary name and
 //! renames it over the old one.
 //!
 //! Only once the file is on disk does the client get `250 queued as ID`. How it gets there is
@@ -208,11 +208,6 @@ impl Spool {
         Ok(Self { queue, quarantine, mode, group: GroupSync::new(dir)? })
     }
 
-    /// How this spool commits.
-    pub fn mode(&self) -> SyncMode {
-        self.mode
-    }
-
     fn dir(&self, store: Store) -> &Path {
         match store {
             Store::Queue => &self.queue,
@@ -253,7 +248,7 @@ impl Spool {
     pub fn update(&self, store: Store, envelope: &QueuedMessage) -> io::Result<()> {
         let path = self.path(store, &envelope.id)?;
         let old = fs::read(&path)?;
-        let (_, message, _) = decode(&old)?;
+        let (_, _, message) = decode(&old)?;
         let bytes = encode(envelope, message)?;
         let tmp = self.dir(store).join(format!(".{}.{}.tmp", envelope.id, new_id()));
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -285,19 +280,14 @@ impl Spool {
     /// `InvalidData` if they differ (a write a crash cut short, or damage on disk since).
     pub fn message(&self, store: Store, id: &str) -> io::Result<Vec<u8>> {
         let bytes = fs::read(self.path(store, id)?)?;
-        let (_, message, intact) = decode(&bytes)?;
-        if !intact {
+        let (header, envelope, message) = decode(&bytes)?;
+        if !header.matches(envelope, message) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("spool file of {id} fails its CRC check"),
             ));
         }
         Ok(message.to_vec())
-    }
-
-    /// The message bytes of `envelope` (see [`Spool::message`]).
-    pub fn checked_message(&self, store: Store, envelope: &QueuedMessage) -> io::Result<Vec<u8>> {
-        self.message(store, &envelope.id)
     }
 
     /// One envelope (the message is not read). `InvalidData` for a file whose length is not
@@ -340,35 +330,41 @@ impl Spool {
     pub fn recover(&self, store: Store) -> io::Result<Vec<QueuedMessage>> {
         let dir = self.dir(store);
         let names = self.names(store)?;
+        let mut envelopes = Vec::new();
         for name in &names {
             let path = dir.join(name);
             if name.starts_with('.') && name.ends_with(".tmp") {
                 let _ = fs::remove_file(&path);
             } else if let Some(id) = name.strip_suffix(".json") {
-                self.convert_legacy(store, id)?;
+                envelopes.extend(self.convert_legacy(store, id)?);
             } else if let Some(id) = name.strip_suffix(".msg")
                 && !names.iter().any(|n| n.strip_suffix(".json") == Some(id))
             {
                 tracing::warn!(id, "removing a message file without envelope (never acknowledged)");
                 let _ = fs::remove_file(&path);
             } else if let Some(id) = name.strip_suffix(&format!(".{EXTENSION}")) {
-                let complete = fs::read(&path).and_then(|bytes| {
-                    let (envelope, message, _) = decode(&bytes)?;
+                // Read whole once: its length checked against the header (the CRC is checked
+                // when it is delivered), its envelope kept.
+                let read = fs::read(&path).and_then(|bytes| {
+                    let (_, envelope, _) = decode(&bytes)?;
                     serde_json::from_slice::<QueuedMessage>(envelope)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    Ok(message.len())
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
                 });
-                if let Err(e) = complete {
-                    tracing::warn!(id, error = %e, "removing an incomplete spool file (never acknowledged)");
-                    let _ = fs::remove_file(&path);
+                match read {
+                    Ok(envelope) => envelopes.push(envelope),
+                    Err(e) => {
+                        tracing::warn!(id, error = %e, "removing an incomplete spool file (never acknowledged)");
+                        let _ = fs::remove_file(&path);
+                    }
                 }
             }
         }
-        self.list(store)
+        Ok(envelopes)
     }
 
-    /// A message in the two-file layout of earlier versions, rewritten as one spool file.
-    fn convert_legacy(&self, store: Store, id: &str) -> io::Result<()> {
+    /// A message in the two-file layout of earlier versions, rewritten as one spool file; its
+    /// envelope, or None if it was unreadable (and removed).
+    fn convert_legacy(&self, store: Store, id: &str) -> io::Result<Option<QueuedMessage>> {
         let dir = self.dir(store);
         let (json, msg) = (dir.join(format!("{id}.json")), dir.join(format!("{id}.msg")));
         let envelope: QueuedMessage = match fs::read(&json).map(|b| serde_json::from_slice(&b)) {
@@ -377,7 +373,7 @@ impl Spool {
                 tracing::warn!(id, "removing an unreadable envelope of the earlier spool layout");
                 let _ = fs::remove_file(&json);
                 let _ = fs::remove_file(&msg);
-                return Ok(());
+                return Ok(None);
             }
         };
         let message = fs::read(&msg)?;
@@ -388,7 +384,8 @@ impl Spool {
         sync_dir(dir)?;
         fs::remove_file(&json)?;
         fs::remove_file(&msg)?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        Ok(Some(envelope))
     }
 
     /// Every envelope in `store`, oldest first, touching nothing: safe while messages are
@@ -396,9 +393,7 @@ impl Spool {
     pub fn list(&self, store: Store) -> io::Result<Vec<QueuedMessage>> {
         let mut envelopes = Vec::new();
         for name in self.names(store)? {
-            if let Some(id) = name.strip_suffix(&format!(".{EXTENSION}"))
-                && !name.starts_with('.')
-            {
+            if let Some(id) = name.strip_suffix(&format!(".{EXTENSION}")) {
                 match self.envelope(store, id) {
                     Ok(envelope) => envelopes.push(envelope),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -428,7 +423,7 @@ impl Spool {
     /// message moves as it is, even if it fails its check.
     pub fn transfer(&self, from: Store, to: Store, envelope: &QueuedMessage) -> io::Result<()> {
         let bytes = fs::read(self.path(from, &envelope.id)?)?;
-        let (_, message, _) = decode(&bytes)?;
+        let (_, _, message) = decode(&bytes)?;
         self.store(to, envelope, message)?;
         self.remove(from, &envelope.id)
     }
@@ -475,14 +470,24 @@ impl Header {
     fn total(&self) -> usize {
         self.envelope_end().saturating_add(1).saturating_add(self.message_len)
     }
+
+    /// Whether `envelope` and `message` are what the header's CRC-32 was made of.
+    fn matches(&self, envelope: &[u8], message: &[u8]) -> bool {
+        crc_of(envelope, message) == self.crc
+    }
+}
+
+/// The CRC-32 of a spool file: over the envelope, then the message.
+fn crc_of(envelope: &[u8], message: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(envelope);
+    crc.update(message);
+    crc.finalize()
 }
 
 fn encode(envelope: &QueuedMessage, message: &[u8]) -> io::Result<Vec<u8>> {
     let json = serde_json::to_vec(envelope).map_err(io::Error::other)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&json);
-    crc.update(message);
-    let header = format!("{MAGIC} {} {} {:08x}\n", json.len(), message.len(), crc.finalize());
+    let header = format!("{MAGIC} {} {} {:08x}\n", json.len(), message.len(), crc_of(&json, message));
     let mut out = Vec::with_capacity(header.len() + json.len() + 1 + message.len());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&json);
@@ -491,9 +496,9 @@ fn encode(envelope: &QueuedMessage, message: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Envelope bytes, message bytes, and whether the CRC matches. `InvalidData` if the file is
-/// not as long as its header says.
-fn decode(bytes: &[u8]) -> io::Result<(&[u8], &[u8], bool)> {
+/// Header, envelope bytes and message bytes (the CRC is not checked: [`Header::matches`]).
+/// `InvalidData` if the file is not as long as its header says.
+fn decode(bytes: &[u8]) -> io::Result<(Header, &[u8], &[u8])> {
     let header = Header::parse(bytes)?;
     if bytes.len() != header.total() {
         return Err(io::Error::new(
@@ -503,10 +508,7 @@ fn decode(bytes: &[u8]) -> io::Result<(&[u8], &[u8], bool)> {
     }
     let envelope = &bytes[header.start..header.envelope_end()];
     let message = &bytes[header.envelope_end() + 1..];
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(envelope);
-    crc.update(message);
-    Ok((envelope, message, crc.finalize() == header.crc))
+    Ok((header, envelope, message))
 }
 
 /// fsync a directory, making renames and removals in it durable.
@@ -536,6 +538,13 @@ mod tests {
         }
     }
 
+    /// A new spool in a folder of its own.
+    fn temp_spool(mode: SyncMode) -> (PathBuf, Spool) {
+        let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+        let spool = Spool::open_with(&dir, mode).unwrap();
+        (dir, spool)
+    }
+
     fn queue_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir.join("queue"))
             .unwrap()
@@ -548,8 +557,7 @@ mod tests {
     #[test]
     fn store_recover_remove() {
         for mode in [SyncMode::Group, SyncMode::File] {
-            let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
-            let spool = Spool::open_with(&dir, mode).unwrap();
+            let (dir, spool) = temp_spool(mode);
             let id = new_id();
             let body = b"Subject: x\r\n\r\nhi\r\n";
             spool.store(Store::Queue, &envelope(&id), body).unwrap();
@@ -587,8 +595,7 @@ mod tests {
     /// is, but still movable (to the quarantine) for an operator to look at.
     #[test]
     fn damaged_message_is_detected() {
-        let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
-        let spool = Spool::open(&dir).unwrap();
+        let (dir, spool) = temp_spool(SyncMode::Group);
         let id = new_id();
         spool.store(Store::Queue, &envelope(&id), b"Subject: x\r\n\r\nwhole body\r\n").unwrap();
         let path = dir.join("queue").join(format!("{id}.mail"));
@@ -596,7 +603,7 @@ mod tests {
         let last = bytes.len() - 3;
         bytes[last] ^= 0x20;
         fs::write(&path, &bytes).unwrap();
-        let err = spool.checked_message(Store::Queue, &envelope(&id)).unwrap_err();
+        let err = spool.message(Store::Queue, &id).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         spool.transfer(Store::Queue, Store::Quarantine, &envelope(&id)).unwrap();
         assert!(spool.message(Store::Quarantine, &id).is_ok(), "stored again with its own CRC");
@@ -607,8 +614,7 @@ mod tests {
     /// at start.
     #[test]
     fn earlier_layout_is_converted() {
-        let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
-        let spool = Spool::open(&dir).unwrap();
+        let (dir, spool) = temp_spool(SyncMode::Group);
         let id = new_id();
         let queue = dir.join("queue");
         fs::write(queue.join(format!("{id}.json")), serde_json::to_vec(&envelope(&id)).unwrap()).unwrap();
@@ -624,8 +630,8 @@ mod tests {
     /// writes, and everything is there.
     #[test]
     fn group_commit_under_concurrency() {
-        let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
-        let spool = std::sync::Arc::new(Spool::open(&dir).unwrap());
+        let (dir, spool) = temp_spool(SyncMode::Group);
+        let spool = std::sync::Arc::new(spool);
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let spool = spool.clone();

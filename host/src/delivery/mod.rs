@@ -314,8 +314,8 @@ pub async fn attempt(
 /// quarantine for an operator to look at.
 async fn read_message(relay: &Relay, envelope: &QueuedMessage) -> Option<Arc<Vec<u8>>> {
     let spool = relay.spool.clone();
-    let owned = envelope.clone();
-    let read = tokio::task::spawn_blocking(move || spool.checked_message(Store::Queue, &owned)).await;
+    let id = envelope.id.clone();
+    let read = tokio::task::spawn_blocking(move || spool.message(Store::Queue, &id)).await;
     match read {
         Ok(Ok(bytes)) => Some(Arc::new(bytes)),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
