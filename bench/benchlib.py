@@ -49,11 +49,19 @@ def server_config(port, connections, per_ip=None, server="", spool=""):
 
 def start_sluice(binary, work, config, env=None):
     """Write `config` to WORK/sluice.toml and start `sluice serve` on it in WORK, its log in
-    WORK/relay.log. Returns the process (wait for its port with wait_port)."""
+    relay_log(WORK) — not beside the configuration: the relay watches the configuration's
+    folder, and a log written there would wake its watcher at every line (keep busy files
+    out of it in production too). Returns the process (wait for its port with wait_port)."""
     with open(os.path.join(work, "sluice.toml"), "w") as f:
         f.write(config)
     return subprocess.Popen([os.path.abspath(binary), "serve", "--config", os.path.join(work, "sluice.toml")], cwd=work,
-                            env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "relay.log"), "wb"))
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(relay_log(work), "wb"))
+
+
+def relay_log(work):
+    """Where start_sluice writes the relay's log: WORK/log/relay.log."""
+    os.makedirs(os.path.join(work, "log"), exist_ok=True)
+    return os.path.join(work, "log", "relay.log")
 
 
 def finish(work, keep):

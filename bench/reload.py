@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 
-from benchlib import ROOT, WASM, free_ports, server_config, start_sluice, wait_port
+from benchlib import ROOT, WASM, free_ports, relay_log, server_config, start_sluice, wait_port
 
 
 def deploy(target, data):
@@ -281,7 +281,7 @@ def run(args, relay, blobs, cold, optimized):
         time.sleep(0.5)
     failed = metric(admin, 'sluice_reloads_total{result="failed"}') - failed_before
     applied = metric(admin, 'sluice_reloads_total{result="applied"}') - applied_before
-    lines = [l for l in open(os.path.join(work, "relay.log")) if " transaction " in l or l.rstrip().endswith("transaction")]
+    lines = [l for l in open(relay_log(work)) if " transaction " in l or l.rstrip().endswith("transaction")]
     generations = set()
     one_each = True
     for l in lines:

@@ -930,11 +930,7 @@ impl Connection {
             quarantine_reason: judgement.quarantine_reason.clone(),
         };
         let message = Arc::new(self.final_message(judgement, body, now));
-        let spool = self.relay.spool.clone();
-        let (env, bytes) = (envelope.clone(), message.clone());
-        tokio::task::spawn_blocking(move || spool.store(store, &env, &bytes))
-            .await
-            .map_err(std::io::Error::other)??;
+        self.relay.spool.store_async(store, &envelope, &message).await?;
         if store == Store::Queue {
             self.relay.metrics.queue(&self.live.tenants[tenant].name, 1);
             // The first attempt takes the message from here, not from the disk.

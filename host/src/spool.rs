@@ -13,19 +13,22 @@
 //! [`SyncMode`]: `group` (the default) commits the writes of every session waiting at that
 //! moment with one `syncfs(2)` of the spool's file system — one journal commit for many
 //! messages, the way a database's group commit works — and `file` fsyncs each file and the
-//! directory, for a spool that shares its file system with other heavy writers. Stores run on
-//! the blocking pool, so concurrent sessions wait for the same commit.
+//! directory, for a spool that shares its file system with other heavy writers. In `group`
+//! mode a session writes its file itself (into the page cache) and waits for the committer
+//! thread's next `syncfs` without holding a thread, so the sessions of one moment share a
+//! commit.
 //!
-//! Removals and delivery-progress updates are not waited for in `group` mode: after a crash
-//! they can only be undone, which means one more delivery attempt (a duplicate), never a
-//! loss.
+//! Removals of delivered messages are done by a thread of their own and delivery-progress
+//! updates are not waited for in `group` mode: after a crash they can only be undone, which
+//! means one more delivery attempt (a duplicate), never a loss.
 
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -109,65 +112,211 @@ pub struct Spool {
     quarantine: PathBuf,
     mode: SyncMode,
     group: GroupSync,
+    reaper: Reaper,
 }
 
-/// Group commit: callers whose writes are done wait for a `syncfs` that started after them;
-/// one caller runs it for everyone waiting.
+/// Group commit: a committer thread runs `syncfs` for every write finished before it starts.
+/// A writer takes a ticket once its write is done and waits (a thread or a task) until a
+/// commit covers it; while one commit runs, the tickets of the next pile up behind it.
 #[derive(Debug)]
 struct GroupSync {
+    shared: Arc<GroupShared>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct GroupShared {
     /// Any file of the spool's filesystem (the spool directory).
     handle: File,
     state: Mutex<SyncState>,
+    /// The committer waits here for tickets.
+    work: Condvar,
+    /// Threads waiting for their commit.
     done: Condvar,
+    /// Tasks waiting for their commit: the highest ticket committed.
+    committed: tokio::sync::watch::Sender<u64>,
 }
+
+/// How many failed commits are remembered (a writer learns its commit failed from here).
+const FAILURES_KEPT: usize = 1024;
 
 #[derive(Debug, Default)]
 struct SyncState {
-    /// Commits started so far.
-    started: u64,
-    /// The last commit that finished, and its error if it failed.
-    finished: u64,
-    failed: Option<(u64, io::ErrorKind, String)>,
-    running: bool,
+    /// Tickets handed out.
+    issued: u64,
+    /// Every ticket up to this one has had its commit.
+    covered: u64,
+    /// Tickets (first, last) whose commit failed, with the error: their data may be lost.
+    failed: VecDeque<(u64, u64, io::ErrorKind, String)>,
+    /// The committer is waiting for work.
+    idle: bool,
+    stop: bool,
+}
+
+impl SyncState {
+    fn outcome(&self, ticket: u64) -> io::Result<()> {
+        match self.failed.iter().find(|(first, last, _, _)| (*first..=*last).contains(&ticket)) {
+            Some((_, _, kind, text)) => Err(io::Error::new(*kind, text.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GroupSync {
     fn new(dir: &Path) -> io::Result<Self> {
-        Ok(Self { handle: File::open(dir)?, state: Mutex::new(SyncState::default()), done: Condvar::new() })
+        let shared = Arc::new(GroupShared {
+            handle: File::open(dir)?,
+            state: Mutex::new(SyncState::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            committed: tokio::sync::watch::Sender::new(0),
+        });
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new().name("sluice-spool-sync".into()).spawn(move || shared.run())?
+        };
+        Ok(Self { shared, committer: Some(committer) })
     }
 
-    /// Returns once everything written before the call is on disk.
+    /// A ticket for writes finished before the call.
+    fn ticket(&self) -> u64 {
+        let mut state = lock(&self.shared.state);
+        state.issued += 1;
+        if state.idle {
+            state.idle = false;
+            self.shared.work.notify_one();
+        }
+        state.issued
+    }
+
+    /// Returns once everything written before the call is on disk (blocking the thread).
     fn sync(&self) -> io::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        // A commit already running may have started before our writes: we need the next one.
-        let needed = state.started + 1;
+        let ticket = self.ticket();
+        let mut state = lock(&self.shared.state);
+        while state.covered < ticket {
+            state = self.shared.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.outcome(ticket)
+    }
+
+    /// Returns once everything written before the call is on disk (without blocking).
+    async fn sync_async(&self) -> io::Result<()> {
+        let ticket = self.ticket();
+        let mut committed = self.shared.committed.subscribe();
+        committed
+            .wait_for(|covered| *covered >= ticket)
+            .await
+            .map_err(|_| io::Error::other("the spool's committer stopped"))?;
+        lock(&self.shared.state).outcome(ticket)
+    }
+}
+
+impl GroupShared {
+    /// The committer: one `syncfs` for all tickets issued when it starts, until stopped.
+    fn run(&self) {
+        let mut state = lock(&self.state);
         loop {
-            if state.finished >= needed {
-                return match &state.failed {
-                    // A failed commit fails every caller it covered (their data may be lost).
-                    Some((generation, kind, text)) if *generation >= needed => {
-                        Err(io::Error::new(*kind, text.clone()))
-                    }
-                    _ => Ok(()),
-                };
-            }
-            if state.running {
-                state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+            if state.issued == state.covered {
+                if state.stop {
+                    return;
+                }
+                state.idle = true;
+                state = self.work.wait(state).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
-            state.running = true;
-            state.started += 1;
-            let generation = state.started;
+            let upto = state.issued;
             drop(state);
             let result = rustix::fs::syncfs(&self.handle);
-            state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.running = false;
-            state.finished = generation;
+            state = lock(&self.state);
             if let Err(e) = result {
                 let e = io::Error::from(e);
-                state.failed = Some((generation, e.kind(), format!("syncfs: {e}")));
+                let first = state.covered + 1;
+                state.failed.push_back((first, upto, e.kind(), format!("syncfs: {e}")));
+                if state.failed.len() > FAILURES_KEPT {
+                    state.failed.pop_front();
+                }
             }
+            state.covered = upto;
             self.done.notify_all();
+            self.committed.send_replace(upto);
+        }
+    }
+}
+
+impl Drop for GroupSync {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.shared.state);
+            state.stop = true;
+            self.shared.work.notify_one();
+        }
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+/// How long the unlinking thread lets removals gather between rounds.
+const REAP_PAUSE: Duration = Duration::from_millis(20);
+
+/// Removals of delivered messages, done by a thread of their own: an unlink can wait for
+/// the disk (a file system that discards freed blocks), and a delivery need not wait for it.
+/// Until its file is gone, a message being removed is invisible to [`Spool::list`],
+/// [`Spool::contains`] and the readers, so nothing delivers it again.
+#[derive(Debug)]
+struct Reaper {
+    queue: Option<std::sync::mpsc::Sender<(PathBuf, Option<PathBuf>)>>,
+    pending: Arc<Mutex<HashSet<PathBuf>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn new() -> io::Result<Self> {
+        let (queue, work) = std::sync::mpsc::channel::<(PathBuf, Option<PathBuf>)>();
+        let pending: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
+        let thread = {
+            let pending = pending.clone();
+            std::thread::Builder::new().name("sluice-spool-unlink".into()).spawn(move || {
+                while let Ok(first) = work.recv() {
+                    let mut dirs = HashSet::new();
+                    for (path, sync) in std::iter::once(first).chain(work.try_iter()) {
+                        match fs::remove_file(&path) {
+                            Ok(()) => dirs.extend(sync),
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => {
+                                tracing::error!(file = %path.display(), error = %e, "cannot remove a delivered message")
+                            }
+                        }
+                        lock(&pending).remove(&path);
+                    }
+                    for dir in dirs {
+                        if let Err(e) = sync_dir(&dir) {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the spool directory");
+                        }
+                    }
+                    // Let removals gather: one wake-up of this thread for many of them.
+                    std::thread::sleep(REAP_PAUSE);
+                }
+            })?
+        };
+        Ok(Self { queue: Some(queue), pending, thread: Some(thread) })
+    }
+
+    fn is_pending(&self, path: &Path) -> bool {
+        lock(&self.pending).contains(path)
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread finish what is queued, then stop.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -205,7 +354,7 @@ impl Spool {
         fs::create_dir_all(&queue)?;
         fs::create_dir_all(&quarantine)?;
         sync_dir(dir)?;
-        Ok(Self { queue, quarantine, mode, group: GroupSync::new(dir)? })
+        Ok(Self { queue, quarantine, mode, group: GroupSync::new(dir)?, reaper: Reaper::new()? })
     }
 
     fn dir(&self, store: Store) -> &Path {
@@ -222,14 +371,25 @@ impl Spool {
         Ok(self.dir(store).join(format!("{id}.{EXTENSION}")))
     }
 
-    /// Store a new message durably: returns once it is on disk.
-    pub fn store(&self, store: Store, envelope: &QueuedMessage, message: &[u8]) -> io::Result<()> {
+    /// Write a new message's file in place (not yet durable): until its commit the client has
+    /// no 250, and a file a crash cut short fails its length or CRC check and is never
+    /// delivered.
+    fn write_new(&self, store: Store, envelope: &QueuedMessage, message: &[u8]) -> io::Result<File> {
         let path = self.path(store, &envelope.id)?;
         let bytes = encode(envelope, message)?;
-        // Written in place: until the commit below the client has no 250, and a file a crash
-        // cut short fails its length or CRC check and is never delivered.
         let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        file.write_all(&bytes)?;
+        if let Err(e) = file.write_all(&bytes) {
+            // A full disk: leave no partial file behind.
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
+    /// Store a new message durably: returns once it is on disk (blocking the thread).
+    pub fn store(&self, store: Store, envelope: &QueuedMessage, message: &[u8]) -> io::Result<()> {
+        let file = self.write_new(store, envelope, message)?;
         match self.mode {
             SyncMode::File => {
                 file.sync_all()?;
@@ -242,11 +402,34 @@ impl Spool {
         }
     }
 
+    /// Store a new message durably from a task: in `group` mode the file is written here (a
+    /// write to the page cache) and the task waits for the commit without holding a thread;
+    /// in `file` mode the whole store runs on the blocking pool.
+    pub async fn store_async(
+        self: &Arc<Self>,
+        store: Store,
+        envelope: &QueuedMessage,
+        message: &Arc<Vec<u8>>,
+    ) -> io::Result<()> {
+        match self.mode {
+            SyncMode::Group => {
+                drop(self.write_new(store, envelope, message)?);
+                self.group.sync_async().await
+            }
+            SyncMode::File => {
+                let (spool, envelope, message) = (self.clone(), envelope.clone(), message.clone());
+                tokio::task::spawn_blocking(move || spool.store(store, &envelope, &message))
+                    .await
+                    .map_err(io::Error::other)?
+            }
+        }
+    }
+
     /// Rewrite a message's envelope (delivery progress) atomically: a new file renamed over
     /// the old. In `group` mode it is not waited for: lost in a crash, it costs one more
     /// attempt.
     pub fn update(&self, store: Store, envelope: &QueuedMessage) -> io::Result<()> {
-        let path = self.path(store, &envelope.id)?;
+        let path = self.live_path(store, &envelope.id)?;
         let old = fs::read(&path)?;
         let (_, _, message) = decode(&old)?;
         let bytes = encode(envelope, message)?;
@@ -265,9 +448,18 @@ impl Spool {
         if durable { sync_dir(self.dir(store)) } else { Ok(()) }
     }
 
+    /// The path of a message that is not being removed; NotFound if it is.
+    fn live_path(&self, store: Store, id: &str) -> io::Result<PathBuf> {
+        let path = self.path(store, id)?;
+        if self.reaper.is_pending(&path) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{id} is being removed")));
+        }
+        Ok(path)
+    }
+
     /// Whether `id` is in `store` (one `stat`).
     pub fn contains(&self, store: Store, id: &str) -> bool {
-        self.path(store, id).is_ok_and(|path| path.exists())
+        self.live_path(store, id).is_ok_and(|path| path.exists())
     }
 
     /// Remove a message.
@@ -276,10 +468,25 @@ impl Spool {
         if self.mode == SyncMode::File { sync_dir(self.dir(store)) } else { Ok(()) }
     }
 
+    /// Remove a delivered message without waiting: from now on it is no longer listed or
+    /// read, and a thread of the spool's unlinks its file (and, in `file` mode, syncs the
+    /// directory). Lost in a crash, the removal costs one more delivery, never a message.
+    pub fn remove_later(&self, store: Store, id: &str) -> io::Result<()> {
+        let path = self.path(store, id)?;
+        let sync = (self.mode == SyncMode::File).then(|| self.dir(store).to_path_buf());
+        lock(&self.reaper.pending).insert(path.clone());
+        let queued = self.reaper.queue.as_ref().is_some_and(|q| q.send((path.clone(), sync)).is_ok());
+        if !queued {
+            lock(&self.reaper.pending).remove(&path);
+            return self.remove(store, id);
+        }
+        Ok(())
+    }
+
     /// The message bytes, checked against the length and CRC-32 recorded with them:
     /// `InvalidData` if they differ (a write a crash cut short, or damage on disk since).
     pub fn message(&self, store: Store, id: &str) -> io::Result<Vec<u8>> {
-        let bytes = fs::read(self.path(store, id)?)?;
+        let bytes = fs::read(self.live_path(store, id)?)?;
         let (header, envelope, message) = decode(&bytes)?;
         if !header.matches(envelope, message) {
             return Err(io::Error::new(
@@ -293,7 +500,7 @@ impl Spool {
     /// One envelope (the message is not read). `InvalidData` for a file whose length is not
     /// what its header says (being written, or cut short).
     pub fn envelope(&self, store: Store, id: &str) -> io::Result<QueuedMessage> {
-        let mut file = File::open(self.path(store, id)?)?;
+        let mut file = File::open(self.live_path(store, id)?)?;
         let mut head = vec![0u8; 4096];
         let mut filled = 0;
         loop {
@@ -646,10 +853,47 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(spool.recover(Store::Queue).unwrap().len(), 200);
-        let state = spool.group.state.lock().unwrap();
-        assert!(state.finished >= 1 && state.finished <= 200 && !state.running);
+        let state = spool.group.shared.state.lock().unwrap();
+        assert_eq!((state.issued, state.covered), (200, 200));
+        assert!(state.failed.is_empty());
         drop(state);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Tasks store without holding threads and share commits; a removal done later hides
+    /// the message at once and its file goes soon after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_from_tasks_and_removals_later() {
+        for mode in [SyncMode::Group, SyncMode::File] {
+            let (dir, spool) = temp_spool(mode);
+            let spool = Arc::new(spool);
+            let tasks: Vec<_> = (0..50)
+                .map(|_| {
+                    let spool = spool.clone();
+                    tokio::spawn(async move {
+                        let envelope = envelope(&new_id());
+                        let body = Arc::new(b"Subject: t\r\n\r\nbody\r\n".to_vec());
+                        spool.store_async(Store::Queue, &envelope, &body).await.unwrap();
+                        envelope.id
+                    })
+                })
+                .collect();
+            let mut ids = Vec::new();
+            for t in tasks {
+                ids.push(t.await.unwrap());
+            }
+            assert_eq!(spool.list(Store::Queue).unwrap().len(), 50);
+            for id in &ids[..20] {
+                spool.remove_later(Store::Queue, id).unwrap();
+                assert!(!spool.contains(Store::Queue, id));
+                assert_eq!(spool.envelope(Store::Queue, id).unwrap_err().kind(), io::ErrorKind::NotFound);
+            }
+            assert_eq!(spool.list(Store::Queue).unwrap().len(), 30);
+            drop(spool);
+            // Dropping the spool finishes the removals it had queued.
+            assert_eq!(queue_files(&dir).len(), 30, "{mode:?}");
+            let _ = fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

@@ -289,8 +289,9 @@ pub async fn attempt(
 
     let spool = relay.spool.clone();
     if envelope.pending().next().is_none() {
-        let id = envelope.id.clone();
-        let _ = tokio::task::spawn_blocking(move || spool.remove(Store::Queue, &id)).await;
+        if let Err(e) = spool.remove_later(Store::Queue, &envelope.id) {
+            tracing::error!(tenant = %envelope.tenant, id = %envelope.id, error = %e, "cannot remove a delivered message");
+        }
         tracing::info!(tenant = %envelope.tenant, id = %envelope.id, attempts = envelope.attempts, "done");
         relay.metrics.queue(&envelope.tenant, -1);
         return None;

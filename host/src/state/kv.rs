@@ -2,9 +2,9 @@
 //! every key by tenant and policy before it reaches a backend, so a policy can only name its
 //! own keys. Backends implement [`KvStore`]; [`MemoryKv`] keeps everything in the process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Largest key a policy may use, in bytes (before namespacing).
 pub const MAX_KEY_BYTES: usize = 512;
@@ -118,16 +118,30 @@ pub fn tenant_of(key: &str) -> &str {
     key.split_once(':').and_then(|(len, rest)| rest.get(..len.parse::<usize>().ok()?)).unwrap_or("")
 }
 
-struct Entry {
-    value: Vec<u8>,
-    expires: Option<Instant>,
+/// Milliseconds since the Unix epoch: expiries are wall-clock times, so that a store kept on
+/// disk means the same after a restart.
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The expiry (Unix milliseconds, 0 for none) of an entry written now with `ttl`.
+pub(crate) fn expiry(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |t| now_millis().saturating_add(t.as_millis().try_into().unwrap_or(u64::MAX)).max(1))
+}
+
+/// One stored value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub value: Vec<u8>,
+    /// Unix milliseconds; 0: never.
+    pub expires: u64,
     /// What it counts as against its tenant's quota.
-    bytes: u64,
+    pub bytes: u64,
 }
 
 impl Entry {
-    fn live(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|t| t > now)
+    fn live(&self, now: u64) -> bool {
+        self.expires == 0 || self.expires > now
     }
 }
 
@@ -135,44 +149,60 @@ impl Entry {
 struct Memory {
     entries: HashMap<String, Entry>,
     usage: HashMap<String, Usage>,
-    /// When expired keys were last deleted (a full store scans at most once a second).
-    swept: Option<Instant>,
+    /// No entry expires before this (Unix milliseconds; 0: none expires): a full store scans
+    /// for expired keys only when there are some.
+    soonest: u64,
+    /// Keys changed since the last [`MemoryKv::take_changes`] (a store kept on disk).
+    changed: Option<HashSet<String>>,
 }
 
 impl Memory {
+    fn touch(&mut self, key: &str) {
+        if let Some(changed) = &mut self.changed
+            && !changed.contains(key)
+        {
+            changed.insert(key.to_string());
+        }
+    }
+
     fn remove(&mut self, key: &str) {
         if let Some(e) = self.entries.remove(key) {
             self.charge(key, -1, -(e.bytes as i64));
+            self.touch(key);
         }
     }
 
     fn charge(&mut self, key: &str, keys: i64, bytes: i64) {
         let tenant = tenant_of(key);
-        let usage = self.usage.entry(tenant.to_string()).or_default();
+        let usage = match self.usage.get_mut(tenant) {
+            Some(usage) => usage,
+            None => self.usage.entry(tenant.to_string()).or_default(),
+        };
         usage.add(keys, bytes);
         if usage.keys == 0 {
             self.usage.remove(tenant);
         }
     }
 
+    /// Delete every expired key, if any has expired.
     fn sweep(&mut self) {
-        let now = Instant::now();
-        if self.swept.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+        let now = now_millis();
+        if self.soonest == 0 || self.soonest > now {
             return;
         }
-        self.swept = Some(now);
         let dead: Vec<String> =
             self.entries.iter().filter(|(_, e)| !e.live(now)).map(|(k, _)| k.clone()).collect();
         for key in dead {
             self.remove(&key);
         }
+        self.soonest = self.entries.values().map(|e| e.expires).filter(|at| *at != 0).min().unwrap_or(0);
     }
 
     /// Room for `key` to hold an entry of `bytes`: an expired entry under it goes first; when
     /// the tenant's quota or the store's bound would be passed, expired keys are deleted and
     /// the check made again.
     fn make_room(&mut self, max_keys: usize, quota: Quota, key: &str, bytes: u64) -> Result<(), KvError> {
-        let now = Instant::now();
+        let now = now_millis();
         if self.entries.get(key).is_some_and(|e| !e.live(now)) {
             self.remove(key);
         }
@@ -190,17 +220,26 @@ impl Memory {
         if fits(self) { Ok(()) } else { Err(KvError::QuotaExceeded) }
     }
 
-    fn insert(&mut self, key: &str, value: Vec<u8>, expires: Option<Instant>, bytes: u64) {
-        let old = self.entries.insert(key.to_string(), Entry { value, expires, bytes });
+    fn insert(&mut self, key: &str, value: Vec<u8>, expires: u64, bytes: u64) {
+        if expires != 0 && (self.soonest == 0 || expires < self.soonest) {
+            self.soonest = expires;
+        }
+        let entry = Entry { value, expires, bytes };
+        let old = match self.entries.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
+            None => self.entries.insert(key.to_string(), entry),
+        };
         match old {
             Some(old) => self.charge(key, 0, bytes as i64 - old.bytes as i64),
             None => self.charge(key, 1, bytes as i64),
         }
+        self.touch(key);
     }
 }
 
 /// An in-process store with expiry, per-tenant quotas and a bound on the number of keys.
-/// Used by `sluice policy test` and as the relay's store with `backend = "memory"`.
+/// Used by `sluice policy test`, as the relay's store with `backend = "memory"`, and as the
+/// working copy of the embedded store (which keeps its changes on disk).
 pub struct MemoryKv {
     memory: Mutex<Memory>,
     max_keys: usize,
@@ -212,17 +251,71 @@ impl MemoryKv {
         Self { memory: Mutex::new(Memory::default()), max_keys }
     }
 
+    /// A store that records which keys change, for a backend that keeps them on disk
+    /// ([`MemoryKv::take_changes`]).
+    pub(crate) fn recording(max_keys: usize) -> Self {
+        let memory = Memory { changed: Some(HashSet::new()), ..Memory::default() };
+        Self { memory: Mutex::new(memory), max_keys }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Memory) -> R) -> Result<R, KvError> {
         let mut memory =
             self.memory.lock().map_err(|_| KvError::Unavailable("store lock poisoned".into()))?;
         Ok(f(&mut memory))
+    }
+
+    /// Put back an entry read from disk (at start; expired ones are skipped).
+    pub(crate) fn restore(&self, key: &str, entry: Entry) {
+        if entry.live(now_millis()) {
+            let _ = self.with(|m| {
+                m.insert(key, entry.value, entry.expires, entry.bytes);
+                if let Some(changed) = &mut m.changed {
+                    changed.remove(key);
+                }
+            });
+        }
+    }
+
+    /// The keys changed since the last call, each with its entry now (None: deleted).
+    pub(crate) fn take_changes(&self) -> Vec<(String, Option<Entry>)> {
+        self.with(|m| {
+            let changed = m.changed.as_mut().map(std::mem::take).unwrap_or_default();
+            changed
+                .into_iter()
+                .map(|key| {
+                    let entry = m.entries.get(&key).cloned();
+                    (key, entry)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Record `keys` as changed again (their write to disk failed).
+    pub(crate) fn unwritten(&self, keys: impl IntoIterator<Item = String>) {
+        let _ = self.with(|m| {
+            if let Some(changed) = &mut m.changed {
+                changed.extend(keys);
+            }
+        });
+    }
+
+    /// Delete every expired key.
+    pub(crate) fn sweep(&self) {
+        let _ = self.with(Memory::sweep);
+    }
+
+    /// Keys held, live or expired.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.with(|m| m.entries.len()).unwrap_or(0)
     }
 }
 
 #[async_trait::async_trait]
 impl KvStore for MemoryKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let now = Instant::now();
+        let now = now_millis();
         self.with(|m| m.entries.get(key).filter(|e| e.live(now)).map(|e| e.value.clone()))
     }
 
@@ -236,7 +329,7 @@ impl KvStore for MemoryKv {
         let bytes = entry_bytes(key, value.len());
         self.with(|m| {
             m.make_room(self.max_keys, quota, key, bytes)?;
-            m.insert(key, value, ttl.map(|t| Instant::now() + t), bytes);
+            m.insert(key, value, expiry(ttl), bytes);
             Ok(())
         })?
     }
@@ -248,7 +341,7 @@ impl KvStore for MemoryKv {
     async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError> {
         let bytes = key.len() as u64 + COUNTER_BYTES;
         self.with(|m| {
-            let now = Instant::now();
+            let now = now_millis();
             let current = match m.entries.get(key) {
                 Some(e) if e.live(now) => Some((parse_counter(&e.value)?, e.expires)),
                 _ => None,
@@ -257,7 +350,7 @@ impl KvStore for MemoryKv {
                 Some((n, expires)) => (n.saturating_add(delta), expires),
                 None => {
                     m.make_room(self.max_keys, quota, key, bytes)?;
-                    (delta, ttl.map(|t| now + t))
+                    (delta, expiry(ttl))
                 }
             };
             m.insert(key, value.to_string().into_bytes(), expires, bytes);

@@ -1,29 +1,30 @@
 //! The embedded, persistent store: one redb file, the relay's default.
 //!
-//! Each operation is one redb write transaction committed without waiting for the disk; a
-//! flusher makes everything written so far durable once a second, so counters and greylist
-//! entries survive a restart (a crash loses at most the last second of them, never the file's
-//! consistency). Values carry their expiry; a sweeper deletes expired keys every ten seconds
-//! through an index ordered by expiry, so the file does not grow with dead keys.
+//! The store works in memory ([`MemoryKv`]: an operation is a map lookup under a lock, a
+//! microsecond on the calling thread) and keeps a copy on disk: a flusher thread writes the
+//! keys changed in the last second to the file in one durable transaction, so counters and
+//! greylist entries survive a restart — a crash loses at most the last second of them, never
+//! the file's consistency. At start the file's live entries are read back. Expired keys are
+//! deleted every ten seconds (and whenever a write finds the store or a tenant's quota full),
+//! from memory and then from the file, so it does not grow with dead keys. Memory is bounded
+//! by the store's bound on keys and each tenant's quota.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use super::kv::{COUNTER_BYTES, KvError, KvStore, Quota, Usage, entry_bytes, parse_counter, tenant_of};
+use super::kv::{Entry, KvError, KvStore, MemoryKv, Quota, Usage};
 
 /// Key → expiry (Unix milliseconds, big-endian, 0 for none), the bytes it counts as against
 /// its tenant's quota (big-endian), then the value.
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries-v2");
-/// (expiry, key) for every key that has one.
-const EXPIRIES: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiries");
-/// Tenant → (keys, bytes) it holds.
-const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
+/// Tables of earlier versions (an expiry index and per-tenant usage, now kept in memory).
+const OLD_TABLES: [&str; 2] = ["expiries", "usage"];
 
-/// How often written data is made durable.
+/// How often changes are written to disk.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How often expired keys are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -35,83 +36,71 @@ pub struct RedbKv {
 
 struct Inner {
     db: Database,
-    dirty: AtomicBool,
-    keys: AtomicUsize,
-    max_keys: usize,
+    memory: MemoryKv,
     stop: AtomicBool,
+    /// One flush at a time (the flusher thread, or the last one at drop).
+    flushing: std::sync::Mutex<()>,
 }
 
 impl Drop for RedbKv {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
-        let _ = self.inner.flush();
+        if let Err(e) = self.inner.flush() {
+            tracing::warn!(error = %e, "key-value store: cannot write the last changes to disk");
+        }
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> KvError {
-    KvError::Unavailable(e.to_string())
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn encode(expires: u64, charged: u64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + value.len());
-    out.extend_from_slice(&expires.to_be_bytes());
-    out.extend_from_slice(&charged.to_be_bytes());
-    out.extend_from_slice(value);
+fn encode(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + entry.value.len());
+    out.extend_from_slice(&entry.expires.to_be_bytes());
+    out.extend_from_slice(&entry.bytes.to_be_bytes());
+    out.extend_from_slice(&entry.value);
     out
 }
 
-/// A stored entry.
-struct Stored<'a> {
-    expires: u64,
-    charged: u64,
-    value: &'a [u8],
-}
-
-/// A stored entry's parts; a malformed one reads as expired.
-fn decode(stored: &[u8]) -> Stored<'_> {
-    match stored.split_first_chunk::<8>().and_then(|(e, rest)| Some((e, rest.split_first_chunk::<8>()?))) {
-        Some((expires, (charged, value))) => {
-            Stored { expires: u64::from_be_bytes(*expires), charged: u64::from_be_bytes(*charged), value }
-        }
-        None => Stored { expires: 1, charged: 0, value: &[] },
-    }
-}
-
-fn live(expires: u64, now: u64) -> bool {
-    expires == 0 || expires > now
+/// A stored entry; None for a malformed one.
+fn decode(stored: &[u8]) -> Option<Entry> {
+    let (expires, rest) = stored.split_first_chunk::<8>()?;
+    let (bytes, value) = rest.split_first_chunk::<8>()?;
+    Some(Entry {
+        value: value.to_vec(),
+        expires: u64::from_be_bytes(*expires),
+        bytes: u64::from_be_bytes(*bytes),
+    })
 }
 
 impl RedbKv {
-    /// Open (or create) the store at `path`, holding at most `max_keys` keys, and start its
-    /// flusher and sweeper thread.
+    /// Open (or create) the store at `path`, holding at most `max_keys` keys, read its live
+    /// entries, and start its flusher thread.
     pub fn open(path: &Path, max_keys: usize) -> Result<Self, String> {
+        let context = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| context(&e))?;
         }
-        let db = Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let keys = {
-            let txn = db.begin_write().map_err(|e| format!("{}: {e}", path.display()))?;
-            let keys = txn
-                .open_table(ENTRIES)
-                .map_err(|e| e.to_string())
-                .and_then(|t| t.len().map_err(|e| e.to_string()))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            txn.open_table(EXPIRIES).map_err(|e| format!("{}: {e}", path.display()))?;
-            txn.open_table(USAGE).map_err(|e| format!("{}: {e}", path.display()))?;
-            txn.commit().map_err(|e| format!("{}: {e}", path.display()))?;
-            usize::try_from(keys).unwrap_or(usize::MAX)
-        };
-        let inner = Arc::new(Inner {
-            db,
-            dirty: AtomicBool::new(false),
-            keys: AtomicUsize::new(keys),
-            max_keys,
-            stop: AtomicBool::new(false),
-        });
+        let db = Database::create(path).map_err(|e| context(&e))?;
+        let memory = MemoryKv::recording(max_keys);
+        {
+            let txn = db.begin_write().map_err(|e| context(&e))?;
+            for old in OLD_TABLES {
+                let exists = txn.list_tables().map_err(|e| context(&e))?.any(|t| t.name() == old);
+                if exists {
+                    txn.delete_table(TableDefinition::<&str, &[u8]>::new(old)).map_err(|e| context(&e))?;
+                }
+            }
+            txn.open_table(ENTRIES).map_err(|e| context(&e))?;
+            txn.commit().map_err(|e| context(&e))?;
+            let txn = db.begin_read().map_err(|e| context(&e))?;
+            let entries = txn.open_table(ENTRIES).map_err(|e| context(&e))?;
+            for row in entries.iter().map_err(|e| context(&e))? {
+                let (key, value) = row.map_err(|e| context(&e))?;
+                if let Some(entry) = decode(value.value()) {
+                    memory.restore(key.value(), entry);
+                }
+            }
+        }
+        let inner =
+            Arc::new(Inner { db, memory, stop: AtomicBool::new(false), flushing: Default::default() });
         let background = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("sluice-kv-flush".into())
@@ -126,213 +115,53 @@ impl RedbKv {
                     since_sweep += FLUSH_EVERY;
                     if since_sweep >= SWEEP_EVERY {
                         since_sweep = Duration::ZERO;
-                        if let Err(e) = inner.sweep() {
-                            tracing::warn!(error = %e, "key-value store: cannot delete expired keys");
-                        }
+                        inner.memory.sweep();
                     }
                     if let Err(e) = inner.flush() {
-                        tracing::warn!(error = %e, "key-value store: cannot make writes durable");
+                        tracing::warn!(error = %e, "key-value store: cannot write changes to disk (kept for the next try)");
                     }
                 }
             })
             .map_err(|e| format!("cannot start the key-value flusher: {e}"))?;
         Ok(Self { inner })
     }
-
-    async fn blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<R, KvError> + Send + 'static,
-    ) -> Result<R, KvError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(unavailable)?
-    }
 }
 
 impl Inner {
-    /// One write transaction, committed without waiting for the disk.
-    fn write<R>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<R, KvError>) -> Result<R, KvError> {
-        let mut txn = self.db.begin_write().map_err(unavailable)?;
-        txn.set_durability(Durability::None).map_err(unavailable)?;
-        let result = f(&txn)?;
-        txn.commit().map_err(unavailable)?;
-        self.dirty.store(true, Ordering::Relaxed);
-        Ok(result)
-    }
-
+    /// Write the keys changed since the last flush in one durable transaction; on failure
+    /// they stay marked as changed.
     fn flush(&self) -> Result<(), String> {
-        if !self.dirty.swap(false, Ordering::Relaxed) {
+        let _one = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let changes = self.memory.take_changes();
+        if changes.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())
-    }
-
-    fn sweep(&self) -> Result<(), KvError> {
-        self.write(|txn| self.sweep_in(txn))
-    }
-
-    /// Delete every expired key, through the expiry index.
-    fn sweep_in(&self, txn: &redb::WriteTransaction) -> Result<(), KvError> {
-        let now = now_millis();
-        let due: Vec<(u64, String)> = {
-            let expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-            expiries
-                .range((0u64, "")..(now, ""))
-                .map_err(unavailable)?
-                .filter_map(Result::ok)
-                .map(|(k, _)| {
-                    let (at, key) = k.value();
-                    (at, key.to_string())
-                })
-                .collect()
-        };
-        for (at, key) in &due {
-            let still_due = self.stored(txn, key)?.is_some_and(|(expires, _)| expires == *at);
-            if still_due {
-                self.remove(txn, key)?;
-            } else {
-                let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-                expiries.remove((*at, key.as_str())).map_err(unavailable)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// (expiry, bytes charged) of `key`'s stored entry, live or expired.
-    fn stored(&self, txn: &redb::WriteTransaction, key: &str) -> Result<Option<(u64, u64)>, KvError> {
-        let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-        let found = entries.get(key).map_err(unavailable)?;
-        Ok(found.map(|v| {
-            let stored = decode(v.value());
-            (stored.expires, stored.charged)
-        }))
-    }
-
-    fn usage(&self, txn: &redb::WriteTransaction, tenant: &str) -> Result<Usage, KvError> {
-        let usage = txn.open_table(USAGE).map_err(unavailable)?;
-        let found = usage.get(tenant).map_err(unavailable)?;
-        Ok(found.map(|v| v.value()).map(|(keys, bytes)| Usage { keys, bytes }).unwrap_or_default())
-    }
-
-    fn charge(&self, txn: &redb::WriteTransaction, key: &str, keys: i64, bytes: i64) -> Result<(), KvError> {
-        let tenant = tenant_of(key);
-        let mut usage = self.usage(txn, tenant)?;
-        usage.add(keys, bytes);
-        let mut table = txn.open_table(USAGE).map_err(unavailable)?;
-        if usage.keys == 0 {
-            table.remove(tenant).map_err(unavailable)?;
-        } else {
-            table.insert(tenant, (usage.keys, usage.bytes)).map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
-    /// Delete `key` with its expiry index entry and its charge. Whether it was there.
-    fn remove(&self, txn: &redb::WriteTransaction, key: &str) -> Result<bool, KvError> {
-        let removed = {
-            let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let removed = entries.remove(key).map_err(unavailable)?;
-            removed.map(|v| {
-                let stored = decode(v.value());
-                (stored.expires, stored.charged)
-            })
-        };
-        let Some((expires, charged)) = removed else { return Ok(false) };
-        if expires != 0 {
-            let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-            expiries.remove((expires, key)).map_err(unavailable)?;
-        }
-        self.keys.fetch_sub(1, Ordering::Relaxed);
-        self.charge(txn, key, -1, -(charged as i64))?;
-        Ok(true)
-    }
-
-    /// Whether `key` may hold an entry charged `charged` bytes: within the store's bound and
-    /// its tenant's quota.
-    fn fits(
-        &self,
-        txn: &redb::WriteTransaction,
-        key: &str,
-        charged: u64,
-        quota: Quota,
-        previous: Option<(u64, u64)>,
-    ) -> Result<bool, KvError> {
-        let new_key = u64::from(previous.is_none());
-        if new_key == 1 && self.keys.load(Ordering::Relaxed) >= self.max_keys {
-            return Ok(false);
-        }
-        let usage = self.usage(txn, tenant_of(key))?;
-        Ok(quota.admits(usage, new_key, charged as i64 - previous.map_or(0, |(_, c)| c as i64)))
-    }
-
-    /// Store `value` under `key`, charged `charged` bytes, where `previous` is the (expiry,
-    /// charge) of the entry stored under it, live or expired (the caller has read it). An
-    /// expired entry is deleted first; when the bound or the quota would be passed, expired
-    /// keys are swept and the check made again.
-    #[allow(clippy::too_many_arguments)]
-    fn put(
-        &self,
-        txn: &redb::WriteTransaction,
-        key: &str,
-        value: &[u8],
-        expires: u64,
-        charged: u64,
-        quota: Quota,
-        mut previous: Option<(u64, u64)>,
-    ) -> Result<(), KvError> {
-        if previous.is_some_and(|(at, _)| !live(at, now_millis())) {
-            self.remove(txn, key)?;
-            previous = None;
-        }
-        if !self.fits(txn, key, charged, quota, previous)? {
-            self.sweep_in(txn)?;
-            if !self.fits(txn, key, charged, quota, previous)? {
-                return Err(KvError::QuotaExceeded);
-            }
-        }
-        {
-            let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let mut expiries = txn.open_table(EXPIRIES).map_err(unavailable)?;
-            if let Some((old, _)) = previous
-                && old != 0
-                && old != expires
+        let written = (|| -> Result<(), String> {
+            let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
             {
-                expiries.remove((old, key)).map_err(unavailable)?;
+                let mut entries = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                for (key, entry) in &changes {
+                    match entry {
+                        Some(entry) => entries.insert(key.as_str(), encode(entry).as_slice()).map(|_| ()),
+                        None => entries.remove(key.as_str()).map(|_| ()),
+                    }
+                    .map_err(|e| e.to_string())?;
+                }
             }
-            entries.insert(key, encode(expires, charged, value).as_slice()).map_err(unavailable)?;
-            if expires != 0 {
-                expiries.insert((expires, key), ()).map_err(unavailable)?;
-            }
+            txn.commit().map_err(|e| e.to_string())
+        })();
+        if written.is_err() {
+            self.memory.unwritten(changes.into_iter().map(|(key, _)| key));
         }
-        match previous {
-            Some((_, old)) => self.charge(txn, key, 0, charged as i64 - old as i64),
-            None => {
-                self.keys.fetch_add(1, Ordering::Relaxed);
-                self.charge(txn, key, 1, charged as i64)
-            }
-        }
+        written
     }
-}
-
-fn expiry(ttl: Option<Duration>) -> u64 {
-    ttl.map_or(0, |t| now_millis().saturating_add(t.as_millis().try_into().unwrap_or(u64::MAX)).max(1))
 }
 
 #[async_trait::async_trait]
 impl KvStore for RedbKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let key = key.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
-            let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let found = entries.get(key.as_str()).map_err(unavailable)?;
-            Ok(found.and_then(|v| {
-                let stored = decode(v.value());
-                live(stored.expires, now_millis()).then(|| stored.value.to_vec())
-            }))
-        })
-        .await
+        self.inner.memory.get(key).await
     }
 
     async fn set(
@@ -342,62 +171,20 @@ impl KvStore for RedbKv {
         ttl: Option<Duration>,
         quota: Quota,
     ) -> Result<(), KvError> {
-        let key = key.to_string();
-        self.blocking(move |inner| {
-            inner.write(|txn| {
-                let previous = inner.stored(txn, &key)?;
-                inner.put(txn, &key, &value, expiry(ttl), entry_bytes(&key, value.len()), quota, previous)
-            })
-        })
-        .await
+        self.inner.memory.set(key, value, ttl, quota).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
-        let key = key.to_string();
-        self.blocking(move |inner| inner.write(|txn| inner.remove(txn, &key).map(|_| ()))).await
+        self.inner.memory.delete(key).await
     }
 
     async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError> {
-        let key = key.to_string();
-        self.blocking(move |inner| {
-            inner.write(|txn| {
-                // One read of the entry: its counter when live, its expiry and charge for `put`.
-                let (previous, counter) = {
-                    let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-                    match entries.get(key.as_str()).map_err(unavailable)? {
-                        Some(v) => {
-                            let stored = decode(v.value());
-                            let counter = if live(stored.expires, now_millis()) {
-                                Some(parse_counter(stored.value)?)
-                            } else {
-                                None
-                            };
-                            (Some((stored.expires, stored.charged)), counter)
-                        }
-                        None => (None, None),
-                    }
-                };
-                let (value, expires) = match (counter, previous) {
-                    (Some(n), Some((expires, _))) => (n.saturating_add(delta), expires),
-                    _ => (delta, expiry(ttl)),
-                };
-                let charged = key.len() as u64 + COUNTER_BYTES;
-                inner.put(txn, &key, value.to_string().as_bytes(), expires, charged, quota, previous)?;
-                Ok(value)
-            })
-        })
-        .await
+        self.inner.memory.incr(key, delta, ttl, quota).await
     }
 
     async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
-        let tenant = tenant.to_string();
-        self.blocking(move |inner| {
-            inner.write(|txn| {
-                inner.sweep_in(txn)?;
-                inner.usage(txn, &tenant)
-            })
-        })
-        .await
+        self.inner.memory.sweep();
+        self.inner.memory.usage(tenant).await
     }
 }
 
@@ -417,10 +204,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn counts_expires_and_persists_across_reopening() {
         let (kv, path) = store("persist", 100);
+        kv.set("gone", b"x".to_vec(), None, Q).await.unwrap();
+        // The flusher writes it to disk within a second; its deletion must reach the disk too.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
         assert_eq!(kv.incr("k", 1, Some(Duration::from_millis(300)), Q).await, Ok(1));
         assert_eq!(kv.incr("k", 2, Some(Duration::from_secs(100)), Q).await, Ok(3));
         kv.set("kept", b"value".to_vec(), None, Q).await.unwrap();
-        kv.set("gone", b"x".to_vec(), None, Q).await.unwrap();
         kv.delete("gone").await.unwrap();
         assert_eq!(kv.get("gone").await, Ok(None));
         drop(kv);
@@ -430,14 +219,44 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(kv.get("k").await, Ok(None));
         assert_eq!(kv.incr("k", 1, None, Q).await, Ok(1));
-        kv.inner.sweep().unwrap();
-        assert_eq!(kv.inner.keys.load(Ordering::Relaxed), 2);
+        kv.inner.memory.sweep();
+        assert_eq!(kv.inner.memory.len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tenant_quotas() {
         let (kv, _) = store("tenants", 1000);
         crate::state::conformance::tenant_quotas(&kv).await;
+    }
+
+    /// A file of the earlier layout (entries with an expiry index and usage table) opens;
+    /// its entries are kept and the tables the store no longer uses are dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn earlier_tables_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("sluice-redb-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kv.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(ENTRIES)
+                .unwrap()
+                .insert("k", encode(&Entry { value: b"v".to_vec(), expires: 0, bytes: 2 }).as_slice())
+                .unwrap();
+            txn.open_table(TableDefinition::<&str, (u64, u64)>::new("usage"))
+                .unwrap()
+                .insert("t", (1, 2))
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let kv = RedbKv::open(&path, 100).unwrap();
+        assert_eq!(kv.get("k").await, Ok(Some(b"v".to_vec())));
+        drop(kv);
+        let db = Database::create(&path).unwrap();
+        let names: Vec<String> =
+            db.begin_write().unwrap().list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert_eq!(names, vec!["entries-v2".to_string()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -551,9 +551,9 @@ const MAX_PHRASES: usize = 256;
 
 /// A phrase list's positions grouped by first byte, built at compile time: the phrases
 /// starting with byte `b` are `order[start[b]..start[b + 1]]`.
-struct PhraseIndex {
+struct PhraseIndex<const N: usize = MAX_PHRASES> {
     start: [u16; 257],
-    order: [u16; MAX_PHRASES],
+    order: [u16; N],
 }
 
 /// First byte of each phrase (-1 for an empty one).
@@ -571,24 +571,10 @@ const fn first_bytes(list: &[&str]) -> [i16; MAX_PHRASES] {
     first
 }
 
-const fn first_bytes_scored(list: &[(&str, f64)]) -> [i16; MAX_PHRASES] {
-    assert!(list.len() <= MAX_PHRASES, "phrase list too long");
-    let mut first = [-1i16; MAX_PHRASES];
-    let mut i = 0;
-    while i < list.len() {
-        let bytes = list[i].0.as_bytes();
-        if !bytes.is_empty() {
-            first[i] = bytes[0] as i16;
-        }
-        i += 1;
-    }
-    first
-}
-
-const fn build_index(first: [i16; MAX_PHRASES]) -> PhraseIndex {
+const fn build_index<const N: usize>(first: [i16; N]) -> PhraseIndex<N> {
     let mut start = [0u16; 257];
     let mut i = 0;
-    while i < MAX_PHRASES {
+    while i < N {
         if first[i] >= 0 {
             start[first[i] as usize + 1] += 1;
         }
@@ -600,9 +586,9 @@ const fn build_index(first: [i16; MAX_PHRASES]) -> PhraseIndex {
         b += 1;
     }
     let mut next = start;
-    let mut order = [0u16; MAX_PHRASES];
+    let mut order = [0u16; N];
     i = 0;
-    while i < MAX_PHRASES {
+    while i < N {
         if first[i] >= 0 {
             let b = first[i] as usize;
             order[next[b] as usize] = i as u16;
@@ -619,15 +605,84 @@ const fn index(list: &[&str]) -> PhraseIndex {
 
 static SUBJ_MONEY_INDEX: PhraseIndex = index(SUBJ_MONEY);
 static SUBJ_URGENCY_INDEX: PhraseIndex = index(SUBJ_URGENCY);
-static SPAM_PHRASES_INDEX: PhraseIndex = build_index(first_bytes_scored(SPAM_PHRASES));
-static REMOVE_PHRASES_INDEX: PhraseIndex = index(REMOVE_PHRASES);
-static COMPLIANCE_PHRASES_INDEX: PhraseIndex = index(COMPLIANCE_PHRASES);
-static ADVANCE_FEE_PHRASES_INDEX: PhraseIndex = index(ADVANCE_FEE_PHRASES);
-static PHARMA_PHRASES_INDEX: PhraseIndex = index(PHARMA_PHRASES);
-static PHISH_PHRASES_INDEX: PhraseIndex = index(PHISH_PHRASES);
 const TOLL_FREE: &[&str] =
     &["1-800-", "1-888-", "1-877-", "1-866-", "1 800 ", "1 888 ", "(800)", "(888)", "(877)", "(866)"];
-static TOLL_FREE_INDEX: PhraseIndex = index(TOLL_FREE);
+
+/// The phrase lists searched in a message's text, all in one pass over it: the scored spam
+/// phrases, then these, in this order.
+const BODY_LISTS: [&[&str]; 6] =
+    [REMOVE_PHRASES, TOLL_FREE, COMPLIANCE_PHRASES, ADVANCE_FEE_PHRASES, PHARMA_PHRASES, PHISH_PHRASES];
+/// Most phrases in all body lists together.
+const MAX_BODY_PHRASES: usize = 512;
+
+/// Every body phrase in one array (the scored spam phrases first), and where each list
+/// starts in it (the last entry: where they end).
+struct BodyPhrases {
+    phrases: [&'static str; MAX_BODY_PHRASES],
+    starts: [usize; BODY_LISTS.len() + 2],
+}
+
+const fn body_phrases() -> BodyPhrases {
+    let mut phrases = [""; MAX_BODY_PHRASES];
+    let mut starts = [0usize; BODY_LISTS.len() + 2];
+    let mut n = 0;
+    while n < SPAM_PHRASES.len() {
+        phrases[n] = SPAM_PHRASES[n].0;
+        n += 1;
+    }
+    let mut list = 0;
+    while list < BODY_LISTS.len() {
+        starts[list + 1] = n;
+        let mut i = 0;
+        while i < BODY_LISTS[list].len() {
+            assert!(n < MAX_BODY_PHRASES, "body phrase lists too long");
+            phrases[n] = BODY_LISTS[list][i];
+            n += 1;
+            i += 1;
+        }
+        list += 1;
+    }
+    starts[BODY_LISTS.len() + 1] = n;
+    BodyPhrases { phrases, starts }
+}
+
+const fn body_first_bytes(all: &BodyPhrases) -> [i16; MAX_BODY_PHRASES] {
+    let mut first = [-1i16; MAX_BODY_PHRASES];
+    let mut i = 0;
+    while i < all.starts[BODY_LISTS.len() + 1] {
+        let bytes = all.phrases[i].as_bytes();
+        if !bytes.is_empty() {
+            first[i] = bytes[0] as i16;
+        }
+        i += 1;
+    }
+    first
+}
+
+static BODY_PHRASES: BodyPhrases = body_phrases();
+static BODY_INDEX: PhraseIndex<MAX_BODY_PHRASES> = build_index(body_first_bytes(&body_phrases()));
+
+/// Which body phrases occur in a (lower-cased) text, list by list.
+struct BodyHits {
+    found: Vec<bool>,
+}
+
+impl BodyHits {
+    fn search(lower: &str) -> Self {
+        let count = BODY_PHRASES.starts[BODY_LISTS.len() + 1];
+        Self { found: present(lower, count, &BODY_INDEX, |i| BODY_PHRASES.phrases[i]) }
+    }
+
+    /// The hits of list `n` (0: the scored spam phrases, then BODY_LISTS), by position.
+    fn list(&self, n: usize) -> &[bool] {
+        &self.found[BODY_PHRASES.starts[n]..BODY_PHRASES.starts[n + 1]]
+    }
+
+    /// The phrases of `list` (BODY_LISTS[n - 1]) found.
+    fn phrases(&self, n: usize, list: &[&str]) -> Vec<String> {
+        list.iter().zip(self.list(n)).filter(|(_, hit)| **hit).map(|(p, _)| p.to_string()).collect()
+    }
+}
 
 fn count_phrases(haystack: &str, phrases: &[&str], index: &PhraseIndex) -> Vec<String> {
     let found = present(haystack, phrases.len(), index, |i| phrases[i]);
@@ -637,10 +692,10 @@ fn count_phrases(haystack: &str, phrases: &[&str], index: &PhraseIndex) -> Vec<S
 /// Which of the `count` phrases (`phrase(i)`, indexed by `index`) occur in `haystack`:
 /// `str::contains` for each, in one pass over the haystack instead of one per phrase, each
 /// position compared only with the phrases that start with its byte.
-fn present<'p>(
+fn present<'p, const N: usize>(
     haystack: &str,
     count: usize,
-    index: &PhraseIndex,
+    index: &PhraseIndex<N>,
     phrase: impl Fn(usize) -> &'p str,
 ) -> Vec<bool> {
     let mut found = vec![false; count];
@@ -1198,15 +1253,15 @@ fn link_rules(input: &Input, text: &str, hits: &mut Hits) {
 }
 
 fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
-    let hit = present(lower, SPAM_PHRASES.len(), &SPAM_PHRASES_INDEX, |i| SPAM_PHRASES[i].0);
+    let body = BodyHits::search(lower);
     let found: Vec<(&str, f64)> =
-        SPAM_PHRASES.iter().zip(hit).filter(|(_, hit)| *hit).map(|(phrase, _)| *phrase).collect();
+        SPAM_PHRASES.iter().zip(body.list(0)).filter(|(_, hit)| **hit).map(|(phrase, _)| *phrase).collect();
     if !found.is_empty() {
         let total: f64 = found.iter().map(|(_, s)| s).sum();
         let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
         hits.add("BODY_SPAM_PHRASES", total.min(3.5), names.join(","));
     }
-    let remove = count_phrases(lower, REMOVE_PHRASES, &REMOVE_PHRASES_INDEX);
+    let remove = body.phrases(1, REMOVE_PHRASES);
     if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
         // Bulk mail that also offers the standard one-click way out (RFC 2369/8058 List-
         // Unsubscribe, which large receivers require of bulk senders) is less suspicious
@@ -1217,10 +1272,10 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
     if let Some(token) = hashbuster(visible) {
         hits.add("BODY_HASHBUSTER", 1.0, token);
     }
-    if let Some(number) = count_phrases(lower, TOLL_FREE, &TOLL_FREE_INDEX).first() {
+    if let Some(number) = body.phrases(2, TOLL_FREE).first() {
         hits.add("BODY_TOLL_FREE", 0.8, number.clone());
     }
-    let compliance = count_phrases(lower, COMPLIANCE_PHRASES, &COMPLIANCE_PHRASES_INDEX);
+    let compliance = body.phrases(3, COMPLIANCE_PHRASES);
     if !compliance.is_empty() {
         hits.add(
             "BODY_COMPLIANCE_CLAIM",
@@ -1228,15 +1283,15 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
             compliance.join(","),
         );
     }
-    let fee = count_phrases(lower, ADVANCE_FEE_PHRASES, &ADVANCE_FEE_PHRASES_INDEX);
+    let fee = body.phrases(4, ADVANCE_FEE_PHRASES);
     if fee.len() >= 2 {
         hits.add("BODY_ADVANCE_FEE", (0.9 * fee.len() as f64).min(3.5), fee.join(","));
     }
-    let pharma = count_phrases(lower, PHARMA_PHRASES, &PHARMA_PHRASES_INDEX);
+    let pharma = body.phrases(5, PHARMA_PHRASES);
     if pharma.len() >= 2 {
         hits.add("BODY_PHARMA", 2.0, pharma.join(","));
     }
-    let phish = count_phrases(lower, PHISH_PHRASES, &PHISH_PHRASES_INDEX);
+    let phish = body.phrases(6, PHISH_PHRASES);
     if !phish.is_empty() {
         hits.add("BODY_PHISH_ACCOUNT", 1.5, phish.join(","));
     }
@@ -1316,18 +1371,15 @@ mod tests {
             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "click her",
         ];
-        let lists = [REMOVE_PHRASES, COMPLIANCE_PHRASES, ADVANCE_FEE_PHRASES, PHARMA_PHRASES, PHISH_PHRASES];
         for text in texts {
-            for list in lists {
+            let body = BodyHits::search(text);
+            let expected: Vec<bool> = SPAM_PHRASES.iter().map(|(p, _)| text.contains(p)).collect();
+            assert_eq!(body.list(0), expected, "{text:?}");
+            for (n, list) in BODY_LISTS.iter().enumerate() {
                 let expected: Vec<bool> = list.iter().map(|p| text.contains(p)).collect();
+                assert_eq!(body.list(n + 1), expected, "{text:?}");
                 assert_eq!(present(text, list.len(), &index(list), |i| list[i]), expected, "{text:?}");
             }
-            let expected: Vec<bool> = SPAM_PHRASES.iter().map(|(p, _)| text.contains(p)).collect();
-            assert_eq!(
-                present(text, SPAM_PHRASES.len(), &SPAM_PHRASES_INDEX, |i| SPAM_PHRASES[i].0),
-                expected,
-                "{text:?}"
-            );
         }
         let list = ["abd", "ca", "x", "b"];
         assert_eq!(present("abcabd", 4, &index(&list), |i| list[i]), vec![true, true, false, true]);
