@@ -551,12 +551,17 @@ async fn hello(
 /// The message as DATA sends it: dot-stuffed, CRLF-terminated, then the final dot.
 fn stuffed(message: &[u8]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(message.len() + 64);
-    for line in message.split_inclusive(|&b| b == b'\n') {
-        if line.first() == Some(&b'.') {
-            payload.push(b'.');
-        }
-        payload.extend_from_slice(line);
+    // A dot that starts a line gets another in front of it; the bytes between are copied whole.
+    if message.first() == Some(&b'.') {
+        payload.push(b'.');
     }
+    let mut from = 0;
+    for at in memchr::memmem::find_iter(message, b"\n.") {
+        payload.extend_from_slice(&message[from..=at]);
+        payload.push(b'.');
+        from = at + 1;
+    }
+    payload.extend_from_slice(&message[from..]);
     if !payload.is_empty() && !payload.ends_with(b"\r\n") {
         payload.extend_from_slice(b"\r\n");
     }
@@ -685,6 +690,7 @@ mod tests {
         assert_eq!(stuffed(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
         assert_eq!(stuffed(b"no newline"), b"no newline\r\n.\r\n");
         assert_eq!(stuffed(b""), b".\r\n");
+        assert_eq!(stuffed(b".a\r\n.\r\n\r\n."), b"..a\r\n..\r\n\r\n..\r\n.\r\n");
     }
 
     #[test]

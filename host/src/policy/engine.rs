@@ -7,13 +7,15 @@
 //! a [`LoadedPolicy`]; any failure is a [`LoadError`] naming the file and the cause.
 //!
 //! A ticker thread advances the engine's epoch; every store counts the ticks its guest runs
-//! through, which bounds CPU time per hook call (see [`super::instance`]).
+//! through, which bounds CPU time per hook call (see [`super::instance`]). It ticks at full
+//! rate only while some guest call is under way ([`Clock::running`]); an idle relay's ticker
+//! wakes twenty times a second, not a thousand.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -218,16 +220,58 @@ pub(crate) struct PolicyIo {
     pub limits: PolicyLimits,
     pub services: HostServices,
     pub tick: Duration,
+    pub clock: Arc<Clock>,
+}
+
+impl PolicyIo {
+    /// Held for the length of a call into the guest: the epoch ticks at full rate meanwhile.
+    pub(crate) fn running(&self) -> Running {
+        self.clock.running()
+    }
+}
+
+/// How often the ticker advances the epoch while no guest call is under way (a safety net: a
+/// call that began without [`Clock::running`] still meets its deadline, later).
+const IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// The epoch ticker's state: calls under way, and the thread to wake when the first begins.
+pub(crate) struct Clock {
+    stop: AtomicBool,
+    active: AtomicUsize,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Clock {
+    pub(crate) fn running(self: &Arc<Self>) -> Running {
+        if self.active.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Running(self.clone())
+    }
+}
+
+/// A guest call under way (see [`PolicyIo::running`]).
+pub(crate) struct Running(Arc<Clock>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Stops the epoch ticker thread when the engine and every policy loaded from it are gone.
 struct Ticker {
-    stop: Arc<AtomicBool>,
+    clock: Arc<Clock>,
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.clock.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.clock.thread.get() {
+            thread.unpark();
+        }
     }
 }
 
@@ -317,25 +361,35 @@ impl PolicyEngine {
             false => None,
         };
 
-        let stop = Arc::new(AtomicBool::new(false));
+        let clock = Arc::new(Clock {
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            thread: std::sync::OnceLock::new(),
+        });
         {
-            let stop = stop.clone();
+            let shared = clock.clone();
             let engines: Vec<Engine> =
                 std::iter::once(engine.clone()).chain(baseline.as_ref().map(|(e, _)| e.clone())).collect();
             let tick = options.tick;
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("sluice-epoch".into())
                 .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
+                    let clock = shared;
+                    while !clock.stop.load(Ordering::Relaxed) {
+                        if clock.active.load(Ordering::Acquire) == 0 {
+                            std::thread::park_timeout(IDLE_TICK);
+                        } else {
+                            std::thread::sleep(tick);
+                        }
                         for engine in &engines {
                             engine.increment_epoch();
                         }
                     }
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
+            let _ = clock.thread.set(thread.thread().clone());
         }
-        Ok(Self { engine, linker: main_linker, baseline, options, ticker: Arc::new(Ticker { stop }) })
+        Ok(Self { engine, linker: main_linker, baseline, options, ticker: Arc::new(Ticker { clock }) })
     }
 
     /// The epoch tick.
@@ -432,6 +486,7 @@ impl PolicyEngine {
                 limits: spec.limits.clone(),
                 services: services.clone(),
                 tick: self.options.tick,
+                clock: self.ticker.clock.clone(),
             })
         };
         let probed = PolicyInstance::probe(engine, &instance_pre, exports, io_named(provisional_name)).await;

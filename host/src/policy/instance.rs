@@ -252,6 +252,7 @@ impl PolicyInstance {
         });
         store.set_epoch_deadline(1);
         let wall = wall_bound(&store.data().io);
+        let _running = store.data().io.running();
         match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
             Ok(Ok(instance)) => Ok((store, instance)),
             Ok(Err(e)) => Err(classify(&e, store.data())),
@@ -297,6 +298,7 @@ impl PolicyInstance {
     pub(crate) async fn describe(&mut self) -> Result<wit::PolicyInfo, Fault> {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
+        let _running = self.store.data().io.running();
         let describe = self.hooks.describe();
         let call = describe.call_async(&mut self.store, ());
         let result = tokio::time::timeout(wall, call).await;
@@ -308,6 +310,7 @@ impl PolicyInstance {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
         let io = self.store.data().io.clone();
+        let _running = io.running();
         let init = self.hooks.init();
         let call = init.call_async(&mut self.store, (&io.config,));
         let result = tokio::time::timeout(wall, call).await;
@@ -322,6 +325,7 @@ impl PolicyInstance {
     ) -> Result<Decision, Fault> {
         self.begin_call();
         let wall = wall_bound(&self.store.data().io);
+        let _running = self.store.data().io.running();
         let hooks = self.hooks;
         let store = &mut self.store;
         let call = async {

@@ -755,8 +755,20 @@ fn displayed_domain(text: &str) -> Option<String> {
 }
 
 fn letters_caps_ratio(text: &str) -> (usize, f64) {
-    let letters = text.chars().filter(|c| c.is_alphabetic()).count();
-    let caps = text.chars().filter(|c| c.is_uppercase()).count();
+    // One pass; ASCII (most of any text) without the Unicode tables.
+    let (mut letters, mut caps) = (0usize, 0usize);
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphabetic() {
+            letters += 1;
+            caps += usize::from(b.is_ascii_uppercase());
+        }
+    }
+    if !text.is_ascii() {
+        for c in text.chars().filter(|c| !c.is_ascii()) {
+            letters += usize::from(c.is_alphabetic());
+            caps += usize::from(c.is_uppercase());
+        }
+    }
     (letters, if letters == 0 { 0.0 } else { caps as f64 / letters as f64 })
 }
 
@@ -799,8 +811,8 @@ fn extension(name: &str) -> Option<String> {
 pub fn evaluate(input: &Input) -> Vec<Hit> {
     let mut hits = Hits(Vec::new());
     let html_text = input.html.as_deref().map(html_to_text).unwrap_or_default();
-    let text = input.text.clone().unwrap_or_default();
-    let visible = if text.trim().is_empty() { html_text.clone() } else { text.clone() };
+    let text = input.text.as_deref().unwrap_or_default();
+    let visible = if text.trim().is_empty() { html_text.as_str() } else { text };
     let visible_lower = visible.to_ascii_lowercase();
 
     if text.contains(GTUBE) || input.html.as_deref().is_some_and(|h| h.contains(GTUBE)) {
@@ -810,8 +822,8 @@ pub fn evaluate(input: &Input) -> Vec<Hit> {
     header_rules(input, &mut hits);
     subject_rules(input, &mut hits);
     html_rules(input, &html_text, &mut hits);
-    link_rules(input, &text, &mut hits);
-    body_rules(input, &visible, &visible_lower, &mut hits);
+    link_rules(input, text, &mut hits);
+    body_rules(input, visible, &visible_lower, &mut hits);
     attachment_rules(input, &mut hits);
     hits.0
 }
