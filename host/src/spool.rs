@@ -269,23 +269,25 @@ const REAP_PAUSE: Duration = Duration::from_millis(20);
 /// [`Spool::contains`] and the readers, so nothing delivers it again.
 #[derive(Debug)]
 struct Reaper {
-    queue: Option<std::sync::mpsc::Sender<(PathBuf, Option<PathBuf>)>>,
+    queue: Option<std::sync::mpsc::Sender<PathBuf>>,
     pending: Arc<Mutex<HashSet<PathBuf>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Reaper {
-    fn new() -> io::Result<Self> {
-        let (queue, work) = std::sync::mpsc::channel::<(PathBuf, Option<PathBuf>)>();
+    /// `sync_dirs`: sync each directory a round removed from (`file` mode).
+    fn new(sync_dirs: bool) -> io::Result<Self> {
+        let (queue, work) = std::sync::mpsc::channel::<PathBuf>();
         let pending: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
         let thread = {
             let pending = pending.clone();
             std::thread::Builder::new().name("sluice-spool-unlink".into()).spawn(move || {
                 while let Ok(first) = work.recv() {
                     let mut dirs = HashSet::new();
-                    for (path, sync) in std::iter::once(first).chain(work.try_iter()) {
+                    for path in std::iter::once(first).chain(work.try_iter()) {
                         match fs::remove_file(&path) {
-                            Ok(()) => dirs.extend(sync),
+                            Ok(()) if sync_dirs => dirs.extend(path.parent().map(Path::to_path_buf)),
+                            Ok(()) => {}
                             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                             Err(e) => {
                                 tracing::error!(file = %path.display(), error = %e, "cannot remove a delivered message")
@@ -354,7 +356,13 @@ impl Spool {
         fs::create_dir_all(&queue)?;
         fs::create_dir_all(&quarantine)?;
         sync_dir(dir)?;
-        Ok(Self { queue, quarantine, mode, group: GroupSync::new(dir)?, reaper: Reaper::new()? })
+        Ok(Self {
+            queue,
+            quarantine,
+            mode,
+            group: GroupSync::new(dir)?,
+            reaper: Reaper::new(mode == SyncMode::File)?,
+        })
     }
 
     fn dir(&self, store: Store) -> &Path {
@@ -473,9 +481,8 @@ impl Spool {
     /// directory). Lost in a crash, the removal costs one more delivery, never a message.
     pub fn remove_later(&self, store: Store, id: &str) -> io::Result<()> {
         let path = self.path(store, id)?;
-        let sync = (self.mode == SyncMode::File).then(|| self.dir(store).to_path_buf());
         lock(&self.reaper.pending).insert(path.clone());
-        let queued = self.reaper.queue.as_ref().is_some_and(|q| q.send((path.clone(), sync)).is_ok());
+        let queued = self.reaper.queue.as_ref().is_some_and(|q| q.send(path.clone()).is_ok());
         if !queued {
             lock(&self.reaper.pending).remove(&path);
             return self.remove(store, id);

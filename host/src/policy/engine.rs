@@ -223,13 +223,6 @@ pub(crate) struct PolicyIo {
     pub clock: Arc<Clock>,
 }
 
-impl PolicyIo {
-    /// Held for the length of a call into the guest: the epoch ticks at full rate meanwhile.
-    pub(crate) fn running(&self) -> Running {
-        self.clock.running()
-    }
-}
-
 /// How often the ticker advances the epoch while no guest call is under way (a safety net: a
 /// call that began without [`Clock::running`] still meets its deadline, later).
 const IDLE_TICK: Duration = Duration::from_millis(50);
@@ -242,6 +235,7 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
+    /// Held for the length of a call into the guest: the epoch ticks at full rate meanwhile.
     pub(crate) fn running(self: &Arc<Self>) -> Running {
         if self.active.fetch_add(1, Ordering::AcqRel) == 0
             && let Some(thread) = self.thread.get()
@@ -252,7 +246,7 @@ impl Clock {
     }
 }
 
-/// A guest call under way (see [`PolicyIo::running`]).
+/// A guest call under way (see [`Clock::running`]).
 pub(crate) struct Running(Arc<Clock>);
 
 impl Drop for Running {

@@ -251,8 +251,7 @@ impl PolicyInstance {
             }
         });
         store.set_epoch_deadline(1);
-        let wall = wall_bound(&store.data().io);
-        let _running = store.data().io.running();
+        let (wall, _running) = call_bounds(&store.data().io);
         match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
             Ok(Ok(instance)) => Ok((store, instance)),
             Ok(Err(e)) => Err(classify(&e, store.data())),
@@ -297,8 +296,7 @@ impl PolicyInstance {
     /// Call `describe`.
     pub(crate) async fn describe(&mut self) -> Result<wit::PolicyInfo, Fault> {
         self.begin_call();
-        let wall = wall_bound(&self.store.data().io);
-        let _running = self.store.data().io.running();
+        let (wall, _running) = call_bounds(&self.store.data().io);
         let describe = self.hooks.describe();
         let call = describe.call_async(&mut self.store, ());
         let result = tokio::time::timeout(wall, call).await;
@@ -308,9 +306,8 @@ impl PolicyInstance {
     /// Call `init` with the policy's configuration.
     pub(crate) async fn init(&mut self) -> Result<Result<(), String>, Fault> {
         self.begin_call();
-        let wall = wall_bound(&self.store.data().io);
+        let (wall, _running) = call_bounds(&self.store.data().io);
         let io = self.store.data().io.clone();
-        let _running = io.running();
         let init = self.hooks.init();
         let call = init.call_async(&mut self.store, (&io.config,));
         let result = tokio::time::timeout(wall, call).await;
@@ -324,8 +321,7 @@ impl PolicyInstance {
         input: HookInput<'_>,
     ) -> Result<Decision, Fault> {
         self.begin_call();
-        let wall = wall_bound(&self.store.data().io);
-        let _running = self.store.data().io.running();
+        let (wall, _running) = call_bounds(&self.store.data().io);
         let hooks = self.hooks;
         let store = &mut self.store;
         let call = async {
@@ -374,11 +370,12 @@ fn ticks_for(deadline: Duration, tick: Duration) -> u64 {
     (deadline.as_micros() / tick).max(1) as u64
 }
 
-/// The wall-clock bound of one call: generous beyond the CPU deadline, because the guest may
-/// wait on DNS lookups (each bounded) and may be preempted by other sessions' work.
-fn wall_bound(io: &PolicyIo) -> Duration {
+/// What every call into the guest starts with: its wall-clock bound — generous beyond the CPU
+/// deadline, because the guest may wait on DNS lookups (each bounded) and may be preempted by
+/// other sessions' work — and the guard that keeps the epoch ticking at full rate meanwhile.
+fn call_bounds(io: &PolicyIo) -> (Duration, super::engine::Running) {
     let dns = io.limits.dns_timeout * io.limits.dns_lookups_per_call;
-    io.limits.cpu_deadline * 20 + dns + Duration::from_secs(1)
+    (io.limits.cpu_deadline * 20 + dns + Duration::from_secs(1), io.clock.running())
 }
 
 /// Name the cause of a failed call.

@@ -140,7 +140,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    fn live(&self, now: u64) -> bool {
+    pub(crate) fn live(&self, now: u64) -> bool {
         self.expires == 0 || self.expires > now
     }
 }
@@ -251,10 +251,14 @@ impl MemoryKv {
         Self { memory: Mutex::new(Memory::default()), max_keys }
     }
 
-    /// A store that records which keys change, for a backend that keeps them on disk
-    /// ([`MemoryKv::take_changes`]).
-    pub(crate) fn recording(max_keys: usize) -> Self {
-        let memory = Memory { changed: Some(HashSet::new()), ..Memory::default() };
+    /// A store holding `entries` (read back from disk) that records which keys change from
+    /// now on, for a backend that keeps them on disk ([`MemoryKv::take_changes`]).
+    pub(crate) fn recording(max_keys: usize, entries: impl IntoIterator<Item = (String, Entry)>) -> Self {
+        let mut memory = Memory::default();
+        for (key, entry) in entries {
+            memory.insert(&key, entry.value, entry.expires, entry.bytes);
+        }
+        memory.changed = Some(HashSet::new());
         Self { memory: Mutex::new(memory), max_keys }
     }
 
@@ -262,18 +266,6 @@ impl MemoryKv {
         let mut memory =
             self.memory.lock().map_err(|_| KvError::Unavailable("store lock poisoned".into()))?;
         Ok(f(&mut memory))
-    }
-
-    /// Put back an entry read from disk (at start; expired ones are skipped).
-    pub(crate) fn restore(&self, key: &str, entry: Entry) {
-        if entry.live(now_millis()) {
-            let _ = self.with(|m| {
-                m.insert(key, entry.value, entry.expires, entry.bytes);
-                if let Some(changed) = &mut m.changed {
-                    changed.remove(key);
-                }
-            });
-        }
     }
 
     /// The keys changed since the last call, each with its entry now (None: deleted).
@@ -359,7 +351,10 @@ impl KvStore for MemoryKv {
     }
 
     async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
-        self.with(|m| m.usage.get(tenant).copied().unwrap_or_default())
+        self.with(|m| {
+            m.sweep();
+            m.usage.get(tenant).copied().unwrap_or_default()
+        })
     }
 }
 

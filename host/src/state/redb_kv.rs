@@ -4,8 +4,8 @@
 //! microsecond on the calling thread) and keeps a copy on disk: a flusher thread writes the
 //! keys changed in the last second to the file in one durable transaction, so counters and
 //! greylist entries survive a restart — a crash loses at most the last second of them, never
-//! the file's consistency. At start the file's live entries are read back. Expired keys are
-//! deleted every ten seconds (and whenever a write finds the store or a tenant's quota full),
+//! the file's consistency. At start the file's live entries are read back and those that
+//! expired meanwhile are deleted from it. Expired keys are deleted every ten seconds (and whenever a write finds the store or a tenant's quota full),
 //! from memory and then from the file, so it does not grow with dead keys. Memory is bounded
 //! by the store's bound on keys and each tenant's quota.
 
@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableHandle};
 
-use super::kv::{Entry, KvError, KvStore, MemoryKv, Quota, Usage};
+use super::kv::{Entry, KvError, KvStore, MemoryKv, Quota, Usage, now_millis};
 
 /// Key → expiry (Unix milliseconds, big-endian, 0 for none), the bytes it counts as against
 /// its tenant's quota (big-endian), then the value.
@@ -79,7 +79,9 @@ impl RedbKv {
             std::fs::create_dir_all(dir).map_err(|e| context(&e))?;
         }
         let db = Database::create(path).map_err(|e| context(&e))?;
-        let memory = MemoryKv::recording(max_keys);
+        // One pass at start: the live entries come back into memory; expired (or malformed)
+        // ones, which expired while the relay was down, leave the file.
+        let mut live = Vec::new();
         {
             let txn = db.begin_write().map_err(|e| context(&e))?;
             for old in OLD_TABLES {
@@ -88,17 +90,24 @@ impl RedbKv {
                     txn.delete_table(TableDefinition::<&str, &[u8]>::new(old)).map_err(|e| context(&e))?;
                 }
             }
-            txn.open_table(ENTRIES).map_err(|e| context(&e))?;
-            txn.commit().map_err(|e| context(&e))?;
-            let txn = db.begin_read().map_err(|e| context(&e))?;
-            let entries = txn.open_table(ENTRIES).map_err(|e| context(&e))?;
-            for row in entries.iter().map_err(|e| context(&e))? {
-                let (key, value) = row.map_err(|e| context(&e))?;
-                if let Some(entry) = decode(value.value()) {
-                    memory.restore(key.value(), entry);
+            {
+                let mut entries = txn.open_table(ENTRIES).map_err(|e| context(&e))?;
+                let now = now_millis();
+                let mut dead = Vec::new();
+                for row in entries.iter().map_err(|e| context(&e))? {
+                    let (key, value) = row.map_err(|e| context(&e))?;
+                    match decode(value.value()) {
+                        Some(entry) if entry.live(now) => live.push((key.value().to_string(), entry)),
+                        _ => dead.push(key.value().to_string()),
+                    }
+                }
+                for key in &dead {
+                    entries.remove(key.as_str()).map_err(|e| context(&e))?;
                 }
             }
+            txn.commit().map_err(|e| context(&e))?;
         }
+        let memory = MemoryKv::recording(max_keys, live);
         let inner =
             Arc::new(Inner { db, memory, stop: AtomicBool::new(false), flushing: Default::default() });
         let background = Arc::downgrade(&inner);
@@ -183,7 +192,6 @@ impl KvStore for RedbKv {
     }
 
     async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
-        self.inner.memory.sweep();
         self.inner.memory.usage(tenant).await
     }
 }
@@ -191,6 +199,7 @@ impl KvStore for RedbKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableDatabase;
 
     const Q: Quota = Quota::UNLIMITED;
 
@@ -230,9 +239,10 @@ mod tests {
     }
 
     /// A file of the earlier layout (entries with an expiry index and usage table) opens;
-    /// its entries are kept and the tables the store no longer uses are dropped.
+    /// its live entries are kept, entries that expired while it was closed leave the file,
+    /// and the tables the store no longer uses are dropped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn earlier_tables_are_dropped() {
+    async fn start_up_drops_earlier_tables_and_expired_entries() {
         let dir = std::env::temp_dir().join(format!("sluice-redb-old-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -240,10 +250,14 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(ENTRIES)
-                .unwrap()
+            let mut entries = txn.open_table(ENTRIES).unwrap();
+            entries
                 .insert("k", encode(&Entry { value: b"v".to_vec(), expires: 0, bytes: 2 }).as_slice())
                 .unwrap();
+            entries
+                .insert("old", encode(&Entry { value: b"v".to_vec(), expires: 1, bytes: 4 }).as_slice())
+                .unwrap();
+            drop(entries);
             txn.open_table(TableDefinition::<&str, (u64, u64)>::new("usage"))
                 .unwrap()
                 .insert("t", (1, 2))
@@ -254,9 +268,12 @@ mod tests {
         assert_eq!(kv.get("k").await, Ok(Some(b"v".to_vec())));
         drop(kv);
         let db = Database::create(&path).unwrap();
-        let names: Vec<String> =
-            db.begin_write().unwrap().list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        let txn = db.begin_read().unwrap();
+        let names: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_string()).collect();
         assert_eq!(names, vec!["entries-v2".to_string()]);
+        let entries = txn.open_table(ENTRIES).unwrap();
+        assert!(entries.get("k").unwrap().is_some());
+        assert!(entries.get("old").unwrap().is_none(), "an entry expired on disk is removed at open");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,11 +9,11 @@
 //! attempt to connect, at once for the next second): they never hang and never crash.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::kv::{COUNTER_BYTES, KvError, KvStore, Quota, Usage, entry_bytes, tenant_of};
+use super::kv::{COUNTER_BYTES, KvError, KvStore, Quota, Usage, entry_bytes, now_millis, tenant_of};
 
 /// How long to wait for a connection or an answer.
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -135,10 +135,6 @@ fn unavailable(e: impl std::fmt::Display) -> KvError {
 
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The server's answer to `request`, or unavailable when it does not come in time.

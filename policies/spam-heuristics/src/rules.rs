@@ -557,9 +557,9 @@ struct PhraseIndex<const N: usize = MAX_PHRASES> {
 }
 
 /// First byte of each phrase (-1 for an empty one).
-const fn first_bytes(list: &[&str]) -> [i16; MAX_PHRASES] {
-    assert!(list.len() <= MAX_PHRASES, "phrase list too long");
-    let mut first = [-1i16; MAX_PHRASES];
+const fn first_bytes<const N: usize>(list: &[&str]) -> [i16; N] {
+    assert!(list.len() <= N, "phrase list too long");
+    let mut first = [-1i16; N];
     let mut i = 0;
     while i < list.len() {
         let bytes = list[i].as_bytes();
@@ -612,6 +612,13 @@ const TOLL_FREE: &[&str] =
 /// phrases, then these, in this order.
 const BODY_LISTS: [&[&str]; 6] =
     [REMOVE_PHRASES, TOLL_FREE, COMPLIANCE_PHRASES, ADVANCE_FEE_PHRASES, PHARMA_PHRASES, PHISH_PHRASES];
+/// Each list's number in [`BodyHits`] (0 is the scored spam phrases).
+const REMOVE_LIST: usize = 1;
+const TOLL_FREE_LIST: usize = 2;
+const COMPLIANCE_LIST: usize = 3;
+const ADVANCE_FEE_LIST: usize = 4;
+const PHARMA_LIST: usize = 5;
+const PHISH_LIST: usize = 6;
 /// Most phrases in all body lists together.
 const MAX_BODY_PHRASES: usize = 512;
 
@@ -646,21 +653,10 @@ const fn body_phrases() -> BodyPhrases {
     BodyPhrases { phrases, starts }
 }
 
-const fn body_first_bytes(all: &BodyPhrases) -> [i16; MAX_BODY_PHRASES] {
-    let mut first = [-1i16; MAX_BODY_PHRASES];
-    let mut i = 0;
-    while i < all.starts[BODY_LISTS.len() + 1] {
-        let bytes = all.phrases[i].as_bytes();
-        if !bytes.is_empty() {
-            first[i] = bytes[0] as i16;
-        }
-        i += 1;
-    }
-    first
-}
-
-static BODY_PHRASES: BodyPhrases = body_phrases();
-static BODY_INDEX: PhraseIndex<MAX_BODY_PHRASES> = build_index(body_first_bytes(&body_phrases()));
+const BODY: BodyPhrases = body_phrases();
+static BODY_PHRASES: BodyPhrases = BODY;
+// The unused tail of the array is empty phrases, which the index leaves out.
+static BODY_INDEX: PhraseIndex<MAX_BODY_PHRASES> = build_index(first_bytes(&BODY.phrases));
 
 /// Which body phrases occur in a (lower-cased) text, list by list.
 struct BodyHits {
@@ -678,15 +674,19 @@ impl BodyHits {
         &self.found[BODY_PHRASES.starts[n]..BODY_PHRASES.starts[n + 1]]
     }
 
-    /// The phrases of `list` (BODY_LISTS[n - 1]) found.
-    fn phrases(&self, n: usize, list: &[&str]) -> Vec<String> {
-        list.iter().zip(self.list(n)).filter(|(_, hit)| **hit).map(|(p, _)| p.to_string()).collect()
+    /// The phrases of list `n` found.
+    fn phrases(&self, n: usize) -> Vec<String> {
+        found_phrases(&BODY_PHRASES.phrases[BODY_PHRASES.starts[n]..BODY_PHRASES.starts[n + 1]], self.list(n))
     }
 }
 
+/// The phrases whose `hits` entry is set.
+fn found_phrases(phrases: &[&str], hits: &[bool]) -> Vec<String> {
+    phrases.iter().zip(hits).filter(|(_, hit)| **hit).map(|(p, _)| p.to_string()).collect()
+}
+
 fn count_phrases(haystack: &str, phrases: &[&str], index: &PhraseIndex) -> Vec<String> {
-    let found = present(haystack, phrases.len(), index, |i| phrases[i]);
-    phrases.iter().zip(found).filter(|(_, hit)| *hit).map(|(p, _)| p.to_string()).collect()
+    found_phrases(phrases, &present(haystack, phrases.len(), index, |i| phrases[i]))
 }
 
 /// Which of the `count` phrases (`phrase(i)`, indexed by `index`) occur in `haystack`:
@@ -1273,7 +1273,7 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
         let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
         hits.add("BODY_SPAM_PHRASES", total.min(3.5), names.join(","));
     }
-    let remove = body.phrases(1, REMOVE_PHRASES);
+    let remove = body.phrases(REMOVE_LIST);
     if let Some(detail) = remove.first().cloned().or_else(|| remove_instruction(lower)) {
         // Bulk mail that also offers the standard one-click way out (RFC 2369/8058 List-
         // Unsubscribe, which large receivers require of bulk senders) is less suspicious
@@ -1284,10 +1284,10 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
     if let Some(token) = hashbuster(visible) {
         hits.add("BODY_HASHBUSTER", 1.0, token);
     }
-    if let Some(number) = body.phrases(2, TOLL_FREE).first() {
+    if let Some(number) = body.phrases(TOLL_FREE_LIST).first() {
         hits.add("BODY_TOLL_FREE", 0.8, number.clone());
     }
-    let compliance = body.phrases(3, COMPLIANCE_PHRASES);
+    let compliance = body.phrases(COMPLIANCE_LIST);
     if !compliance.is_empty() {
         hits.add(
             "BODY_COMPLIANCE_CLAIM",
@@ -1295,15 +1295,15 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
             compliance.join(","),
         );
     }
-    let fee = body.phrases(4, ADVANCE_FEE_PHRASES);
+    let fee = body.phrases(ADVANCE_FEE_LIST);
     if fee.len() >= 2 {
         hits.add("BODY_ADVANCE_FEE", (0.9 * fee.len() as f64).min(3.5), fee.join(","));
     }
-    let pharma = body.phrases(5, PHARMA_PHRASES);
+    let pharma = body.phrases(PHARMA_LIST);
     if pharma.len() >= 2 {
         hits.add("BODY_PHARMA", 2.0, pharma.join(","));
     }
-    let phish = body.phrases(6, PHISH_PHRASES);
+    let phish = body.phrases(PHISH_LIST);
     if !phish.is_empty() {
         hits.add("BODY_PHISH_ACCOUNT", 1.5, phish.join(","));
     }
