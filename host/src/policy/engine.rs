@@ -7,15 +7,16 @@
 //! a [`LoadedPolicy`]; any failure is a [`LoadError`] naming the file and the cause.
 //!
 //! A ticker thread advances the engine's epoch; every store counts the ticks its guest runs
-//! through, which bounds CPU time per hook call (see [`super::instance`]). It ticks at full
-//! rate only while some guest call is under way ([`Clock::running`]); an idle relay's ticker
-//! wakes twenty times a second, not a thousand.
+//! through, which bounds CPU time per hook call (see [`super::instance`]). It ticks every
+//! 5 ms while guest calls keep coming and sleeps once none has run for a second; the first call
+//! after that wakes it ([`Clock::running`]). A busy relay wakes it 200 times a second however
+//! many calls it makes; an idle one, twenty times.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -51,7 +52,7 @@ impl Default for EngineOptions {
         Self {
             max_instances: 1000,
             cache_dir: default_cache_dir(),
-            tick: Duration::from_millis(1),
+            tick: Duration::from_millis(5),
             baseline_tier: false,
         }
     }
@@ -223,26 +224,66 @@ pub(crate) struct PolicyIo {
     pub clock: Arc<Clock>,
 }
 
-/// How often the ticker advances the epoch while no guest call is under way (a safety net: a
-/// call that began without [`Clock::running`] still meets its deadline, later).
+/// How often the sleeping ticker advances the epoch (a safety net: a call that began without
+/// [`Clock::running`] still meets its deadline, later).
 const IDLE_TICK: Duration = Duration::from_millis(50);
 
-/// The epoch ticker's state: calls under way, and the thread to wake when the first begins.
+/// How long the ticker keeps its full rate after the last guest call.
+const AWAKE_AFTER_CALLS: Duration = Duration::from_secs(1);
+
+/// The epoch ticker's state: calls under way, calls begun, whether the ticker sleeps, and its
+/// thread (to wake when a call begins while it sleeps).
 pub(crate) struct Clock {
     stop: AtomicBool,
     active: AtomicUsize,
+    calls: AtomicU64,
+    asleep: AtomicBool,
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Clock {
     /// Held for the length of a call into the guest: the epoch ticks at full rate meanwhile.
+    /// Wakes the ticker only when it sleeps (no call for a second): a busy relay's calls cost
+    /// it no thread wake-up.
     pub(crate) fn running(self: &Arc<Self>) -> Running {
-        if self.active.fetch_add(1, Ordering::AcqRel) == 0
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.asleep.load(Ordering::SeqCst)
+            && self.asleep.swap(false, Ordering::SeqCst)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
         }
         Running(self.clone())
+    }
+
+    /// The ticker thread: ticks every `tick` while calls are under way or have been in the last
+    /// [`AWAKE_AFTER_CALLS`], else every [`IDLE_TICK`] until a call wakes it.
+    fn run(&self, tick: Duration, engines: &[Engine]) {
+        let quiet_ticks = (AWAKE_AFTER_CALLS.as_micros() / tick.as_micros().max(1)).max(1);
+        let (mut seen, mut quiet) = (self.calls.load(Ordering::Relaxed), 0u128);
+        while !self.stop.load(Ordering::Relaxed) {
+            let calls = self.calls.load(Ordering::Relaxed);
+            if calls != seen || self.active.load(Ordering::Acquire) > 0 {
+                (seen, quiet) = (calls, 0);
+            } else {
+                quiet += 1;
+            }
+            if quiet > quiet_ticks {
+                self.asleep.store(true, Ordering::SeqCst);
+                // A call that began between the checks above and the flag finds it set and
+                // wakes the thread; one that began before it is seen at the next round.
+                if self.active.load(Ordering::SeqCst) == 0 && self.calls.load(Ordering::SeqCst) == seen {
+                    std::thread::park_timeout(IDLE_TICK);
+                }
+                self.asleep.store(false, Ordering::SeqCst);
+            } else {
+                std::thread::sleep(tick);
+            }
+            for engine in engines {
+                engine.increment_epoch();
+            }
+        }
     }
 }
 
@@ -358,6 +399,8 @@ impl PolicyEngine {
         let clock = Arc::new(Clock {
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
         });
         {
@@ -367,19 +410,7 @@ impl PolicyEngine {
             let tick = options.tick;
             let thread = std::thread::Builder::new()
                 .name("sluice-epoch".into())
-                .spawn(move || {
-                    let clock = shared;
-                    while !clock.stop.load(Ordering::Relaxed) {
-                        if clock.active.load(Ordering::Acquire) == 0 {
-                            std::thread::park_timeout(IDLE_TICK);
-                        } else {
-                            std::thread::sleep(tick);
-                        }
-                        for engine in &engines {
-                            engine.increment_epoch();
-                        }
-                    }
-                })
+                .spawn(move || shared.run(tick, &engines))
                 .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
             let _ = clock.thread.set(thread.thread().clone());
         }

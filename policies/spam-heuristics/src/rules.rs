@@ -2,6 +2,7 @@
 //! its default score. Scores follow SpamAssassin's scale: alone, no rule but the test
 //! signature and dangerous attachments reaches the 5.0 spam threshold; spam trips several.
 
+use memchr::memmem;
 use sluice_policy::{Mailbox, Message};
 
 use crate::text::{Link, base_domain, html_links, html_to_text, parse_date, text_urls, url_host};
@@ -550,33 +551,72 @@ const PHISH_PHRASES: &[&str] = &[
 const MAX_PHRASES: usize = 256;
 
 /// A phrase list's positions grouped by first byte, built at compile time: the phrases
-/// starting with byte `b` are `order[start[b]..start[b + 1]]`.
+/// starting with byte `b` are `order[start[b]..start[b + 1]]`. `pairs` has a bit for each
+/// pair of bytes some phrase starts with (every pair after the byte of a one-byte phrase) and
+/// `singles` one for each one-byte phrase: most positions of a text start no phrase's first
+/// two bytes, and are passed over with one bit test.
 struct PhraseIndex<const N: usize = MAX_PHRASES> {
     start: [u16; 257],
     order: [u16; N],
+    pairs: [u64; 1024],
+    singles: [u64; 4],
 }
 
-/// First byte of each phrase (-1 for an empty one).
-const fn first_bytes<const N: usize>(list: &[&str]) -> [i16; N] {
+impl<const N: usize> PhraseIndex<N> {
+    /// Whether some phrase may start at `at` in `bytes` (by its first two bytes).
+    #[inline]
+    fn may_start(&self, bytes: &[u8], at: usize) -> bool {
+        let b = usize::from(bytes[at]);
+        match bytes.get(at + 1) {
+            Some(&c) => {
+                let pair = b << 8 | usize::from(c);
+                self.pairs[pair >> 6] & (1 << (pair & 63)) != 0
+            }
+            None => self.singles[b >> 6] & (1 << (b & 63)) != 0,
+        }
+    }
+}
+
+/// First and second byte of each phrase (-1 where there is none).
+const fn prefixes<const N: usize>(list: &[&str]) -> [(i16, i16); N] {
     assert!(list.len() <= N, "phrase list too long");
-    let mut first = [-1i16; N];
+    let mut prefix = [(-1i16, -1i16); N];
     let mut i = 0;
     while i < list.len() {
         let bytes = list[i].as_bytes();
         if !bytes.is_empty() {
-            first[i] = bytes[0] as i16;
+            prefix[i].0 = bytes[0] as i16;
+        }
+        if bytes.len() > 1 {
+            prefix[i].1 = bytes[1] as i16;
         }
         i += 1;
     }
-    first
+    prefix
 }
 
-const fn build_index<const N: usize>(first: [i16; N]) -> PhraseIndex<N> {
+const fn build_index<const N: usize>(prefix: [(i16, i16); N]) -> PhraseIndex<N> {
     let mut start = [0u16; 257];
+    let mut pairs = [0u64; 1024];
+    let mut singles = [0u64; 4];
     let mut i = 0;
     while i < N {
-        if first[i] >= 0 {
-            start[first[i] as usize + 1] += 1;
+        let (first, second) = prefix[i];
+        if first >= 0 {
+            start[first as usize + 1] += 1;
+            let b = first as usize;
+            if second >= 0 {
+                let pair = b << 8 | second as usize;
+                pairs[pair >> 6] |= 1 << (pair & 63);
+            } else {
+                singles[b >> 6] |= 1 << (b & 63);
+                let mut c = 0;
+                while c < 256 {
+                    let pair = b << 8 | c;
+                    pairs[pair >> 6] |= 1 << (pair & 63);
+                    c += 1;
+                }
+            }
         }
         i += 1;
     }
@@ -589,18 +629,19 @@ const fn build_index<const N: usize>(first: [i16; N]) -> PhraseIndex<N> {
     let mut order = [0u16; N];
     i = 0;
     while i < N {
-        if first[i] >= 0 {
-            let b = first[i] as usize;
+        let first = prefix[i].0;
+        if first >= 0 {
+            let b = first as usize;
             order[next[b] as usize] = i as u16;
             next[b] += 1;
         }
         i += 1;
     }
-    PhraseIndex { start, order }
+    PhraseIndex { start, order, pairs, singles }
 }
 
 const fn index(list: &[&str]) -> PhraseIndex {
-    build_index(first_bytes(list))
+    build_index(prefixes(list))
 }
 
 static SUBJ_MONEY_INDEX: PhraseIndex = index(SUBJ_MONEY);
@@ -656,7 +697,7 @@ const fn body_phrases() -> BodyPhrases {
 const BODY: BodyPhrases = body_phrases();
 static BODY_PHRASES: BodyPhrases = BODY;
 // The unused tail of the array is empty phrases, which the index leaves out.
-static BODY_INDEX: PhraseIndex<MAX_BODY_PHRASES> = build_index(first_bytes(&BODY.phrases));
+static BODY_INDEX: PhraseIndex<MAX_BODY_PHRASES> = build_index(prefixes(&BODY.phrases));
 
 /// Which body phrases occur in a (lower-cased) text, list by list.
 struct BodyHits {
@@ -701,21 +742,20 @@ fn present<'p, const N: usize>(
     let mut found = vec![false; count];
     let mut missing = usize::from(index.start[256]);
     let bytes = haystack.as_bytes();
-    for (at, &b) in bytes.iter().enumerate() {
+    for at in 0..bytes.len() {
+        if !index.may_start(bytes, at) {
+            continue;
+        }
         if missing == 0 {
             break;
         }
-        let (from, to) =
-            (usize::from(index.start[usize::from(b)]), usize::from(index.start[usize::from(b) + 1]));
-        if from == to {
-            continue;
-        }
+        let b = usize::from(bytes[at]);
+        let (from, to) = (usize::from(index.start[b]), usize::from(index.start[b + 1]));
         let rest = &bytes[at..];
         for &i in &index.order[from..to] {
             let i = usize::from(i);
             let p = phrase(i).as_bytes();
-            // Second byte first: most candidates fail there, without a call to memcmp.
-            if !found[i] && rest.len() >= p.len() && (p.len() < 2 || rest[1] == p[1]) && rest.starts_with(p) {
+            if !found[i] && rest.starts_with(p) {
                 found[i] = true;
                 missing -= 1;
             }
@@ -756,12 +796,12 @@ fn displayed_domain(text: &str) -> Option<String> {
 
 fn letters_caps_ratio(text: &str) -> (usize, f64) {
     // One pass; ASCII (most of any text) without the Unicode tables.
+    // Without branches, so that the compiler can process several bytes at once.
     let (mut letters, mut caps) = (0usize, 0usize);
     for &b in text.as_bytes() {
-        if b.is_ascii_alphabetic() {
-            letters += 1;
-            caps += usize::from(b.is_ascii_uppercase());
-        }
+        let upper = b.is_ascii_uppercase();
+        letters += usize::from(upper | b.is_ascii_lowercase());
+        caps += usize::from(upper);
     }
     if !text.is_ascii() {
         for c in text.chars().filter(|c| !c.is_ascii()) {
@@ -788,7 +828,7 @@ fn has_timezone(date: &str) -> bool {
 
 /// "remove" written as an instruction: near a subject line, a reply, an address or a list.
 fn remove_instruction(lower: &str) -> Option<String> {
-    for (at, _) in lower.match_indices("remove") {
+    for at in memmem::find_iter(lower.as_bytes(), "remove") {
         let start = lower.floor_char_boundary(at.saturating_sub(80));
         let end = lower.ceil_char_boundary((at + 120).min(lower.len()));
         let window = &lower[start..end];
@@ -815,7 +855,10 @@ pub fn evaluate(input: &Input) -> Vec<Hit> {
     let visible = if text.trim().is_empty() { html_text.as_str() } else { text };
     let visible_lower = visible.to_ascii_lowercase();
 
-    if text.contains(GTUBE) || input.html.as_deref().is_some_and(|h| h.contains(GTUBE)) {
+    let gtube = memmem::Finder::new(GTUBE);
+    if gtube.find(text.as_bytes()).is_some()
+        || input.html.as_deref().is_some_and(|h| gtube.find(h.as_bytes()).is_some())
+    {
         hits.add("GTUBE", 1000.0, "GTUBE test signature".to_string());
     }
 
@@ -1082,14 +1125,30 @@ fn undeclared_8bit(input: &Input) -> bool {
 /// A long run of random lower-case letters standing alone in the text: noise appended to
 /// make every copy of a bulk message different, so checksum-based filters miss it. Words in
 /// links and addresses do not count.
+/// Shortest random word taken for a hash buster.
+const HASHBUSTER_LEN: usize = 22;
+
+/// A long word of random lower-case letters: a token that makes each copy of a bulk message
+/// differ (a "hash buster").
 fn hashbuster(visible: &str) -> Option<String> {
+    // A candidate is a run of at least HASHBUSTER_LEN lower-case ASCII letters: most texts
+    // have none, and are passed over in one pass over their bytes.
+    let mut run = 0;
+    if !visible.bytes().any(|b| {
+        run = if b.is_ascii_lowercase() { run + 1 } else { 0 };
+        run >= HASHBUSTER_LEN
+    }) {
+        return None;
+    }
     visible
         .split_whitespace()
         .filter(|w| !w.contains("://") && !w.contains('@') && !w.starts_with("www."))
         .map(|w| {
             w.trim_matches(|c: char| matches!(c, '.' | ',' | ';' | ':' | '!' | '?' | '"' | '\'' | '(' | ')'))
         })
-        .find(|w| w.len() >= 22 && w.bytes().all(|b| b.is_ascii_lowercase()) && unpronounceable(w))
+        .find(|w| {
+            w.len() >= HASHBUSTER_LEN && w.bytes().all(|b| b.is_ascii_lowercase()) && unpronounceable(w)
+        })
         .map(str::to_string)
 }
 
@@ -1330,9 +1389,7 @@ fn body_rules(input: &Input, visible: &str, lower: &str, hits: &mut Hits) {
 /// per thousand characters): the punctuation of sales copy. A single "!!!" in a long
 /// newsletter or a thread does not count.
 fn exclamation_heavy(visible: &str) -> Option<String> {
-    if !visible.contains("!!!") {
-        return None;
-    }
+    memmem::find(visible.as_bytes(), b"!!!")?;
     let marks = visible.bytes().filter(|&b| b == b'!').count();
     (marks * 1000 >= 2 * visible.len())
         .then(|| format!("{marks} exclamation marks in {} characters", visible.len()))
@@ -1395,6 +1452,10 @@ mod tests {
         }
         let list = ["abd", "ca", "x", "b"];
         assert_eq!(present("abcabd", 4, &index(&list), |i| list[i]), vec![true, true, false, true]);
+        // A one-byte phrase as the last byte, a longer one ending there, none at all.
+        assert_eq!(present("xcab", 4, &index(&list), |i| list[i]), vec![false, true, true, true]);
+        assert_eq!(present("zzabd", 4, &index(&list), |i| list[i]), vec![true, false, false, true]);
+        assert_eq!(present("zz", 4, &index(&list), |i| list[i]), vec![false; 4]);
     }
 
     fn names(input: &Input) -> Vec<&'static str> {

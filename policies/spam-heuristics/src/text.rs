@@ -1,6 +1,8 @@
 //! Text helpers for the rules: visible text of HTML, links with their anchor text, and the
 //! RFC 5322 dates found in `Date:` and `Received:` headers.
 
+use memchr::memmem;
+
 pub use sluice_policy::net::base_domain;
 
 /// A link found in HTML or text.
@@ -122,7 +124,7 @@ pub fn text_urls(text: &str) -> Vec<String> {
     let mut urls = Vec::new();
     for scheme in ["http://", "https://"] {
         let mut from = 0;
-        while let Some(pos) = lower[from..].find(scheme) {
+        while let Some(pos) = memmem::find(&lower.as_bytes()[from..], scheme.as_bytes()) {
             let start = from + pos;
             let end = lower[start..]
                 .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ']'))
