@@ -8,11 +8,13 @@ Builds Sluice in release mode unless --sluice names a binary (and the shipped Ru
 starts `sluice serve` on loopback with one tenant and limits raised to 12,000 connections —
 its chain the spam-heuristics policy (--chain data, the default: no hook before DATA, so an
 idle session holds no policy instance) or all five shipped Rust policies (--chain all: dnsbl
-hooks connect and sender-guard helo, so every idle session holds their instances) — then opens connections from this process in
-batches, reads each one's 220 greeting (and, with --ehlo, sends EHLO and reads the reply), and
+hooks connect, so every idle session holds its instance) — then opens connections from this
+process in batches, reads each one's 220 greeting (and, with --ehlo, sends EHLO and reads the reply), and
 leaves them idle. For each count it prints the relay's RSS (VmRSS of /proc/PID/status) before
-the first connection and with every connection open, the peak (VmHWM), and the difference per
-connection. Connections come from 127.0.0.1 through 127.0.0.63 (loopback), each kept open until
+the first connection and with every connection open, the peak (VmHWM), the difference per
+connection, and the private part of it (RssAnon): VmRSS also counts, once per instance, the
+pages of a policy's compiled data image that every instance maps from the same file and has
+not written to (shared page cache, not memory per connection). Connections come from 127.0.0.1 through 127.0.0.63 (loopback), each kept open until
 the end of that count. Needs a file limit above the largest count (raised to the hard limit).
 """
 import argparse
@@ -86,7 +88,7 @@ def main():
     chain = "".join(f'[[tenant.policy]]\npath = "{os.path.join(WASM, name.replace("-", "_"))}.wasm"\n'
                     + configs.get(name, "") for name in names)
 
-    print(f"{'connections':>11} {'RSS before':>11} {'RSS open':>10} {'peak':>10} {'per connection':>15}")
+    print(f"{'connections':>11} {'RSS before':>11} {'RSS open':>10} {'peak':>10} {'per connection':>15} {'private':>10}")
     for count in counts:
         work = tempfile.mkdtemp(prefix="sluice-idle-")
         port, sink = free_ports(2)
@@ -99,15 +101,16 @@ next_hop = "smtp:127.0.0.1:{sink}"
         try:
             wait_port(port, timeout=300, process=relay)
             time.sleep(1)
-            before = status(relay.pid, "VmRSS")
+            before, anon_before = status(relay.pid, "VmRSS"), status(relay.pid, "RssAnon")
             conns = open_idle(port, count, args.ehlo)
             time.sleep(2)
             if relay.poll() is not None:
                 sys.exit("the relay exited; see its log")
             rss, peak = status(relay.pid, "VmRSS"), status(relay.pid, "VmHWM")
             per = (rss - before) * 1024 / count
+            private = (status(relay.pid, "RssAnon") - anon_before) * 1024 / count
             print(f"{count:>11} {before / 1024:>8.1f} MiB {rss / 1024:>6.1f} MiB {peak / 1024:>6.1f} MiB "
-                  f"{per / 1024:>11.1f} KiB", flush=True)
+                  f"{per / 1024:>11.1f} KiB {private / 1024:>6.1f} KiB", flush=True)
             for s in conns:
                 s.close()
         finally:

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import smtplib
-import statistics
 import subprocess
 import sys
 import tempfile

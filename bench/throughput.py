@@ -4,7 +4,7 @@ smtp-sink, with fsync on in both relays, alternating the relays run after run.
 
 Usage: python3 bench/throughput.py [--messages 20000] [--sessions 20] [--runs 5]
                                    [--sizes 4096,102400] [--connections new,reuse]
-                                   [--setups direct,postfix,sluice,sluice+rust,sluice+js,sluice+python]
+                                   [--setups direct,postfix,sluice,sluice+rust,sluice+rust-warm,sluice+js,sluice+python]
                                    [--sluice PATH] [--tiny] [--keep]
 
 One command from a fresh clone (as root, for Debian's postfix package and a private Postfix
@@ -23,6 +23,8 @@ Set-ups, each on its own loopback port and delivering to its own smtp-sink:
                  benchmark's triplet passed greylisting before the runs, as a known sender's
                  has), dnsbl (two zones, the loopback client checked too, against a local name
                  server that answers NXDOMAIN), spam-heuristics
+  sluice+rust-warm the same chain with warm instances (sessions_per_instance = 100 on each
+                 policy): what the chain costs without instantiating five policies per session
   sluice+js      Sluice with the JavaScript url-guard policy (warm instances, 100 sessions each)
   sluice+python  Sluice with the Python rules policy (warm instances, 100 sessions each)
   postfix+rspamd Postfix with rspamd as its milter, when rspamd is installed (skipped otherwise)
@@ -199,14 +201,14 @@ def policy(path, config="", extra=""):
     return f'[[tenant.policy]]\npath = "{path}"\n{extra}' + (f"config = {{ {config} }}\n" if config else "")
 
 
-def rust_chain():
+def rust_chain(extra=""):
     wasm = lambda name: os.path.join(RELEASE_WASM, name.replace("-", "_") + ".wasm")  # noqa: E731
     return "".join([
-        policy(wasm("sender-guard"), 'domains = "example.com"'),
-        policy(wasm("rate-limit"), 'messages = "100000000", recipients = "100000000", window_seconds = "60"'),
-        policy(wasm("greylist"), 'delay_seconds = "0"'),
-        policy(wasm("dnsbl"), 'zones = "zen.dnsbl.test,bl.dnsbl.test", check_non_public = "true"'),
-        policy(wasm("spam-heuristics")),
+        policy(wasm("sender-guard"), 'domains = "example.com"', extra),
+        policy(wasm("rate-limit"), 'messages = "100000000", recipients = "100000000", window_seconds = "60"', extra),
+        policy(wasm("greylist"), 'delay_seconds = "0"', extra),
+        policy(wasm("dnsbl"), 'zones = "zen.dnsbl.test,bl.dnsbl.test", check_non_public = "true"', extra),
+        policy(wasm("spam-heuristics"), "", extra),
     ])
 
 
@@ -257,7 +259,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sizes", default="4096,102400")
     ap.add_argument("--connections", default="new,reuse")
-    ap.add_argument("--setups", default="direct,postfix,postfix+rspamd,sluice,sluice+rust,sluice+js,sluice+python")
+    ap.add_argument("--setups",
+                    default="direct,postfix,postfix+rspamd,sluice,sluice+rust,sluice+rust-warm,sluice+js,sluice+python")
     ap.add_argument("--sluice", help="the sluice binary (default: build target/release/sluice)")
     ap.add_argument("--spool-sync", default="group", choices=["group", "file"],
                     help="how Sluice's spool commits before a 250 ([spool] sync)")
@@ -272,7 +275,7 @@ def main():
     if args.sluice is None:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")
-    if "sluice+rust" in setups:
+    if "sluice+rust" in setups or "sluice+rust-warm" in setups:
         build = ["cargo", "build", "--release", "--target", "wasm32-wasip2"]
         for name in SHIPPED_RUST:
             build += ["-p", name]
@@ -315,6 +318,7 @@ def main():
                 chain = {
                     "sluice": "",
                     "sluice+rust": rust_chain(),
+                    "sluice+rust-warm": rust_chain("sessions_per_instance = 100\n"),
                     "sluice+js": policy(components["sluice+js"], extra="sessions_per_instance = 100\n"),
                     "sluice+python": policy(
                         components["sluice+python"],
@@ -336,11 +340,11 @@ def main():
                 for setup in setups:
                     rate, lost = one_run(relays[setup], sinks[setup], args, size, conn == "reuse")
                     results.setdefault((size, conn, setup), []).append((rate, lost))
-                    print(f"  {size // 1024} KiB {conn:<5} run {run + 1} {setup:<14} {rate:8.1f} msg/s"
+                    print(f"  {size // 1024} KiB {conn:<5} run {run + 1} {setup:<16} {rate:8.1f} msg/s"
                           + (f"  LOST {lost}" if lost > 0 else f"  duplicates {-lost}" if lost else ""),
                           file=sys.stderr, flush=True)
 
-        print(f"\n{'size':>7} {'connection':<10} {'set-up':<15} {'msg/s':>8} {'min':>8} {'max':>8} "
+        print(f"\n{'size':>7} {'connection':<10} {'set-up':<16} {'msg/s':>8} {'min':>8} {'max':>8} "
               f"{'x Postfix':>9} {'of direct':>9} {'lost':>5} {'dup':>4}")
         for size, conn in cases:
             med = {s: statistics.median(r for r, _ in results[(size, conn, s)]) for s in setups}
@@ -350,11 +354,13 @@ def main():
                 dup = sum(max(-n, 0) for _, n in results[(size, conn, setup)])
                 ratio = f"{med[setup] / med['postfix']:.2f}" if "postfix" in med else "-"
                 direct = f"{100 * med[setup] / med['direct']:.0f}%" if "direct" in med else "-"
-                print(f"{size // 1024:>4} KiB {conn:<10} {setup:<15} {med[setup]:8.1f} {min(rates):8.1f} "
+                print(f"{size // 1024:>4} KiB {conn:<10} {setup:<16} {med[setup]:8.1f} {min(rates):8.1f} "
                       f"{max(rates):8.1f} {ratio:>9} {direct:>9} {lost:>5} {dup:>4}")
             if "sluice" in med and "sluice+rust" in med:
                 print(f"{'':>7} {'':<10} Rust chain overhead: {100 * (1 - med['sluice+rust'] / med['sluice']):.1f}% "
-                      "of the no-policy throughput")
+                      "of the no-policy throughput"
+                      + (f"; warm instances: {100 * (1 - med['sluice+rust-warm'] / med['sluice']):.1f}%"
+                         if "sluice+rust-warm" in med else ""))
         if any(n > 0 for rs in results.values() for _, n in rs):
             sys.exit("messages were lost")
     finally:

@@ -61,7 +61,7 @@
 //!
 //! For speed, link it with a linear memory of a few MiB from the start (in
 //! `.cargo/config.toml`: `[target.wasm32-wasip2] rustflags = ["-C",
-//! "link-arg=--initial-memory=4194304"]`): a policy that grows its memory while handling a
+//! "link-arg=--initial-memory=2097152"]`): a policy that grows its memory while handling a
 //! message costs the relay a system call for the growth and another to shrink it back when the
 //! session ends, for every session.
 #![deny(missing_docs)]

@@ -6,12 +6,6 @@ use clap::{Parser, Subcommand};
 use sluice::cli::policy_test::{self, PolicyTestArgs};
 use sluice::cli::relay::{self, QueueCommand};
 
-/// mimalloc instead of the C library's allocator: the relay allocates on one thread and frees
-/// on another all the time (a message is read by its session, written by the spool, sent by a
-/// delivery), which makes glibc's arenas contend for their locks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "SMTP relay with sandboxed WebAssembly policies")]
 struct Cli {
