@@ -25,6 +25,7 @@ pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod domains;
+pub mod input;
 pub mod live;
 pub mod metrics;
 pub mod policy;

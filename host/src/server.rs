@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 use crate::auth;
 use crate::config::Config;
 use crate::dns::DnsResolver;
+use crate::input::Input;
 use crate::live::{Live, Loader, Tenant};
 use crate::policy::chain::{ChainSession, Judgement, Outcome, StageInput, StageResult, Transaction};
 use crate::policy::{
@@ -235,7 +236,7 @@ enum Line {
 }
 
 /// Read one CRLF-terminated line of at most `max` bytes.
-async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, max: usize) -> std::io::Result<Line> {
+async fn read_line<R: AsyncRead + Unpin>(reader: &mut Input<R>, max: usize) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -278,9 +279,21 @@ enum Flow {
 }
 
 /// Read exactly `size` bytes, appending them to `into` (or dropping them when None). False
-/// when the client went away first.
+/// when the client went away first. Reads in large chunks meanwhile.
 async fn read_chunk<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
+    reader: &mut Input<R>,
+    size: u64,
+    into: Option<&mut Vec<u8>>,
+    timeout: Duration,
+) -> std::io::Result<bool> {
+    reader.set_bulk(true);
+    let result = read_exactly(reader, size, into, timeout).await;
+    reader.set_bulk(false);
+    result
+}
+
+async fn read_exactly<R: AsyncRead + Unpin>(
+    reader: &mut Input<R>,
     size: u64,
     mut into: Option<&mut Vec<u8>>,
     timeout: Duration,
@@ -401,7 +414,7 @@ impl Connection {
 
     async fn serve(&mut self, stream: TcpStream) -> std::io::Result<()> {
         let (read, write) = stream.into_split();
-        let mut reader = BufReader::with_capacity(16 * 1024, read);
+        let mut reader = Input::new(read);
         let mut writer = BufWriter::new(write);
 
         // The client's name, confirmed forward (never for loopback, which has none worth
@@ -459,7 +472,7 @@ impl Connection {
         self.info.helo = None;
         self.session_results.retain(|r| r.stage == Stage::Connect);
         let (read, write) = tokio::io::split(tls);
-        let mut reader = BufReader::with_capacity(16 * 1024, read);
+        let mut reader = Input::new(read);
         let mut writer = BufWriter::new(write);
         self.session(&mut reader, &mut writer).await?;
         writer.shutdown().await
@@ -467,7 +480,7 @@ impl Connection {
 
     async fn session<R, W>(
         &mut self,
-        reader: &mut BufReader<R>,
+        reader: &mut Input<R>,
         writer: &mut BufWriter<W>,
     ) -> std::io::Result<Flow>
     where
@@ -519,7 +532,7 @@ impl Connection {
     async fn step<R, W>(
         &mut self,
         step: Step,
-        reader: &mut BufReader<R>,
+        reader: &mut Input<R>,
         writer: &mut BufWriter<W>,
     ) -> std::io::Result<Flow>
     where
@@ -734,7 +747,7 @@ impl Connection {
         &mut self,
         mechanism: &str,
         initial: Option<String>,
-        reader: &mut BufReader<R>,
+        reader: &mut Input<R>,
         writer: &mut BufWriter<W>,
     ) -> std::io::Result<Option<crate::policy::Reply>>
     where
@@ -791,7 +804,7 @@ impl Connection {
         &mut self,
         initial: Option<String>,
         prompt: &str,
-        reader: &mut BufReader<R>,
+        reader: &mut Input<R>,
         writer: &mut BufWriter<W>,
     ) -> std::io::Result<Option<String>>
     where
@@ -833,9 +846,17 @@ impl Connection {
         tenant.map_or(server, |t| t.min(server))
     }
 
-    async fn read_data<R: AsyncRead + Unpin>(
+    /// Read the DATA section, in large chunks.
+    async fn read_data<R: AsyncRead + Unpin>(&mut self, reader: &mut Input<R>) -> std::io::Result<DataRead> {
+        reader.set_bulk(true);
+        let result = self.read_data_section(reader).await;
+        reader.set_bulk(false);
+        result
+    }
+
+    async fn read_data_section<R: AsyncRead + Unpin>(
         &mut self,
-        reader: &mut BufReader<R>,
+        reader: &mut Input<R>,
     ) -> std::io::Result<DataRead> {
         let timeout = Duration::from_secs(self.live.config.server.data_timeout_secs);
         let mut decoder = DataDecoder::new(self.message_limit());
