@@ -2,7 +2,7 @@
 //! resource. Each one is bounded: log bytes and DNS lookups per call, key and value sizes,
 //! raw reads. Keys are namespaced here, before any backend sees them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
@@ -205,7 +205,10 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        kv_answer(self.io.services.kv.get(&key).await)
+        let started = Instant::now();
+        let answer = self.io.services.kv.get(&key).await;
+        self.budget.note_wait(started, self.io.tick);
+        kv_answer(answer)
     }
 
     async fn kv_set(
@@ -221,7 +224,10 @@ impl host::Host for HostState {
         if value.len() > kv::MAX_VALUE_BYTES {
             return Ok(Err(host::KvError::TooLarge));
         }
-        kv_answer(self.io.services.kv.set(&key, value, ttl(ttl_seconds), self.io.limits.kv_quota).await)
+        let started = Instant::now();
+        let answer = self.io.services.kv.set(&key, value, ttl(ttl_seconds), self.io.limits.kv_quota).await;
+        self.budget.note_wait(started, self.io.tick);
+        kv_answer(answer)
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<Result<(), host::KvError>> {
@@ -229,7 +235,10 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        kv_answer(self.io.services.kv.delete(&key).await)
+        let started = Instant::now();
+        let answer = self.io.services.kv.delete(&key).await;
+        self.budget.note_wait(started, self.io.tick);
+        kv_answer(answer)
     }
 
     async fn kv_incr(
@@ -242,7 +251,10 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        kv_answer(self.io.services.kv.incr(&key, delta, ttl(ttl_seconds), self.io.limits.kv_quota).await)
+        let started = Instant::now();
+        let answer = self.io.services.kv.incr(&key, delta, ttl(ttl_seconds), self.io.limits.kv_quota).await;
+        self.budget.note_wait(started, self.io.tick);
+        kv_answer(answer)
     }
 
     async fn dns_lookup(
@@ -265,7 +277,10 @@ impl host::Host for HostState {
             host::DnsType::Ptr => RecordType::Ptr,
         };
         let lookup = self.io.services.resolver.lookup(&name, kind);
-        let answer = match tokio::time::timeout(self.io.limits.dns_timeout, lookup).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.io.limits.dns_timeout, lookup).await;
+        self.budget.note_wait(started, self.io.tick);
+        let answer = match answer {
             Err(_) | Ok(Err(DnsError::Timeout)) => Err(host::DnsError::Timeout),
             Ok(Err(DnsError::NxDomain)) => Err(host::DnsError::Nxdomain),
             Ok(Err(DnsError::Failed(why))) => Err(host::DnsError::Failed(why)),

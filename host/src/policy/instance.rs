@@ -128,6 +128,19 @@ pub(crate) struct CallBudget {
     pub log_bytes: usize,
     /// A log line was dropped for exceeding the budget.
     pub log_truncated: bool,
+    /// The guest waited on the host (a lookup, a remote store) for a tick or longer since the
+    /// last tick counted: the tick its return meets is the wait's, not the guest's CPU time.
+    pub waited: bool,
+}
+
+impl CallBudget {
+    /// After a host wait that began at `started`: if it lasted a tick or more, the next tick
+    /// is not counted against the guest.
+    pub(crate) fn note_wait(&mut self, started: Instant, tick: Duration) {
+        if started.elapsed() >= tick {
+            self.waited = true;
+        }
+    }
 }
 
 /// The data of a policy store: WASI context, resource table, limits, services.
@@ -243,6 +256,9 @@ impl PolicyInstance {
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(|mut ctx| {
             let budget = &mut ctx.data_mut().budget;
+            if std::mem::take(&mut budget.waited) {
+                return Ok(UpdateDeadline::Yield(1));
+            }
             budget.ticks_used += 1;
             if budget.ticks_used > budget.ticks_allowed {
                 Err(wasmtime::Error::new(DeadlineExceeded))
@@ -268,6 +284,7 @@ impl PolicyInstance {
         state.budget.dns_lookups = 0;
         state.budget.log_bytes = 0;
         state.budget.log_truncated = false;
+        state.budget.waited = false;
         self.store.set_epoch_deadline(1);
     }
 
