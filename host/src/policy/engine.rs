@@ -235,7 +235,11 @@ const AWAKE_AFTER_CALLS: Duration = Duration::from_secs(1);
 /// thread (to wake when a call begins while it sleeps).
 pub(crate) struct Clock {
     stop: AtomicBool,
+    /// Calls under way: a call longer than [`AWAKE_AFTER_CALLS`] keeps the full rate however
+    /// few calls begin meanwhile.
     active: AtomicUsize,
+    /// Calls begun: short calls in quick succession may all be over whenever the ticker looks,
+    /// but the count has moved.
     calls: AtomicU64,
     asleep: AtomicBool,
     thread: std::sync::OnceLock<std::thread::Thread>,

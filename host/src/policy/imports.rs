@@ -2,7 +2,7 @@
 //! resource. Each one is bounded: log bytes and DNS lookups per call, key and value sizes,
 //! raw reads. Keys are namespaced here, before any backend sees them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::component::Resource;
 
@@ -205,9 +205,7 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        let started = Instant::now();
-        let answer = self.io.services.kv.get(&key).await;
-        self.budget.note_wait(started, self.io.tick);
+        let answer = self.budget.wait_on(self.io.tick, self.io.services.kv.get(&key)).await;
         kv_answer(answer)
     }
 
@@ -224,9 +222,13 @@ impl host::Host for HostState {
         if value.len() > kv::MAX_VALUE_BYTES {
             return Ok(Err(host::KvError::TooLarge));
         }
-        let started = Instant::now();
-        let answer = self.io.services.kv.set(&key, value, ttl(ttl_seconds), self.io.limits.kv_quota).await;
-        self.budget.note_wait(started, self.io.tick);
+        let answer = self
+            .budget
+            .wait_on(
+                self.io.tick,
+                self.io.services.kv.set(&key, value, ttl(ttl_seconds), self.io.limits.kv_quota),
+            )
+            .await;
         kv_answer(answer)
     }
 
@@ -235,9 +237,7 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        let started = Instant::now();
-        let answer = self.io.services.kv.delete(&key).await;
-        self.budget.note_wait(started, self.io.tick);
+        let answer = self.budget.wait_on(self.io.tick, self.io.services.kv.delete(&key)).await;
         kv_answer(answer)
     }
 
@@ -251,9 +251,13 @@ impl host::Host for HostState {
             Ok(key) => key,
             Err(e) => return Ok(Err(e)),
         };
-        let started = Instant::now();
-        let answer = self.io.services.kv.incr(&key, delta, ttl(ttl_seconds), self.io.limits.kv_quota).await;
-        self.budget.note_wait(started, self.io.tick);
+        let answer = self
+            .budget
+            .wait_on(
+                self.io.tick,
+                self.io.services.kv.incr(&key, delta, ttl(ttl_seconds), self.io.limits.kv_quota),
+            )
+            .await;
         kv_answer(answer)
     }
 
@@ -277,9 +281,8 @@ impl host::Host for HostState {
             host::DnsType::Ptr => RecordType::Ptr,
         };
         let lookup = self.io.services.resolver.lookup(&name, kind);
-        let started = Instant::now();
-        let answer = tokio::time::timeout(self.io.limits.dns_timeout, lookup).await;
-        self.budget.note_wait(started, self.io.tick);
+        let answer =
+            self.budget.wait_on(self.io.tick, tokio::time::timeout(self.io.limits.dns_timeout, lookup)).await;
         let answer = match answer {
             Err(_) | Ok(Err(DnsError::Timeout)) => Err(host::DnsError::Timeout),
             Ok(Err(DnsError::NxDomain)) => Err(host::DnsError::Nxdomain),

@@ -136,10 +136,19 @@ pub(crate) struct CallBudget {
 impl CallBudget {
     /// After a host wait that began at `started`: if it lasted a tick or more, the next tick
     /// is not counted against the guest.
-    pub(crate) fn note_wait(&mut self, started: Instant, tick: Duration) {
+    fn note_wait(&mut self, started: Instant, tick: Duration) {
         if started.elapsed() >= tick {
             self.waited = true;
         }
+    }
+
+    /// Await a host wait (a DNS lookup, the key-value store) made on the guest's behalf, and
+    /// note it (see [`Self::note_wait`]).
+    pub(crate) async fn wait_on<F: Future>(&mut self, tick: Duration, wait: F) -> F::Output {
+        let started = Instant::now();
+        let answer = wait.await;
+        self.note_wait(started, tick);
+        answer
     }
 }
 
