@@ -9,7 +9,7 @@
 #   rust    cargo + the wasm32-wasip2 target        policies/<name>/        (Cargo crates)
 #   js      node + npm (packages from policies/js/package-lock.json)     policies/js/<name>/policy.js
 #   python  componentize-py (pip)                   policies/python/<name>/app.py
-#   c       clang + lld + wasi-libc (Debian), and jco from policies/js (or wasm-tools)
+#   c       clang + lld + wasi-libc + libclang-rt-dev-wasm32 (Debian), and jco from policies/js (or wasm-tools)
 #                                                   policies/c/<name>/policy.c
 set -euo pipefail
 
@@ -106,7 +106,7 @@ build_c() {
     if ! printf '#include <string.h>\nint f(const char *s) { return (int)strlen(s); }\n' |
         "$cc" --target=wasm32-wasi "${sysroot[@]}" -mexec-model=reactor -x c - -o "$probe" 2>/dev/null; then
         rm -f "$probe"
-        skip c "clang, lld and wasi-libc for wasm32 are needed (Debian: apt-get install clang lld wasi-libc)"
+        skip c "clang, lld, wasi-libc and the wasm32 compiler runtime are needed (Debian: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32)"
         return
     fi
     rm -f "$probe"

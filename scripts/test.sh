@@ -15,8 +15,8 @@ if ! command -v swaks >/dev/null || ! swaks --support 2>/dev/null | grep -q "TLS
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl
 fi
-# The shared-state tests run a real Redis server; the C policies need clang, lld and
-# wasi-libc for wasm32; the JavaScript ones node and npm.
+# The shared-state tests run a real Redis server; the C policies need clang, lld,
+# wasi-libc and clang's wasm32 runtime; the JavaScript ones node and npm.
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 MISSING=()
@@ -24,6 +24,9 @@ command -v redis-server >/dev/null || MISSING+=(redis-server)
 command -v clang >/dev/null || MISSING+=(clang)
 command -v wasm-ld >/dev/null || MISSING+=(lld)
 [ -f /usr/lib/wasm32-wasi/libc.a ] || MISSING+=(wasi-libc)
+# clang's runtime for wasm32 (its builtins), which the clang package does not bring.
+compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a' >/dev/null ||
+    MISSING+=(libclang-rt-dev-wasm32)
 command -v node >/dev/null || MISSING+=(nodejs)
 command -v npm >/dev/null || MISSING+=(npm)
 if [ ${#MISSING[@]} -gt 0 ]; then

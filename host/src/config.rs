@@ -148,11 +148,19 @@ pub struct SpoolConfig {
     /// How an accepted message reaches the disk before its 250: `group` (one `syncfs` for
     /// every session waiting at that moment) or `file` (an fsync per file).
     pub sync: crate::spool::SyncMode,
+    /// Free space the spool's file system must keep: below it (plus the size a client
+    /// declares), MAIL gets `452 4.3.1` until space returns. Default: twice
+    /// `server.max_message_bytes`.
+    pub min_free_bytes: Option<u64>,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("var/spool"), sync: crate::spool::SyncMode::default() }
+        Self {
+            dir: PathBuf::from("var/spool"),
+            sync: crate::spool::SyncMode::default(),
+            min_free_bytes: None,
+        }
     }
 }
 
@@ -167,6 +175,11 @@ pub struct RelayConfig {
     pub auth_users_file: Option<PathBuf>,
     /// Offer AUTH without TLS to loopback clients (never to others).
     pub allow_plaintext_auth_on_loopback: bool,
+    /// Failed AUTH attempts from one client IP before AUTH from it is refused (`421 4.7.0`,
+    /// and the connection closes) for `auth_lockout_secs`.
+    pub auth_failures_per_ip: u32,
+    /// How long failures are remembered and a locked-out IP stays locked out, seconds.
+    pub auth_lockout_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -175,6 +188,8 @@ impl Default for RelayConfig {
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             auth_users_file: None,
             allow_plaintext_auth_on_loopback: false,
+            auth_failures_per_ip: 5,
+            auth_lockout_secs: 600,
         }
     }
 }
@@ -390,6 +405,9 @@ impl Config {
         }
         if s.max_recipients < 1 {
             return Err("server.max_recipients: must be at least 1".into());
+        }
+        if self.relay.auth_failures_per_ip < 1 {
+            return Err("relay.auth_failures_per_ip: must be at least 1".into());
         }
         if s.max_connections < 1 || s.max_connections_per_ip < 1 {
             return Err("server.max_connections / max_connections_per_ip: must be at least 1".into());

@@ -61,9 +61,37 @@ pub struct Relay {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Tenant → (minute since the epoch, transactions accepted in it).
     rates: Mutex<HashMap<String, (u64, u32)>>,
+    /// Client IP → (failed AUTH attempts, when the first of them was).
+    auth_failures: Mutex<HashMap<IpAddr, (u32, std::time::Instant)>>,
 }
 
 impl Relay {
+    /// Whether `ip` has failed AUTH `limit` times within `window` (and so may not try now).
+    fn auth_locked(&self, ip: IpAddr, limit: u32, window: Duration) -> bool {
+        let mut failures = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+        match failures.get(&ip) {
+            Some((_, first)) if first.elapsed() >= window => {
+                failures.remove(&ip);
+                false
+            }
+            Some((count, _)) => *count >= limit,
+            None => false,
+        }
+    }
+
+    /// Count a failed AUTH from `ip`.
+    fn auth_failed(&self, ip: IpAddr, window: Duration) {
+        let mut failures = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= 100_000 {
+            failures.retain(|_, (_, first)| first.elapsed() < window);
+        }
+        let entry = failures.entry(ip).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= window {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+    }
+
     /// Open the spool and load every tenant's policies. Returns the relay and the receiver
     /// of new queue ids for the delivery task. `config_path` is the file a reload re-reads.
     pub async fn build(
@@ -129,6 +157,7 @@ impl Relay {
             delivery: tx,
             per_ip: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
+            auth_failures: Mutex::new(HashMap::new()),
         };
         Ok((Arc::new(relay), rx))
     }
@@ -231,14 +260,22 @@ impl Relay {
 enum Line {
     Command(Vec<u8>),
     TooLong,
+    /// Far over the limit and still no line end: not a client that merely overshot.
+    Runaway,
     BareLineEnding,
     Eof,
 }
+
+/// Bytes of one over-long line read (and dropped) while waiting for its end before the
+/// session is closed: a client that sent a slightly long line gets its error and goes on, a
+/// stream of megabytes without a line end does not hold the session.
+const RUNAWAY_LINE_BYTES: usize = 64 * 1024;
 
 /// Read one CRLF-terminated line of at most `max` bytes.
 async fn read_line<R: AsyncRead + Unpin>(reader: &mut Input<R>, max: usize) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
+    let mut read = 0usize;
     loop {
         let buf = reader.fill_buf().await?;
         if buf.is_empty() {
@@ -257,8 +294,12 @@ async fn read_line<R: AsyncRead + Unpin>(reader: &mut Input<R>, max: usize) -> s
             }
         }
         reader.consume(n);
+        read += n;
         if done {
             break;
+        }
+        if too_long && read > RUNAWAY_LINE_BYTES.max(max) {
+            return Ok(Line::Runaway);
         }
     }
     if too_long {
@@ -508,6 +549,7 @@ impl Connection {
             let step = match line {
                 Line::Eof => return Ok(Flow::Close),
                 Line::TooLong => self.core.error(reply(500, "5.5.6", "Line too long")),
+                Line::Runaway => Step::Close(reply(500, "5.5.6", "Line too long, closing connection")),
                 Line::BareLineEnding => self.core.error(reply(
                     500,
                     "5.5.2",
@@ -566,7 +608,12 @@ impl Connection {
                 Ok(flow(!disconnect))
             }
             Step::Mail(from) => {
+                let declared = self.core.declared_size();
                 self.end_transaction();
+                if let Some(refusal) = self.storage_refusal(declared) {
+                    writer.write_all(&render(&refusal)).await?;
+                    return Ok(Flow::Continue);
+                }
                 for r in &self.session_results {
                     let _ = self.transaction.absorb(r);
                 }
@@ -682,6 +729,11 @@ impl Connection {
                     writer.write_all(&render(&r)).await?;
                     return Ok(Flow::Continue);
                 }
+                if memchr::memchr(0, &body).is_some() {
+                    self.end_transaction();
+                    writer.write_all(&render(&nul_refused())).await?;
+                    return Ok(Flow::Continue);
+                }
                 let (answer, keep_open) = self.accept_message(body).await;
                 writer.write_all(&render(&answer)).await?;
                 Ok(flow(keep_open))
@@ -691,6 +743,14 @@ impl Connection {
                 Ok(Flow::StartTls)
             }
             Step::Auth { mechanism, initial } => {
+                let relay = &self.live.config.relay;
+                let window = Duration::from_secs(relay.auth_lockout_secs);
+                if self.relay.auth_locked(self.peer.ip(), relay.auth_failures_per_ip, window) {
+                    tracing::warn!(client = %self.peer, "AUTH refused: too many failures from this address");
+                    let r = reply(421, "4.7.0", "Too many failed authentication attempts, try again later");
+                    writer.write_all(&render(&r)).await?;
+                    return Ok(Flow::Close);
+                }
                 match self.authenticate(&mechanism, initial, reader, writer).await? {
                     Some(r) => {
                         writer.write_all(&render(&r)).await?;
@@ -729,6 +789,11 @@ impl Connection {
                                 "Message size exceeds the fixed maximum",
                             )))
                             .await?;
+                        true
+                    }
+                    DataRead::Message(body) if memchr::memchr(0, &body).is_some() => {
+                        self.end_transaction();
+                        writer.write_all(&render(&nul_refused())).await?;
                         true
                     }
                     DataRead::Message(body) => {
@@ -792,6 +857,8 @@ impl Connection {
             Ok(Some(reply(235, "2.7.0", "Authentication successful")))
         } else {
             tracing::info!(tenant = %self.info.tenant, client = %self.peer, user = %user, "authentication failed");
+            let window = Duration::from_secs(self.live.config.relay.auth_lockout_secs);
+            self.relay.auth_failed(self.peer.ip(), window);
             // Slow down guessing.
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(Some(self.core_error(reply(535, "5.7.8", "Authentication credentials invalid"))))
@@ -823,7 +890,7 @@ impl Connection {
         writer.flush().await?;
         match tokio::time::timeout(timeout, read_line(reader, max)).await {
             Ok(Ok(Line::Command(bytes))) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-            Ok(Ok(Line::Eof)) | Err(_) => Ok(None),
+            Ok(Ok(Line::Eof | Line::Runaway)) | Err(_) => Ok(None),
             Ok(Ok(_)) => Ok(Some(String::new())),
             Ok(Err(e)) => Err(e),
         }
@@ -902,6 +969,10 @@ impl Connection {
                     if judgement.outcome == Outcome::Quarantine { Store::Quarantine } else { Store::Queue };
                 match self.store(&judgement, parsed.raw(), tenant, store).await {
                     Ok(()) => reply(250, "2.0.0", &format!("Ok: queued as {id}")),
+                    Err(e) if spool::is_storage_full(&e) => {
+                        tracing::error!(tenant = %self.info.tenant, id, error = %e, "spool full: message not accepted");
+                        insufficient_storage()
+                    }
                     Err(e) => {
                         tracing::error!(tenant = %self.info.tenant, id, error = %e, "cannot store the message in the spool");
                         reply(451, "4.3.0", "Temporary local problem, please try again later")
@@ -913,6 +984,21 @@ impl Connection {
         let keep_open = !judgement.disconnect;
         self.end_transaction();
         (answer, keep_open)
+    }
+
+    /// `452 4.3.1` when the spool's file system has less free space than it must keep plus
+    /// the size the client declared (RFC 1870 §6.1); `None` when there is room (or the space
+    /// cannot be told, when the store itself will tell).
+    fn storage_refusal(&self, declared: Option<usize>) -> Option<crate::policy::Reply> {
+        let config = &self.live.config;
+        let keep = config.spool.min_free_bytes.unwrap_or(2 * config.server.max_message_bytes as u64);
+        let declared = declared.unwrap_or(0) as u64;
+        let free = self.relay.spool.free_bytes().ok()?;
+        if free >= keep.saturating_add(declared) {
+            return None;
+        }
+        tracing::warn!(free, keep, declared, "spool file system short of space: MAIL deferred");
+        Some(insufficient_storage())
     }
 
     async fn store(
@@ -1092,6 +1178,17 @@ pub fn rfc5322_date(secs: u64) -> String {
     let month_name = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
         [(month - 1) as usize];
     format!("{weekday}, {day} {month_name} {year} {h:02}:{m:02}:{s:02} +0000")
+}
+
+/// The reply when the spool has no room (RFC 3463 4.3.1).
+fn insufficient_storage() -> crate::policy::Reply {
+    reply(452, "4.3.1", "Insufficient system storage, please try again later")
+}
+
+/// The reply to a message with a NUL byte: not text (RFC 5321 §2.3.8), and a next hop that
+/// drops NULs could see an end of data (`CRLF NUL . CRLF`) where this relay saw none.
+fn nul_refused() -> crate::policy::Reply {
+    reply(550, "5.6.0", "NUL characters in message data are not allowed")
 }
 
 #[cfg(test)]

@@ -398,16 +398,29 @@ impl Spool {
     /// Store a new message durably: returns once it is on disk (blocking the thread).
     pub fn store(&self, store: Store, envelope: &QueuedMessage, message: &[u8]) -> io::Result<()> {
         let file = self.write_new(store, envelope, message)?;
-        match self.mode {
-            SyncMode::File => {
-                file.sync_all()?;
-                sync_dir(self.dir(store))
-            }
+        let committed = match self.mode {
+            SyncMode::File => file.sync_all().and_then(|()| sync_dir(self.dir(store))),
             SyncMode::Group => {
                 drop(file);
                 self.group.sync()
             }
+        };
+        self.unless_committed(store, &envelope.id, committed)
+    }
+
+    /// A file whose commit failed never got its 250: it must not be delivered later (after a
+    /// restart, say), so it goes.
+    fn unless_committed(&self, store: Store, id: &str, committed: io::Result<()>) -> io::Result<()> {
+        if committed.is_err() {
+            let _ = fs::remove_file(self.path(store, id)?);
         }
+        committed
+    }
+
+    /// Bytes free for unprivileged writers on the spool's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.queue).map_err(io::Error::from)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Store a new message durably from a task: in `group` mode the file is written here (a
@@ -422,7 +435,8 @@ impl Spool {
         match self.mode {
             SyncMode::Group => {
                 drop(self.write_new(store, envelope, message)?);
-                self.group.sync_async().await
+                let committed = self.group.sync_async().await;
+                self.unless_committed(store, &envelope.id, committed)
             }
             SyncMode::File => {
                 let (spool, envelope, message) = (self.clone(), envelope.clone(), message.clone());
@@ -723,6 +737,11 @@ fn decode(bytes: &[u8]) -> io::Result<(Header, &[u8], &[u8])> {
     let envelope = &bytes[header.start..header.envelope_end()];
     let message = &bytes[header.envelope_end() + 1..];
     Ok((header, envelope, message))
+}
+
+/// Whether an error means the file system (or the writer's quota) is full.
+pub fn is_storage_full(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 /// fsync a directory, making renames and removals in it durable.

@@ -131,3 +131,20 @@ async fn the_engine_serves_sessions_after_faults() {
         assert_eq!(sim.judgement.outcome, Outcome::Accept);
     }
 }
+
+/// A policy cannot read or write files, list directories, read the environment or arguments,
+/// open or bind sockets or resolve names: every attempt the standard library offers fails
+/// inside the sandbox, and the policy goes on to its verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_cannot_reach_files_environment_or_network() {
+    let probe =
+        engine().load(&spec(PROBE, &[("escape", "yes")]), "tenant-a", services()).await.expect("loads");
+    let chain = chain(vec![probe]);
+    let sim = run(&chain, &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    let found = symbols(&sim);
+    for name in ["FILE", "WRITE", "ENV", "ARGS", "SOCKET", "LOOKUP"] {
+        assert!(found.contains(&format!("ESCAPE_{name}_DENIED")), "{name}: {found:?}");
+    }
+    assert!(!std::path::Path::new("/tmp/sluice-probe-escape").exists());
+    assert_eq!(sim.judgement.outcome, Outcome::Accept);
+}

@@ -44,35 +44,37 @@ fn delivers_inbound_mail_to_the_next_hop() {
     });
 }
 
+/// The vectors of nmap's smtp-open-relay script and the classic relay tests, with
+/// example.test local, elsewhere.test foreign and 127.0.0.1 the relay's own address.
+const RELAY_VECTORS: [&str; 19] = [
+    "<relaytest@elsewhere.test>",
+    "<relaytest%elsewhere.test@example.test>",
+    "<relaytest%elsewhere.test@[127.0.0.1]>",
+    "<\"relaytest@elsewhere.test\">",
+    "<\"relaytest%elsewhere.test\">",
+    "<relaytest@elsewhere.test@example.test>",
+    "<relaytest@elsewhere.test@[127.0.0.1]>",
+    "<\"relaytest@elsewhere.test\"@example.test>",
+    "<\"relaytest@elsewhere.test\"@[127.0.0.1]>",
+    "<elsewhere.test!relaytest>",
+    "<elsewhere.test!relaytest@example.test>",
+    "<elsewhere.test!relaytest@[127.0.0.1]>",
+    "<@example.test:relaytest@elsewhere.test>",
+    "<@[127.0.0.1]:relaytest@elsewhere.test>",
+    "<relaytest@[127.0.0.1]>",
+    "<relaytest@127.0.0.1>",
+    "<relaytest@elsewhere.test.>",
+    "<relaytest@example.test.>",
+    "<relaytest@sub.example.test>",
+];
+
 #[test]
 fn never_an_open_relay() {
     let dir = temp_dir("open-relay");
     let sink_port = free_port();
     let _sink = sink(sink_port, &dir.join("sink"), &[]);
     let r = relay(&dir, free_port(), &inbound(sink_port));
-    // The vectors of nmap's smtp-open-relay script and the classic relay tests, with
-    // example.test local, elsewhere.test foreign and 127.0.0.1 the relay's own address.
-    let vectors = [
-        "<relaytest@elsewhere.test>",
-        "<relaytest%elsewhere.test@example.test>",
-        "<relaytest%elsewhere.test@[127.0.0.1]>",
-        "<\"relaytest@elsewhere.test\">",
-        "<\"relaytest%elsewhere.test\">",
-        "<relaytest@elsewhere.test@example.test>",
-        "<relaytest@elsewhere.test@[127.0.0.1]>",
-        "<\"relaytest@elsewhere.test\"@example.test>",
-        "<\"relaytest@elsewhere.test\"@[127.0.0.1]>",
-        "<elsewhere.test!relaytest>",
-        "<elsewhere.test!relaytest@example.test>",
-        "<elsewhere.test!relaytest@[127.0.0.1]>",
-        "<@example.test:relaytest@elsewhere.test>",
-        "<@[127.0.0.1]:relaytest@elsewhere.test>",
-        "<relaytest@[127.0.0.1]>",
-        "<relaytest@127.0.0.1>",
-        "<relaytest@elsewhere.test.>",
-        "<relaytest@example.test.>",
-        "<relaytest@sub.example.test>",
-    ];
+    let vectors = RELAY_VECTORS;
     let list = vectors.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect::<Vec<_>>().join(",");
     let out = python(
         r.port,
@@ -633,6 +635,147 @@ fn starttls_then_auth_then_relay() {
     assert!(env.contains("dave@remote.test"), "{env}");
 }
 
+/// The open-relay vectors again, each in a session of its own over STARTTLS: as they come,
+/// after RSET, after a failed AUTH, all refused; once authenticated, plain foreign recipients are
+/// accepted and the tricks still refused.
+#[test]
+fn never_an_open_relay_after_rset_starttls_or_failed_auth() {
+    let dir = temp_dir("open-relay-tls");
+    let sink_port = free_port();
+    let r = relay(&dir, free_port(), &tls_and_auth(&dir, sink_port));
+    let list =
+        RELAY_VECTORS.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect::<Vec<_>>().join(",");
+    let out = python(
+        r.port,
+        &format!(
+            "import ssl\n\
+             ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+             def session(mode, n):\n\
+             \x20   source = '127.0.1.%d' % (n + 1) if mode == 'failed-auth' else '127.0.0.1'\n\
+             \x20   s = smtplib.SMTP('127.0.0.1', PORT, source_address=(source, 0)); s.ehlo('client.remote.test')\n\
+             \x20   s.starttls(context=ctx); s.ehlo('client.remote.test')\n\
+             \x20   if mode == 'failed-auth':\n\
+             \x20       s.user, s.password = 'alice', 'wrong'\n\
+             \x20       try:\n\
+             \x20           s.auth('PLAIN', s.auth_plain)\n\
+             \x20       except smtplib.SMTPAuthenticationError:\n\
+             \x20           pass\n\
+             \x20   if mode == 'authenticated':\n\
+             \x20       s.login('alice', 'secret')\n\
+             \x20   if mode == 'rset':\n\
+             \x20       s.docmd('MAIL FROM:<relaytest@example.test>'); s.docmd('RSET')\n\
+             \x20   return s\n\
+             for mode in ['tls', 'rset', 'failed-auth', 'authenticated']:\n\
+             \x20   for n, rcpt in enumerate([{list}]):\n\
+             \x20       s = session(mode, n)\n\
+             \x20       s.docmd('MAIL FROM:<relaytest@remote.test>')\n\
+             \x20       code, text = s.docmd('RCPT TO:' + rcpt)\n\
+             \x20       print(mode, code, rcpt)\n\
+             \x20       s.close()\n"
+        ),
+    );
+    assert_eq!(out.lines().count(), RELAY_VECTORS.len() * 4, "{out}");
+    for line in out.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (mode, code, rcpt) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let code: u16 = code.parse().expect("code");
+        // Authenticated users may relay to an ordinary foreign address; every trick stays
+        // refused for them too.
+        let ordinary = rcpt == "<relaytest@elsewhere.test>";
+        // The percent hack, bang paths, source routes and quoted or doubled @ never route.
+        let trick =
+            rcpt.contains('%') || rcpt.contains('!') || rcpt.contains(':') || rcpt.matches('@').count() != 1;
+        if mode == "authenticated" && ordinary {
+            assert_eq!(code, 250, "authenticated relay refused: {line}");
+        } else if mode == "authenticated" && !trick {
+            // Its own domains and address literals: for the user to send to, never a relay hole.
+        } else {
+            assert!(code >= 500, "relay vector accepted: {line}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(files(&r.dir.join("spool/queue"), ".mail").is_empty());
+}
+
+/// AUTH brute force: after five failures from one address within the lockout window, AUTH from
+/// it gets `421 4.7.0` and the connection closes, even with the right password; another
+/// address is not affected.
+#[test]
+fn auth_brute_force_is_locked_out() {
+    let dir = temp_dir("auth-lockout");
+    let sink_port = free_port();
+    let r = relay(&dir, free_port(), &tls_and_auth(&dir, sink_port));
+    let out = python(
+        r.port,
+        "import ssl\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         def attempt(password, source='127.0.0.1'):\n\
+         \x20   s = smtplib.SMTP('127.0.0.1', PORT, source_address=(source, 0)); s.ehlo('c.remote.test')\n\
+         \x20   s.starttls(context=ctx); s.ehlo('c.remote.test')\n\
+         \x20   s.user, s.password = 'alice', password\n\
+         \x20   try:\n\
+         \x20       return s.auth('PLAIN', s.auth_plain)[0]\n\
+         \x20   except smtplib.SMTPAuthenticationError as e:\n\
+         \x20       return e.smtp_code\n\
+         \x20   except smtplib.SMTPServerDisconnected:\n\
+         \x20       return 'closed'\n\
+         for n in range(6):\n\
+         \x20   print(attempt('guess%d' % n))\n\
+         print(attempt('secret'))\n\
+         print(attempt('secret', '127.0.0.2'))\n",
+    );
+    // smtplib reports a 421 to AUTH as a closed connection or as the code itself.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..5], &["535"; 5], "{out}");
+    assert!(["421", "closed"].contains(&lines[5]) && ["421", "closed"].contains(&lines[6]), "{out}");
+    assert_eq!(lines[7], "235", "{out}");
+    assert!(log(&r.dir).contains("AUTH refused: too many failures"), "{}", log(&r.dir));
+}
+
+/// STARTTLS negotiates TLS 1.2 or 1.3 only; what the client said before it is forgotten
+/// (RFC 3207 §4.2), and after a failed handshake nothing goes on in plaintext.
+#[test]
+fn starttls_is_tls_1_2_or_1_3_and_starts_the_session_over() {
+    let dir = temp_dir("tls-versions");
+    let sink_port = free_port();
+    let r = relay(&dir, free_port(), &tls_and_auth(&dir, sink_port));
+    let out = python(
+        r.port,
+        "import ssl\n\
+         def reply(f):\n\
+         \x20   while True:\n\
+         \x20       line = f.readline()\n\
+         \x20       if not line or line[3:4] != b'-':\n\
+         \x20           return line[:3].decode() or 'closed'\n\
+         def attempt(version):\n\
+         \x20   ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         \x20   ctx.set_ciphers('ALL:@SECLEVEL=0')\n\
+         \x20   ctx.minimum_version = version; ctx.maximum_version = version\n\
+         \x20   raw = socket.create_connection(('127.0.0.1', PORT), timeout=10); f = raw.makefile('rb')\n\
+         \x20   reply(f)\n\
+         \x20   for cmd in [b'EHLO c.remote.test', b'STARTTLS']:\n\
+         \x20       raw.sendall(cmd + b'\\r\\n'); reply(f)\n\
+         \x20   try:\n\
+         \x20       tls = ctx.wrap_socket(raw)\n\
+         \x20   except (ssl.SSLError, OSError):\n\
+         \x20       try:\n\
+         \x20           raw.sendall(b'NOOP\\r\\n'); return 'refused', reply(f)\n\
+         \x20       except OSError:\n\
+         \x20           return 'refused', 'closed'\n\
+         \x20   t = tls.makefile('rb')\n\
+         \x20   tls.sendall(b'MAIL FROM:<a@remote.test>\\r\\n')\n\
+         \x20   return tls.version(), reply(t)\n\
+         for version in [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]:\n\
+         \x20   print(*attempt(version))\n",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    // Old versions: no handshake, and the plaintext session does not go on.
+    assert_eq!(&lines[..2], &["refused closed", "refused closed"], "{out}");
+    // 1.2 and 1.3: negotiated, and the session starts over: the EHLO before STARTTLS is
+    // forgotten, so MAIL without a new EHLO gets 503.
+    assert_eq!(&lines[2..], &["TLSv1.2 503", "TLSv1.3 503"], "{out}");
+}
+
 #[test]
 fn commands_pipelined_behind_starttls_are_dropped() {
     let dir = temp_dir("tls-injection");
@@ -770,6 +913,36 @@ fn a_next_hop_that_hangs_or_resets_keeps_the_mail_queued() {
         let envelope = std::fs::read_to_string(&queued[0]).expect("spool file");
         assert!(envelope.contains("\"status\":\"pending\""), "{envelope}");
     }
+}
+
+/// A next hop that resets the connection in the middle of DATA, twice, and answers slowly
+/// (a second per message): the messages stay queued, are retried, and once it recovers each
+/// reaches it exactly once — nothing lost, no duplicate of what it confirmed.
+#[test]
+fn a_next_hop_that_resets_mid_data_then_recovers_gets_each_message_once() {
+    let dir = temp_dir("hop-reset-in-data");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &["--reset-in-data", "2", "--delay", "1"]);
+    let r = relay(&dir, free_port(), &inbound(sink_port));
+    python(
+        r.port,
+        "for n in range(3):\n\
+         \x20   s = smtplib.SMTP('127.0.0.1', PORT)\n\
+         \x20   s.sendmail('alice@remote.test', ['bob@example.test'], 'Subject: number %d\\r\\n\\nline one\\r\\nline two\\r\\nline three\\r\\n' % n)\n\
+         \x20   s.quit()\n",
+    );
+    wait_for("every message delivered", Duration::from_secs(60), || {
+        files(&dir.join("sink"), ".eml").len() >= 3 && files(&r.dir.join("spool/queue"), ".mail").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut subjects: Vec<String> = files(&dir.join("sink"), ".eml")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("message"))
+        .map(|m| m.split("Subject: ").nth(1).and_then(|r| r.split("\r\n").next()).unwrap_or("").to_string())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["number 0", "number 1", "number 2"]);
+    assert!(log(&r.dir).contains("delivery deferred"), "{}", log(&r.dir));
 }
 
 #[test]

@@ -393,6 +393,17 @@ Content-Transfer-Encoding: base64\r\n\r\nPGI+pKSk5TwvYj4=\r\n\r\nlist@example.or
         assert_eq!(m.html_body(), Some("<b>中文</b>"));
     }
 
+    /// Found by the `message` fuzz target: a multipart message on which mail-parser loses
+    /// track of its parts (a debug assertion of mail-parser fires in builds with debug
+    /// assertions on). The message still comes through, with its headers.
+    #[test]
+    fn a_message_that_panics_the_mime_parser_keeps_its_headers() {
+        let raw = include_bytes!("../../fuzz/regressions/message/multipart-part-lost.eml");
+        let message = ParsedMessage::parse(raw.to_vec());
+        assert_eq!(message.raw(), &raw[..]);
+        assert!(message.header("Return-path").is_some_and(|v| v.contains("server11.arteryserver11.net")));
+    }
+
     #[test]
     fn garbage_is_not_a_panic() {
         for raw in [&b""[..], b"\0\0\0", b"\r\n\r\n", b"Subject", b"a: b\r\n\r\n--x--\r\n"] {

@@ -3,7 +3,7 @@
 
 Usage: sink.py PORT DIR [--tempfail-first N] [--reject-rcpt SUBSTRING] [--hang | --reset]
                 [--tls CERT KEY | --broken-tls] [--delay SECONDS] [--no-pipelining]
-                [--close-after N]
+                [--close-after N] [--reset-in-data N]
 
 Each accepted message is written to DIR/<n>.eml with the envelope in DIR/<n>.env (JSON; "pipelined"
 says whether RCPT commands were already waiting when MAIL was read). DIR/stats.json counts
@@ -15,11 +15,14 @@ connections, transactions and the most connections open at once.
 --broken-tls offers STARTTLS and answers the handshake with garbage;
 --delay S waits S seconds before answering the end of DATA;
 --no-pipelining does not announce PIPELINING;
---close-after N drops each connection, without a word, N seconds after its last transaction.
+--close-after N drops each connection, without a word, N seconds after its last transaction;
+--reset-in-data N resets the connection (RST) in the middle of the first N messages' data.
 """
 import json
 import os
+import socket
 import socketserver
+import struct
 import ssl
 import sys
 import threading
@@ -36,6 +39,7 @@ BROKEN_TLS = "--broken-tls" in args
 DELAY = float(args[args.index("--delay") + 1]) if "--delay" in args else 0.0
 PIPELINING = "--no-pipelining" not in args
 CLOSE_AFTER = float(args[args.index("--close-after") + 1]) if "--close-after" in args else None
+RESET_IN_DATA = int(args[args.index("--reset-in-data") + 1]) if "--reset-in-data" in args else 0
 TLS = None
 if "--tls" in args:
     i = args.index("--tls")
@@ -81,6 +85,8 @@ class Handler(socketserver.StreamRequestHandler):
             save_stats()
         try:
             self.session()
+        except (ConnectionError, ssl.SSLError):
+            pass  # the client went away: nothing of its unfinished transaction is stored
         finally:
             with lock:
                 state["open"] -= 1
@@ -132,9 +138,21 @@ class Handler(socketserver.StreamRequestHandler):
                 data = []
                 while True:
                     raw = self.rfile.readline()
-                    if not raw or raw == b".\r\n":
+                    if not raw:
+                        return  # connection lost inside DATA: no message, as with any server
+                    if raw == b".\r\n":
                         break
                     data.append(raw[1:] if raw.startswith(b"..") else raw)
+                    if len(data) == 2:
+                        with lock:
+                            reset = state.get("resets", 0) < RESET_IN_DATA
+                            if reset:
+                                state["resets"] = state.get("resets", 0) + 1
+                        if reset:
+                            # Abort: linger 0 makes close() send a RST.
+                            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            self.request.close()
+                            return
                 if DELAY:
                     time.sleep(DELAY)
                 with lock:

@@ -164,6 +164,29 @@ impl Policy for Probe {
             };
             decision = decision.symbol(&name, 0.0, None);
         }
+        if self.config.get("escape").is_some() {
+            // Every way out of the sandbox the standard library offers: each must fail.
+            let outcome =
+                |name: &str, got: bool| format!("ESCAPE_{name}_{}", if got { "OPEN" } else { "DENIED" });
+            let file = std::fs::read("/etc/passwd").is_ok() || std::fs::read_dir("/").is_ok();
+            let write = std::fs::write("/tmp/sluice-probe-escape", b"x").is_ok();
+            let env = std::env::vars().next().is_some() || std::env::var("HOME").is_ok();
+            let args = std::env::args().next().is_some();
+            let socket = std::net::TcpStream::connect(("127.0.0.1", 25)).is_ok()
+                || std::net::UdpSocket::bind(("127.0.0.1", 0)).is_ok()
+                || std::net::TcpListener::bind(("127.0.0.1", 0)).is_ok();
+            let lookup = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 25)).is_ok();
+            for (name, got) in [
+                ("FILE", file),
+                ("WRITE", write),
+                ("ENV", env),
+                ("ARGS", args),
+                ("SOCKET", socket),
+                ("LOOKUP", lookup),
+            ] {
+                decision = decision.symbol(&outcome(name, got), 0.0, None);
+            }
+        }
         if self.config.get("dns").is_some() {
             decision = decision.symbol(&format!("DNS_ANSWERS_{}", self.dns_answers), 0.0, None);
             if let Some(error) = &self.dns_error {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Fuzz what the relay parses: the SMTP command parser, the DATA receiver, address parsing, the
+# configuration parser and the message adapter handed to policies (host/fuzz). Each target runs
+# for SECONDS (default 60), seeded from host/fuzz/seeds, the shared mail corpus and the shipped
+# configuration files; the corpus grows in host/fuzz/corpus between runs. Prints each target's
+# executions and whether it found a crash (saved in host/fuzz/artifacts/TARGET/).
+# Needs cargo-fuzz (installed here when missing) and a nightly toolchain for its sanitizer; without
+# nightly it builds on the stable one with RUSTC_BOOTSTRAP=1 and no sanitizer.
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(smtp_command data_receiver address config message)
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+if rustup toolchain list | grep -q '^nightly'; then
+    fuzz=(cargo +nightly fuzz)
+    flags=()
+else
+    fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
+    flags=(--sanitizer none)
+fi
+cd host
+mkdir -p fuzz/corpus
+for target in "${targets[@]}"; do
+    corpus=fuzz/corpus/$target
+    mkdir -p "$corpus"
+    for seeds in fuzz/seeds/"$target" fuzz/regressions/"$target"; do
+        [ -d "$seeds" ] && cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
+    done
+    case $target in
+        message) find ../../shared/corpus -name '*.eml' -size -200k -exec cp -n {} "$corpus"/ \; 2>/dev/null || true ;;
+        config) cp -n src/default.toml "$corpus"/default.toml; sed -n '/^```toml/,/^```/p' ../README.md | grep -v '^```' > "$corpus"/readme.toml ;;
+    esac
+    log=$(mktemp)
+    status=0
+    "${fuzz[@]}" run "${flags[@]}" "$target" "$corpus" -- -max_total_time="$seconds" -max_len=65536 \
+        -print_final_stats=1 >"$log" 2>&1 || status=$?
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
+    if [ $status -eq 0 ]; then
+        echo "$target: $runs executions in ${seconds}s, no crash"
+    else
+        echo "$target: FAILED after $runs executions (exit $status); see host/fuzz/artifacts/$target/"
+        grep -E 'panicked|ERROR|SUMMARY' "$log" | head -5
+    fi
+    rm -f "$log"
+done
