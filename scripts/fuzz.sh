@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Fuzz what the relay parses: the SMTP command parser, the DATA receiver, address parsing, the
 # configuration parser and the message adapter handed to policies (host/fuzz). Each target runs
-# for SECONDS (default 60), seeded from host/fuzz/seeds, the shared mail corpus and the shipped
-# configuration files; the corpus grows in host/fuzz/corpus between runs. Prints each target's
-# executions and whether it found a crash (saved in host/fuzz/artifacts/TARGET/).
+# for SECONDS (default 60), seeded from host/fuzz/seeds and host/fuzz/regressions, the shared
+# mail corpus (message and data_receiver) and the shipped configuration files; the corpus grows
+# in host/fuzz/corpus between runs. Prints each target's executions and whether it found a
+# crash (saved in host/fuzz/artifacts/TARGET/).
 # Needs cargo-fuzz (installed here when missing) and a nightly toolchain for its sanitizer; without
 # nightly it builds on the stable one with RUSTC_BOOTSTRAP=1 and no sanitizer.
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET ...]
@@ -30,7 +31,8 @@ for target in "${targets[@]}"; do
         [ -d "$seeds" ] && cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
     done
     case $target in
-        message) find ../../shared/corpus -name '*.eml' -size -200k -exec cp -n {} "$corpus"/ \; 2>/dev/null || true ;;
+        # Messages as they arrive in DATA (the first byte is where the input is split).
+        message | data_receiver) find ../../shared/corpus -name '*.eml' -size -200k -exec cp -n {} "$corpus"/ \; 2>/dev/null || true ;;
         config) cp -n src/default.toml "$corpus"/default.toml; sed -n '/^```toml/,/^```/p' ../README.md | grep -v '^```' > "$corpus"/readme.toml ;;
     esac
     log=$(mktemp)
