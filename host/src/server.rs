@@ -729,11 +729,6 @@ impl Connection {
                     writer.write_all(&render(&r)).await?;
                     return Ok(Flow::Continue);
                 }
-                if memchr::memchr(0, &body).is_some() {
-                    self.end_transaction();
-                    writer.write_all(&render(&nul_refused())).await?;
-                    return Ok(Flow::Continue);
-                }
                 let (answer, keep_open) = self.accept_message(body).await;
                 writer.write_all(&render(&answer)).await?;
                 Ok(flow(keep_open))
@@ -789,11 +784,6 @@ impl Connection {
                                 "Message size exceeds the fixed maximum",
                             )))
                             .await?;
-                        true
-                    }
-                    DataRead::Message(body) if memchr::memchr(0, &body).is_some() => {
-                        self.end_transaction();
-                        writer.write_all(&render(&nul_refused())).await?;
                         true
                     }
                     DataRead::Message(body) => {
@@ -951,8 +941,13 @@ impl Connection {
         Ok(DataRead::Message(decoder.into_body()))
     }
 
-    /// Judge a complete message and queue it. Returns the reply and whether to stay open.
+    /// Judge a complete message (under DATA or BDAT) and queue it; one with a NUL byte is
+    /// refused first. Returns the reply and whether to stay open.
     async fn accept_message(&mut self, body: Vec<u8>) -> (crate::policy::Reply, bool) {
+        if memchr::memchr(0, &body).is_some() {
+            self.end_transaction();
+            return (nul_refused(), true);
+        }
         let tenant = self.tenant.unwrap_or(0);
         // The parse keeps the raw bytes; the spool writes them from there (no second copy).
         let parsed = Arc::new(ParsedMessage::parse(body));
