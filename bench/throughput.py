@@ -5,7 +5,7 @@ smtp-sink, with fsync on in both relays, alternating the relays run after run.
 Usage: python3 bench/throughput.py [--messages 20000] [--sessions 20] [--runs 5]
                                    [--sizes 4096,102400] [--connections new,reuse]
                                    [--setups direct,postfix,sluice,sluice+rust,sluice+rust-warm,sluice+js,sluice+python]
-                                   [--sluice PATH] [--tiny] [--keep]
+                                   [--sluice PATH] [--baseline PATH] [--tiny] [--keep]
 
 One command from a fresh clone (as root, for Debian's postfix package and a private Postfix
 instance): it installs Postfix if missing (its smtp-source and smtp-sink drive every run; no
@@ -28,6 +28,9 @@ Set-ups, each on its own loopback port and delivering to its own smtp-sink:
   sluice+js      Sluice with the JavaScript url-guard policy (warm instances, 100 sessions each)
   sluice+python  Sluice with the Python rules policy (warm instances, 100 sessions each)
   postfix+rspamd Postfix with rspamd as its milter, when rspamd is installed (skipped otherwise)
+  SETUP@baseline with --baseline PATH: the sluice set-up SETUP run by another (earlier) build,
+                 alternating with this one in the same run (default: sluice@baseline and
+                 sluice+rust@baseline are added)
 
 Sluice runs with its defaults otherwise: the embedded state store, the spool committing with
 fsync before every 250 (group commit), info logging to a file. For every message size and
@@ -262,6 +265,7 @@ def main():
     ap.add_argument("--setups",
                     default="direct,postfix,postfix+rspamd,sluice,sluice+rust,sluice+rust-warm,sluice+js,sluice+python")
     ap.add_argument("--sluice", help="the sluice binary (default: build target/release/sluice)")
+    ap.add_argument("--baseline", help="an earlier sluice binary to measure in the same run")
     ap.add_argument("--spool-sync", default="group", choices=["group", "file"],
                     help="how Sluice's spool commits before a 250 ([spool] sync)")
     ap.add_argument("--tiny", action="store_true")
@@ -272,6 +276,10 @@ def main():
 
     need_postfix_tools()
     setups = args.setups.split(",")
+    if args.baseline and not any(s.endswith("@baseline") for s in setups):
+        for setup in ["sluice+rust", "sluice"]:
+            if setup in setups:
+                setups.insert(setups.index(setup) + 1, setup + "@baseline")
     if args.sluice is None:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")
@@ -315,6 +323,8 @@ def main():
                 stoppers.append(Rspamd(base + "-rspamd", milter_port))
                 relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")
             else:
+                setup_name, _, which = setup.partition("@")
+                binary = args.baseline if which == "baseline" else args.sluice
                 chain = {
                     "sluice": "",
                     "sluice+rust": rust_chain(),
@@ -325,8 +335,8 @@ def main():
                         '"rule.SUBJ_INVOICE_URGENT" = "subject /invoice.*urgent/i 16.0", '
                         '"rule.BODY_WIRE" = "body /wire transfer/i 3.0"',
                         extra="sessions_per_instance = 100\n"),
-                }[setup]
-                relays[setup] = Sluice(args.sluice, base, port, sink_port, dns_port, chain, args.spool_sync)
+                }[setup_name]
+                relays[setup] = Sluice(binary, base, port, sink_port, dns_port, chain, args.spool_sync)
             if relays[setup] is not None:
                 stoppers.append(relays[setup])
                 warm_up(relays[setup].port)

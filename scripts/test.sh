@@ -52,6 +52,8 @@ done
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
+echo "== rooms: no import cycle, the protocol core on its own (docs/architecture.md)"
+python3 scripts/rooms.py --check
 echo "== cargo clippy (host)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo clippy (wasm32-wasip2)"

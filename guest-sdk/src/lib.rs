@@ -115,23 +115,31 @@ pub trait Policy: Sized + 'static {
     /// the message.
     fn init(config: &Config) -> Result<Self, String>;
 
-    /// Fires once when a client connects, before the greeting. `ctx.client` holds the
-    /// address; nothing of HELO or the envelope is known yet. A reject here refuses the
-    /// whole session.
+    /// Fires once per session, with the client's address in `ctx.client` and nothing of HELO,
+    /// TLS or the envelope. For the edge's policies and those of a tenant that claims the
+    /// client (its outbound networks), that is when the client connects, before the greeting,
+    /// and a reject refuses the whole session. For a tenant's inbound mail it is at the
+    /// tenant's first recipient in the session (the context is the one the client had at
+    /// connect), and a reject refuses that tenant's recipients for the rest of the session.
     fn on_connect(&mut self, ctx: &Context) -> Decision {
         let _ = ctx;
         Decision::no_opinion()
     }
 
-    /// Fires when the client sends HELO or EHLO; `ctx.client.helo` holds the name. A reject
-    /// answers the HELO; the client may try again.
+    /// Fires for each greeting (HELO or EHLO); `ctx.client.helo` holds the name. For the edge's
+    /// policies and a claiming tenant's, when the client sends it: a reject answers the HELO
+    /// and the client may try again. For a tenant's inbound mail, at its first recipient after
+    /// the greeting: a reject refuses that tenant's recipients until the client greets again.
     fn on_helo(&mut self, ctx: &Context) -> Decision {
         let _ = ctx;
         Decision::no_opinion()
     }
 
-    /// Fires on MAIL FROM; `ctx.envelope.mail_from` holds the sender and its parameters. A
-    /// reject refuses this transaction; the session may start another.
+    /// Fires once per transaction; `ctx.envelope.mail_from` holds the sender and its
+    /// parameters. For a claiming tenant's policies, on MAIL FROM: a reject refuses the
+    /// sender. For a tenant's inbound mail (and the edge's, for mail a trusted client relays
+    /// out), at its first recipient of the transaction: a reject refuses its recipients of this
+    /// transaction. The session may start another.
     fn on_mail(&mut self, ctx: &Context) -> Decision {
         let _ = ctx;
         Decision::no_opinion()

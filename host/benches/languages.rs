@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::policy::simulate::simulate;
 use sluice::policy::{Chain, ChainSettings, EngineOptions, ParsedMessage, PolicyEngine, PolicySpec};
 
 const MESSAGE: &str = "Return-Path: <alice@example.org>\r\nFrom: Alice <alice@example.org>\r\n\
@@ -49,7 +48,6 @@ fn main() {
             .expect("engine");
     let services = common::services();
     let message = Arc::new(ParsedMessage::parse(MESSAGE.as_bytes().to_vec()));
-    let envelope = common::envelope();
 
     println!(
         "| language | policy | component | compile | per message, fresh instance | per message, warm instance |"
@@ -72,12 +70,12 @@ fn main() {
         for policy in [fresh, warm] {
             let chain = Arc::new(Chain::new("bench", vec![policy], ChainSettings::default()));
             for _ in 0..messages.min(20) {
-                rt.block_on(simulate(&chain, &envelope, &message));
+                rt.block_on(common::one_message(&chain, &message));
             }
             let samples = (0..messages)
                 .map(|_| {
                     let t = Instant::now();
-                    rt.block_on(simulate(&chain, &envelope, &message));
+                    rt.block_on(common::one_message(&chain, &message));
                     t.elapsed()
                 })
                 .collect();

@@ -7,7 +7,6 @@ mod common;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::policy::simulate::simulate;
 use sluice::policy::{
     Chain, ChainSettings, EngineOptions, HostServices, LoadedPolicy, ParsedMessage, PolicyEngine, PolicySpec,
 };
@@ -37,7 +36,6 @@ fn bench(c: &mut Criterion) {
         PolicyEngine::new(EngineOptions { max_instances: 64, ..EngineOptions::default() }).expect("engine");
     let services = common::services();
     let message = Arc::new(ParsedMessage::parse(MESSAGE.as_bytes().to_vec()));
-    let envelope = common::envelope();
     let chain =
         |policies: Vec<Arc<LoadedPolicy>>| Arc::new(Chain::new("bench", policies, ChainSettings::default()));
 
@@ -58,12 +56,12 @@ fn bench(c: &mut Criterion) {
     for policy in &all {
         let one = chain(vec![policy.clone()]);
         group.bench_function(format!("one_policy/{}", policy.name), |b| {
-            b.iter(|| rt.block_on(simulate(&one, &envelope, &message)))
+            b.iter(|| rt.block_on(common::one_message(&one, &message)))
         });
     }
     let every = chain(all.clone());
     group.bench_function("all_shipped_policies", |b| {
-        b.iter(|| rt.block_on(simulate(&every, &envelope, &message)))
+        b.iter(|| rt.block_on(common::one_message(&every, &message)))
     });
     // What a policy runs on between a reload and the moment its optimised code is ready.
     let baseline_engine = PolicyEngine::new(EngineOptions {
@@ -78,10 +76,10 @@ fn bench(c: &mut Criterion) {
         .expect("load policy");
     let on_baseline = chain(vec![baseline]);
     group.bench_function("baseline_code/spam-heuristics", |b| {
-        b.iter(|| rt.block_on(simulate(&on_baseline, &envelope, &message)))
+        b.iter(|| rt.block_on(common::one_message(&on_baseline, &message)))
     });
     let empty = chain(Vec::new());
-    group.bench_function("no_policies", |b| b.iter(|| rt.block_on(simulate(&empty, &envelope, &message))));
+    group.bench_function("no_policies", |b| b.iter(|| rt.block_on(common::one_message(&empty, &message))));
     group.finish();
 }
 

@@ -1,10 +1,12 @@
 //! The admin listener (`[admin] listen`): a small HTTP/1.1 API for operators and scrapers.
 //!
 //! - `GET /metrics`: Prometheus text.
-//! - `GET /api/policies`: per tenant, its generation and each policy's name, version,
-//!   content hash, mode, file and load time (JSON).
+//! - `GET /api/policies`: for the edge and per tenant, its generation and each policy's name,
+//!   version, content hash, mode, file and load time (JSON).
+//! - `GET /api/tenants`: each tenant (and the edge) with its domains, route, limits, chain and
+//!   counters.
 //! - `POST /api/reload`: reload the configuration and policies now (what SIGHUP and the file
-//!   watcher do); answers the [`crate::live::ReloadReport`].
+//!   watcher do); answers the [`crate::reload::ReloadReport`].
 //! - `POST /api/rollback?tenant=NAME`: put that tenant's previous generation back.
 //!
 //! It has no authentication: bind it to loopback or a management network only.
@@ -14,7 +16,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::server::Relay;
+use crate::relay::Relay;
+use crate::tenants::Tenant;
 
 /// Serve the admin API on `listener` until the task is dropped.
 pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
@@ -58,13 +61,13 @@ async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, S
         ("GET", "/api/policies") => ("200 OK", JSON, policies(relay).to_string()),
         ("GET", "/api/tenants") => ("200 OK", JSON, tenants(relay).await.to_string()),
         ("POST", "/api/reload") => {
-            let report = relay.reload("admin API").await;
+            let report = relay.generations.reload("admin API").await;
             let status = if report.result == "failed" { "500 Internal Server Error" } else { "200 OK" };
             (status, JSON, serde_json::to_string(&report).unwrap_or_default())
         }
         ("POST", "/api/rollback") => {
             let tenant = query.split('&').find_map(|kv| kv.strip_prefix("tenant=")).unwrap_or("");
-            match relay.rollback(&percent_decode(tenant)).await {
+            match relay.generations.rollback(&percent_decode(tenant)).await {
                 Ok(generation) => (
                     "200 OK",
                     JSON,
@@ -80,71 +83,64 @@ async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, S
     }
 }
 
-/// `GET /api/tenants`: each tenant's domains, route, chain, generation and counters.
+/// `GET /api/tenants`: each tenant's domains, route, chain, generation and counters; the
+/// edge's chain and counters beside them.
 async fn tenants(relay: &Relay) -> serde_json::Value {
-    use crate::config::NextHop;
-    use crate::policy::FailureMode;
-    let live = relay.live();
-    let mut usage = Vec::with_capacity(live.tenants.len());
-    for tenant in &live.tenants {
-        usage.push(match relay.loader.kv().usage(&tenant.name).await {
+    let snapshot = relay.snapshot();
+    let mut described = Vec::with_capacity(snapshot.tenants.len() + 1);
+    for tenant in snapshot.parties() {
+        let kv_usage = match relay.generations.loader.kv().usage(&tenant.name).await {
             Ok(u) => serde_json::json!(u),
             Err(e) => serde_json::json!({ "error": e.to_string() }),
-        });
+        };
+        described.push(describe_tenant(relay, tenant, kv_usage));
     }
-    let tenants: Vec<serde_json::Value> = live
-        .tenants
-        .iter()
-        .zip(usage)
-        .map(|(tenant, kv_usage)| {
-            let chain = &tenant.chain;
-            let next_hop = match &tenant.next_hop {
-                NextHop::Smtp { host, port } => format!("smtp:{host}:{port}"),
-                NextHop::Maildir(path) => format!("maildir:{}", path.display()),
-            };
-            let failure_mode = match &chain.settings.failure_mode {
-                FailureMode::Tempfail(_) => "tempfail",
-                FailureMode::Continue => "continue",
-            };
-            let thresholds = &chain.settings.thresholds;
-            serde_json::json!({
-                "tenant": tenant.name,
-                "domains": tenant.domains,
-                "next_hop": next_hop,
-                "generation": tenant.generation,
-                "previous_generation": relay.previous_generation(&tenant.name),
-                "failure_mode": failure_mode,
-                "limits": tenant.limits,
-                "kv_usage": kv_usage,
-                "thresholds": {
-                    "add_header": thresholds.add_header,
-                    "quarantine": thresholds.quarantine,
-                    "reject": thresholds.reject,
-                },
-                "chain": chain
-                    .policies
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| serde_json::json!({
-                        "name": p.name,
-                        "version": p.version,
-                        "mode": if chain.is_shadow(i) { "shadow" } else { "enforce" },
-                    }))
-                    .collect::<Vec<_>>(),
-                "counters": relay.metrics.tenant(&tenant.name),
-            })
-        })
-        .collect();
-    serde_json::json!({ "tenants": tenants })
+    let edge = described.remove(0);
+    serde_json::json!({ "edge": edge, "tenants": described })
 }
 
-/// `GET /api/policies`.
+fn describe_tenant(relay: &Relay, tenant: &Tenant, kv_usage: serde_json::Value) -> serde_json::Value {
+    use crate::policy::FailureMode;
+    let chain = &tenant.chain;
+    let failure_mode = match &chain.settings.failure_mode {
+        FailureMode::Tempfail(_) => "tempfail",
+        FailureMode::Continue => "continue",
+    };
+    let thresholds = &chain.settings.thresholds;
+    serde_json::json!({
+        "tenant": tenant.name,
+        "domains": tenant.domains,
+        "next_hop": tenant.next_hop.as_ref().map(ToString::to_string),
+        "generation": tenant.generation,
+        "previous_generation": relay.generations.previous_generation(&tenant.name),
+        "failure_mode": failure_mode,
+        "limits": tenant.limits,
+        "kv_usage": kv_usage,
+        "thresholds": {
+            "add_header": thresholds.add_header,
+            "quarantine": thresholds.quarantine,
+            "reject": thresholds.reject,
+        },
+        "chain": chain
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| serde_json::json!({
+                "name": p.name,
+                "version": p.version,
+                "mode": if chain.is_shadow(i) { "shadow" } else { "enforce" },
+            }))
+            .collect::<Vec<_>>(),
+        "counters": relay.metrics.tenant(&tenant.name),
+    })
+}
+
+/// `GET /api/policies`: the edge's and each tenant's generation and policies.
 fn policies(relay: &Relay) -> serde_json::Value {
-    let live = relay.live();
+    let snapshot = relay.snapshot();
     let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let tenants: Vec<serde_json::Value> = live
-        .tenants
-        .iter()
+    let mut described: Vec<serde_json::Value> = snapshot
+        .parties()
         .map(|tenant| {
             let policies: Vec<serde_json::Value> = tenant
                 .chain
@@ -168,13 +164,14 @@ fn policies(relay: &Relay) -> serde_json::Value {
                 "tenant": tenant.name,
                 "generation": tenant.generation,
                 "loaded_at": secs(tenant.loaded_at),
-                "previous_generation": relay.previous_generation(&tenant.name),
+                "previous_generation": relay.generations.previous_generation(&tenant.name),
                 "domains": tenant.domains,
                 "policies": policies,
             })
         })
         .collect();
-    serde_json::json!({ "tenants": tenants })
+    let edge = described.remove(0);
+    serde_json::json!({ "edge": edge, "tenants": described })
 }
 
 fn percent_decode(text: &str) -> String {

@@ -1,12 +1,9 @@
-//! SMTP AUTH: the users file, the PLAIN and LOGIN exchanges (RFC 4954, 4616), and the TLS
-//! certificate STARTTLS presents.
+//! Who may authenticate and what the relay presents for STARTTLS: the AUTH users file and
+//! the TLS certificate. The exchanges themselves are in [`crate::smtp::sasl`].
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 
 /// Users who may authenticate: name → SHA-512 crypt hash.
 #[derive(Debug, Default)]
@@ -68,26 +65,6 @@ impl Users {
     }
 }
 
-/// Decode a PLAIN response: `authzid NUL authcid NUL password`. Returns (user, password);
-/// an authorization identity other than the user is refused.
-pub fn decode_plain(response: &str) -> Option<(String, String)> {
-    let bytes = STANDARD.decode(response.trim()).ok()?;
-    let mut parts = bytes.split(|&b| b == 0);
-    let authz = parts.next()?;
-    let user = std::str::from_utf8(parts.next()?).ok()?;
-    let password = std::str::from_utf8(parts.next()?).ok()?;
-    if parts.next().is_some() || user.is_empty() || (!authz.is_empty() && authz != user.as_bytes()) {
-        return None;
-    }
-    Some((user.to_string(), password.to_string()))
-}
-
-/// Decode one base64 line of the LOGIN exchange.
-pub fn decode_line(response: &str) -> Option<String> {
-    let bytes = STANDARD.decode(response.trim()).ok()?;
-    String::from_utf8(bytes).ok()
-}
-
 /// The rustls acceptor for the configured certificate and key.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls::pki_types::pem::PemObject;
@@ -129,20 +106,5 @@ mod tests {
         assert!(!users.verify("mallory", "secret"));
         assert!(Users::parse("alice:plaintext\n").is_err());
         assert!(Users::parse("nocolon\n").is_err());
-    }
-
-    #[test]
-    fn plain_and_login() {
-        assert_eq!(
-            decode_plain(&STANDARD.encode("\0alice\0secret")),
-            Some(("alice".into(), "secret".into()))
-        );
-        assert_eq!(
-            decode_plain(&STANDARD.encode("alice\0alice\0secret")),
-            Some(("alice".into(), "secret".into()))
-        );
-        assert_eq!(decode_plain(&STANDARD.encode("bob\0alice\0secret")), None);
-        assert_eq!(decode_plain("not base64!"), None);
-        assert_eq!(decode_line(&STANDARD.encode("alice")), Some("alice".into()));
     }
 }

@@ -4,32 +4,46 @@
 //!
 //! # Layout
 //!
-//! - [`policy`]: the policy engine — loading components, running a tenant's chain at each
-//!   SMTP stage, the host capabilities, and judging a transaction.
-//! - [`state`]: state that outlives a session (the key-value store behind policies).
-//! - [`dns`]: DNS for policies: the resolver trait and the fixture resolver of `policy test`.
-//! - [`auth`]: SMTP AUTH users and exchanges, the STARTTLS certificate.
-//! - [`config`]: the relay's TOML configuration and its embedded default.
-//! - [`smtp`]: the SMTP protocol core without I/O (commands, addresses, DATA framing, session).
-//! - [`server`]: the SMTP server that drives the core over sockets and the chains.
-//! - [`live`]: the snapshot sessions run on, and hot reload (watch, generations, rollback).
-//! - [`metrics`]: counters served to Prometheus; [`admin`]: the admin listener's HTTP API.
+//! The rooms, in the order a message meets them (`docs/architecture.md` walks one message
+//! through them):
+//!
+//! - [`listener`]: sockets, admission (connection limits), TLS and timers; it drives a
+//!   conversation over each connection and stops accepting on shutdown.
+//! - [`conversation`]: the SMTP conversation of one session without I/O — the session's state,
+//!   once — which asks for stages, stores and replies; `sluice policy test` drives it too.
+//! - [`smtp`]: the protocol core the conversation uses: commands, line and DATA framing,
+//!   addresses and relay tricks, AUTH exchanges, replies by name, the protocol state. It
+//!   depends on nothing else here.
+//! - [`tenants`]: who is who — the edge and the tenants with their chains and limits, the
+//!   domain map, the snapshot a session runs on, shared counters.
+//! - [`policy`]: the policy engine — loading components, running a chain at each stage, the
+//!   host capabilities, judging a transaction.
+//! - [`relay`]: what every session shares (snapshot, spool, counters, DNS, the queue into
+//!   delivery) and what they ask of it.
 //! - [`spool`]: the durable queue; [`delivery`]: taking it to the next hops, retries, bounces.
-//! - [`cli`]: the `sluice` command line, including the offline `sluice policy test` runner.
+//! - [`reload`]: generations, rollback and the file watcher.
+//! - [`config`]: the TOML configuration, parsed once into typed values, and its embedded
+//!   default.
+//! - [`state`]: the key-value store behind policies; [`dns`]: resolvers; [`auth`]: AUTH users
+//!   and the STARTTLS certificate; [`mail`]: RFC 5322 dates and header fields.
+//! - [`metrics`]: counters served to Prometheus; [`admin`]: the admin listener's HTTP API.
+//! - [`cli`]: the `sluice` command line, including `sluice policy test`.
 #![deny(missing_docs)]
 
 pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conversation;
 pub mod delivery;
 pub mod dns;
-pub mod domains;
-pub mod input;
-pub mod live;
+pub mod listener;
+pub mod mail;
 pub mod metrics;
 pub mod policy;
-pub mod server;
+pub mod relay;
+pub mod reload;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+pub mod tenants;

@@ -322,3 +322,43 @@ fn malformed_mail_gets_a_verdict_and_is_delivered_intact() {
     assert!(report.contains("\"messages\": 247"), "the corpus has 247 messages: {report}");
     assert!(!log(&dir).contains("panicked"), "{}", log(&dir));
 }
+
+/// SIGTERM: the relay stops accepting at once, lets the session in the middle of DATA finish
+/// (its message gets its 250 and is on disk), then exits; the message is in the spool.
+#[test]
+fn sigterm_lets_a_session_in_data_finish_then_exits() {
+    let dir = temp_dir("sigterm");
+    // The next hop is down: the message waits in the spool.
+    let port = free_port();
+    let r = relay(&dir, port, &inbound(free_port()));
+    let (ready, go) = (dir.join("in-data"), dir.join("go"));
+    let client = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import smtplib, os, time\n\
+             s = smtplib.SMTP('127.0.0.1', {port}, timeout=30)\ns.ehlo('c.remote.test')\n\
+             s.mail('alice@remote.test')\ns.rcpt('bob@example.test')\ncode = s.docmd('DATA')[0]\n\
+             open({ready:?}, 'w').write(str(code))\n\
+             while not os.path.exists({go:?}):\n    time.sleep(0.05)\n\
+             s.send(b'Subject: late\\r\\n\\r\\nsent after SIGTERM\\r\\n.\\r\\n')\n\
+             print(s.getreply()[0], s.quit()[0])\n"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    wait_for("the client in DATA", Duration::from_secs(20), || ready.exists());
+    let mut r = r;
+    let pid = r.proc.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    // No new connection is taken.
+    wait_for("the listener to close", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    assert!(r.proc.0.try_wait().expect("status").is_none(), "the relay waits for the open session");
+    std::fs::write(&go, "").expect("go");
+    let out = client.wait_with_output().expect("client");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "250 221", "{}", log(&r.dir));
+    wait_for("the relay to exit", Duration::from_secs(20), || r.proc.0.try_wait().expect("status").is_some());
+    assert_eq!(files(&dir.join("spool/queue"), ".mail").len(), 1, "{}", log(&r.dir));
+    assert!(log(&r.dir).contains("waiting for sessions in progress to end"), "{}", log(&r.dir));
+}

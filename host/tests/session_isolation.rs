@@ -177,11 +177,19 @@ async fn malformed_corpus_messages_reach_policies_without_a_panic() {
     let chain = chain(vec![load(&engine, PROBE, &[("symbol", "SEEN=0")]).await]);
     let env = envelope("192.0.2.1", "a@example.org", &["b@example.com"]);
     let mut count = 0;
+    let snapshot = sluice::conversation::script::single_tenant(chain);
     for entry in std::fs::read_dir(corpus().join("malformed")).expect("corpus").flatten() {
         let raw = std::fs::read(entry.path()).expect("read");
-        let message = Arc::new(sluice::policy::ParsedMessage::parse(raw));
-        let sim = sluice::policy::simulate::simulate(&chain, &env, &message).await;
-        assert_eq!(sim.judgement.outcome, Outcome::Accept, "{}", entry.path().display());
+        let wire = sluice::conversation::script::wire_form(&raw);
+        let sims = sluice::conversation::script::run(snapshot.clone(), &env, &wire).await;
+        let sim = &sims[0];
+        // Every message gets a verdict; one with a NUL byte is refused before any policy, as
+        // the relay refuses it.
+        if raw.contains(&0) {
+            assert_eq!(sim.reply.code, 550, "{}", entry.path().display());
+        } else {
+            assert_eq!(sim.judgement.outcome, Outcome::Accept, "{}", entry.path().display());
+        }
         count += 1;
     }
     assert!(count > 200, "read {count} messages");

@@ -30,13 +30,14 @@ fn redis(port: u16, dir: &Path) -> Proc {
     Proc(child)
 }
 
-/// The reply to MAIL FROM in a new session ("code text"), and how long the session took.
+/// The reply to the first recipient of a new session ("code text"), where the tenant's
+/// mail-stage rate limit answers; and how long the session took.
 fn mail(port: u16) -> (String, Duration) {
     let started = Instant::now();
     let out = python(
         port,
         "s = smtplib.SMTP('127.0.0.1', PORT, timeout=30)\ns.ehlo('c.remote.test')\n\
-         code, text = s.mail('a@remote.test')\nprint(code, text.decode())\ns.quit()",
+         s.mail('a@remote.test')\ncode, text = s.rcpt('bob@example.test')\nprint(code, text.decode())\ns.quit()",
     );
     (out.trim().to_string(), started.elapsed())
 }

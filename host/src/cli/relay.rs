@@ -1,9 +1,11 @@
 //! `sluice serve`, `sluice check` and `sluice queue`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::config::Config;
-use crate::server::Relay;
+use crate::config::{Backend, Config};
+use crate::listener::Listeners;
+use crate::relay::Relay;
 use crate::spool::{self, Spool, Store};
 
 /// Load the configuration named on the command line, or the embedded default.
@@ -15,27 +17,32 @@ pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 /// `sluice serve`: run until SIGINT or SIGTERM. With a configuration file, changes to it
-/// and to the policy files are reloaded as they happen, and on SIGHUP.
+/// and to the policy files are reloaded as they happen, and on SIGHUP. On SIGINT or SIGTERM
+/// the relay stops accepting, lets the sessions in progress finish (up to
+/// `server.shutdown_timeout_secs`) and exits; queued mail stays in the spool.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let listen = config.server.listen.clone();
     let admin = config.admin.clone();
+    let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
     let watching = config_path.is_some();
-    let (relay, new_ids) = Relay::build(config, config_path).await?;
+    let (relay, delivery) = Relay::build(config, config_path).await?;
     // Clean up after a crash before anything writes to the spool.
     let queue = relay.spool.recover(Store::Queue)?;
     let queued = queue.len();
     let quarantined = relay.spool.recover(Store::Quarantine)?.len();
     // Watch before anything listens: a change made as soon as the relay answers is seen.
-    if watching && let Err(e) = relay.watch() {
+    if watching && let Err(e) = relay.generations.watch() {
         tracing::warn!(error = %e, "files are not watched; reload with SIGHUP or sluice reload");
     }
-    let errors = relay.apply_listeners(&listen).await;
+    let listeners = Listeners::new(relay.clone());
+    relay.generations.set_listen(listeners.clone());
+    let errors = listeners.apply(&listen).await;
     if let Some(error) = errors.first() {
         anyhow::bail!("{error}");
     }
     tracing::info!(
         listen = listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(",").as_str(),
-        tenants = relay.live().tenants.len(),
+        tenants = relay.snapshot().tenants.len(),
         queued,
         quarantined,
         "sluice is ready"
@@ -47,7 +54,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         tokio::spawn(crate::admin::serve(relay.clone(), listener));
     }
     relay.metrics.set_queue(queue.iter().map(|m| m.tenant.as_str()));
-    tokio::spawn(crate::delivery::run(relay.clone(), new_ids));
+    tokio::spawn(crate::delivery::run(delivery));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -55,27 +62,35 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hangup.recv() => {
-                let relay = relay.clone();
-                tokio::spawn(async move { relay.reload("SIGHUP").await });
+                let generations = relay.generations.clone();
+                tokio::spawn(async move { generations.reload("SIGHUP").await });
             }
         }
     }
-    tracing::info!("shutting down; queued mail stays in the spool");
+    tracing::info!("shutting down: no new connections; queued mail stays in the spool");
+    let open = listeners.shutdown(grace).await;
+    if open > 0 {
+        tracing::warn!(sessions = open, "sessions still open at the end of the shutdown timeout are cut");
+    }
     Ok(())
 }
 
 /// `sluice check`: validate the configuration and load every policy.
 pub async fn check(config: Config) -> anyhow::Result<()> {
     let tenants = config.tenants.len();
-    let policies: usize = config.tenants.iter().map(|t| t.policies.len()).sum();
+    let policies: usize =
+        config.edge().policies.len() + config.tenants.iter().map(|t| t.policies.len()).sum::<usize>();
     let warnings = config.warnings();
-    let shared = config.state.backend.starts_with("redis://").then(|| config.state.backend.clone());
-    let (relay, _ids) = Relay::build(config, None).await?;
+    let shared = match &config.state.backend {
+        Backend::Redis(url) => Some(url.clone()),
+        _ => None,
+    };
+    let (relay, _delivery) = Relay::build(config, None).await?;
     for warning in &warnings {
         println!("warning: {warning}");
     }
     if let Some(url) = shared
-        && let Err(e) = relay.loader.kv().usage("").await
+        && let Err(e) = relay.generations.loader.kv().usage("").await
     {
         println!(
             "warning: state.backend: {url}: {e} (until it is reachable, policies that use the store \
@@ -147,7 +162,7 @@ pub enum QueueCommand {
 
 /// `sluice queue …`.
 pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
-    let spool = Spool::open_with(&config.resolve(&config.spool.dir), config.spool.sync)?;
+    let spool = Spool::open(&config.resolve(&config.spool.dir), config.spool.sync)?;
     let find = |id: &str| -> anyhow::Result<Store> {
         if !spool::valid_id(id) {
             anyhow::bail!("{id}: not a queue id");

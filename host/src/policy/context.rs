@@ -1,8 +1,9 @@
-//! What the relay knows about a session when it asks the chain: client, server and envelope.
-//! The SMTP session fills a [`SessionInfo`] as the conversation goes on and hands it to every
-//! stage; the policy module turns it into the WIT `context` record for each call.
+//! What the relay tells a chain about a session when it asks for a stage: client, server and
+//! envelope. The conversation ([`crate::conversation`]) makes a [`SessionInfo`] from its state
+//! for each stage it asks for; the policy module turns it into the WIT `context` record.
 
 use super::bindings::types as wit;
+pub use crate::smtp::{EnvelopeAddress, EsmtpParam};
 
 /// A policy stage, in conversation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -86,31 +87,6 @@ pub struct TlsInfo {
     pub cipher: String,
     /// SNI.
     pub sni: Option<String>,
-}
-
-/// An ESMTP parameter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EsmtpParam {
-    /// Upper-case keyword.
-    pub name: String,
-    /// Value.
-    pub value: Option<String>,
-}
-
-/// An envelope address with its parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvelopeAddress {
-    /// Address without brackets (empty for the null sender).
-    pub address: String,
-    /// ESMTP parameters.
-    pub params: Vec<EsmtpParam>,
-}
-
-impl EnvelopeAddress {
-    /// An address with no parameters.
-    pub fn plain(address: impl Into<String>) -> Self {
-        Self { address: address.into(), params: Vec::new() }
-    }
 }
 
 /// Everything the chain is told about a session and its current transaction.

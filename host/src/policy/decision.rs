@@ -2,39 +2,15 @@
 //! they return is trusted: reply codes are forced into the class their verdict demands, texts
 //! are cut to one printable line, and symbol scores must be finite.
 
+use std::borrow::Cow;
+
 use super::bindings::types as wit;
+pub use crate::smtp::Reply;
 
 /// Longest reply text, header value or reason the host takes from a policy.
 pub const MAX_TEXT: usize = 400;
 /// Most symbols or changes one decision may carry; the rest are dropped.
 pub const MAX_ITEMS: usize = 64;
-
-/// An SMTP reply.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Reply {
-    /// Three-digit code.
-    pub code: u16,
-    /// Enhanced status, e.g. `5.7.1`.
-    pub enhanced: Option<String>,
-    /// One line of text.
-    pub text: String,
-}
-
-impl Reply {
-    /// A reply from its parts.
-    pub fn new(code: u16, enhanced: &str, text: &str) -> Self {
-        Self { code, enhanced: Some(enhanced.to_string()), text: text.to_string() }
-    }
-}
-
-impl std::fmt::Display for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.enhanced {
-            Some(e) => write!(f, "{} {} {}", self.code, e, self.text),
-            None => write!(f, "{} {}", self.code, self.text),
-        }
-    }
-}
 
 /// What one policy said about one stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,19 +110,15 @@ fn enhanced_ok(status: &str, class: u16) -> bool {
 fn reply_from_wit(reply: wit::Reply, class: u16, default: (u16, &str)) -> Reply {
     let code = if reply.code / 100 == class && reply.code < 600 { reply.code } else { default.0 };
     let enhanced = match reply.enhanced {
-        Some(e) if enhanced_ok(&e, class) => Some(e),
-        _ => Some(default.1.to_string()),
+        Some(e) if enhanced_ok(&e, class) => Cow::Owned(e),
+        _ => Cow::Owned(default.1.to_string()),
     };
     let text = clean_text(&reply.text);
-    Reply { code, enhanced, text: if text.is_empty() { "Policy decision".to_string() } else { text } }
+    let text = if text.is_empty() { Cow::Borrowed("Policy decision") } else { Cow::Owned(text) };
+    Reply { code, enhanced: Some(enhanced), text }
 }
 
 impl Decision {
-    /// A decision with only a verdict.
-    pub fn verdict(verdict: Verdict) -> Self {
-        Self { verdict, disconnect: false, symbols: Vec::new(), changes: Vec::new() }
-    }
-
     pub(crate) fn from_wit(d: wit::Decision) -> Self {
         let verdict = match d.verdict {
             wit::Verdict::Continue => Verdict::Continue,

@@ -6,27 +6,25 @@
 //! `describe` and `init` with its configuration. Only a policy that passes every step becomes
 //! a [`LoadedPolicy`]; any failure is a [`LoadError`] naming the file and the cause.
 //!
-//! A ticker thread advances the engine's epoch; every store counts the ticks its guest runs
-//! through, which bounds CPU time per hook call (see [`super::instance`]). It ticks every
-//! 5 ms while guest calls keep coming and sleeps once none has run for a second; the first call
-//! after that wakes it ([`Clock::running`]). A busy relay wakes it 200 times a second however
-//! many calls it makes; an idle one, twenty times.
+//! Around it: [`super::ticker`] bounds CPU time per call, [`super::cache`] keeps compiled code,
+//! [`super::loaded`] holds what a load yields and the warm-instance pool.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Policy as PolicyWorld;
+use super::cache::{FunctionCache, cached_path, compile, default_cache_dir};
 use super::context::{Stage, StageSet};
-use super::hooks::{HookExports, VerifiedExports};
+use super::hooks::HookExports;
 use super::instance::{Fault, HostState, PolicyInstance};
+use super::loaded::PolicyIo;
+pub use super::loaded::{LoadedPolicy, MAX_WARM_INSTANCES};
+use super::ticker::{EpochTicker, TickerGuard};
 use super::{HostServices, PolicyLimits};
 
 /// Largest linear memory any policy may be given; per-policy caps must stay below.
@@ -76,17 +74,6 @@ impl CodeTier {
             Self::Baseline => "baseline",
         }
     }
-}
-
-/// `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(dir).join("sluice"));
-    }
-    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("sluice"))
 }
 
 /// Why a policy could not be loaded. Every variant names the file.
@@ -174,146 +161,6 @@ impl PolicySpec {
     }
 }
 
-/// A policy ready to be instantiated for sessions.
-pub struct LoadedPolicy {
-    /// Name (configured or from `describe`).
-    pub name: String,
-    /// Version from `describe`.
-    pub version: String,
-    /// Stages it hooks.
-    pub stages: StageSet,
-    /// File it was loaded from.
-    pub file: PathBuf,
-    /// SHA-256 of the file, hex.
-    pub hash: String,
-    /// What it was loaded from (a reload reuses it when the spec and the file's hash match).
-    pub spec: PolicySpec,
-    /// When it was loaded.
-    pub loaded_at: std::time::SystemTime,
-    /// Which compiler made its code.
-    pub code: CodeTier,
-    pre: InstancePre<HostState>,
-    exports: VerifiedExports,
-    pub(crate) io: Arc<PolicyIo>,
-    /// Suspends it after faults in a row (one per loaded policy: a new load starts closed).
-    pub breaker: Arc<super::breaker::Breaker>,
-    /// Warm instances waiting for the next session (with `sessions_per_instance` above 1).
-    warm: std::sync::Mutex<Vec<PolicyInstance>>,
-    engine: Engine,
-    _ticker: Arc<Ticker>,
-}
-
-impl std::fmt::Debug for LoadedPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPolicy")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("file", &self.file)
-            .finish()
-    }
-}
-
-/// What every instance of one loaded policy shares: identity, configuration, services.
-pub(crate) struct PolicyIo {
-    pub policy: String,
-    pub tenant: String,
-    pub config: Vec<(String, String)>,
-    pub limits: PolicyLimits,
-    pub services: HostServices,
-    pub tick: Duration,
-    pub clock: Arc<Clock>,
-}
-
-/// How often the sleeping ticker advances the epoch (a safety net: a call that began without
-/// [`Clock::running`] still meets its deadline, later).
-const IDLE_TICK: Duration = Duration::from_millis(50);
-
-/// How long the ticker keeps its full rate after the last guest call.
-const AWAKE_AFTER_CALLS: Duration = Duration::from_secs(1);
-
-/// The epoch ticker's state: calls under way, calls begun, whether the ticker sleeps, and its
-/// thread (to wake when a call begins while it sleeps).
-pub(crate) struct Clock {
-    stop: AtomicBool,
-    /// Calls under way: a call longer than [`AWAKE_AFTER_CALLS`] keeps the full rate however
-    /// few calls begin meanwhile.
-    active: AtomicUsize,
-    /// Calls begun: short calls in quick succession may all be over whenever the ticker looks,
-    /// but the count has moved.
-    calls: AtomicU64,
-    asleep: AtomicBool,
-    thread: std::sync::OnceLock<std::thread::Thread>,
-}
-
-impl Clock {
-    /// Held for the length of a call into the guest: the epoch ticks at full rate meanwhile.
-    /// Wakes the ticker only when it sleeps (no call for a second): a busy relay's calls cost
-    /// it no thread wake-up.
-    pub(crate) fn running(self: &Arc<Self>) -> Running {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.asleep.load(Ordering::SeqCst)
-            && self.asleep.swap(false, Ordering::SeqCst)
-            && let Some(thread) = self.thread.get()
-        {
-            thread.unpark();
-        }
-        Running(self.clone())
-    }
-
-    /// The ticker thread: ticks every `tick` while calls are under way or have been in the last
-    /// [`AWAKE_AFTER_CALLS`], else every [`IDLE_TICK`] until a call wakes it.
-    fn run(&self, tick: Duration, engines: &[Engine]) {
-        let quiet_ticks = (AWAKE_AFTER_CALLS.as_micros() / tick.as_micros().max(1)).max(1);
-        let (mut seen, mut quiet) = (self.calls.load(Ordering::Relaxed), 0u128);
-        while !self.stop.load(Ordering::Relaxed) {
-            let calls = self.calls.load(Ordering::Relaxed);
-            if calls != seen || self.active.load(Ordering::Acquire) > 0 {
-                (seen, quiet) = (calls, 0);
-            } else {
-                quiet += 1;
-            }
-            if quiet > quiet_ticks {
-                self.asleep.store(true, Ordering::SeqCst);
-                // A call that began between the checks above and the flag finds it set and
-                // wakes the thread; one that began before it is seen at the next round.
-                if self.active.load(Ordering::SeqCst) == 0 && self.calls.load(Ordering::SeqCst) == seen {
-                    std::thread::park_timeout(IDLE_TICK);
-                }
-                self.asleep.store(false, Ordering::SeqCst);
-            } else {
-                std::thread::sleep(tick);
-            }
-            for engine in engines {
-                engine.increment_epoch();
-            }
-        }
-    }
-}
-
-/// A guest call under way (see [`Clock::running`]).
-pub(crate) struct Running(Arc<Clock>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Stops the epoch ticker thread when the engine and every policy loaded from it are gone.
-struct Ticker {
-    clock: Arc<Clock>,
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.clock.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.clock.thread.get() {
-            thread.unpark();
-        }
-    }
-}
-
 /// The process's policy engine: one wasmtime `Engine`, one `Linker`, the compile cache (and,
 /// when asked for, a baseline-compiler engine for fast reloads).
 pub struct PolicyEngine {
@@ -321,7 +168,7 @@ pub struct PolicyEngine {
     linker: Linker<HostState>,
     baseline: Option<(Engine, Linker<HostState>)>,
     options: EngineOptions,
-    ticker: Arc<Ticker>,
+    ticker: Arc<TickerGuard>,
 }
 
 /// A linker with WASI (deny-by-default, see [`super::instance`]) and the host imports.
@@ -400,30 +247,10 @@ impl PolicyEngine {
             false => None,
         };
 
-        let clock = Arc::new(Clock {
-            stop: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
-            calls: AtomicU64::new(0),
-            asleep: AtomicBool::new(false),
-            thread: std::sync::OnceLock::new(),
-        });
-        {
-            let shared = clock.clone();
-            let engines: Vec<Engine> =
-                std::iter::once(engine.clone()).chain(baseline.as_ref().map(|(e, _)| e.clone())).collect();
-            let tick = options.tick;
-            let thread = std::thread::Builder::new()
-                .name("sluice-epoch".into())
-                .spawn(move || shared.run(tick, &engines))
-                .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
-            let _ = clock.thread.set(thread.thread().clone());
-        }
-        Ok(Self { engine, linker: main_linker, baseline, options, ticker: Arc::new(Ticker { clock }) })
-    }
-
-    /// The epoch tick.
-    pub fn tick(&self) -> Duration {
-        self.options.tick
+        let engines: Vec<Engine> =
+            std::iter::once(engine.clone()).chain(baseline.as_ref().map(|(e, _)| e.clone())).collect();
+        let ticker = EpochTicker::start(options.tick, engines)?;
+        Ok(Self { engine, linker: main_linker, baseline, options, ticker })
     }
 
     /// Load, link, describe and initialise one policy for `tenant`, with optimised code.
@@ -515,7 +342,7 @@ impl PolicyEngine {
                 limits: spec.limits.clone(),
                 services: services.clone(),
                 tick: self.options.tick,
-                clock: self.ticker.clock.clone(),
+                ticker: self.ticker.ticker.clone(),
             })
         };
         let probed = PolicyInstance::probe(engine, &instance_pre, exports, io_named(provisional_name)).await;
@@ -563,133 +390,5 @@ impl PolicyEngine {
             engine: engine.clone(),
             _ticker: self.ticker.clone(),
         }))
-    }
-}
-
-/// Compiled functions by Cranelift's key (the function's code and the compiler settings), in
-/// memory for the life of the process, up to [`FUNCTION_CACHE_BYTES`] (then new entries are
-/// not kept).
-#[derive(Debug, Default)]
-struct FunctionCache {
-    entries: std::sync::Mutex<FunctionEntries>,
-}
-
-#[derive(Debug, Default)]
-struct FunctionEntries {
-    by_key: HashMap<Vec<u8>, Arc<[u8]>>,
-    bytes: usize,
-}
-
-/// Bound of the function cache.
-const FUNCTION_CACHE_BYTES: usize = 256 << 20;
-
-impl wasmtime::CacheStore for FunctionCache {
-    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-        let entries = self.entries.lock().ok()?;
-        entries.by_key.get(key).map(|v| std::borrow::Cow::Owned(v.to_vec()))
-    }
-
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        let Ok(mut entries) = self.entries.lock() else { return false };
-        let size = key.len() + value.len();
-        if entries.bytes + size > FUNCTION_CACHE_BYTES {
-            return false;
-        }
-        entries.bytes += size;
-        entries.by_key.insert(key.to_vec(), value.into());
-        true
-    }
-}
-
-fn cache_key(engine: &Engine, content_hash: &str) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    format!("{content_hash}-{:016x}", hasher.finish())
-}
-
-/// Where the compiled code of content `hash` for `engine` lives in the cache `dir`.
-fn cached_path(dir: &Path, engine: &Engine, content_hash: &str) -> PathBuf {
-    dir.join(format!("{}.cwasm", cache_key(engine, content_hash)))
-}
-
-/// Compile `bytes`, through the cache in `cache_dir` when one is configured.
-fn compile(
-    engine: &Engine,
-    cache_dir: Option<&Path>,
-    bytes: &[u8],
-    hash: &str,
-    file: &Path,
-) -> Result<Component, LoadError> {
-    let invalid =
-        |e: wasmtime::Error| LoadError::Invalid { file: file.to_path_buf(), cause: format!("{e:#}") };
-    let Some(dir) = cache_dir else {
-        return Component::new(engine, bytes).map_err(invalid);
-    };
-    let key = cache_key(engine, hash);
-    let cached = cached_path(dir, engine, hash);
-    if cached.is_file() {
-        // SAFETY: files in the cache directory are written only by `compile` below, from
-        // this engine's own `serialize`, under a name that binds the content hash and the
-        // engine configuration. A corrupt or foreign file fails deserialisation's header
-        // checks and we fall back to compiling.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(engine, &cached) };
-        match loaded {
-            Ok(component) => return Ok(component),
-            Err(e) => {
-                tracing::warn!(file = %cached.display(), error = %e, "ignoring unreadable compiled cache entry")
-            }
-        }
-    }
-    let component = Component::new(engine, bytes).map_err(invalid)?;
-    if let Ok(serialized) = component.serialize() {
-        let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&tmp, &serialized))
-            .and_then(|()| std::fs::rename(&tmp, &cached));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::debug!(dir = %dir.display(), error = %e, "cannot write compiled cache entry");
-        }
-    }
-    Ok(component)
-}
-
-/// Warm instances kept per policy, at most (each holds a slot of the instance pool).
-pub const MAX_WARM_INSTANCES: usize = 16;
-
-impl LoadedPolicy {
-    /// An instance for a new session: a warm one when the policy allows reuse and one is
-    /// waiting, else a fresh one.
-    pub(crate) async fn session_instance(&self) -> Result<PolicyInstance, Fault> {
-        if self.io.limits.sessions_per_instance > 1 {
-            let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            if let Some(mut instance) = warm {
-                instance.sessions += 1;
-                return Ok(instance);
-            }
-        }
-        self.instantiate().await
-    }
-
-    /// The session of `instance` is over: keep it warm if it may serve another one.
-    pub(crate) fn session_ended(&self, instance: PolicyInstance) {
-        if !instance.reusable || instance.sessions >= self.io.limits.sessions_per_instance {
-            return;
-        }
-        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if warm.len() < MAX_WARM_INSTANCES {
-            warm.push(instance);
-        }
-    }
-
-    /// A fresh instance for one session, initialised with the policy's configuration.
-    pub(crate) async fn instantiate(&self) -> Result<PolicyInstance, Fault> {
-        let mut instance =
-            PolicyInstance::instantiate(&self.engine, &self.pre, &self.exports, self.io.clone()).await?;
-        match instance.init().await? {
-            Ok(()) => Ok(instance),
-            Err(message) => Err(Fault::InitRefused(message)),
-        }
     }
 }

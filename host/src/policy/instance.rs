@@ -13,8 +13,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::types as wit;
 use super::decision::Decision;
-use super::engine::PolicyIo;
 use super::hooks::{HookExports, Hooks, VerifiedExports};
+use super::loaded::PolicyIo;
 use super::message::{MessageHandle, ParsedMessage};
 
 /// Why a call into a policy produced no decision.
@@ -399,9 +399,9 @@ fn ticks_for(deadline: Duration, tick: Duration) -> u64 {
 /// What every call into the guest starts with: its wall-clock bound — generous beyond the CPU
 /// deadline, because the guest may wait on DNS lookups (each bounded) and may be preempted by
 /// other sessions' work — and the guard that keeps the epoch ticking at full rate meanwhile.
-fn call_bounds(io: &PolicyIo) -> (Duration, super::engine::Running) {
+fn call_bounds(io: &PolicyIo) -> (Duration, super::ticker::Running) {
     let dns = io.limits.dns_timeout * io.limits.dns_lookups_per_call;
-    (io.limits.cpu_deadline * 20 + dns + Duration::from_secs(1), io.clock.running())
+    (io.limits.cpu_deadline * 20 + dns + Duration::from_secs(1), io.ticker.running())
 }
 
 /// Name the cause of a failed call.

@@ -336,11 +336,6 @@ impl ParsedMessage {
     pub fn raw(&self) -> &[u8] {
         &self.raw
     }
-
-    /// Shared handle on the raw bytes.
-    pub fn raw_shared(&self) -> Arc<[u8]> {
-        self.raw.clone()
-    }
 }
 
 /// Cut `text` to at most `max_bytes` bytes on a character boundary.

@@ -1,42 +1,49 @@
 //! Policies: sandboxed WebAssembly components that judge each stage of an SMTP conversation.
 //!
-//! Where this sits in the flow of a message: the SMTP session calls a [`ChainSession`] at
-//! connect, helo, mail, every rcpt and at the end of data; the chain calls each policy that
-//! hooks the stage, in order, and folds their decisions into one [`StageResult`]. A
-//! [`Transaction`] adds the stages up — symbols, discard/quarantine, changes — and applies
-//! the score thresholds when the message is complete, giving a [`Judgement`]. The relay and
-//! `sluice policy test` both run exactly this code.
+//! Where this sits in the flow of a message: the conversation ([`crate::conversation`]) asks a
+//! [`ChainSession`] for a stage — connect, helo, mail, every rcpt, the end of data — for the
+//! edge or a tenant; the chain calls each policy that hooks the stage, in order, and folds
+//! their decisions into one [`StageResult`]. A [`Judge`] adds a transaction's stages up —
+//! symbols, discard/quarantine, changes — and applies the score thresholds when the message
+//! is complete, giving a [`Judgement`]. The relay and `sluice policy test` both run exactly
+//! this code, through the same conversation.
 //!
 //! Inside:
-//! - [`engine`]: the one wasmtime engine, compile cache, loading and validation;
+//! - [`engine`]: the one wasmtime engine and the loading and validation of components, with
+//!   [`ticker`] (the epoch thread that bounds CPU time), [`cache`] (compiled code) and
+//!   [`loaded`] (a loaded policy and its pool of warm instances);
 //! - [`instance`]: a store per session, CPU/memory/output limits, faults;
-//! - [`imports`]: the host capabilities (log, config, clock, key-value, DNS, message);
-//! - [`chain`]: evaluation of a chain for one stage, and the transaction judge;
+//! - [`host`]: the host capabilities (log, config, clock, key-value, DNS, message);
+//! - [`chain`]: evaluation of a chain for one stage; [`judge`]: the transaction judge;
 //! - [`breaker`]: suspension of a policy that keeps faulting.
 
 mod bindings;
 pub mod breaker;
+pub mod cache;
 pub mod chain;
 pub mod context;
 pub mod decision;
 pub mod engine;
 mod hooks;
-mod imports;
+pub mod host;
 pub mod instance;
+pub mod judge;
+pub mod loaded;
 pub mod message;
-pub mod simulate;
+mod ticker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use chain::{
-    Chain, ChainSession, ChainSettings, FailureMode, Judgement, Outcome, PolicyRun, ScoredSymbol, StageInput,
-    StageResult, Thresholds, Transaction,
+    Chain, ChainSession, ChainSettings, FailureMode, PolicyRun, ScoredSymbol, StageInput, StageResult,
 };
 pub use context::{EnvelopeAddress, EsmtpParam, SessionInfo, Stage, StageSet, TlsInfo};
 pub use decision::{Change, Decision, Reply, Symbol, Verdict};
 pub use engine::{CodeTier, EngineOptions, LoadError, LoadedPolicy, PolicyEngine, PolicySpec};
+pub use host::Clock;
 pub use instance::Fault;
+pub use judge::{Judge, Judgement, Outcome, Thresholds};
 pub use message::ParsedMessage;
 
 use crate::dns::Resolver;
@@ -74,45 +81,6 @@ impl Default for PolicyLimits {
             output_bytes: 64 << 10,
             kv_quota: Quota::default(),
             sessions_per_instance: 1,
-        }
-    }
-}
-
-/// Where `now-millis` reads the time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Clock {
-    /// The system clock.
-    System,
-    /// The system clock shifted so that it read `at_start_millis` when the clock was made;
-    /// `sluice policy test --now` uses it for reproducible time-dependent policies.
-    Pinned {
-        /// What the clock read at `origin`.
-        at_start_millis: i64,
-        /// When it was pinned (system milliseconds).
-        origin_millis: i64,
-    },
-}
-
-fn system_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
-}
-
-impl Clock {
-    /// A clock that reads `millis` now and advances in real time.
-    pub fn pinned(millis: i64) -> Self {
-        Clock::Pinned { at_start_millis: millis, origin_millis: system_millis() }
-    }
-
-    /// Milliseconds since the Unix epoch.
-    pub fn now_millis(&self) -> i64 {
-        match *self {
-            Clock::System => system_millis(),
-            Clock::Pinned { at_start_millis, origin_millis } => {
-                at_start_millis.saturating_add(system_millis().saturating_sub(origin_millis))
-            }
         }
     }
 }

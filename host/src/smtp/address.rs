@@ -2,7 +2,7 @@
 //! mail somewhere else: `%` hacks, `!` bang paths, source routes, quoted local parts that
 //! hide an `@`, double `@`, IP literals and trailing dots.
 
-use crate::policy::context::EsmtpParam;
+use super::envelope::EsmtpParam;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

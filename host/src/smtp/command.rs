@@ -1,6 +1,6 @@
 //! SMTP commands (RFC 5321 §4.1), parsed from one line without its CRLF.
 
-use crate::policy::context::EsmtpParam;
+use super::envelope::EsmtpParam;
 
 use super::address::{PathError, split_path_and_params};
 

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sluice::conversation::script::{self, Envelope, Simulation};
 use sluice::dns::{FixtureResolver, Resolver};
-use sluice::policy::simulate::{Envelope, Simulation, simulate};
 use sluice::policy::{
     Chain, ChainSettings, Clock, EngineOptions, HostServices, LoadError, LoadedPolicy, ParsedMessage,
     PolicyEngine, PolicyLimits, PolicySpec,
@@ -79,12 +79,16 @@ pub fn envelope(ip: &str, from: &str, to: &[&str]) -> Envelope {
         from: from.into(),
         to: to.iter().map(|s| s.to_string()).collect(),
         authenticated_user: None,
-        transaction_id: "t-1".into(),
     }
 }
 
+/// `raw` sent from `envelope` in a session whose one tenant has `chain`: the first
+/// transaction.
 pub async fn run(chain: &Arc<Chain>, envelope: &Envelope, raw: &str) -> Simulation {
-    simulate(chain, envelope, &message(raw)).await
+    let wire = script::wire_form(raw.as_bytes());
+    let mut transactions = script::run(script::single_tenant(chain.clone()), envelope, &wire).await;
+    assert!(!transactions.is_empty(), "a session always ends in a transaction's record");
+    transactions.remove(0)
 }
 
 pub fn symbols(sim: &Simulation) -> Vec<String> {

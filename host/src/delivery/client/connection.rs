@@ -1,218 +1,14 @@
-//! The SMTP client that takes queued mail to next hops, and the pool of its connections.
-//!
-//! The client is our own: delivery needs every recipient's own reply to retry or bounce just
-//! that recipient, and it sends the spooled bytes verbatim with dot stuffing; the client
-//! crates in the ecosystem are made for message submission and answer per message, not per
-//! recipient, and none keeps a per-destination connection cache.
-//!
-//! What it does, as a production MTA's client would:
-//! - opportunistic STARTTLS (RFC 3207, RFC 7435: encrypt, do not authenticate), with a
-//!   plaintext retry when the handshake fails;
-//! - PIPELINING (RFC 2920): MAIL, every RCPT and DATA go in one write when the server
-//!   offers it, so a transaction costs two round trips instead of one per command;
-//! - SIZE, 8BITMIME and SMTPUTF8 parameters when the server offers them;
-//! - connection reuse: after a transaction the connection waits in a cache for the next
-//!   message to the same host (`delivery.connection_cache_secs`, at most
-//!   `delivery.connection_reuse_limit` transactions); a cached connection the server has
-//!   meanwhile closed is noticed before any message byte is sent and replaced by a new one;
-//! - per-destination concurrency: at most `delivery.destination_concurrency` deliveries (and
-//!   so connections, cached ones included) per destination at a time.
+//! One SMTP connection to a next hop: the greeting, EHLO and STARTTLS, a transaction with
+//! PIPELINING and a reply per recipient, RSET and QUIT.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::RcptResult;
-
-/// Recipients per transaction; more are sent in further transactions on the same
-/// connection (RFC 5321 §4.5.3.1.8: servers need accept no more than 100).
-const RECIPIENTS_PER_TRANSACTION: usize = 100;
-
-/// How the pool behaves.
-#[derive(Clone)]
-pub struct Settings {
-    /// Our EHLO name.
-    pub helo: String,
-    /// Timeout for connecting and for each command's reply.
-    pub timeout: Duration,
-    /// TLS client for opportunistic STARTTLS (None: plaintext only).
-    pub tls: Option<tokio_rustls::TlsConnector>,
-    /// How long an idle connection stays cached (zero: no reuse).
-    pub idle: Duration,
-    /// Transactions per connection before it is closed.
-    pub reuse_limit: u32,
-    /// Concurrent deliveries per destination.
-    pub per_destination: usize,
-}
-
-/// One message to deliver.
-#[derive(Clone, Copy)]
-pub struct Transaction<'a> {
-    /// MAIL FROM (empty for the null sender).
-    pub mail_from: &'a str,
-    /// RCPT TO, in order.
-    pub recipients: &'a [String],
-    /// The message, CRLF line endings.
-    pub message: &'a [u8],
-}
-
-impl Transaction<'_> {
-    fn all(&self, r: RcptResult) -> Vec<RcptResult> {
-        self.recipients.iter().map(|_| r.clone()).collect()
-    }
-}
-
-/// Connections to next hops: the cache of idle ones and the per-destination limits.
-pub struct Pool {
-    settings: Settings,
-    idle: Mutex<HashMap<(String, u16), Vec<Connection>>>,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl Pool {
-    /// An empty pool.
-    pub fn new(settings: Settings) -> Self {
-        Self { settings, idle: Mutex::new(HashMap::new()), limits: Mutex::new(HashMap::new()) }
-    }
-
-    /// Wait for a delivery slot towards `destination` (a next hop or a recipient domain);
-    /// the slot is held until the permit is dropped.
-    pub async fn permit(&self, destination: &str) -> Option<OwnedSemaphorePermit> {
-        let limit = {
-            let mut limits = self.limits.lock().ok()?;
-            limits
-                .entry(destination.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_destination.max(1))))
-                .clone()
-        };
-        limit.acquire_owned().await.ok()
-    }
-
-    /// Deliver to `host:port`: each recipient's outcome, or why no server there gave one
-    /// (could not connect, the connection broke), which the caller treats as transient.
-    pub async fn deliver(
-        &self,
-        host: &str,
-        port: u16,
-        tx: &Transaction<'_>,
-    ) -> Result<Vec<RcptResult>, String> {
-        let mut results = Vec::with_capacity(tx.recipients.len());
-        for (n, chunk) in tx.recipients.chunks(RECIPIENTS_PER_TRANSACTION).enumerate() {
-            let part = Transaction { recipients: chunk, ..*tx };
-            match self.one(host, port, &part).await {
-                Ok(r) => results.extend(r),
-                Err(e) if n == 0 => return Err(e),
-                Err(e) => results.extend(part.all(RcptResult::Transient(format!("{host}:{port}: {e}")))),
-            }
-        }
-        Ok(results)
-    }
-
-    async fn one(&self, host: &str, port: u16, tx: &Transaction<'_>) -> Result<Vec<RcptResult>, String> {
-        let key = (host.to_string(), port);
-        while let Some(mut connection) = self.checkout(&key) {
-            match connection.send(tx, self.settings.timeout).await {
-                Ok(results) => {
-                    self.checkin(connection).await;
-                    return Ok(results);
-                }
-                // The server closed the cached connection meanwhile; nothing was delivered.
-                Err(e) if !e.data_sent => {
-                    tracing::debug!(host, port, error = %e.message, "a cached connection was stale");
-                }
-                Err(e) => return Err(e.message),
-            }
-        }
-        let mut connection = match self.open(host, port).await? {
-            Ok(connection) => connection,
-            Err(refused) => return Ok(tx.all(refused)),
-        };
-        match connection.send(tx, self.settings.timeout).await {
-            Ok(results) => {
-                self.checkin(connection).await;
-                Ok(results)
-            }
-            Err(e) => Err(e.message),
-        }
-    }
-
-    /// A new connection, ready for MAIL; `Ok(Err(_))` when the server refused us (greeting
-    /// or EHLO), which applies to every recipient.
-    async fn open(&self, host: &str, port: u16) -> Result<Result<Connection, RcptResult>, String> {
-        let s = &self.settings;
-        match Connection::open(host, port, s, s.tls.as_ref()).await {
-            Err(OpenError::Tls(e)) => {
-                tracing::info!(host, port, error = %e, "TLS with the next hop failed; delivering in plaintext");
-                match Connection::open(host, port, s, None).await {
-                    Ok(c) => Ok(Ok(c)),
-                    Err(OpenError::Refused(r)) => Ok(Err(r)),
-                    Err(OpenError::Tls(e) | OpenError::Io(e)) => Err(e),
-                }
-            }
-            Err(OpenError::Refused(r)) => Ok(Err(r)),
-            Err(OpenError::Io(e)) => Err(e),
-            Ok(c) => Ok(Ok(c)),
-        }
-    }
-
-    /// The most recently used cached connection to `key` that is still fresh.
-    fn checkout(&self, key: &(String, u16)) -> Option<Connection> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(key)?;
-        let found = loop {
-            match list.pop() {
-                Some(c) if c.last_used.elapsed() < self.settings.idle => break Some(c),
-                // Expired: dropping it closes the socket.
-                Some(_) => continue,
-                None => break None,
-            }
-        };
-        if list.is_empty() {
-            idle.remove(key);
-        }
-        found
-    }
-
-    /// Back into the cache after a transaction, or closed when it may not be reused.
-    async fn checkin(&self, mut connection: Connection) {
-        connection.transactions += 1;
-        connection.last_used = Instant::now();
-        let reusable = !connection.closing
-            && connection.transactions < self.settings.reuse_limit
-            && !self.settings.idle.is_zero();
-        if reusable && let Ok(mut idle) = self.idle.lock() {
-            idle.entry((connection.host.clone(), connection.port)).or_default().push(connection);
-            return;
-        }
-        connection.quit(self.settings.timeout).await;
-    }
-
-    /// Close cached connections idle for too long (with QUIT, politely) and forget the
-    /// limits of destinations nothing is delivering to.
-    pub async fn close_idle(&self) {
-        let mut expired = Vec::new();
-        if let Ok(mut idle) = self.idle.lock() {
-            for list in idle.values_mut() {
-                let (keep, old): (Vec<_>, Vec<_>) =
-                    list.drain(..).partition(|c| c.last_used.elapsed() < self.settings.idle);
-                *list = keep;
-                expired.extend(old);
-            }
-            idle.retain(|_, list| !list.is_empty());
-        }
-        if let Ok(mut limits) = self.limits.lock() {
-            let per = self.settings.per_destination.max(1);
-            limits.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < per);
-        }
-        for connection in expired {
-            connection.quit(Duration::from_secs(2)).await;
-        }
-    }
-}
+use super::{Settings, Transaction};
+use crate::delivery::RcptResult;
+use crate::smtp::data::dot_stuffed;
 
 /// A reply from an SMTP server.
 struct ServerReply {
@@ -260,7 +56,7 @@ trait Wire: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Wire for T {}
 
 /// Why no connection ready for MAIL could be made.
-enum OpenError {
+pub(super) enum OpenError {
     /// The server refused us in its greeting or to EHLO and HELO.
     Refused(RcptResult),
     /// The TLS handshake after STARTTLS failed: try again in plaintext.
@@ -276,10 +72,10 @@ impl From<String> for OpenError {
 }
 
 /// Why a transaction ended without per-recipient answers. The connection is unusable.
-struct SendError {
-    message: String,
+pub(super) struct SendError {
+    pub message: String,
     /// Whether message bytes were sent (if not, a new connection may try again at once).
-    data_sent: bool,
+    pub data_sent: bool,
 }
 
 impl SendError {
@@ -319,20 +115,20 @@ impl Extensions {
 }
 
 /// An SMTP connection to a next hop, greeted and ready for MAIL.
-struct Connection {
+pub(super) struct Connection {
     stream: BufReader<Box<dyn Wire>>,
-    host: String,
-    port: u16,
+    pub host: String,
+    pub port: u16,
     ext: Extensions,
     /// Transactions completed on it.
-    transactions: u32,
-    last_used: Instant,
+    pub transactions: u32,
+    pub last_used: Instant,
     /// The server said 421: it is closing the connection.
-    closing: bool,
+    pub closing: bool,
 }
 
 impl Connection {
-    async fn open(
+    pub(super) async fn open(
         host: &str,
         port: u16,
         settings: &Settings,
@@ -379,7 +175,11 @@ impl Connection {
     }
 
     /// One transaction. On `Ok` the connection is ready for the next one (unless `closing`).
-    async fn send(&mut self, tx: &Transaction<'_>, timeout: Duration) -> Result<Vec<RcptResult>, SendError> {
+    pub(super) async fn send(
+        &mut self,
+        tx: &Transaction<'_>,
+        timeout: Duration,
+    ) -> Result<Vec<RcptResult>, SendError> {
         let utf8 = !tx.mail_from.is_ascii() || tx.recipients.iter().any(|r| !r.is_ascii());
         if utf8 && !self.ext.smtputf8 {
             return Ok(tx.all(RcptResult::Permanent(
@@ -464,7 +264,7 @@ impl Connection {
             let _ = self.reply(timeout).await;
             return Ok(rcpt_replies.iter().map(ServerReply::failure).collect());
         }
-        self.write(&stuffed(tx.message), timeout.max(Duration::from_secs(60)))
+        self.write(&dot_stuffed(tx.message), timeout.max(Duration::from_secs(60)))
             .await
             .map_err(|message| SendError { message, data_sent: true })?;
         // RFC 5321 §4.5.3.2.6: up to ten minutes for the reply to the final dot.
@@ -511,7 +311,7 @@ impl Connection {
         }
     }
 
-    async fn quit(mut self, timeout: Duration) {
+    pub(super) async fn quit(mut self, timeout: Duration) {
         if !self.closing {
             let _ = command(&mut self.stream, "QUIT", timeout).await;
         }
@@ -546,27 +346,6 @@ async fn hello(
     }
     let reply = command(stream, &format!("HELO {helo}"), timeout).await?;
     if reply.code == 250 { Ok(Extensions::default()) } else { Err(OpenError::Refused(reply.failure())) }
-}
-
-/// The message as DATA sends it: dot-stuffed, CRLF-terminated, then the final dot.
-fn stuffed(message: &[u8]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(message.len() + 64);
-    // A dot that starts a line gets another in front of it; the bytes between are copied whole.
-    if message.first() == Some(&b'.') {
-        payload.push(b'.');
-    }
-    let mut from = 0;
-    for at in memchr::memmem::find_iter(message, b"\n.") {
-        payload.extend_from_slice(&message[from..=at]);
-        payload.push(b'.');
-        from = at + 1;
-    }
-    payload.extend_from_slice(&message[from..]);
-    if !payload.is_empty() && !payload.ends_with(b"\r\n") {
-        payload.extend_from_slice(b"\r\n");
-    }
-    payload.extend_from_slice(b".\r\n");
-    payload
 }
 
 async fn write_all(
@@ -629,69 +408,9 @@ async fn command(
     read_reply(stream, timeout).await
 }
 
-/// The TLS client for STARTTLS towards next hops. Opportunistic: it encrypts but does not
-/// authenticate the server (there is no MTA-STS or DANE yet), which still defeats passive
-/// eavesdropping.
-pub fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_stuffing_and_the_final_dot() {
-        assert_eq!(stuffed(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
-        assert_eq!(stuffed(b"no newline"), b"no newline\r\n.\r\n");
-        assert_eq!(stuffed(b""), b".\r\n");
-        assert_eq!(stuffed(b".a\r\n.\r\n\r\n."), b"..a\r\n..\r\n\r\n..\r\n.\r\n");
-    }
 
     #[test]
     fn extensions_from_the_ehlo_reply() {

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+pub use crate::config::values::{check_domain_entry as check, normalise_domain as normalise};
+
 /// Which tenant (by index) each local domain belongs to.
 #[derive(Debug, Clone, Default)]
 pub struct DomainMap {
@@ -16,27 +18,6 @@ pub struct DomainMap {
     wildcard: HashMap<String, usize>,
     /// The first exact domain of each tenant, in configuration order.
     first: HashMap<usize, String>,
-}
-
-/// An entry of a tenant's `domains`, normalised: lower case, no trailing dot.
-pub fn normalise(entry: &str) -> String {
-    entry.trim().trim_end_matches('.').to_lowercase()
-}
-
-/// Why `entry` is not a domain or a `*.domain` wildcard, if it is not.
-pub fn check(entry: &str) -> Result<(), String> {
-    let name = normalise(entry);
-    let domain = name.strip_prefix("*.").unwrap_or(&name);
-    let valid = !domain.is_empty()
-        && domain.len() <= 253
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-        });
-    if valid { Ok(()) } else { Err(format!("not a domain or *.domain wildcard: {entry:?}")) }
 }
 
 impl DomainMap {
@@ -74,6 +55,17 @@ impl DomainMap {
     /// The first exact domain `tenant` lists (for `postmaster` without a domain).
     pub fn first_domain_of(&self, tenant: usize) -> Option<&str> {
         self.first.get(&tenant).map(String::as_str)
+    }
+}
+
+impl crate::smtp::session::LocalDomains for DomainMap {
+    fn tenant_of(&self, domain: &str) -> Option<usize> {
+        DomainMap::tenant_of(self, domain)
+    }
+
+    /// The first tenant's first domain: mail to a bare `postmaster` is the provider's.
+    fn postmaster_domain(&self) -> Option<&str> {
+        self.first_domain_of(0)
     }
 }
 

@@ -1,0 +1,216 @@
+//! The sections of the configuration besides the tenants: `[server]`, `[spool]`, `[state]`,
+//! `[relay]`, `[dns]`, `[admin]`, `[tls]`, `[delivery]`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::values::{Backend, Cidr, NextHop};
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name announced in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Largest message accepted, bytes (announced in SIZE).
+    pub max_message_bytes: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Longest command line, bytes including CRLF (RFC 5321: at least 512).
+    pub max_line_bytes: usize,
+    /// Protocol errors per session before the relay hangs up.
+    pub max_errors: u32,
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2: 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for each chunk of message data (RFC 5321 §4.5.3.2: 3 minutes).
+    pub data_timeout_secs: u64,
+    /// Seconds sessions in progress get to finish when the relay is asked to stop (SIGTERM,
+    /// Ctrl-C); the relay stops accepting at once.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            max_message_bytes: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_bytes: 2048,
+            max_errors: 10,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `embedded` (a persistent file, the default), `memory` (lost at exit), or a Redis or
+    /// Valkey URL (`redis://host:port/db`; no TLS) shared by several relays.
+    pub backend: Backend,
+    /// File of the embedded store.
+    pub path: PathBuf,
+    /// Most keys the store holds (all tenants together); writes of new keys beyond fail.
+    /// Embedded and memory stores only.
+    pub max_keys: usize,
+    /// Prefix of every key on a Redis server (relays sharing state use the same one).
+    pub prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Embedded,
+            path: PathBuf::from("var/state/kv.redb"),
+            max_keys: 1_000_000,
+            prefix: "sluice:".into(),
+        }
+    }
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the queue and the quarantine.
+    pub dir: PathBuf,
+    /// How an accepted message reaches the disk before its 250: `group` (one `syncfs` for
+    /// every session waiting at that moment) or `file` (an fsync per file).
+    pub sync: crate::spool::SyncMode,
+    /// Free space the spool's file system must keep: below it (plus the size a client
+    /// declares), MAIL gets `452 4.3.1` until space returns. Default: twice
+    /// `server.max_message_bytes`.
+    pub min_free_bytes: Option<u64>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("var/spool"),
+            sync: crate::spool::SyncMode::default(),
+            min_free_bytes: None,
+        }
+    }
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Networks whose clients may relay to any domain (CIDR).
+    pub trusted_networks: Vec<Cidr>,
+    /// Users who may authenticate (SMTP AUTH) and then relay: lines of `user:hash`, the hash
+    /// in SHA-512 crypt form (`$6$…`, as made by `openssl passwd -6` or `mkpasswd`).
+    pub auth_users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS to loopback clients (never to others).
+    pub allow_plaintext_auth_on_loopback: bool,
+    /// Failed AUTH attempts from one client IP before AUTH from it is refused (`421 4.7.0`,
+    /// and the connection closes) for `auth_lockout_secs`.
+    pub auth_failures_per_ip: u32,
+    /// How long failures are remembered and a locked-out IP stays locked out, seconds.
+    pub auth_lockout_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            trusted_networks: ["127.0.0.0/8", "::1/128"].into_iter().filter_map(Cidr::parse).collect(),
+            auth_users_file: None,
+            allow_plaintext_auth_on_loopback: false,
+            auth_failures_per_ip: 5,
+            auth_lockout_secs: 600,
+        }
+    }
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers to ask (`ip:port`); empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener serving `GET /metrics`.
+    pub listen: SocketAddr,
+}
+
+/// `[tls]`: the certificate STARTTLS presents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Next hop for domains that are not local: `host:port`, `smtp:host:port` or
+    /// `maildir:PATH`. Without one, mail for other domains goes to their MX hosts.
+    pub smarthost: Option<NextHop>,
+    /// Named next hops a policy may route to.
+    pub next_hops: BTreeMap<String, NextHop>,
+    /// First retry after this many seconds; each later one waits twice as long.
+    pub retry_base_secs: u64,
+    /// Longest wait between retries.
+    pub retry_max_secs: u64,
+    /// Give up (and bounce) after this many seconds in the queue (default 5 days).
+    pub max_age_secs: u64,
+    /// Seconds to wait for the next hop to connect and to answer each command.
+    pub timeout_secs: u64,
+    /// Port of the mail exchangers found by MX resolution (25).
+    pub mx_port: u16,
+    /// Use STARTTLS towards next hops that offer it (opportunistic; default on).
+    pub starttls: bool,
+    /// Deliveries at a time to one destination (a next hop, or a domain's MX hosts); the
+    /// cached connections to it count too (20).
+    pub destination_concurrency: usize,
+    /// Deliveries at a time across all destinations (100).
+    pub max_deliveries: usize,
+    /// Seconds an idle connection to a next hop is kept for the next message (5; 0: no reuse).
+    pub connection_cache_secs: u64,
+    /// Transactions on one connection before it is closed (100).
+    pub connection_reuse_limit: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            smarthost: None,
+            next_hops: BTreeMap::new(),
+            retry_base_secs: 300,
+            retry_max_secs: 4 * 3600,
+            max_age_secs: 5 * 86_400,
+            timeout_secs: 60,
+            mx_port: 25,
+            starttls: true,
+            destination_concurrency: 20,
+            max_deliveries: 100,
+            connection_cache_secs: 5,
+            connection_reuse_limit: 100,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `[[tenant]]`, `[edge]` and their `policy` entries: who a tenant is (domains, networks,
+//! users, next hop), its chain, thresholds and limits. The edge takes the same keys as a
+//! tenant but those that say who it is: it has no domains, next hop, networks or users.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Config;
+use super::values::{Cidr, NextHop, OnFault, PolicyMode};
+use crate::policy::chain::{ChainSettings, FailureMode};
+use crate::policy::judge::Thresholds;
+use crate::policy::{PolicyLimits, PolicySpec};
+
+/// The name the edge goes by in logs, metrics, the key-value store and the admin API; no
+/// tenant may take it.
+pub const EDGE: &str = "edge";
+
+/// `[[tenant]]`, or `[edge]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Name (`edge` for the edge).
+    #[serde(default)]
+    pub name: String,
+    /// Domains whose mail this tenant receives.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Where its inbound mail goes: `host:port`, `smtp:host:port` or `maildir:PATH` (required
+    /// for a tenant; the edge has none).
+    #[serde(default)]
+    pub next_hop: Option<NextHop>,
+    /// `tempfail` (default) or `continue` when a policy faults.
+    #[serde(default)]
+    pub failure_mode: OnFault,
+    /// Score at which `X-Spam-Flag: YES` is added (default 5.0).
+    #[serde(default = "default_add_header")]
+    pub add_header_score: Option<f64>,
+    /// Score at which the message is quarantined (default: off).
+    #[serde(default)]
+    pub quarantine_score: Option<f64>,
+    /// Score at which the message is rejected (default 15.0).
+    #[serde(default = "default_reject")]
+    pub reject_score: Option<f64>,
+    /// The chain, in order.
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+    /// Outbound: clients in these networks (CIDR) may relay, and their sessions are this
+    /// tenant's (the most specific network wins).
+    #[serde(default)]
+    pub outbound_networks: Vec<Cidr>,
+    /// Outbound: sessions of these authenticated users are this tenant's.
+    #[serde(default)]
+    pub outbound_users: Vec<String>,
+    /// CPU deadline per hook call of its policies, milliseconds (default 50; a policy's own
+    /// `cpu_ms` wins).
+    pub cpu_ms: Option<u64>,
+    /// Memory cap of its policies' instances, MiB (default 64; a policy's own `memory_mib`
+    /// wins).
+    pub memory_mib: Option<usize>,
+    /// Largest message for its recipients, bytes (default and ceiling: `server.max_message_bytes`).
+    pub max_message_bytes: Option<usize>,
+    /// Transactions per minute it accepts recipients for, on this relay (default: no limit).
+    pub max_messages_per_minute: Option<u32>,
+    /// Keys its policies may hold in the key-value store (default 100 000).
+    pub kv_max_keys: Option<u64>,
+    /// Bytes of keys and values its policies may hold (default 64 MiB).
+    pub kv_max_bytes: Option<u64>,
+}
+
+fn default_add_header() -> Option<f64> {
+    Some(5.0)
+}
+
+fn default_reject() -> Option<f64> {
+    Some(15.0)
+}
+
+impl TenantConfig {
+    /// The edge when the configuration has no `[edge]`: no policies, the defaults.
+    pub fn empty_edge() -> Self {
+        Self {
+            name: EDGE.into(),
+            domains: Vec::new(),
+            next_hop: None,
+            failure_mode: OnFault::default(),
+            add_header_score: default_add_header(),
+            quarantine_score: None,
+            reject_score: default_reject(),
+            policies: Vec::new(),
+            outbound_networks: Vec::new(),
+            outbound_users: Vec::new(),
+            cpu_ms: None,
+            memory_mib: None,
+            max_message_bytes: None,
+            max_messages_per_minute: None,
+            kv_max_keys: None,
+            kv_max_bytes: None,
+        }
+    }
+
+    /// Its share of the key-value store.
+    pub fn kv_quota(&self) -> crate::state::kv::Quota {
+        let default = crate::state::kv::Quota::default();
+        crate::state::kv::Quota {
+            max_keys: self.kv_max_keys.unwrap_or(default.max_keys),
+            max_bytes: self.kv_max_bytes.unwrap_or(default.max_bytes),
+        }
+    }
+
+    /// The chain settings.
+    pub fn chain_settings(&self) -> ChainSettings {
+        ChainSettings {
+            failure_mode: match self.failure_mode {
+                OnFault::Continue => FailureMode::Continue,
+                OnFault::Tempfail => FailureMode::default(),
+            },
+            thresholds: Thresholds {
+                add_header: self.add_header_score,
+                quarantine: self.quarantine_score,
+                reject: self.reject_score,
+            },
+        }
+    }
+}
+
+/// `[[tenant.policy]]`, `[[edge.policy]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name to log it under (default: the name from `describe`).
+    pub name: Option<String>,
+    /// The component.
+    pub path: PathBuf,
+    /// Its configuration.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    /// CPU deadline per hook call, milliseconds (default 50).
+    pub cpu_ms: Option<u64>,
+    /// Memory cap, MiB (default 64).
+    pub memory_mib: Option<usize>,
+    /// Sessions one warm instance may serve (default 1: a fresh instance per session). For
+    /// policies whose instantiation is costly (JavaScript, Python); what the policy keeps in
+    /// memory then carries over between sessions of its tenant.
+    pub sessions_per_instance: Option<u32>,
+    /// `enforce` (default) or `shadow`: run on live traffic, log and count the decisions,
+    /// never apply them.
+    #[serde(default)]
+    pub mode: PolicyMode,
+}
+
+impl PolicyConfig {
+    /// Whether the policy runs in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.mode == PolicyMode::Shadow
+    }
+
+    /// The spec the engine loads for `tenant`, paths resolved against `config`.
+    pub fn spec(&self, config: &Config, tenant: &TenantConfig) -> PolicySpec {
+        let mut spec = PolicySpec::new(config.resolve(&self.path));
+        spec.name = self.name.clone();
+        spec.config = self
+            .config
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        let mut limits = PolicyLimits { kv_quota: tenant.kv_quota(), ..PolicyLimits::default() };
+        if let Some(ms) = self.cpu_ms.or(tenant.cpu_ms) {
+            limits.cpu_deadline = Duration::from_millis(ms);
+        }
+        if let Some(mib) = self.memory_mib.or(tenant.memory_mib) {
+            limits.memory_bytes = mib.saturating_mul(1 << 20);
+        }
+        if let Some(n) = self.sessions_per_instance {
+            limits.sessions_per_instance = n;
+        }
+        spec.limits = limits;
+        spec
+    }
+}

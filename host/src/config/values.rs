@@ -1,0 +1,250 @@
+//! The configuration's values that are more than strings, parsed once when the file is read:
+//! next hops, networks, what a fault means, a policy's mode, the key-value backend. Each is
+//! read from its string form with `serde(try_from)`, so a bad value is an error that names
+//! its key and line like any other.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Where mail goes next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum NextHop {
+    /// An SMTP server.
+    Smtp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A local Maildir tree: `PATH/<recipient>/{tmp,new,cur}`.
+    Maildir(PathBuf),
+}
+
+impl NextHop {
+    /// Parse `host:port`, `smtp:host:port`, `[v6addr]:port` or `maildir:PATH`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("maildir:") {
+            if path.is_empty() {
+                return Err("maildir: needs a path".into());
+            }
+            return Ok(NextHop::Maildir(PathBuf::from(path)));
+        }
+        let target = text.strip_prefix("smtp:").unwrap_or(text);
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?}: expected host:port, smtp:host:port or maildir:PATH"))?;
+        let port: u16 = port.parse().map_err(|_| format!("{text:?}: invalid port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("{text:?}: invalid host"));
+        }
+        Ok(NextHop::Smtp { host: host.to_string(), port })
+    }
+}
+
+impl TryFrom<String> for NextHop {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl std::fmt::Display for NextHop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextHop::Smtp { host, port } if host.contains(':') => write!(f, "smtp:[{host}]:{port}"),
+            NextHop::Smtp { host, port } => write!(f, "smtp:{host}:{port}"),
+            NextHop::Maildir(path) => write!(f, "maildir:{}", path.display()),
+        }
+    }
+}
+
+/// An IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `addr/prefix` (or a bare address).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.trim().parse::<IpAddr>().ok()?, Some(p.trim().parse::<u8>().ok()?)),
+            None => (text.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text).ok_or_else(|| format!("not a CIDR block: {text:?}"))
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// What a policy fault means for its tenant's mail (`failure_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum OnFault {
+    /// `451 4.3.0`: the client tries again later.
+    #[default]
+    Tempfail,
+    /// The faulty policy is skipped and the chain goes on.
+    Continue,
+}
+
+impl TryFrom<String> for OnFault {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "tempfail" => Ok(Self::Tempfail),
+            "continue" => Ok(Self::Continue),
+            _ => Err(format!("`tempfail` or `continue`, not {text:?}")),
+        }
+    }
+}
+
+impl OnFault {
+    /// `tempfail` or `continue`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tempfail => "tempfail",
+            Self::Continue => "continue",
+        }
+    }
+}
+
+/// Whether a policy's decisions are applied (`mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum PolicyMode {
+    /// Applied.
+    #[default]
+    Enforce,
+    /// Run on live traffic, logged and counted, never applied.
+    Shadow,
+}
+
+impl TryFrom<String> for PolicyMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "enforce" => Ok(Self::Enforce),
+            "shadow" => Ok(Self::Shadow),
+            _ => Err(format!("`enforce` or `shadow`, not {text:?}")),
+        }
+    }
+}
+
+/// Where the policies' key-value store lives (`[state] backend`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Backend {
+    /// In memory with a copy in an embedded redb file (the default).
+    #[default]
+    Embedded,
+    /// In memory only, lost at exit.
+    Memory,
+    /// A Redis or Valkey server, by URL, shared by relays.
+    Redis(String),
+}
+
+impl TryFrom<String> for Backend {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "embedded" => Ok(Self::Embedded),
+            "memory" => Ok(Self::Memory),
+            url if url.starts_with("redis://") => {
+                redis::Client::open(url).map_err(|e| e.to_string())?;
+                Ok(Self::Redis(url.to_string()))
+            }
+            _ => Err(format!("`embedded`, `memory` or a redis:// URL, not {text:?}")),
+        }
+    }
+}
+
+/// An entry of a tenant's `domains`, normalised: lower case, no trailing dot.
+pub fn normalise_domain(entry: &str) -> String {
+    entry.trim().trim_end_matches('.').to_lowercase()
+}
+
+/// Why `entry` is not a domain or a `*.domain` wildcard, if it is not.
+pub fn check_domain_entry(entry: &str) -> Result<(), String> {
+    let name = normalise_domain(entry);
+    let domain = name.strip_prefix("*.").unwrap_or(&name);
+    let valid = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        });
+    if valid { Ok(()) } else { Err(format!("not a domain or *.domain wildcard: {entry:?}")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops_and_networks() {
+        assert_eq!(
+            NextHop::parse("mx.example:25"),
+            Ok(NextHop::Smtp { host: "mx.example".into(), port: 25 })
+        );
+        assert_eq!(NextHop::parse("smtp:[::1]:2526"), Ok(NextHop::Smtp { host: "::1".into(), port: 2526 }));
+        assert_eq!(NextHop::parse("smtp:[::1]:2526").map(|h| h.to_string()), Ok("smtp:[::1]:2526".into()));
+        assert!(NextHop::parse("mx.example").is_err());
+        let net = Cidr::parse("192.0.2.0/24").unwrap();
+        assert!(net.contains("192.0.2.77".parse().unwrap()));
+        assert!(net.contains("::ffff:192.0.2.77".parse().unwrap()));
+        assert!(!net.contains("192.0.3.1".parse().unwrap()));
+        assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("203.0.113.9".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+    }
+}

@@ -1,0 +1,160 @@
+//! One session over a socket: the conversation ([`crate::conversation`]) driven with the
+//! client's bytes, its actions carried out — replies written (held while the client's input is
+//! not drained: PIPELINING), stages run, messages stored, passwords checked, TLS started,
+//! timeouts kept. Everything the session decides is the conversation's; this file only moves
+//! bytes and waits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+
+use super::input::Input;
+use crate::conversation::{Action, Client, Conversation, Stages};
+use crate::policy::TlsInfo;
+use crate::relay::Relay;
+
+/// How a stretch of the session over one stream ended.
+enum Ended {
+    /// The session is over.
+    Closed,
+    /// The client asked for TLS: go on over a TLS stream.
+    StartTls,
+}
+
+/// Serve one admitted client on a TCP connection until the session ends.
+pub async fn serve(relay: Arc<Relay>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let listener = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    serve_stream(relay, stream, peer, listener).await;
+}
+
+/// Serve one client on any stream (a TCP connection, or an in-memory duplex in tests) until
+/// the session ends: `peer` is the client's address, `listener` the name of the listener.
+pub async fn serve_stream<S>(relay: Arc<Relay>, stream: S, peer: SocketAddr, listener: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // One snapshot for the whole session.
+    let snapshot = relay.snapshot();
+    // The client's name, confirmed forward (never for loopback, which has none worth asking
+    // about).
+    let reverse_dns = if peer.ip().is_loopback() {
+        None
+    } else {
+        tokio::time::timeout(Duration::from_secs(5), relay.dns.verified_reverse(peer.ip()))
+            .await
+            .ok()
+            .flatten()
+    };
+    let client = Client { address: peer, reverse_dns, listener };
+    let mut conversation = Conversation::new(snapshot.clone(), relay.clone(), client);
+    let _active = relay.metrics.connection(conversation.session_party_name());
+    let mut stages = Stages::new(snapshot.clone());
+    let (read, write) = tokio::io::split(stream);
+    let mut input = Input::new(read);
+    let mut output = BufWriter::new(write);
+    let ended = drive(&relay, &mut conversation, &mut stages, &mut input, &mut output).await;
+    if !matches!(ended, Ok(Ended::StartTls)) {
+        return;
+    }
+    let Some(acceptor) = snapshot.tls.clone() else { return };
+    // Whatever the client sent after STARTTLS and before the handshake is dropped with the
+    // buffer: plaintext must never be read as if it came over TLS (CVE-2011-0411).
+    let stream = input.into_inner().unsplit(output.into_inner());
+    let handshake = Duration::from_secs(snapshot.config.server.command_timeout_secs.min(60));
+    let tenant = conversation.session_party_name().to_string();
+    let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(tenant = %tenant, client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(tenant = %tenant, client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    conversation.tls_started(TlsInfo {
+        version: session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+        cipher: session.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default(),
+        sni: session.server_name().map(str::to_string),
+    });
+    let (read, write) = tokio::io::split(tls);
+    let mut input = Input::new(read);
+    let mut output = BufWriter::new(write);
+    if let Ok(Ended::StartTls) = drive(&relay, &mut conversation, &mut stages, &mut input, &mut output).await
+    {
+        // STARTTLS is never offered twice; nothing to do but end.
+        let _ = output.shutdown().await;
+    }
+}
+
+/// Carry out the conversation's actions over one stream.
+async fn drive<R, W>(
+    relay: &Arc<Relay>,
+    conversation: &mut Conversation,
+    stages: &mut Stages,
+    input: &mut Input<R>,
+    output: &mut BufWriter<W>,
+) -> std::io::Result<Ended>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    loop {
+        match conversation.next_action() {
+            Action::Send(bytes) => output.write_all(&bytes).await?,
+            Action::Read { timeout, bulk } => {
+                input.set_bulk(bulk);
+                if input.buffer().is_empty() {
+                    output.flush().await?;
+                    match tokio::time::timeout(timeout, input.fill_buf()).await {
+                        Err(_) => {
+                            conversation.timed_out();
+                            continue;
+                        }
+                        Ok(Ok(bytes)) if !bytes.is_empty() => {}
+                        Ok(_) => {
+                            conversation.client_closed();
+                            continue;
+                        }
+                    }
+                }
+                let used = conversation.receive(input.buffer());
+                input.consume(used);
+            }
+            Action::Stage(request) => {
+                let result = stages.run(&request).await;
+                relay.metrics.stage(&conversation.snapshot().party(request.party).name, &result);
+                conversation.stage_done(result);
+            }
+            Action::Store(request) => {
+                let outcome = relay.store(*request).await;
+                conversation.stored(outcome);
+            }
+            Action::CheckPassword { user, password } => {
+                let users = conversation.snapshot().users.clone();
+                let ok =
+                    tokio::task::spawn_blocking(move || users.is_some_and(|u| u.verify(&user, &password)))
+                        .await
+                        .unwrap_or(false);
+                conversation.password_checked(ok);
+            }
+            Action::Pause(pause) => tokio::time::sleep(pause).await,
+            Action::StartTls => {
+                output.flush().await?;
+                return Ok(Ended::StartTls);
+            }
+            Action::Finished(record) => relay.record(&record),
+            Action::Close => {
+                output.flush().await?;
+                let _ = output.shutdown().await;
+                return Ok(Ended::Closed);
+            }
+        }
+    }
+}

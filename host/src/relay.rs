@@ -1,0 +1,204 @@
+//! The running relay: what every session shares — the generations of tenants and chains, the
+//! spool, the counters, DNS, the queue into delivery — and what sessions ask of it: to store a
+//! message, to record a transaction, the [`Gates`] (spool room, message rates, AUTH lockouts).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{Backend, Config};
+use crate::conversation::{Gates, StoreFailure, StoreRequest, TransactionRecord};
+use crate::delivery::{Delivery, Queued};
+use crate::dns::DnsResolver;
+use crate::metrics::Metrics;
+use crate::policy::{Clock, EngineOptions, HostServices, Outcome, PolicyEngine, Stage};
+use crate::reload::{Generations, Loader};
+use crate::smtp::reply::{self, Reply};
+use crate::spool::{self, Spool, Store};
+use crate::state::kv::{KvStore, MemoryKv};
+use crate::state::redb_kv::RedbKv;
+use crate::state::redis_kv::RedisKv;
+use crate::tenants::Snapshot;
+use crate::tenants::rates::Counters;
+
+/// The running relay.
+pub struct Relay {
+    /// The generations of the edge and the tenants, and the snapshot in force.
+    pub generations: Arc<Generations>,
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// DNS, for policies, client names and MX resolution.
+    pub dns: Arc<DnsResolver>,
+    /// The queue into delivery.
+    pub delivery: mpsc::UnboundedSender<Queued>,
+    counters: Counters,
+}
+
+impl Relay {
+    /// Open the spool and load the edge's and every tenant's policies. Returns the relay and
+    /// what delivery needs to run (see [`crate::delivery::run`]). `config_path` is the file a
+    /// reload re-reads.
+    pub async fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<(Arc<Self>, Delivery)> {
+        let spool_dir = config.resolve(&config.spool.dir);
+        let spool = Spool::open(&spool_dir, config.spool.sync)
+            .map_err(|e| anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()))?;
+        let dns =
+            Arc::new(DnsResolver::new(&config.dns.nameservers).map_err(|e| anyhow::anyhow!("dns: {e}"))?);
+        let engine = PolicyEngine::new(EngineOptions {
+            // Sessions of two generations may overlap during a reload.
+            max_instances: u32::try_from(config.server.max_connections.saturating_mul(2).clamp(16, 10_000))
+                .unwrap_or(1000),
+            // Reloads take effect on baseline code at once; optimised code follows.
+            baseline_tier: true,
+            ..EngineOptions::default()
+        })?;
+        let kv: Arc<dyn KvStore> = match &config.state.backend {
+            Backend::Memory => Arc::new(MemoryKv::new(config.state.max_keys)),
+            Backend::Redis(url) => Arc::new(
+                RedisKv::new(url, &config.state.prefix).map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
+            ),
+            Backend::Embedded => {
+                let path = config.resolve(&config.state.path);
+                Arc::new(
+                    RedbKv::open(&path, config.state.max_keys)
+                        .map_err(|e| anyhow::anyhow!("state.path: cannot open the key-value store: {e}"))?,
+                )
+            }
+        };
+        let services = HostServices { kv, resolver: dns.clone(), clock: Clock::System };
+        let tls_client = if config.delivery.starttls {
+            Some(crate::delivery::client::tls_connector().map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
+        let metrics = Arc::new(Metrics::default());
+        let generations = Arc::new(
+            Generations::start(Loader::new(engine, services), config, config_path, metrics.clone()).await?,
+        );
+        let spool = Arc::new(spool);
+        let (delivery, queue) =
+            Delivery::new(generations.current(), spool.clone(), metrics.clone(), dns.clone(), tls_client);
+        let relay =
+            Relay { generations, spool, metrics, dns, delivery: queue, counters: Counters::default() };
+        Ok((Arc::new(relay), delivery))
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.generations.snapshot()
+    }
+
+    /// Store an accepted message; a queued one goes to delivery, which takes it from memory
+    /// for its first attempt.
+    pub async fn store(&self, request: StoreRequest) -> Result<(), StoreFailure> {
+        let StoreRequest { store, envelope, message } = request;
+        match self.spool.store_async(store, &envelope, &message).await {
+            Ok(()) => {
+                if store == Store::Queue {
+                    self.metrics.queue(&envelope.tenant, 1);
+                    let id = envelope.id.clone();
+                    let _ = self.delivery.send(Queued { id, loaded: Some((envelope, message)) });
+                }
+                Ok(())
+            }
+            Err(e) if spool::is_storage_full(&e) => {
+                tracing::error!(tenant = %envelope.tenant, id = %envelope.id, error = %e, "spool full: message not accepted");
+                Err(StoreFailure::Full)
+            }
+            Err(e) => {
+                tracing::error!(tenant = %envelope.tenant, id = %envelope.id, error = %e, "cannot store the message in the spool");
+                Err(StoreFailure::Failed)
+            }
+        }
+    }
+
+    /// Log and count what a session's transaction came to.
+    pub fn record(&self, record: &TransactionRecord) {
+        let j = &record.judgement;
+        let helo = record.helo.as_deref().unwrap_or("");
+        if record.session_refused {
+            tracing::info!(
+                tenant = %record.tenant,
+                client = %record.client,
+                stage = %j.stage,
+                decided_by = j.decided_by.as_deref().unwrap_or(""),
+                reply = %record.reply,
+                "connection refused by policy"
+            );
+            return;
+        }
+        match j.stage {
+            Stage::Connect | Stage::Helo | Stage::Mail | Stage::Rcpt => {
+                tracing::info!(
+                    id = %record.id,
+                    client = %record.client,
+                    helo,
+                    tenant = %record.tenant,
+                    generation = record.generation,
+                    from = %record.from,
+                    stage = %j.stage,
+                    decided_by = j.decided_by.as_deref().unwrap_or(""),
+                    reply = %record.reply,
+                    "transaction refused"
+                );
+            }
+            Stage::Data => tracing::info!(
+                id = %record.id,
+                client = %record.client,
+                helo,
+                tenant = %record.tenant,
+                generation = record.generation,
+                user = record.user.as_deref().unwrap_or(""),
+                from = %record.from,
+                to = %record.recipients.join(","),
+                outcome = j.outcome.as_str(),
+                score = j.score,
+                decided_by = j.decided_by.as_deref().unwrap_or(""),
+                reply = %record.reply,
+                "transaction"
+            ),
+        }
+        // An accepting judgement the spool could not carry out is an error, not an outcome.
+        let accepted = matches!(j.outcome, Outcome::Accept | Outcome::Quarantine | Outcome::Discard);
+        let outcome = if accepted && record.reply.code >= 400 { "error" } else { j.outcome.as_str() };
+        self.metrics.transaction(&record.tenant, outcome);
+    }
+}
+
+impl Gates for Relay {
+    /// `452 4.3.1` when the spool's file system has less free space than it must keep plus
+    /// the size the client declared (RFC 1870 §6.1); none when there is room (or the space
+    /// cannot be told, when the store itself will tell).
+    fn storage_refusal(&self, declared: Option<usize>) -> Option<Reply> {
+        let snapshot = self.snapshot();
+        let config = &snapshot.config;
+        let keep = config.spool.min_free_bytes.unwrap_or(2 * config.server.max_message_bytes as u64);
+        let declared = declared.unwrap_or(0) as u64;
+        let free = self.spool.free_bytes().ok()?;
+        if free >= keep.saturating_add(declared) {
+            return None;
+        }
+        tracing::warn!(free, keep, declared, "spool file system short of space: MAIL deferred");
+        Some(reply::INSUFFICIENT_STORAGE)
+    }
+
+    fn message_rate(&self, tenant: &str, per_minute: u32, take: bool) -> bool {
+        self.counters.message_rate(tenant, per_minute, take)
+    }
+
+    fn auth_locked(&self, ip: IpAddr, limit: u32, window: Duration) -> bool {
+        self.counters.auth_locked(ip, limit, window)
+    }
+
+    fn auth_failed(&self, ip: IpAddr, window: Duration) {
+        self.counters.auth_failed(ip, window);
+    }
+}

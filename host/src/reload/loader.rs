@@ -1,0 +1,155 @@
+//! Building tenants (and the edge) from the configuration: hash the policy files, reuse what
+//! is unchanged, load what is new, and number the result as a new generation.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::auth::{self, Users};
+use crate::config::{Config, TenantConfig};
+use crate::policy::{Chain, CodeTier, HostServices, PolicyEngine};
+use crate::tenants::{Snapshot, Tenant, TenantLimits};
+
+/// Builds tenants: the engine, the services policies get, the generation counter.
+pub struct Loader {
+    pub(crate) engine: PolicyEngine,
+    pub(crate) services: HostServices,
+    generations: AtomicU64,
+    /// Baseline-compiled policies whose optimised code is being made (by address).
+    pub(crate) optimizing: std::sync::Mutex<HashSet<usize>>,
+}
+
+impl Loader {
+    /// A loader over `engine`.
+    pub fn new(engine: PolicyEngine, services: HostServices) -> Self {
+        Self { engine, services, generations: AtomicU64::new(0), optimizing: Default::default() }
+    }
+
+    /// The key-value store behind the policies.
+    pub fn kv(&self) -> &Arc<dyn crate::state::kv::KvStore> {
+        &self.services.kv
+    }
+
+    /// The tenant `t` describes: `current` itself when nothing changed, else a new generation
+    /// that reuses every policy of `current` whose file and settings are the same. `quickly`:
+    /// new policies may be compiled by the baseline compiler (see
+    /// [`PolicyEngine::load_quickly`]).
+    pub async fn tenant(
+        &self,
+        config: &Config,
+        t: &TenantConfig,
+        current: Option<&Arc<Tenant>>,
+        quickly: bool,
+    ) -> Result<Arc<Tenant>, String> {
+        let mut hashes = Vec::with_capacity(t.policies.len());
+        for p in &t.policies {
+            let path = config.resolve(&p.path);
+            let hash = file_hash(&path).await.map_err(|e| {
+                format!(
+                    "tenant {}: policy {}: {}: {e}",
+                    t.name,
+                    p.name.as_deref().unwrap_or("?"),
+                    path.display()
+                )
+            })?;
+            hashes.push(hash);
+        }
+        let fingerprint = format!("{t:?}|{}", hashes.join(","));
+        if let Some(current) = current.filter(|c| c.fingerprint == fingerprint) {
+            return Ok(current.clone());
+        }
+        let mut policies = Vec::with_capacity(t.policies.len());
+        for (p, hash) in t.policies.iter().zip(&hashes) {
+            let spec = p.spec(config, t);
+            let reused = current.and_then(|c| {
+                c.chain.policies.iter().find(|loaded| loaded.spec == spec && loaded.hash == *hash).cloned()
+            });
+            let loaded = match reused {
+                Some(loaded) => Ok(loaded),
+                None if quickly => self.engine.load_quickly(&spec, &t.name, self.services.clone()).await,
+                None => self.engine.load(&spec, &t.name, self.services.clone()).await,
+            };
+            let loaded = loaded.map_err(|e| format!("tenant {}: {e}", t.name))?;
+            if loaded.code == CodeTier::Baseline {
+                tracing::info!(
+                    tenant = %t.name,
+                    policy = %loaded.name,
+                    file = %loaded.file.display(),
+                    "policy compiled by the baseline compiler; optimised code follows"
+                );
+            }
+            policies.push(loaded);
+        }
+        // The hashes of what was actually loaded (a file may have changed meanwhile; the
+        // next reload sees the difference).
+        let loaded_hashes: Vec<&str> = policies.iter().map(|p| p.hash.as_str()).collect();
+        let fingerprint = format!("{t:?}|{}", loaded_hashes.join(","));
+        let mut chain = Chain::new(t.name.clone(), policies, t.chain_settings());
+        chain.shadow = t.policies.iter().map(|p| p.is_shadow()).collect();
+        let domains = t.domains.iter().map(|d| crate::tenants::domains::normalise(d)).collect();
+        Ok(Arc::new(Tenant {
+            name: t.name.clone(),
+            chain: Arc::new(chain),
+            next_hop: t.next_hop.clone(),
+            domains,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            loaded_at: SystemTime::now(),
+            limits: TenantLimits {
+                max_message_bytes: t.max_message_bytes,
+                max_messages_per_minute: t.max_messages_per_minute,
+                kv_quota: t.kv_quota(),
+            },
+            fingerprint,
+        }))
+    }
+
+    /// The first snapshot of `config`: every failure is an error.
+    pub async fn snapshot(&self, config: Config) -> Result<Snapshot, String> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let mut tenants = Vec::new();
+        for t in &config.tenants {
+            tenants.push(self.tenant(&config, t, None, false).await?);
+        }
+        let edge = self.tenant(&config, config.edge(), None, false).await?;
+        let (tls, users) = tls_and_users(&config)?;
+        Ok(Snapshot::assemble(Arc::new(config), edge, tenants, tls, users))
+    }
+}
+
+/// SHA-256 of a file, hex, read off the async runtime.
+async fn file_hash(path: &Path) -> Result<String, String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
+        Ok(hex::encode(Sha256::digest(&bytes)))
+    })
+    .await
+    .map_err(|e| format!("cannot read: {e}"))?
+}
+
+/// The STARTTLS certificate and the AUTH users of a configuration.
+pub(crate) type TlsAndUsers = (Option<tokio_rustls::TlsAcceptor>, Option<Arc<Users>>);
+
+/// The TLS acceptor and the users file, read again (certificates and passwords change).
+pub(crate) fn tls_and_users(config: &Config) -> Result<TlsAndUsers, String> {
+    let tls = match &config.tls {
+        Some(t) => Some(
+            auth::tls_acceptor(&config.resolve(&t.cert), &config.resolve(&t.key))
+                .map_err(|e| format!("tls: {e}"))?,
+        ),
+        None => None,
+    };
+    let users = match &config.relay.auth_users_file {
+        Some(path) => Some(Arc::new(
+            Users::load(&config.resolve(path)).map_err(|e| format!("relay.auth_users_file: {e}"))?,
+        )),
+        None => None,
+    };
+    Ok((tls, users))
+}
