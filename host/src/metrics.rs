@@ -38,6 +38,8 @@ pub struct Metrics {
     shadow: Mutex<BTreeMap<(String, String, String), u64>>,
     /// (tenant, policy) → shadow decisions that differ from the enforced chain's.
     disagreements: Mutex<BTreeMap<(String, String), u64>>,
+    /// (tenant, event) → how often an edge duty acted (see [`Metrics::event`]).
+    events: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -137,6 +139,18 @@ impl Metrics {
             buckets[bucket.unwrap_or(LATENCY_BUCKETS_MICROS.len())] += 1;
             *sum += run.micros;
         }
+    }
+
+    /// An edge duty acted for `tenant` (`edge` when no tenant is concerned): `event` is one
+    /// of `proxy_header_refused`, `recipient_unknown`, `recipient_unverified`, `mail_loop`,
+    /// `bounce_suppressed`, `bounce_sent`.
+    pub fn event(&self, tenant: &str, event: &str) {
+        bump_pair(&self.events, tenant, event);
+    }
+
+    /// A connection from a trusted proxy came without a valid PROXY header.
+    pub fn proxy_header_refused(&self) {
+        self.event(crate::config::EDGE, "proxy_header_refused");
     }
 
     /// A reload ended with `result` (applied, unchanged, failed, rollback).
@@ -246,6 +260,14 @@ impl Metrics {
         out.push_str("# TYPE sluice_queue_messages gauge\n");
         for (tenant, n) in self.queued.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             out.push_str(&format!("sluice_queue_messages{{tenant=\"{}\"}} {}\n", label(tenant), n.max(&0)));
+        }
+        out.push_str("# TYPE sluice_edge_events_total counter\n");
+        for ((tenant, event), n) in self.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.push_str(&format!(
+                "sluice_edge_events_total{{tenant=\"{}\",event=\"{}\"}} {n}\n",
+                label(tenant),
+                label(event)
+            ));
         }
         out.push_str("# TYPE sluice_reloads_total counter\n");
         for (result, n) in self.reloads.lock().unwrap_or_else(|p| p.into_inner()).iter() {

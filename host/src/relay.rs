@@ -201,4 +201,8 @@ impl Gates for Relay {
     fn auth_failed(&self, ip: IpAddr, window: Duration) {
         self.counters.auth_failed(ip, window);
     }
+
+    fn event(&self, tenant: &str, event: &str) {
+        self.metrics.event(tenant, event);
+    }
 }

@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         _ => "203.0.113.9",
     };
     let address: SocketAddr = format!("{client}:40000").parse().expect("address");
-    let client = Client { address, reverse_dns: None, listener: "fuzz".into() };
+    let client = Client::new(address, "fuzz");
     let mut conversation = Conversation::new(SNAPSHOT.clone(), Arc::new(Open), client).ask_every_stage();
     let mut next_answer = answers.iter().copied().cycle();
     let mut pieces = input.chunks(piece);

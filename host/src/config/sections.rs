@@ -36,6 +36,24 @@ pub struct ServerConfig {
     /// Seconds sessions in progress get to finish when the relay is asked to stop (SIGTERM,
     /// Ctrl-C); the relay stops accepting at once.
     pub shutdown_timeout_secs: u64,
+    /// Clients whose connections come through a proxy or load balancer (CIDR): each of their
+    /// connections must begin with a PROXY protocol header (v1 or v2), whose source address
+    /// then stands for the client everywhere. Empty (the default): no PROXY headers.
+    pub proxy_trusted_networks: Vec<Cidr>,
+    /// Seconds a proxy gets to send its PROXY header.
+    pub proxy_header_timeout_secs: u64,
+    /// The name in this relay's `Authentication-Results` headers (RFC 8601): client-supplied
+    /// ones with this name are removed. Default: `hostname`.
+    pub authserv_id: Option<String>,
+    /// A message with more `Received` headers is refused as a mail loop (`554 5.4.6`).
+    pub max_received_headers: usize,
+}
+
+impl ServerConfig {
+    /// The authserv-id of this relay's `Authentication-Results` headers.
+    pub fn authserv_id(&self) -> &str {
+        self.authserv_id.as_deref().unwrap_or(&self.hostname)
+    }
 }
 
 impl Default for ServerConfig {
@@ -52,6 +70,10 @@ impl Default for ServerConfig {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             shutdown_timeout_secs: 30,
+            proxy_trusted_networks: Vec::new(),
+            proxy_header_timeout_secs: 10,
+            authserv_id: None,
+            max_received_headers: 50,
         }
     }
 }

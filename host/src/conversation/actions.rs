@@ -22,6 +22,8 @@ pub trait Gates: Send + Sync {
     fn auth_locked(&self, ip: IpAddr, limit: u32, window: Duration) -> bool;
     /// Count a failed AUTH from `ip`.
     fn auth_failed(&self, ip: IpAddr, window: Duration);
+    /// Count an edge duty's act for `tenant` (see [`crate::metrics::Metrics::event`]).
+    fn event(&self, _tenant: &str, _event: &str) {}
 }
 
 /// Gates that never close: no spool to fill, no rates, no lockouts.
@@ -50,6 +52,17 @@ pub struct Client {
     pub reverse_dns: Option<String>,
     /// The listener it came in on.
     pub listener: String,
+    /// The address is a proxy's own, standing for no client (a PROXY `LOCAL` or `UNKNOWN`
+    /// header: the balancer's health checks). It grants nothing: no relaying through
+    /// `trusted_networks`, no tenant's `outbound_networks`, no plaintext AUTH on loopback.
+    pub anonymous: bool,
+}
+
+impl Client {
+    /// A client at `address`, on `listener`, with no reverse DNS name.
+    pub fn new(address: SocketAddr, listener: &str) -> Self {
+        Self { address, reverse_dns: None, listener: listener.to_string(), anonymous: false }
+    }
 }
 
 /// What the driver of a conversation does next.

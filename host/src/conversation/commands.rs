@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::finish::Body;
 use super::parties::Then;
 use super::{Action, Conversation, Input, RecipientFate, Waiting};
+use crate::mail::OwnedHeaders;
 use crate::policy::{ParsedMessage, Stage};
 use crate::smtp::EnvelopeAddress;
 use crate::smtp::command;
@@ -247,6 +248,27 @@ impl Conversation {
             self.send(&reply::NUL_IN_DATA);
             return;
         }
+        // The fields the relay owns: a loop is refused, and a client's own spam verdicts and
+        // authentication results are dropped before any policy reads the message.
+        let server = &self.snapshot.config.server;
+        let owned = OwnedHeaders::scan(&body, server.authserv_id());
+        if owned.received > server.max_received_headers {
+            tracing::info!(
+                id = %self.id,
+                client = %self.peer(),
+                received = owned.received,
+                "message refused: too many Received headers (mail loop)"
+            );
+            let party = self.transaction.party.unwrap_or(Party::Edge);
+            self.gates.event(&self.snapshot.party(party).name, "mail_loop");
+            self.end_transaction();
+            self.send(&reply::MAIL_LOOP);
+            return;
+        }
+        if !owned.forged.is_empty() {
+            tracing::debug!(id = %self.id, fields = owned.forged.len(), "client-supplied X-Spam-*/Authentication-Results fields removed");
+        }
+        let body = owned.strip(body);
         let party = self.transaction.party.unwrap_or(Party::Edge);
         let message = if self.every_stage || self.snapshot.party(party).chain.hooks(Stage::Data) {
             Body::Parsed(Arc::new(ParsedMessage::parse(body)))

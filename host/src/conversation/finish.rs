@@ -232,9 +232,16 @@ impl Conversation {
             [only] => format!("\r\n\tfor <{}>", only.address.address),
             _ => String::new(),
         };
+        // RFC 5321 §4.1.3: an IPv6 address literal carries the `IPv6:` tag.
+        let ip = match self.client.address.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => format!("IPv6:{v6}"),
+            },
+        };
         let mut out = format!(
-            "Received: from {helo} ({rdns} [{}])\r\n\tby {} (Sluice) with {with} id {}{for_clause};\r\n\t{}\r\n",
-            self.client.address.ip(),
+            "Received: from {helo} ({rdns} [{ip}])\r\n\tby {} (Sluice) with {with} id {}{for_clause};\r\n\t{}\r\n",
             self.snapshot.config.server.hostname,
             self.id,
             rfc5322_date(now)

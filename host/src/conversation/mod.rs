@@ -132,6 +132,15 @@ pub struct Conversation {
     drop_input: bool,
     /// The connect stages were asked for (at the first action).
     started: bool,
+    /// The client's first bytes were looked at (for a PROXY header it may not send).
+    opened: bool,
+}
+
+/// Whether a session's first bytes are a PROXY protocol header (v1, or v2's signature).
+fn proxy_header(input: &[u8]) -> bool {
+    use crate::smtp::proxy::{V1_PREFIX, V2_SIGNATURE};
+    input.starts_with(V1_PREFIX)
+        || (input.len() >= 5 && V2_SIGNATURE.starts_with(&input[..input.len().min(12)]))
 }
 
 impl Conversation {
@@ -147,15 +156,19 @@ impl Conversation {
                 max_recipients: server.max_recipients,
                 max_errors: server.max_errors,
             },
-            snapshot.is_trusted(ip),
+            !client.anonymous && snapshot.is_trusted(ip),
         );
         if snapshot.tls.is_some() {
             core.offer_tls();
         }
         if snapshot.users.is_some() {
-            core.offer_auth(snapshot.config.relay.allow_plaintext_auth_on_loopback && ip.is_loopback());
+            core.offer_auth(
+                snapshot.config.relay.allow_plaintext_auth_on_loopback
+                    && ip.is_loopback()
+                    && !client.anonymous,
+            );
         }
-        let claimed = snapshot.tenant_of_client(ip);
+        let claimed = if client.anonymous { None } else { snapshot.tenant_of_client(ip) };
         let parties = (0..=snapshot.tenants.len()).map(|_| PartyState::default()).collect();
         Self {
             snapshot,
@@ -180,6 +193,7 @@ impl Conversation {
             closed: false,
             drop_input: false,
             started: false,
+            opened: false,
         }
     }
 
@@ -240,6 +254,14 @@ impl Conversation {
     pub fn receive(&mut self, input: &[u8]) -> usize {
         if self.closed || self.waiting.is_some() || !self.actions.is_empty() {
             return if self.closed { input.len() } else { 0 };
+        }
+        if !std::mem::replace(&mut self.opened, true) && proxy_header(input) {
+            // Only clients in `server.proxy_trusted_networks` may say whom they stand for.
+            tracing::warn!(client = %self.peer(), "PROXY header from an address not in server.proxy_trusted_networks");
+            self.gates.event(crate::config::EDGE, "proxy_header_refused");
+            self.send(&reply::PROXY_NOT_TRUSTED);
+            self.close();
+            return input.len();
         }
         let used = match &mut self.input {
             Input::Commands => {

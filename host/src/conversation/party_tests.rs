@@ -29,7 +29,7 @@ fn run(
     let config = Config::parse(CONFIG, "test", std::path::PathBuf::new()).expect("config");
     let snapshot = Arc::new(Snapshot::unloaded(config, None, None));
     let address: SocketAddr = format!("{client}:40000").parse().expect("address");
-    let client = Client { address, reverse_dns: None, listener: "l".into() };
+    let client = Client::new(address, "l");
     let mut conversation = Conversation::new(snapshot.clone(), Arc::new(Open), client).ask_every_stage();
     let (mut asked, mut sent, mut records) = (Vec::new(), String::new(), Vec::new());
     let mut input = input.as_bytes().to_vec();
@@ -240,7 +240,7 @@ fn a_tenant_that_claims_the_session_after_auth_catches_up() {
     let parsed = Config::parse(&text, "test", std::path::PathBuf::new()).expect("config");
     let snapshot = Arc::new(Snapshot::unloaded(parsed, None, None));
     let address: SocketAddr = "192.0.2.9:40000".parse().expect("address");
-    let client = Client { address, reverse_dns: None, listener: "l".into() };
+    let client = Client::new(address, "l");
     let mut conversation = Conversation::new(snapshot.clone(), Arc::new(Open), client).ask_every_stage();
     let mut asked = Vec::new();
     // The greeting; then the state a successful AUTH as alice (c's user) leaves (the exchange

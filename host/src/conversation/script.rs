@@ -90,11 +90,7 @@ pub fn single_tenant(chain: Arc<Chain>) -> Arc<Snapshot> {
 /// Send `message` (as it travels over SMTP: CRLF line ends, not yet dot-stuffed) from
 /// `envelope` through a session on `snapshot`; returns each transaction.
 pub async fn run(snapshot: Arc<Snapshot>, envelope: &Envelope, message: &[u8]) -> Vec<Simulation> {
-    let client = Client {
-        address: SocketAddr::new(envelope.client_ip, 49152),
-        reverse_dns: None,
-        listener: "127.0.0.1:25".into(),
-    };
+    let client = Client::new(SocketAddr::new(envelope.client_ip, 49152), "127.0.0.1:25");
     let conversation = Conversation::new(snapshot.clone(), Arc::new(Open), client).record_stages();
     let mut session = Session {
         conversation,

@@ -112,7 +112,7 @@ fn session(config: &str, client: &str) -> Conversation {
 
 fn session_with(config: &str, client: &str, gates: Arc<dyn Gates>) -> Conversation {
     let address: SocketAddr = format!("{client}:40000").parse().unwrap();
-    Conversation::new(snapshot(config), gates, Client { address, reverse_dns: None, listener: "l".into() })
+    Conversation::new(snapshot(config), gates, Client::new(address, "l"))
 }
 
 /// The reply codes sent, in order.
@@ -301,4 +301,31 @@ fn starttls_drops_what_was_pipelined_behind_it_and_starts_over() {
     // The smuggled MAIL never reached the session; after TLS, MAIL needs a new EHLO.
     assert_eq!(codes(&sent), [220, 250, 220, 503, 250, 221], "{sent}");
     assert!(!sent.contains("STARTTLS\r\n250 "), "STARTTLS is not offered again: {sent}");
+}
+
+#[test]
+fn the_relay_owns_its_headers_and_refuses_loops() {
+    let forged = "X-Spam-Flag: NO\r\nX-Spam-Score: -50\r\nAuthentication-Results: relay.test; dkim=pass\r\n\
+                  Authentication-Results: inside.test; spf=pass\r\nSubject: hi\r\n\r\nbody\r\n.\r\n";
+    let looping = format!("{}Subject: loop\r\n\r\nbody\r\n.\r\n", "Received: x\r\n".repeat(51));
+    let input = format!(
+        "EHLO c.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<u@a.test>\r\nDATA\r\n{forged}\
+         MAIL FROM:<x@remote.test>\r\nRCPT TO:<u@a.test>\r\nDATA\r\n{looping}QUIT\r\n"
+    );
+    let mut conversation = session(TWO_TENANTS, "[2001:db8::7]");
+    let seen = drive(&mut conversation, input.as_bytes(), 4096);
+    assert_eq!(codes(&seen.sent), [220, 250, 250, 250, 354, 250, 250, 250, 354, 554, 221], "{}", seen.sent);
+    assert!(seen.sent.contains("554 5.4.6 "), "{}", seen.sent);
+    assert_eq!(seen.stored.len(), 1, "the looping message is not stored");
+    let message = String::from_utf8_lossy(&seen.stored[0].message).to_string();
+    assert!(message.starts_with("Received: from c.test (unknown [IPv6:2001:db8::7])\r\n"), "{message}");
+    assert!(!message.contains("X-Spam-Flag: NO") && !message.contains("-50"), "{message}");
+    assert!(!message.contains("relay.test; dkim=pass"), "{message}");
+    assert!(message.contains("Authentication-Results: inside.test; spf=pass\r\n"), "{message}");
+    // Exactly the limit is no loop.
+    let fifty = format!("{}\r\nbody\r\n.\r\n", "Received: x\r\n".repeat(50));
+    let input =
+        format!("EHLO c.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<u@a.test>\r\nDATA\r\n{fifty}QUIT\r\n");
+    let seen = drive(&mut session(TWO_TENANTS, "192.0.2.7"), input.as_bytes(), 4096);
+    assert_eq!(seen.stored.len(), 1, "{}", seen.sent);
 }

@@ -24,11 +24,23 @@ enum Ended {
     StartTls,
 }
 
+/// Who a connection is from.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// The client's address (from a PROXY header when a proxy sent one).
+    pub peer: SocketAddr,
+    /// The listener's name (its address).
+    pub listener: String,
+    /// The address is a proxy's own and stands for no client ([`Client::anonymous`]).
+    pub anonymous: bool,
+    /// Bytes of the client's already read (past a PROXY header).
+    pub buffered: Vec<u8>,
+}
+
 /// Serve one admitted client on a TCP connection until the session ends.
-pub async fn serve(relay: Arc<Relay>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(relay: Arc<Relay>, stream: TcpStream, arrival: Arrival) {
     let _ = stream.set_nodelay(true);
-    let listener = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    serve_stream(relay, stream, peer, listener).await;
+    serve_arrival(relay, stream, arrival).await;
 }
 
 /// Serve one client on any stream (a TCP connection, or an in-memory duplex in tests) until
@@ -37,6 +49,14 @@ pub async fn serve_stream<S>(relay: Arc<Relay>, stream: S, peer: SocketAddr, lis
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    serve_arrival(relay, stream, Arrival { peer, listener, anonymous: false, buffered: Vec::new() }).await;
+}
+
+async fn serve_arrival<S>(relay: Arc<Relay>, stream: S, arrival: Arrival)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Arrival { peer, listener, anonymous, buffered } = arrival;
     // One snapshot for the whole session.
     let snapshot = relay.snapshot();
     // The client's name, confirmed forward (never for loopback, which has none worth asking
@@ -49,12 +69,12 @@ where
             .ok()
             .flatten()
     };
-    let client = Client { address: peer, reverse_dns, listener };
+    let client = Client { address: peer, reverse_dns, listener, anonymous };
     let mut conversation = Conversation::new(snapshot.clone(), relay.clone(), client);
     let _active = relay.metrics.connection(conversation.session_party_name());
     let mut stages = Stages::new(snapshot.clone());
     let (read, write) = tokio::io::split(stream);
-    let mut input = Input::new(read);
+    let mut input = Input::with_buffered(read, buffered);
     let mut output = BufWriter::new(write);
     let ended = drive(&relay, &mut conversation, &mut stages, &mut input, &mut output).await;
     if !matches!(ended, Ok(Ended::StartTls)) {

@@ -25,7 +25,13 @@ pub struct Input<R> {
 impl<R: AsyncRead + Unpin> Input<R> {
     /// Reading `inner`, in command mode, with no buffer allocated yet.
     pub fn new(inner: R) -> Self {
-        Self { inner, buf: Vec::new(), pos: 0, bulk: false }
+        Self::with_buffered(inner, Vec::new())
+    }
+
+    /// Reading `inner` after `buffered`, bytes of the stream already read (past a PROXY
+    /// header).
+    pub fn with_buffered(inner: R, buffered: Vec<u8>) -> Self {
+        Self { inner, buf: buffered, pos: 0, bulk: false }
     }
 
     /// Read in large chunks (a message is coming) or small ones (commands). Going back to

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod connection;
 pub mod input;
+pub mod proxy;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::relay::Relay;
 use admission::Admission;
+use connection::Arrival;
 
 /// The relay's listening sockets.
 pub struct Listeners {
@@ -107,20 +109,70 @@ async fn accept(relay: Arc<Relay>, admission: Arc<Admission>, listener: tokio::n
                 continue;
             }
         };
-        let per_ip = relay.snapshot().config.server.max_connections_per_ip;
-        let session_relay = relay.clone();
-        match admission.admit(peer.ip(), per_ip) {
-            Ok(admitted) => {
-                tokio::spawn(async move {
-                    connection::serve(session_relay, stream, peer).await;
-                    drop(admitted);
-                });
+        let listener_name = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let arrival = Arrival { peer, listener: listener_name, anonymous: false, buffered: Vec::new() };
+        let server = &relay.snapshot().config.server;
+        if server.proxy_trusted_networks.iter().any(|net| net.contains(peer.ip())) {
+            let timeout = Duration::from_secs(server.proxy_header_timeout_secs);
+            let (relay, admission) = (relay.clone(), admission.clone());
+            tokio::spawn(async move {
+                let Some(arrival) = through_proxy(&relay, &mut stream, arrival, timeout).await else {
+                    return;
+                };
+                admit(relay, &admission, stream, arrival).await;
+            });
+        } else {
+            admit(relay.clone(), &admission, stream, arrival).await;
+        }
+    }
+}
+
+/// Read the PROXY header of a connection from a trusted proxy: the client it stands for, or
+/// `None` (logged, counted, the connection closed) when there is no valid header.
+async fn through_proxy(
+    relay: &Relay,
+    stream: &mut tokio::net::TcpStream,
+    mut arrival: Arrival,
+    timeout: Duration,
+) -> Option<Arrival> {
+    match proxy::read_header(stream, timeout).await {
+        Ok((origin, buffered)) => {
+            match origin {
+                proxy::Origin::Client(client) => arrival.peer = client,
+                proxy::Origin::Proxy => arrival.anonymous = true,
             }
-            Err(refusal) => {
-                tokio::spawn(async move {
-                    let _ = stream.write_all(&refusal.render()).await;
-                });
-            }
+            arrival.buffered = buffered;
+            Some(arrival)
+        }
+        Err(reason) => {
+            tracing::warn!(proxy = %arrival.peer, reason = %reason, "connection from a trusted proxy closed: no valid PROXY header");
+            relay.metrics.proxy_header_refused();
+            let _ = stream.shutdown().await;
+            None
+        }
+    }
+}
+
+/// Admit a client within the relay's limits (per-IP ones by its own address) and serve it,
+/// or refuse it with a reply.
+async fn admit(
+    relay: Arc<Relay>,
+    admission: &Arc<Admission>,
+    mut stream: tokio::net::TcpStream,
+    arrival: Arrival,
+) {
+    let per_ip = relay.snapshot().config.server.max_connections_per_ip;
+    match admission.admit(arrival.peer.ip(), per_ip) {
+        Ok(admitted) => {
+            tokio::spawn(async move {
+                connection::serve(relay, stream, arrival).await;
+                drop(admitted);
+            });
+        }
+        Err(refusal) => {
+            tokio::spawn(async move {
+                let _ = stream.write_all(&refusal.render()).await;
+            });
         }
     }
 }

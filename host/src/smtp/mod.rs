@@ -8,6 +8,7 @@ pub mod command;
 pub mod data;
 pub mod envelope;
 pub mod line;
+pub mod proxy;
 pub mod reply;
 pub mod sasl;
 pub mod session;

@@ -206,6 +206,18 @@ pub const BARE_LINE_ENDING_IN_CHUNKS: Reply =
 /// `550 5.6.0`: a NUL byte in the message: not text (RFC 5321 §2.3.8), and a next hop that
 /// drops NULs could see an end of data (`CRLF NUL . CRLF`) where this relay saw none.
 pub const NUL_IN_DATA: Reply = Reply::fixed(550, "5.6.0", "NUL characters in message data are not allowed");
+/// `554 5.4.6`: more `Received` fields than `server.max_received_headers`: a mail loop.
+pub const MAIL_LOOP: Reply = Reply::fixed(554, "5.4.6", "Too many Received headers: mail loop detected");
+/// `554 5.7.0`: a PROXY header from a client not in `server.proxy_trusted_networks`; the
+/// connection closes.
+pub const PROXY_NOT_TRUSTED: Reply =
+    Reply::fixed(554, "5.7.0", "PROXY header not accepted from this address, closing");
+/// `550 5.1.1`: the recipient is not one of its tenant's users.
+pub const UNKNOWN_RECIPIENT: Reply =
+    Reply::fixed(550, "5.1.1", "Recipient address rejected: user unknown in this domain");
+/// `450 4.1.1`: the tenant's next hop could not say whether the recipient exists.
+pub const RECIPIENT_UNVERIFIED: Reply =
+    Reply::fixed(450, "4.1.1", "Recipient address rejected: cannot verify it now, try again later");
 
 // --- Local trouble.
 

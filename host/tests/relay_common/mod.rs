@@ -53,9 +53,14 @@ pub struct Relay {
 }
 
 pub fn relay(dir: &Path, port: u16, body: &str) -> Relay {
+    relay_with(dir, port, "", body)
+}
+
+/// [`relay`] with more `[server]` keys.
+pub fn relay_with(dir: &Path, port: u16, server: &str, body: &str) -> Relay {
     let config = format!(
         "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\nmax_message_bytes = 100000\n\
-         [spool]\ndir = \"spool\"\n{body}"
+         {server}[spool]\ndir = \"spool\"\n{body}"
     );
     std::fs::write(dir.join("sluice.toml"), config).expect("config");
     start(dir, port)
@@ -152,4 +157,33 @@ pub fn sink_stats(dir: &Path) -> (u64, u64, u64) {
             .unwrap_or(0)
     };
     (field("sessions"), field("transactions"), field("max_open"))
+}
+
+/// The vectors of nmap's smtp-open-relay script and the classic relay tests, with
+/// example.test local, elsewhere.test foreign and 127.0.0.1 the relay's own address.
+pub const RELAY_VECTORS: [&str; 19] = [
+    "<relaytest@elsewhere.test>",
+    "<relaytest%elsewhere.test@example.test>",
+    "<relaytest%elsewhere.test@[127.0.0.1]>",
+    "<\"relaytest@elsewhere.test\">",
+    "<\"relaytest%elsewhere.test\">",
+    "<relaytest@elsewhere.test@example.test>",
+    "<relaytest@elsewhere.test@[127.0.0.1]>",
+    "<\"relaytest@elsewhere.test\"@example.test>",
+    "<\"relaytest@elsewhere.test\"@[127.0.0.1]>",
+    "<elsewhere.test!relaytest>",
+    "<elsewhere.test!relaytest@example.test>",
+    "<elsewhere.test!relaytest@[127.0.0.1]>",
+    "<@example.test:relaytest@elsewhere.test>",
+    "<@[127.0.0.1]:relaytest@elsewhere.test>",
+    "<relaytest@[127.0.0.1]>",
+    "<relaytest@127.0.0.1>",
+    "<relaytest@elsewhere.test.>",
+    "<relaytest@example.test.>",
+    "<relaytest@sub.example.test>",
+];
+
+/// The relay vectors as a Python list literal.
+pub fn relay_vectors_python() -> String {
+    RELAY_VECTORS.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect::<Vec<_>>().join(",")
 }
