@@ -16,6 +16,8 @@
 //!   depends on nothing else here.
 //! - [`tenants`]: who is who — the edge and the tenants with their chains and limits, the
 //!   domain map, the snapshot a session runs on, shared counters.
+//! - [`recipients`]: which recipients of a tenant's domains exist (a list, or its next hop
+//!   asked), checked at RCPT before any policy.
 //! - [`policy`]: the policy engine — loading components, running a chain at each stage, the
 //!   host capabilities, judging a transaction.
 //! - [`relay`]: what every session shares (snapshot, spool, counters, DNS, the queue into
@@ -41,6 +43,7 @@ pub mod listener;
 pub mod mail;
 pub mod metrics;
 pub mod policy;
+pub mod recipients;
 pub mod relay;
 pub mod reload;
 pub mod smtp;

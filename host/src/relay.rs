@@ -15,6 +15,7 @@ use crate::delivery::{Delivery, Queued};
 use crate::dns::DnsResolver;
 use crate::metrics::Metrics;
 use crate::policy::{Clock, EngineOptions, HostServices, Outcome, PolicyEngine, Stage};
+use crate::recipients::verify::{Answer, Settings, Verifier};
 use crate::reload::{Generations, Loader};
 use crate::smtp::reply::{self, Reply};
 use crate::spool::{self, Spool, Store};
@@ -36,6 +37,8 @@ pub struct Relay {
     pub dns: Arc<DnsResolver>,
     /// The queue into delivery.
     pub delivery: mpsc::UnboundedSender<Queued>,
+    /// The `verify` probes of tenants' recipients, and their answers.
+    pub verifier: Verifier,
     counters: Counters,
 }
 
@@ -86,14 +89,34 @@ impl Relay {
         let spool = Arc::new(spool);
         let (delivery, queue) =
             Delivery::new(generations.current(), spool.clone(), metrics.clone(), dns.clone(), tls_client);
-        let relay =
-            Relay { generations, spool, metrics, dns, delivery: queue, counters: Counters::default() };
+        let relay = Relay {
+            generations,
+            spool,
+            metrics,
+            dns,
+            delivery: queue,
+            verifier: Verifier::default(),
+            counters: Counters::default(),
+        };
         Ok((Arc::new(relay), delivery))
     }
 
     /// The snapshot in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.generations.snapshot()
+    }
+
+    /// Whether `address` exists, by `snapshot`'s tenant `tenant`'s next hop (`recipients =
+    /// "verify"`).
+    pub async fn verify_recipient(&self, snapshot: &Snapshot, tenant: usize, address: &str) -> Answer {
+        let config = &snapshot.config;
+        let Some(settings) =
+            config.tenants.get(tenant).and_then(|t| Settings::of(t, &config.server.hostname))
+        else {
+            return Answer::Unavailable("the tenant's next hop cannot be asked".into());
+        };
+        let name = &config.tenants[tenant].name;
+        self.verifier.check(name, &settings, address).await
     }
 
     /// Store an accepted message; a queued one goes to delivery, which takes it from memory

@@ -111,6 +111,14 @@ fuzz_target!(|data: &[u8]| {
             }
             Action::CheckPassword { password, .. } => conversation.password_checked(password == "secret"),
             Action::Pause(_) => {}
+            Action::VerifyRecipient { .. } => {
+                use sluice::recipients::verify::Answer;
+                conversation.recipient_verified(match next_answer.next().unwrap_or(0) % 3 {
+                    0 => Answer::Unknown("550 5.1.1 no".into()),
+                    1 => Answer::Unavailable("down".into()),
+                    _ => Answer::Exists,
+                });
+            }
             Action::StartTls => {
                 buffer.clear();
                 conversation.tls_started(TlsInfo::default());

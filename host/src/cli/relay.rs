@@ -89,6 +89,18 @@ pub async fn check(config: Config) -> anyhow::Result<()> {
     for warning in &warnings {
         println!("warning: {warning}");
     }
+    let snapshot = relay.snapshot();
+    for (i, tenant) in snapshot.tenants.iter().enumerate() {
+        if let crate::recipients::Rule::List(list) = &tenant.recipients {
+            for problem in &list.problems {
+                println!(
+                    "warning: tenant[{i}] ({}).recipients: {}: {problem} (skipped; the other lines are used)",
+                    tenant.name,
+                    list.path.display()
+                );
+            }
+        }
+    }
     if let Some(url) = shared
         && let Err(e) = relay.generations.loader.kv().usage("").await
     {

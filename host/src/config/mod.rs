@@ -26,7 +26,9 @@ pub use sections::{
     AdminConfig, DeliveryConfig, DnsConfig, RelayConfig, ServerConfig, SpoolConfig, StateConfig, TlsConfig,
 };
 pub use tenant::{EDGE, PolicyConfig, TenantConfig};
-pub use values::{Backend, Cidr, NextHop, OnFault, PolicyMode};
+pub use values::{
+    Backend, BounceInbound, Cidr, NextHop, OnFault, PolicyMode, RecipientCheck, WhenUnverified,
+};
 
 /// The embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -154,6 +156,7 @@ impl Config {
             ("next_hop", edge.next_hop.is_some()),
             ("outbound_networks", !edge.outbound_networks.is_empty()),
             ("outbound_users", !edge.outbound_users.is_empty()),
+            ("recipients", edge.recipients != RecipientCheck::Any),
         ] {
             if set {
                 return fail(
@@ -179,6 +182,20 @@ impl Config {
             }
             if t.next_hop.is_none() {
                 return fail(&format!("{key}.next_hop"), "required: where the tenant's mail goes");
+            }
+            if t.recipients == RecipientCheck::Verify && !matches!(t.next_hop, Some(NextHop::Smtp { .. })) {
+                return fail(
+                    &format!("{key}.recipients"),
+                    "`verify` asks the next hop, which must be an SMTP or LMTP server",
+                );
+            }
+            if t.recipients == RecipientCheck::Verify
+                && (t.verify_cache_entries == 0 || t.verify_timeout_secs == 0)
+            {
+                return fail(
+                    &format!("{key}.verify_cache_entries / verify_timeout_secs"),
+                    "must be at least 1",
+                );
             }
             for d in &t.domains {
                 values::check_domain_entry(d).map_err(|e| (format!("{key}.domains"), e))?;

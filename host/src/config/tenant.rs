@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Config;
-use super::values::{Cidr, NextHop, OnFault, PolicyMode};
+use super::values::{BounceInbound, Cidr, NextHop, OnFault, PolicyMode, RecipientCheck, WhenUnverified};
 use crate::policy::chain::{ChainSettings, FailureMode};
 use crate::policy::judge::Thresholds;
 use crate::policy::{PolicyLimits, PolicySpec};
@@ -68,6 +68,46 @@ pub struct TenantConfig {
     pub kv_max_keys: Option<u64>,
     /// Bytes of keys and values its policies may hold (default 64 MiB).
     pub kv_max_bytes: Option<u64>,
+    /// Which recipients of its domains exist: `any` (default), `file:PATH` (an address or
+    /// `@domain` catch-all per line, `#` comments) or `verify` (ask the next hop). Unknown
+    /// ones get `550 5.1.1` at RCPT, before any policy runs.
+    #[serde(default)]
+    pub recipients: RecipientCheck,
+    /// Seconds a `verify` answer that a recipient exists is cached (default 3600).
+    #[serde(default = "default_verify_positive")]
+    pub verify_positive_ttl_secs: u64,
+    /// Seconds a `verify` answer that a recipient does not exist is cached (default 600).
+    #[serde(default = "default_verify_negative")]
+    pub verify_negative_ttl_secs: u64,
+    /// Answers the `verify` cache holds for this tenant (default 100 000).
+    #[serde(default = "default_verify_entries")]
+    pub verify_cache_entries: usize,
+    /// Seconds the next hop gets to answer a `verify` probe, connecting included (default 10).
+    #[serde(default = "default_verify_timeout")]
+    pub verify_timeout_secs: u64,
+    /// When the next hop cannot answer a probe: `tempfail` (default, `450 4.1.1`) or `accept`.
+    #[serde(default)]
+    pub verify_unavailable: WhenUnverified,
+    /// Whether mail from the internet that the inside later refuses for good is bounced to
+    /// its (often forged) sender: `never` (default: logged and counted only) or `always`.
+    #[serde(default)]
+    pub bounce_inbound: BounceInbound,
+}
+
+fn default_verify_positive() -> u64 {
+    3600
+}
+
+fn default_verify_negative() -> u64 {
+    600
+}
+
+fn default_verify_entries() -> usize {
+    100_000
+}
+
+fn default_verify_timeout() -> u64 {
+    10
 }
 
 fn default_add_header() -> Option<f64> {
@@ -98,6 +138,13 @@ impl TenantConfig {
             max_messages_per_minute: None,
             kv_max_keys: None,
             kv_max_bytes: None,
+            recipients: RecipientCheck::Any,
+            verify_positive_ttl_secs: default_verify_positive(),
+            verify_negative_ttl_secs: default_verify_negative(),
+            verify_cache_entries: default_verify_entries(),
+            verify_timeout_secs: default_verify_timeout(),
+            verify_unavailable: WhenUnverified::default(),
+            bounce_inbound: BounceInbound::default(),
         }
     }
 

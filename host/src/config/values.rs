@@ -205,9 +205,98 @@ impl TryFrom<String> for Backend {
     }
 }
 
-/// An entry of a tenant's `domains`, normalised: lower case, no trailing dot.
+/// An entry of a tenant's `domains` (or a recipient's domain), normalised: lower case, no
+/// trailing dot, and an internationalised name in its ASCII (`xn--`) form, so that the
+/// Unicode and ASCII forms of one domain are one name (RFC 5890; UTS #46 processing).
 pub fn normalise_domain(entry: &str) -> String {
-    entry.trim().trim_end_matches('.').to_lowercase()
+    let name = entry.trim().trim_end_matches('.');
+    if name.is_ascii() {
+        return name.to_ascii_lowercase();
+    }
+    let (wildcard, rest) = match name.strip_prefix("*.") {
+        Some(rest) => ("*.", rest),
+        None => ("", name),
+    };
+    match idna::domain_to_ascii(rest) {
+        Ok(ascii) => format!("{wildcard}{ascii}"),
+        // Not a valid international name: kept as written (it matches nothing else).
+        Err(_) => name.to_lowercase(),
+    }
+}
+
+/// How a tenant's recipients are checked at RCPT (`recipients`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum RecipientCheck {
+    /// Every local part of its domains is accepted.
+    #[default]
+    Any,
+    /// Those the file lists (an address or an `@domain` catch-all per line).
+    File(PathBuf),
+    /// Those its next hop accepts when asked (`MAIL FROM:<>`, `RCPT TO`, `RSET`).
+    Verify,
+}
+
+impl TryFrom<String> for RecipientCheck {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "any" => Ok(Self::Any),
+            "verify" => Ok(Self::Verify),
+            _ => match text.strip_prefix("file:") {
+                Some(path) if !path.trim().is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(format!("`any`, `file:PATH` or `verify`, not {text:?}")),
+            },
+        }
+    }
+}
+
+/// Whether inbound mail the inside later refuses is bounced to its sender (`bounce_inbound`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum BounceInbound {
+    /// Never: the sender of mail from the internet is usually forged (backscatter).
+    #[default]
+    Never,
+    /// Always, as for outbound mail.
+    Always,
+}
+
+impl TryFrom<String> for BounceInbound {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "never" => Ok(Self::Never),
+            "always" => Ok(Self::Always),
+            _ => Err(format!("`never` or `always`, not {text:?}")),
+        }
+    }
+}
+
+/// What a recipient gets when the next hop cannot say whether it exists
+/// (`verify_unavailable`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum WhenUnverified {
+    /// `450 4.1.1`: the client tries again later.
+    #[default]
+    Tempfail,
+    /// Accepted (the inside decides when the message arrives).
+    Accept,
+}
+
+impl TryFrom<String> for WhenUnverified {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "tempfail" => Ok(Self::Tempfail),
+            "accept" => Ok(Self::Accept),
+            _ => Err(format!("`tempfail` or `accept`, not {text:?}")),
+        }
+    }
 }
 
 /// Why `entry` is not a domain or a `*.domain` wildcard, if it is not.
@@ -246,5 +335,13 @@ mod tests {
         assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("203.0.113.9".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_none());
+    }
+
+    #[test]
+    fn international_domains_have_one_name() {
+        assert_eq!(normalise_domain("Bücher.Example."), "xn--bcher-kva.example");
+        assert_eq!(normalise_domain("xn--bcher-kva.example"), "xn--bcher-kva.example");
+        assert_eq!(normalise_domain("*.bücher.example"), "*.xn--bcher-kva.example");
+        assert!(check_domain_entry("bücher.example").is_ok());
     }
 }

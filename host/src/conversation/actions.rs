@@ -92,6 +92,14 @@ pub enum Action {
         /// Password.
         password: String,
     },
+    /// Ask tenant `tenant`'s next hop whether `address` exists (`recipients = "verify"`);
+    /// answer with [`Conversation::recipient_verified`].
+    VerifyRecipient {
+        /// The tenant, by index into the snapshot's tenants.
+        tenant: usize,
+        /// The recipient.
+        address: String,
+    },
     /// Wait this long before the next action (after a failed AUTH).
     Pause(Duration),
     /// Send what is held, drop whatever the client sent after STARTTLS, and start TLS; answer

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use super::finish::Body;
 use super::parties::Then;
+use super::recipients::PendingRcpt;
 use super::{Action, Conversation, Input, RecipientFate, Waiting};
 use crate::mail::OwnedHeaders;
 use crate::policy::{ParsedMessage, Stage};
+use crate::recipients::Rule;
 use crate::smtp::EnvelopeAddress;
 use crate::smtp::command;
 use crate::smtp::data::DataDecoder;
@@ -53,7 +55,7 @@ impl Conversation {
     }
 
     /// Carry out what the protocol state said to do.
-    fn step(&mut self, step: Step) {
+    pub(super) fn step(&mut self, step: Step) {
         match step {
             Step::Reply(r) => self.send(&r),
             Step::Close(r) => {
@@ -174,8 +176,19 @@ impl Conversation {
             self.recipient_refused(party, &to, answer, disconnect);
             return;
         }
-        let steps = self.catch_up(party, Stage::Rcpt);
-        self.run(steps, Then::Rcpt { to, destination, party, first });
+        // Does the recipient exist? Asked before any policy runs for it.
+        let pending = PendingRcpt { to, destination, party, first };
+        match (&pending.destination, &owner.recipients) {
+            (Destination::Local(_), Rule::List(list)) if !list.contains(&pending.to.address) => {
+                self.recipient_unknown(&pending, "not in the recipients file");
+            }
+            (Destination::Local(tenant), Rule::Verify) => {
+                let action = Action::VerifyRecipient { tenant: *tenant, address: pending.to.address.clone() };
+                self.verifying = Some(pending);
+                self.wait(action, Waiting::Recipient);
+            }
+            _ => self.rcpt_exists(pending),
+        }
     }
 
     fn recipient_refused(&mut self, party: Party, to: &EnvelopeAddress, answer: Reply, disconnect: bool) {

@@ -218,6 +218,7 @@ impl Conversation {
             next_attempt: now,
             route: judgement.route.clone(),
             quarantine_reason: judgement.quarantine_reason.clone(),
+            inbound: !self.core.relay_allowed(),
         };
         StoreRequest { store, envelope, message: Arc::new(self.final_message(judgement, body, now)) }
     }

@@ -31,6 +31,7 @@ mod actions;
 mod commands;
 mod finish;
 mod parties;
+mod recipients;
 pub mod script;
 pub mod stages;
 
@@ -66,6 +67,7 @@ enum Waiting {
     Store,
     Password,
     Tls,
+    Recipient,
 }
 
 /// Where the client's next bytes go.
@@ -134,6 +136,8 @@ pub struct Conversation {
     started: bool,
     /// The client's first bytes were looked at (for a PROXY header it may not send).
     opened: bool,
+    /// The recipient whose existence the next hop is being asked about.
+    verifying: Option<recipients::PendingRcpt>,
 }
 
 /// Whether a session's first bytes are a PROXY protocol header (v1, or v2's signature).
@@ -194,6 +198,7 @@ impl Conversation {
             drop_input: false,
             started: false,
             opened: false,
+            verifying: None,
         }
     }
 
@@ -339,6 +344,14 @@ impl Conversation {
             return;
         }
         self.store_done(outcome);
+    }
+
+    /// What the next hop said of the recipient asked about.
+    pub fn recipient_verified(&mut self, answer: crate::recipients::verify::Answer) {
+        if self.waiting.take() != Some(Waiting::Recipient) {
+            return;
+        }
+        self.verify_done(answer);
     }
 
     /// Whether the password asked about is the user's.

@@ -92,6 +92,16 @@ fn drive(conversation: &mut Conversation, input: &[u8], piece: usize) -> Seen {
                 conversation.password_checked(ok);
             }
             Action::Pause(_) => seen.paused = true,
+            // The next hop knows the recipients whose local part is not `unknown`, and is
+            // down for `down`.
+            Action::VerifyRecipient { address, .. } => {
+                use crate::recipients::verify::Answer;
+                conversation.recipient_verified(match address.split('@').next() {
+                    Some("unknown") => Answer::Unknown("550 5.1.1 no such user".into()),
+                    Some("down") => Answer::Unavailable("cannot connect".into()),
+                    _ => Answer::Exists,
+                })
+            }
             Action::StartTls => {
                 seen.tls = true;
                 buffer.clear();
@@ -328,4 +338,34 @@ fn the_relay_owns_its_headers_and_refuses_loops() {
         format!("EHLO c.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<u@a.test>\r\nDATA\r\n{fifty}QUIT\r\n");
     let seen = drive(&mut session(TWO_TENANTS, "192.0.2.7"), input.as_bytes(), 4096);
     assert_eq!(seen.stored.len(), 1, "{}", seen.sent);
+}
+
+#[test]
+fn unknown_recipients_are_refused_before_any_stage() {
+    let dir = std::env::temp_dir().join(format!("sluice-recipients-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users");
+    std::fs::write(&users, "u@a.test\nkarl@bücher.test\nbad line\n").unwrap();
+    let config = format!(
+        "[relay]\ntrusted_networks = []\n\
+         [[tenant]]\nname = \"a\"\ndomains = [\"a.test\", \"bücher.test\"]\nnext_hop = \"maildir:m\"\nrecipients = \"file:{}\"\n\
+         [[tenant]]\nname = \"b\"\ndomains = [\"b.test\"]\nnext_hop = \"smtp:127.0.0.1:1\"\nrecipients = \"verify\"\n",
+        users.display()
+    );
+    let input = "EHLO c.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<u@a.test>\r\nRCPT TO:<nobody@a.test>\r\n\
+                 RCPT TO:<karl@xn--bcher-kva.test>\r\nRSET\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<u@b.test>\r\n\
+                 RCPT TO:<unknown@b.test>\r\nRCPT TO:<down@b.test>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\nQUIT\r\n";
+    let mut conversation = session(&config, "192.0.2.7");
+    let seen = drive(&mut conversation, input.as_bytes(), 4096);
+    assert_eq!(
+        codes(&seen.sent),
+        [220, 250, 250, 250, 550, 250, 250, 250, 250, 550, 450, 354, 250, 221],
+        "{}",
+        seen.sent
+    );
+    assert!(seen.sent.contains("550 5.1.1 ") && seen.sent.contains("450 4.1.1 "), "{}", seen.sent);
+    let stored = &seen.stored[0];
+    let recipients: Vec<&str> = stored.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(recipients, ["u@b.test"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

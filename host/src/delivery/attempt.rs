@@ -130,11 +130,32 @@ pub async fn attempt(
             r.last_reply = Some(format!("4.4.7 message expired in the queue; last error: {last}"));
         }
     }
+    // Mail from the internet is bounced only when its tenant says so: its sender is
+    // usually forged, and a bounce to it is backscatter.
+    let bounce_inbound = {
+        let snapshot = context.current.load();
+        let tenant = snapshot.config.tenants.iter().find(|t| t.name == envelope.tenant);
+        tenant.is_some_and(|t| t.bounce_inbound == crate::config::BounceInbound::Always)
+    };
     for r in envelope.recipients.iter_mut() {
         if r.status == RecipientStatus::Failed && !r.bounced {
-            newly_failed.push(r.clone());
             r.bounced = true;
+            if envelope.inbound && !bounce_inbound && !envelope.mail_from.is_empty() {
+                tracing::info!(
+                    tenant = %envelope.tenant,
+                    id = %envelope.id,
+                    recipient = %r.address,
+                    reply = %r.last_reply.as_deref().unwrap_or_default(),
+                    "inbound recipient failed for good; no bounce to the sender (bounce_inbound = never)"
+                );
+                context.metrics.event(&envelope.tenant, "bounce_suppressed");
+                continue;
+            }
+            newly_failed.push(r.clone());
         }
+    }
+    if !newly_failed.is_empty() && !envelope.mail_from.is_empty() {
+        context.metrics.event(&envelope.tenant, "bounce_sent");
     }
     if !newly_failed.is_empty() && !envelope.mail_from.is_empty() && message.is_none() {
         message = read_message(context, &envelope).await;

@@ -94,6 +94,7 @@ Content-Type: text/rfc822-headers\r\n\
         next_attempt: now,
         route: None,
         quarantine_reason: None,
+        inbound: false,
     };
     let spool = context.spool.clone();
     tokio::task::spawn_blocking(move || spool.store(Store::Queue, &envelope, text.as_bytes()))

@@ -164,6 +164,11 @@ where
                         .unwrap_or(false);
                 conversation.password_checked(ok);
             }
+            Action::VerifyRecipient { tenant, address } => {
+                let snapshot = conversation.snapshot().clone();
+                let answer = relay.verify_recipient(&snapshot, tenant, &address).await;
+                conversation.recipient_verified(answer);
+            }
             Action::Pause(pause) => tokio::time::sleep(pause).await,
             Action::StartTls => {
                 output.flush().await?;

@@ -10,8 +10,9 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{self, Users};
-use crate::config::{Config, TenantConfig};
+use crate::config::{Config, RecipientCheck, TenantConfig};
 use crate::policy::{Chain, CodeTier, HostServices, PolicyEngine};
+use crate::recipients::{self, Rule};
 use crate::tenants::{Snapshot, Tenant, TenantLimits};
 
 /// Builds tenants: the engine, the services policies get, the generation counter.
@@ -58,6 +59,10 @@ impl Loader {
             })?;
             hashes.push(hash);
         }
+        let recipients = recipient_rule(config, t, current).await?;
+        if let Rule::List(list) = &recipients {
+            hashes.push(list.hash.clone());
+        }
         let fingerprint = format!("{t:?}|{}", hashes.join(","));
         if let Some(current) = current.filter(|c| c.fingerprint == fingerprint) {
             return Ok(current.clone());
@@ -86,7 +91,10 @@ impl Loader {
         }
         // The hashes of what was actually loaded (a file may have changed meanwhile; the
         // next reload sees the difference).
-        let loaded_hashes: Vec<&str> = policies.iter().map(|p| p.hash.as_str()).collect();
+        let mut loaded_hashes: Vec<&str> = policies.iter().map(|p| p.hash.as_str()).collect();
+        if let Rule::List(list) = &recipients {
+            loaded_hashes.push(&list.hash);
+        }
         let fingerprint = format!("{t:?}|{}", loaded_hashes.join(","));
         let mut chain = Chain::new(t.name.clone(), policies, t.chain_settings());
         chain.shadow = t.policies.iter().map(|p| p.is_shadow()).collect();
@@ -103,6 +111,7 @@ impl Loader {
                 max_messages_per_minute: t.max_messages_per_minute,
                 kv_quota: t.kv_quota(),
             },
+            recipients,
             fingerprint,
         }))
     }
@@ -119,6 +128,35 @@ impl Loader {
         let edge = self.tenant(&config, config.edge(), None, false).await?;
         let (tls, users) = tls_and_users(&config)?;
         Ok(Snapshot::assemble(Arc::new(config), edge, tenants, tls, users))
+    }
+}
+
+/// Tenant `t`'s recipient rule: its list read from its file, or, when the file cannot be
+/// read and the tenant had a list from the same file, that last good list (logged).
+async fn recipient_rule(
+    config: &Config,
+    t: &TenantConfig,
+    current: Option<&Arc<Tenant>>,
+) -> Result<Rule, String> {
+    let path = match &t.recipients {
+        RecipientCheck::Any => return Ok(Rule::Any),
+        RecipientCheck::Verify => return Ok(Rule::Verify),
+        RecipientCheck::File(path) => config.resolve(path),
+    };
+    match recipients::read(path.clone()).await {
+        Ok(list) => {
+            for problem in &list.problems {
+                tracing::warn!(tenant = %t.name, file = %path.display(), "recipients file: {problem} (line skipped)");
+            }
+            Ok(Rule::List(Arc::new(list)))
+        }
+        Err(e) => match current.map(|c| &c.recipients) {
+            Some(Rule::List(last)) if last.path == path => {
+                tracing::error!(tenant = %t.name, error = %e, entries = last.len(), "cannot read the recipients file: the last good list stays in force");
+                Ok(Rule::List(last.clone()))
+            }
+            _ => Err(format!("tenant {}: recipients: cannot read {e}", t.name)),
+        },
     }
 }
 

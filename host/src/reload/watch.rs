@@ -63,8 +63,8 @@ impl Generations {
         Ok(())
     }
 
-    /// The configuration file, every policy file, the TLS certificate and key and the users
-    /// file, absolute.
+    /// The configuration file, every policy file, the TLS certificate and key, the users
+    /// file and the tenants' recipients files, absolute.
     fn watched_files(&self) -> HashSet<PathBuf> {
         let snapshot = self.snapshot();
         let config = &snapshot.config;
@@ -77,6 +77,10 @@ impl Generations {
             files.insert(config.resolve(&tls.key));
         }
         files.extend(config.relay.auth_users_file.iter().map(|f| config.resolve(f)));
+        files.extend(config.tenants.iter().filter_map(|t| match &t.recipients {
+            crate::config::RecipientCheck::File(path) => Some(config.resolve(path)),
+            _ => None,
+        }));
         files.extend(self.config_path.iter().cloned());
         files.into_iter().filter_map(|f| std::path::absolute(f).ok()).collect()
     }

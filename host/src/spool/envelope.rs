@@ -78,6 +78,10 @@ pub struct QueuedMessage {
     pub route: Option<String>,
     /// Why it is in quarantine, if it is.
     pub quarantine_reason: Option<String>,
+    /// It came from the internet (a client that may not relay) for a tenant's domains: a
+    /// recipient the inside refuses is bounced only if the tenant's `bounce_inbound` says so.
+    #[serde(default)]
+    pub inbound: bool,
 }
 
 impl QueuedMessage {

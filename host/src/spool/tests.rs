@@ -16,6 +16,7 @@ fn envelope(id: &str) -> QueuedMessage {
         next_attempt: 1,
         route: None,
         quarantine_reason: None,
+        inbound: false,
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Tenant {
     pub loaded_at: SystemTime,
     /// Its limits besides the per-call ones of its policies.
     pub limits: TenantLimits,
+    /// Which recipients of its domains exist.
+    pub recipients: crate::recipients::Rule,
     /// Its configuration and policy files' hashes: equal fingerprints, same tenant.
     pub(crate) fingerprint: String,
 }
@@ -81,6 +83,7 @@ impl Tenant {
             generation: self.generation,
             loaded_at: self.loaded_at,
             limits: self.limits,
+            recipients: self.recipients.clone(),
             fingerprint: self.fingerprint.clone(),
         }))
     }
@@ -173,6 +176,17 @@ impl Snapshot {
                     max_message_bytes: t.max_message_bytes,
                     max_messages_per_minute: t.max_messages_per_minute,
                     kv_quota: t.kv_quota(),
+                },
+                recipients: match &t.recipients {
+                    crate::config::RecipientCheck::Any => crate::recipients::Rule::Any,
+                    crate::config::RecipientCheck::Verify => crate::recipients::Rule::Verify,
+                    crate::config::RecipientCheck::File(path) => {
+                        let path = config.resolve(path);
+                        let text = std::fs::read_to_string(&path).unwrap_or_default();
+                        crate::recipients::Rule::List(Arc::new(crate::recipients::RecipientList::parse(
+                            path, &text,
+                        )))
+                    }
                 },
                 fingerprint: String::new(),
             })

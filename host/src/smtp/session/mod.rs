@@ -183,7 +183,12 @@ impl Session {
         self.helo.as_deref()
     }
 
-    /// The authenticated user, if any.
+    /// Whether the client may relay to any domain (trusted network or authenticated).
+    pub fn relay_allowed(&self) -> bool {
+        self.relay_allowed
+    }
+
+    /// The user the client authenticated as, if it did.
     pub fn authenticated_user(&self) -> Option<&str> {
         self.authenticated.as_deref()
     }

@@ -1,0 +1,354 @@
+//! `recipients = "verify"`: ask the tenant's next hop whether a recipient exists, as
+//! Postfix's `reject_unverified_recipient` does — `MAIL FROM:<>`, `RCPT TO:<address>`, `RSET`
+//! on a connection kept for the next probe — and remember the answer (a positive and a
+//! negative time to live, a bounded number of answers per tenant). A next hop that cannot
+//! answer (down, slow, a 4xx, garbage) gives no answer, which is never cached.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::config::TenantConfig;
+
+/// What the next hop said of a recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// It exists (2xx to RCPT).
+    Exists,
+    /// It does not (5xx to RCPT): the next hop's reply.
+    Unknown(String),
+    /// No answer, and why.
+    Unavailable(String),
+}
+
+/// A tenant's probe settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Host and port of the next hop.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Speak LMTP (LHLO) instead of SMTP.
+    pub lmtp: bool,
+    /// Our EHLO name.
+    pub helo: String,
+    /// For connecting and the whole probe.
+    pub timeout: Duration,
+    /// How long answers are remembered.
+    pub positive_ttl: Duration,
+    /// How long "does not exist" is remembered.
+    pub negative_ttl: Duration,
+    /// Answers remembered.
+    pub entries: usize,
+}
+
+impl Settings {
+    /// The settings of tenant `t` (None when its next hop is not SMTP or LMTP).
+    pub fn of(t: &TenantConfig, helo: &str) -> Option<Self> {
+        let (host, port) = match &t.next_hop {
+            Some(crate::config::NextHop::Smtp { host, port }) => (host.clone(), *port),
+            _ => return None,
+        };
+        Some(Settings {
+            host,
+            port,
+            lmtp: false,
+            helo: helo.to_string(),
+            timeout: Duration::from_secs(t.verify_timeout_secs.max(1)),
+            positive_ttl: Duration::from_secs(t.verify_positive_ttl_secs),
+            negative_ttl: Duration::from_secs(t.verify_negative_ttl_secs),
+            entries: t.verify_cache_entries.max(1),
+        })
+    }
+}
+
+/// Remembered answers of one tenant, oldest first.
+#[derive(Default)]
+struct Cache {
+    answers: HashMap<String, (bool, Instant)>,
+    order: VecDeque<String>,
+}
+
+/// Idle connections kept per next hop.
+const IDLE_PER_HOP: usize = 4;
+/// How long an idle probe connection is kept.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// A kept connection and since when it is idle.
+type Idle = (Probe, Instant);
+
+/// The probes of every tenant: their caches and idle connections.
+#[derive(Default)]
+pub struct Verifier {
+    caches: Mutex<HashMap<String, Cache>>,
+    idle: Mutex<HashMap<(String, u16), Vec<Idle>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Verifier {
+    /// Whether `address` exists for `tenant`: from the cache, else by asking its next hop.
+    pub async fn check(&self, tenant: &str, settings: &Settings, address: &str) -> Answer {
+        let key = address.to_lowercase();
+        if let Some(answer) = self.cached(tenant, &key) {
+            return answer;
+        }
+        let answer = match tokio::time::timeout(settings.timeout, self.probe(settings, address)).await {
+            Ok(answer) => answer,
+            Err(_) => Answer::Unavailable(format!("no answer within {} s", settings.timeout.as_secs())),
+        };
+        match &answer {
+            Answer::Exists => self.remember(tenant, settings, key, true),
+            Answer::Unknown(_) => self.remember(tenant, settings, key, false),
+            Answer::Unavailable(_) => {}
+        }
+        answer
+    }
+
+    fn cached(&self, tenant: &str, key: &str) -> Option<Answer> {
+        let caches = lock(&self.caches);
+        let (exists, until) = caches.get(tenant)?.answers.get(key)?;
+        if Instant::now() >= *until {
+            return None;
+        }
+        Some(if *exists { Answer::Exists } else { Answer::Unknown("cached".into()) })
+    }
+
+    fn remember(&self, tenant: &str, settings: &Settings, key: String, exists: bool) {
+        let ttl = if exists { settings.positive_ttl } else { settings.negative_ttl };
+        if ttl.is_zero() {
+            return;
+        }
+        let mut caches = lock(&self.caches);
+        let cache = caches.entry(tenant.to_string()).or_default();
+        if cache.answers.insert(key.clone(), (exists, Instant::now() + ttl)).is_none() {
+            cache.order.push_back(key);
+        }
+        while cache.answers.len() > settings.entries {
+            let Some(oldest) = cache.order.pop_front() else { break };
+            cache.answers.remove(&oldest);
+        }
+    }
+
+    /// Ask the next hop, on a kept connection if one is idle (once more on a new one when
+    /// the kept one turns out closed).
+    async fn probe(&self, settings: &Settings, address: &str) -> Answer {
+        let hop = (settings.host.clone(), settings.port);
+        let kept = {
+            let mut idle = lock(&self.idle);
+            let list = idle.entry(hop.clone()).or_default();
+            list.retain(|(_, since)| since.elapsed() < IDLE_FOR);
+            list.pop().map(|(p, _)| p)
+        };
+        if let Some(mut probe) = kept
+            && let Ok(answer) = probe.ask(address).await
+        {
+            self.keep(hop, probe);
+            return answer;
+        }
+        let mut probe = match Probe::open(settings).await {
+            Ok(p) => p,
+            Err(why) => return Answer::Unavailable(why),
+        };
+        match probe.ask(address).await {
+            Ok(answer) => {
+                self.keep(hop, probe);
+                answer
+            }
+            Err(why) => Answer::Unavailable(why),
+        }
+    }
+
+    fn keep(&self, hop: (String, u16), probe: Probe) {
+        let mut idle = lock(&self.idle);
+        let list = idle.entry(hop).or_default();
+        if list.len() < IDLE_PER_HOP {
+            list.push((probe, Instant::now()));
+        }
+    }
+}
+
+/// A connection to a next hop, greeted.
+struct Probe {
+    stream: BufReader<TcpStream>,
+    smtputf8: bool,
+}
+
+impl Probe {
+    async fn open(settings: &Settings) -> Result<Probe, String> {
+        let tcp = TcpStream::connect((settings.host.as_str(), settings.port))
+            .await
+            .map_err(|e| format!("cannot connect to {}:{}: {e}", settings.host, settings.port))?;
+        let _ = tcp.set_nodelay(true);
+        let mut probe = Probe { stream: BufReader::new(tcp), smtputf8: false };
+        let (code, _) = probe.reply().await?;
+        if code != 220 {
+            return Err(format!("greeting {code}"));
+        }
+        let hello = if settings.lmtp { "LHLO" } else { "EHLO" };
+        let (code, lines) = probe.command(&format!("{hello} {}", settings.helo)).await?;
+        if code != 250 {
+            return Err(format!("{hello} answered {code}"));
+        }
+        probe.smtputf8 = lines.iter().any(|l| l.eq_ignore_ascii_case("SMTPUTF8"));
+        Ok(probe)
+    }
+
+    /// One probe: MAIL FROM:<>, RCPT TO, RSET. `Err`: the connection is no good.
+    async fn ask(&mut self, address: &str) -> Result<Answer, String> {
+        let utf8 = !address.is_ascii();
+        if utf8 && !self.smtputf8 {
+            return Ok(Answer::Unavailable("the next hop does not take SMTPUTF8 addresses".into()));
+        }
+        let mail = if utf8 { "MAIL FROM:<> SMTPUTF8" } else { "MAIL FROM:<>" };
+        let (code, _) = self.command(mail).await?;
+        if code != 250 {
+            return Err(format!("MAIL answered {code}"));
+        }
+        let (code, lines) = self.command(&format!("RCPT TO:<{address}>")).await?;
+        let text = format!("{code} {}", lines.join(" "));
+        let (reset, _) = self.command("RSET").await?;
+        if reset != 250 {
+            return Err(format!("RSET answered {reset}"));
+        }
+        Ok(match code {
+            200..=299 => Answer::Exists,
+            500..=599 => Answer::Unknown(text),
+            _ => Answer::Unavailable(text),
+        })
+    }
+
+    async fn command(&mut self, line: &str) -> Result<(u16, Vec<String>), String> {
+        self.stream
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        self.reply().await
+    }
+
+    /// A reply: its code and the text of each line. Anything else (a line without a code,
+    /// lines without end, codes that change) is garbage, and an error.
+    async fn reply(&mut self) -> Result<(u16, Vec<String>), String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            (&mut self.stream)
+                .take(1024)
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if line.is_empty() {
+                return Err("the next hop closed the connection".into());
+            }
+            if !line.ends_with(b"\n") || line.len() < 4 || lines.len() > 100 {
+                return Err("garbage from the next hop".into());
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            let code: u16 = text
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .filter(|c| (200..600).contains(c))
+                .ok_or("garbage from the next hop")?;
+            let last = match text.as_bytes().get(3) {
+                None | Some(b' ') => true,
+                Some(b'-') => false,
+                _ => return Err("garbage from the next hop".into()),
+            };
+            lines.push(text.get(4..).unwrap_or_default().to_string());
+            if last {
+                return Ok((code, lines));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A next hop on loopback that answers each connection with `script(line)` per line
+    /// read, after `greeting`.
+    async fn next_hop(greeting: &'static [u8], script: fn(&str) -> Vec<u8>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    let _ = stream.get_mut().write_all(greeting).await;
+                    let mut line = String::new();
+                    while stream.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                        let answer = script(line.trim_end());
+                        let _ = stream.get_mut().write_all(&answer).await;
+                        line.clear();
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn settings(port: u16) -> Settings {
+        Settings {
+            host: "127.0.0.1".into(),
+            port,
+            lmtp: false,
+            helo: "relay.test".into(),
+            timeout: Duration::from_millis(500),
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            entries: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_cached_and_bad_next_hops_give_none() {
+        let port = next_hop(b"220 inside\r\n", |line| {
+            if line.starts_with("RCPT TO:<gone") {
+                b"550 5.1.1 no such user\r\n".to_vec()
+            } else if line.starts_with("EHLO") {
+                b"250-inside\r\n250 PIPELINING\r\n".to_vec()
+            } else {
+                b"250 ok\r\n".to_vec()
+            }
+        })
+        .await;
+        let verifier = Verifier::default();
+        let s = settings(port);
+        assert_eq!(verifier.check("t", &s, "alice@x.test").await, Answer::Exists);
+        assert!(
+            matches!(verifier.check("t", &s, "gone@x.test").await, Answer::Unknown(t) if t.contains("5.1.1"))
+        );
+        assert_eq!(verifier.check("t", &s, "Gone@X.test").await, Answer::Unknown("cached".into()));
+        // Two answers at most: the oldest goes.
+        assert_eq!(verifier.check("t", &s, "carol@x.test").await, Answer::Exists);
+        assert_eq!(lock(&verifier.caches)["t"].answers.len(), 2);
+        assert!(!lock(&verifier.caches)["t"].answers.contains_key("alice@x.test"));
+
+        // Garbage, silence, a refusal to talk, nobody listening: no answer, within the timeout.
+        let garbage = next_hop(b"hello there\r\n", |_| b"what?\r\n".to_vec()).await;
+        let silent = next_hop(b"", |_| Vec::new()).await;
+        let busy = next_hop(b"421 4.3.2 busy\r\n", |_| Vec::new()).await;
+        let tempfail = next_hop(b"220 inside\r\n", |line| {
+            if line.starts_with("RCPT") { b"451 4.3.0 later\r\n".to_vec() } else { b"250 ok\r\n".to_vec() }
+        })
+        .await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        for port in [garbage, silent, busy, tempfail, closed] {
+            let started = Instant::now();
+            let answer = verifier.check("u", &settings(port), "alice@x.test").await;
+            assert!(matches!(answer, Answer::Unavailable(_)), "port {port}: {answer:?}");
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+        assert!(!lock(&verifier.caches).contains_key("u"), "no answer is never cached");
+    }
+}
