@@ -16,7 +16,8 @@ if ! command -v swaks >/dev/null || ! swaks --support 2>/dev/null | grep -q "TLS
     $SUDO apt-get install -y --no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl
 fi
 # The shared-state tests run a real Redis server; the C policies need clang, lld,
-# wasi-libc and clang's wasm32 runtime; the JavaScript ones node and npm.
+# wasi-libc and clang's wasm32 runtime; the JavaScript ones node and npm; the edge tests
+# HAProxy and Dovecot.
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 MISSING=()
@@ -29,6 +30,10 @@ compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a' 
     MISSING+=(libclang-rt-dev-wasm32)
 command -v node >/dev/null || MISSING+=(nodejs)
 command -v npm >/dev/null || MISSING+=(npm)
+# The edge tests: HAProxy in front of the relay, Dovecot's LMTP server behind it.
+command -v haproxy >/dev/null || MISSING+=(haproxy)
+command -v dovecot >/dev/null || MISSING+=(dovecot-core)
+[ -x /usr/lib/dovecot/lmtp ] || MISSING+=(dovecot-lmtpd)
 if [ ${#MISSING[@]} -gt 0 ]; then
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends "${MISSING[@]}"

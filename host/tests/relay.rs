@@ -519,7 +519,8 @@ fn a_permanent_failure_bounces_to_the_sender() {
     let dir = temp_dir("bounce");
     let sink_port = free_port();
     let _sink = sink(sink_port, &dir.join("sink"), &["--reject-rcpt", "nobody"]);
-    let r = relay(&dir, free_port(), &inbound(sink_port));
+    // Inbound mail bounces only when its tenant says so (the default is no backscatter).
+    let r = relay(&dir, free_port(), &format!("{}bounce_inbound = \"always\"\n", inbound(sink_port)));
     python(
         r.port,
         &format!(

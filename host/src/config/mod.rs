@@ -27,7 +27,8 @@ pub use sections::{
 };
 pub use tenant::{EDGE, PolicyConfig, TenantConfig};
 pub use values::{
-    Backend, BounceInbound, Cidr, NextHop, OnFault, PolicyMode, RecipientCheck, WhenUnverified,
+    Backend, BounceInbound, Cidr, Endpoint, NextHop, OnFault, PolicyMode, RecipientCheck, TlsMode,
+    WhenUnverified,
 };
 
 /// The embedded default configuration.
@@ -147,6 +148,18 @@ impl Config {
         if self.tenants.is_empty() {
             return fail("tenant", "at least one [[tenant]] is required");
         }
+        let d = &self.delivery;
+        if d.smarthost_auth_file.is_some() {
+            if !d.smarthost.as_ref().is_some_and(NextHop::is_server) {
+                return fail("delivery.smarthost_auth_file", "needs an SMTP or LMTP delivery.smarthost");
+            }
+            if !d.smarthost_tls.required() {
+                return fail(
+                    "delivery.smarthost_auth_file",
+                    "AUTH goes only over TLS: set delivery.smarthost_tls to `required` or `verify`",
+                );
+            }
+        }
         if self.state.max_keys == 0 {
             return fail("state.max_keys", "must be at least 1");
         }
@@ -157,6 +170,7 @@ impl Config {
             ("outbound_networks", !edge.outbound_networks.is_empty()),
             ("outbound_users", !edge.outbound_users.is_empty()),
             ("recipients", edge.recipients != RecipientCheck::Any),
+            ("next_hop_tls", edge.next_hop_tls != TlsMode::default() || edge.next_hop_ca_file.is_some()),
         ] {
             if set {
                 return fail(
@@ -183,7 +197,8 @@ impl Config {
             if t.next_hop.is_none() {
                 return fail(&format!("{key}.next_hop"), "required: where the tenant's mail goes");
             }
-            if t.recipients == RecipientCheck::Verify && !matches!(t.next_hop, Some(NextHop::Smtp { .. })) {
+            if t.recipients == RecipientCheck::Verify && !t.next_hop.as_ref().is_some_and(NextHop::is_server)
+            {
                 return fail(
                     &format!("{key}.recipients"),
                     "`verify` asks the next hop, which must be an SMTP or LMTP server",
@@ -232,6 +247,15 @@ impl Config {
     /// on reload.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if let Some(hop) = self.delivery.smarthost.as_ref().filter(|h| h.is_server())
+            && self.delivery.smarthost_tls != TlsMode::Verify
+        {
+            warnings.push(format!(
+                "delivery.smarthost_tls: {hop} is used without a verified certificate ({:?}); \
+                 set smarthost_tls = \"verify\" unless it is on a trusted network",
+                self.delivery.smarthost_tls
+            ));
+        }
         for (i, t) in self.tenants.iter().enumerate() {
             let key = format!("tenant[{i}] ({})", t.name);
             if t.policies.is_empty() {

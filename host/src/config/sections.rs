@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::values::{Backend, Cidr, NextHop};
+use super::values::{Backend, Cidr, NextHop, TlsMode};
 
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -190,9 +190,20 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Next hop for domains that are not local: `host:port`, `smtp:host:port` or
-    /// `maildir:PATH`. Without one, mail for other domains goes to their MX hosts.
+    /// Next hop for domains that are not local: `host:port`, `smtp:host:port`,
+    /// `lmtp:host:port`, `lmtp:unix:/PATH` or `maildir:PATH`. Without one, mail for other
+    /// domains goes to their MX hosts.
     pub smarthost: Option<NextHop>,
+    /// TLS towards the smarthost: `none`, `opportunistic` (default), `required` or `verify`
+    /// (the certificate checked against the system's roots or `smarthost_ca_file`, and the
+    /// smarthost's name).
+    pub smarthost_tls: TlsMode,
+    /// CA certificates (PEM) the smarthost's certificate is verified against under `verify`
+    /// (default: the system's roots).
+    pub smarthost_ca_file: Option<PathBuf>,
+    /// AUTH to the smarthost (PLAIN, else LOGIN), only over TLS: a file whose first line is
+    /// `user:password` (read at each new connection).
+    pub smarthost_auth_file: Option<PathBuf>,
     /// Named next hops a policy may route to.
     pub next_hops: BTreeMap<String, NextHop>,
     /// First retry after this many seconds; each later one waits twice as long.
@@ -222,6 +233,9 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             smarthost: None,
+            smarthost_tls: TlsMode::default(),
+            smarthost_ca_file: None,
+            smarthost_auth_file: None,
             next_hops: BTreeMap::new(),
             retry_base_secs: 300,
             retry_max_secs: 4 * 3600,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Config;
-use super::values::{BounceInbound, Cidr, NextHop, OnFault, PolicyMode, RecipientCheck, WhenUnverified};
+use super::values::{
+    BounceInbound, Cidr, NextHop, OnFault, PolicyMode, RecipientCheck, TlsMode, WhenUnverified,
+};
 use crate::policy::chain::{ChainSettings, FailureMode};
 use crate::policy::judge::Thresholds;
 use crate::policy::{PolicyLimits, PolicySpec};
@@ -32,6 +34,13 @@ pub struct TenantConfig {
     /// for a tenant; the edge has none).
     #[serde(default)]
     pub next_hop: Option<NextHop>,
+    /// TLS towards its next hop: `none`, `opportunistic` (default), `required` or `verify`.
+    #[serde(default)]
+    pub next_hop_tls: TlsMode,
+    /// CA certificates (PEM) its next hop's certificate is verified against under `verify`
+    /// (default: the system's roots).
+    #[serde(default)]
+    pub next_hop_ca_file: Option<PathBuf>,
     /// `tempfail` (default) or `continue` when a policy faults.
     #[serde(default)]
     pub failure_mode: OnFault,
@@ -125,6 +134,8 @@ impl TenantConfig {
             name: EDGE.into(),
             domains: Vec::new(),
             next_hop: None,
+            next_hop_tls: TlsMode::default(),
+            next_hop_ca_file: None,
             failure_mode: OnFault::default(),
             add_header_score: default_add_header(),
             quarantine_score: None,

@@ -17,12 +17,22 @@ pub enum NextHop {
         /// Port.
         port: u16,
     },
+    /// An LMTP server (RFC 2033) over TCP: one reply per recipient after the message.
+    Lmtp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// An LMTP server on a Unix socket.
+    LmtpUnix(PathBuf),
     /// A local Maildir tree: `PATH/<recipient>/{tmp,new,cur}`.
     Maildir(PathBuf),
 }
 
 impl NextHop {
-    /// Parse `host:port`, `smtp:host:port`, `[v6addr]:port` or `maildir:PATH`.
+    /// Parse `host:port`, `smtp:host:port`, `[v6addr]:port`, `lmtp:host:port`,
+    /// `lmtp:unix:/PATH` or `maildir:PATH`.
     pub fn parse(text: &str) -> Result<Self, String> {
         if let Some(path) = text.strip_prefix("maildir:") {
             if path.is_empty() {
@@ -30,16 +40,31 @@ impl NextHop {
             }
             return Ok(NextHop::Maildir(PathBuf::from(path)));
         }
-        let target = text.strip_prefix("smtp:").unwrap_or(text);
-        let (host, port) = target
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{text:?}: expected host:port, smtp:host:port or maildir:PATH"))?;
+        if let Some(path) = text.strip_prefix("lmtp:unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{text:?}: lmtp:unix: needs an absolute socket path"));
+            }
+            return Ok(NextHop::LmtpUnix(PathBuf::from(path)));
+        }
+        let (lmtp, target) = match text.strip_prefix("lmtp:") {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix("smtp:").unwrap_or(text)),
+        };
+        let (host, port) = target.rsplit_once(':').ok_or_else(|| {
+            format!("{text:?}: expected host:port, smtp:host:port, lmtp:host:port, lmtp:unix:/PATH or maildir:PATH")
+        })?;
         let port: u16 = port.parse().map_err(|_| format!("{text:?}: invalid port"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(format!("{text:?}: invalid host"));
         }
-        Ok(NextHop::Smtp { host: host.to_string(), port })
+        let host = host.to_string();
+        Ok(if lmtp { NextHop::Lmtp { host, port } } else { NextHop::Smtp { host, port } })
+    }
+
+    /// Whether it is a server that can be asked about recipients (SMTP or LMTP).
+    pub fn is_server(&self) -> bool {
+        !matches!(self, NextHop::Maildir(_))
     }
 }
 
@@ -53,11 +78,64 @@ impl TryFrom<String> for NextHop {
 
 impl std::fmt::Display for NextHop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bracket = |host: &str| if host.contains(':') { format!("[{host}]") } else { host.to_string() };
         match self {
-            NextHop::Smtp { host, port } if host.contains(':') => write!(f, "smtp:[{host}]:{port}"),
-            NextHop::Smtp { host, port } => write!(f, "smtp:{host}:{port}"),
+            NextHop::Smtp { host, port } => write!(f, "smtp:{}:{port}", bracket(host)),
+            NextHop::Lmtp { host, port } => write!(f, "lmtp:{}:{port}", bracket(host)),
+            NextHop::LmtpUnix(path) => write!(f, "lmtp:unix:{}", path.display()),
             NextHop::Maildir(path) => write!(f, "maildir:{}", path.display()),
         }
+    }
+}
+
+/// Where a next hop listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A host name or address, and port.
+    Tcp {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A Unix socket.
+    Unix(PathBuf),
+}
+
+/// How delivery to a next hop uses TLS (`smarthost_tls`, `next_hop_tls`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum TlsMode {
+    /// Plaintext, even when STARTTLS is offered.
+    None,
+    /// STARTTLS when offered, any certificate; plaintext otherwise (RFC 7435).
+    #[default]
+    Opportunistic,
+    /// STARTTLS always, any certificate: no plaintext delivery.
+    Required,
+    /// STARTTLS always, the certificate verified against the system's roots (or the CA
+    /// file) and the next hop's name.
+    Verify,
+}
+
+impl TryFrom<String> for TlsMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "none" => Ok(Self::None),
+            "opportunistic" => Ok(Self::Opportunistic),
+            "required" => Ok(Self::Required),
+            "verify" => Ok(Self::Verify),
+            _ => Err(format!("`none`, `opportunistic`, `required` or `verify`, not {text:?}")),
+        }
+    }
+}
+
+impl TlsMode {
+    /// Whether delivery without TLS is refused.
+    pub fn required(self) -> bool {
+        matches!(self, Self::Required | Self::Verify)
     }
 }
 
@@ -328,6 +406,18 @@ mod tests {
         assert_eq!(NextHop::parse("smtp:[::1]:2526"), Ok(NextHop::Smtp { host: "::1".into(), port: 2526 }));
         assert_eq!(NextHop::parse("smtp:[::1]:2526").map(|h| h.to_string()), Ok("smtp:[::1]:2526".into()));
         assert!(NextHop::parse("mx.example").is_err());
+        assert_eq!(
+            NextHop::parse("lmtp:127.0.0.1:24"),
+            Ok(NextHop::Lmtp { host: "127.0.0.1".into(), port: 24 })
+        );
+        assert_eq!(
+            NextHop::parse("lmtp:unix:/run/dovecot/lmtp"),
+            Ok(NextHop::LmtpUnix("/run/dovecot/lmtp".into()))
+        );
+        assert!(NextHop::parse("lmtp:unix:relative").is_err());
+        for text in ["lmtp:[::1]:24", "lmtp:unix:/run/lmtp", "smtp:mx.test:25", "maildir:m"] {
+            assert_eq!(NextHop::parse(text).unwrap().to_string(), text);
+        }
         let net = Cidr::parse("192.0.2.0/24").unwrap();
         assert!(net.contains("192.0.2.77".parse().unwrap()));
         assert!(net.contains("::ffff:192.0.2.77".parse().unwrap()));

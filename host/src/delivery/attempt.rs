@@ -8,7 +8,6 @@ use std::sync::Arc;
 use super::client::Transaction;
 use super::maildir::maildir_deliver;
 use super::{Context, Outbound, RcptResult, bounce, route};
-use crate::config::NextHop;
 use crate::spool::{self, QueuedMessage, QueuedRecipient, RecipientStatus, Store};
 
 /// One delivery attempt of a queued message (`preloaded`: its envelope and bytes as just
@@ -71,8 +70,8 @@ pub async fn attempt(
             route::Target::Mx(domain) => {
                 route::mx_deliver(context, outbound, domain, config.mx_port, &tx).await
             }
-            route::Target::Hop(NextHop::Maildir(path)) => {
-                let dir = snapshot.config.resolve(path);
+            route::Target::Maildir(dir) => {
+                let dir = dir.clone();
                 let message = message.clone();
                 let envelope_from = envelope.mail_from.clone();
                 let addrs = addresses.clone();
@@ -85,15 +84,13 @@ pub async fn attempt(
                             .collect()
                     })
             }
-            route::Target::Hop(NextHop::Smtp { host, port }) => {
-                match outbound.pool.deliver(host, *port, &tx).await {
-                    Ok(results) => results,
-                    Err(e) => addresses
-                        .iter()
-                        .map(|_| RcptResult::Transient(format!("451 4.4.1 {host}:{port}: {e}")))
-                        .collect(),
-                }
-            }
+            route::Target::Server(peer) => match outbound.pool.deliver(peer, &tx).await {
+                Ok(results) => results,
+                Err(e) => addresses
+                    .iter()
+                    .map(|_| RcptResult::Transient(format!("451 4.4.1 {peer}: {e}")))
+                    .collect(),
+            },
         };
         for (i, result) in indices.iter().zip(results) {
             let r = &mut envelope.recipients[*i];

@@ -56,8 +56,10 @@ pub struct Context {
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
     dns: Arc<DnsResolver>,
-    /// TLS client for STARTTLS towards next hops (None: delivery stays in plaintext).
+    /// TLS client for opportunistic STARTTLS (None: `delivery.starttls` is off).
     tls: Option<tokio_rustls::TlsConnector>,
+    /// TLS client that accepts any certificate, for next hops whose TLS is `required`.
+    any_certificate: Option<tokio_rustls::TlsConnector>,
     queue: mpsc::UnboundedSender<Queued>,
 }
 
@@ -78,7 +80,9 @@ impl Delivery {
         tls: Option<tokio_rustls::TlsConnector>,
     ) -> (Self, mpsc::UnboundedSender<Queued>) {
         let (sender, queue) = mpsc::unbounded_channel();
-        let context = Arc::new(Context { current, spool, metrics, dns, tls, queue: sender.clone() });
+        let any_certificate = client::tls_connector().ok();
+        let context =
+            Arc::new(Context { current, spool, metrics, dns, tls, any_certificate, queue: sender.clone() });
         (Self { context, queue }, sender)
     }
 }
@@ -99,6 +103,7 @@ impl Outbound {
             helo: snapshot.config.server.hostname.clone(),
             timeout: Duration::from_secs(config.timeout_secs),
             tls: context.tls.clone(),
+            any_certificate: context.any_certificate.clone(),
             idle: Duration::from_secs(config.connection_cache_secs),
             reuse_limit: config.connection_reuse_limit,
             per_destination: config.destination_concurrency,

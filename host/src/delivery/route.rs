@@ -1,9 +1,11 @@
 //! Where a recipient's copy goes: a policy's named next hop, its tenant's next hop, the
 //! smarthost, or its domain's mail exchangers (RFC 5321 §5.1).
 
-use super::client::Transaction;
+use std::path::PathBuf;
+
+use super::client::{Endpoint, Peer, Transaction};
 use super::{Context, Outbound, RcptResult};
-use crate::config::NextHop;
+use crate::config::{NextHop, TlsMode};
 use crate::dns::MxAnswer;
 use crate::spool::QueuedMessage;
 use crate::tenants::Snapshot;
@@ -11,8 +13,10 @@ use crate::tenants::Snapshot;
 /// Where one recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Target {
-    /// A configured next hop.
-    Hop(NextHop),
+    /// An SMTP or LMTP server, as configured.
+    Server(Peer),
+    /// A local Maildir tree.
+    Maildir(PathBuf),
     /// The MX hosts of this domain.
     Mx(String),
 }
@@ -21,27 +25,61 @@ impl Target {
     /// The name its concurrency limit goes by (Maildir delivery has none).
     pub(super) fn destination(&self) -> Option<String> {
         match self {
-            Target::Hop(NextHop::Smtp { host, port }) => Some(format!("{host}:{port}")),
-            Target::Hop(NextHop::Maildir(_)) => None,
+            Target::Server(peer) => Some(peer.to_string()),
+            Target::Maildir(_) => None,
             Target::Mx(domain) => Some(format!("mx:{domain}")),
         }
     }
 }
 
+/// The target of a configured next hop, with its TLS mode, CA file and credentials.
+fn hop(
+    snapshot: &Snapshot,
+    next_hop: &NextHop,
+    tls: TlsMode,
+    ca_file: Option<&PathBuf>,
+    auth_file: Option<&PathBuf>,
+) -> Target {
+    let config = &snapshot.config;
+    let (endpoint, lmtp) = match next_hop {
+        NextHop::Maildir(path) => return Target::Maildir(config.resolve(path)),
+        NextHop::Smtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, false),
+        NextHop::Lmtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, true),
+        NextHop::LmtpUnix(path) => (Endpoint::Unix(path.clone()), true),
+    };
+    Target::Server(Peer {
+        endpoint,
+        lmtp,
+        tls,
+        ca_file: ca_file.map(|f| config.resolve(f)),
+        auth_file: auth_file.map(|f| config.resolve(f)),
+    })
+}
+
 pub(super) fn route(snapshot: &Snapshot, envelope: &QueuedMessage, address: &str) -> Target {
     let config = &snapshot.config.delivery;
     if let Some(name) = &envelope.route {
-        if let Some(hop) = config.next_hops.get(name) {
-            return Target::Hop(hop.clone());
+        if let Some(next) = config.next_hops.get(name) {
+            return hop(snapshot, next, TlsMode::Opportunistic, None, None);
         }
         tracing::warn!(tenant = %envelope.tenant, id = %envelope.id, route = %name, "a policy routed to an unknown next hop; using the normal route");
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_lowercase()).unwrap_or_default();
-    if let Some(hop) = snapshot.tenant_of_domain(&domain).and_then(|t| t.next_hop.clone()) {
-        return Target::Hop(hop);
+    if let Some(tenant) = snapshot.tenant_of_domain(&domain)
+        && let Some(next) = &tenant.next_hop
+    {
+        let t = snapshot.config.tenants.iter().find(|t| t.name == tenant.name);
+        let tls = t.map(|t| t.next_hop_tls).unwrap_or_default();
+        return hop(snapshot, next, tls, t.and_then(|t| t.next_hop_ca_file.as_ref()), None);
     }
     match &config.smarthost {
-        Some(hop) => Target::Hop(hop.clone()),
+        Some(next) => hop(
+            snapshot,
+            next,
+            config.smarthost_tls,
+            config.smarthost_ca_file.as_ref(),
+            config.smarthost_auth_file.as_ref(),
+        ),
         None => Target::Mx(domain),
     }
 }
@@ -81,7 +119,7 @@ pub(super) async fn mx_deliver(
             last = format!("451 4.4.4 {host} has no address");
         }
         for address in addresses.iter().take(3) {
-            match outbound.pool.deliver(address, port, tx).await {
+            match outbound.pool.deliver(&Peer::smtp(address, port), tx).await {
                 Ok(results) => return results,
                 Err(e) => last = format!("451 4.4.1 {host} [{address}]:{port}: {e}"),
             }

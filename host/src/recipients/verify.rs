@@ -8,10 +8,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::config::TenantConfig;
+use crate::config::{Endpoint, NextHop, TenantConfig};
 
 /// What the next hop said of a recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +27,8 @@ pub enum Answer {
 /// A tenant's probe settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Host and port of the next hop.
-    pub host: String,
-    /// Port.
-    pub port: u16,
+    /// Where the next hop listens.
+    pub endpoint: Endpoint,
     /// Speak LMTP (LHLO) instead of SMTP.
     pub lmtp: bool,
     /// Our EHLO name.
@@ -48,14 +46,15 @@ pub struct Settings {
 impl Settings {
     /// The settings of tenant `t` (None when its next hop is not SMTP or LMTP).
     pub fn of(t: &TenantConfig, helo: &str) -> Option<Self> {
-        let (host, port) = match &t.next_hop {
-            Some(crate::config::NextHop::Smtp { host, port }) => (host.clone(), *port),
-            _ => return None,
+        let (endpoint, lmtp) = match t.next_hop.as_ref()? {
+            NextHop::Smtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, false),
+            NextHop::Lmtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, true),
+            NextHop::LmtpUnix(path) => (Endpoint::Unix(path.clone()), true),
+            NextHop::Maildir(_) => return None,
         };
         Some(Settings {
-            host,
-            port,
-            lmtp: false,
+            endpoint,
+            lmtp,
             helo: helo.to_string(),
             timeout: Duration::from_secs(t.verify_timeout_secs.max(1)),
             positive_ttl: Duration::from_secs(t.verify_positive_ttl_secs),
@@ -84,7 +83,7 @@ type Idle = (Probe, Instant);
 #[derive(Default)]
 pub struct Verifier {
     caches: Mutex<HashMap<String, Cache>>,
-    idle: Mutex<HashMap<(String, u16), Vec<Idle>>>,
+    idle: Mutex<HashMap<Endpoint, Vec<Idle>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,7 +137,7 @@ impl Verifier {
     /// Ask the next hop, on a kept connection if one is idle (once more on a new one when
     /// the kept one turns out closed).
     async fn probe(&self, settings: &Settings, address: &str) -> Answer {
-        let hop = (settings.host.clone(), settings.port);
+        let hop = settings.endpoint.clone();
         let kept = {
             let mut idle = lock(&self.idle);
             let list = idle.entry(hop.clone()).or_default();
@@ -164,7 +163,7 @@ impl Verifier {
         }
     }
 
-    fn keep(&self, hop: (String, u16), probe: Probe) {
+    fn keep(&self, hop: Endpoint, probe: Probe) {
         let mut idle = lock(&self.idle);
         let list = idle.entry(hop).or_default();
         if list.len() < IDLE_PER_HOP {
@@ -173,19 +172,33 @@ impl Verifier {
     }
 }
 
+/// Streams a probe speaks over: TCP, or a Unix socket.
+trait Wire: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Wire for T {}
+
 /// A connection to a next hop, greeted.
 struct Probe {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Wire>>,
     smtputf8: bool,
 }
 
 impl Probe {
     async fn open(settings: &Settings) -> Result<Probe, String> {
-        let tcp = TcpStream::connect((settings.host.as_str(), settings.port))
-            .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", settings.host, settings.port))?;
-        let _ = tcp.set_nodelay(true);
-        let mut probe = Probe { stream: BufReader::new(tcp), smtputf8: false };
+        let wire: Box<dyn Wire> = match &settings.endpoint {
+            Endpoint::Tcp { host, port } => {
+                let tcp = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+                let _ = tcp.set_nodelay(true);
+                Box::new(tcp)
+            }
+            Endpoint::Unix(path) => Box::new(
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?,
+            ),
+        };
+        let mut probe = Probe { stream: BufReader::new(wire), smtputf8: false };
         let (code, _) = probe.reply().await?;
         if code != 220 {
             return Err(format!("greeting {code}"));
@@ -299,8 +312,7 @@ mod tests {
 
     fn settings(port: u16) -> Settings {
         Settings {
-            host: "127.0.0.1".into(),
-            port,
+            endpoint: Endpoint::Tcp { host: "127.0.0.1".into(), port },
             lmtp: false,
             helo: "relay.test".into(),
             timeout: Duration::from_millis(500),

@@ -3,7 +3,7 @@
 
 Usage: sink.py PORT DIR [--tempfail-first N] [--reject-rcpt SUBSTRING] [--hang | --reset]
                 [--tls CERT KEY | --broken-tls] [--delay SECONDS] [--no-pipelining]
-                [--close-after N] [--reset-in-data N]
+                [--close-after N] [--reset-in-data N] [--auth USER:PASSWORD]
 
 Each accepted message is written to DIR/<n>.eml with the envelope in DIR/<n>.env (JSON; "pipelined"
 says whether RCPT commands were already waiting when MAIL was read). DIR/stats.json counts
@@ -16,8 +16,11 @@ connections, transactions and the most connections open at once.
 --delay S waits S seconds before answering the end of DATA;
 --no-pipelining does not announce PIPELINING;
 --close-after N drops each connection, without a word, N seconds after its last transaction;
---reset-in-data N resets the connection (RST) in the middle of the first N messages' data.
+--reset-in-data N resets the connection (RST) in the middle of the first N messages' data;
+--auth U:P offers AUTH PLAIN LOGIN once TLS is on, takes only U:P, and refuses MAIL before it
+(the envelope file then says "auth": U).
 """
+import base64
 import json
 import os
 import socket
@@ -38,6 +41,7 @@ RESET = "--reset" in args
 BROKEN_TLS = "--broken-tls" in args
 DELAY = float(args[args.index("--delay") + 1]) if "--delay" in args else 0.0
 PIPELINING = "--no-pipelining" not in args
+AUTH = args[args.index("--auth") + 1] if "--auth" in args else None
 CLOSE_AFTER = float(args[args.index("--close-after") + 1]) if "--close-after" in args else None
 RESET_IN_DATA = int(args[args.index("--reset-in-data") + 1]) if "--reset-in-data" in args else 0
 TLS = None
@@ -94,7 +98,7 @@ class Handler(socketserver.StreamRequestHandler):
 
     def session(self):
         self.reply("220 sink.test ESMTP test sink")
-        mail_from, rcpts, secure, pipelined = None, [], False, False
+        mail_from, rcpts, secure, pipelined, user = None, [], False, False, None
         while True:
             raw = self.rfile.readline()
             if not raw:
@@ -104,7 +108,25 @@ class Handler(socketserver.StreamRequestHandler):
             if verb in ("EHLO", "HELO"):
                 starttls = "250-STARTTLS\r\n" if (TLS or BROKEN_TLS) and not secure else ""
                 pipelining = "250-PIPELINING\r\n" if PIPELINING else ""
-                self.reply("250-sink.test\r\n" + pipelining + starttls + "250 SIZE 100000000" if verb == "EHLO" else "250 sink.test")
+                auth = "250-AUTH PLAIN LOGIN\r\n" if AUTH and secure else ""
+                self.reply("250-sink.test\r\n" + pipelining + starttls + auth + "250 SIZE 100000000" if verb == "EHLO" else "250 sink.test")
+            elif verb == "AUTH" and AUTH and secure:
+                words = line.split()
+                if words[1].upper() == "PLAIN" and len(words) == 3:
+                    given = base64.b64decode(words[2]).split(b"\0")
+                    given = (given[1] + b":" + given[2]).decode() if len(given) == 3 else ""
+                else:
+                    self.reply("334 VXNlcm5hbWU6")
+                    name = base64.b64decode(self.rfile.readline().strip()).decode()
+                    self.reply("334 UGFzc3dvcmQ6")
+                    given = name + ":" + base64.b64decode(self.rfile.readline().strip()).decode()
+                if given == AUTH:
+                    user = AUTH.split(":")[0]
+                    self.reply("235 2.7.0 ok")
+                else:
+                    self.reply("535 5.7.8 bad credentials")
+            elif verb == "MAIL" and AUTH and not user:
+                self.reply("530 5.7.0 authentication required")
             elif verb == "STAR" and BROKEN_TLS:
                 self.reply("220 go ahead")
                 self.wfile.write(b"this is not TLS\r\n")
@@ -163,7 +185,7 @@ class Handler(socketserver.StreamRequestHandler):
                 with open(os.path.join(OUT, "%d.eml" % n), "wb") as f:
                     f.write(b"".join(data))
                 with open(os.path.join(OUT, "%d.env" % n), "w") as f:
-                    json.dump({"from": mail_from, "to": rcpts, "tls": secure, "pipelined": pipelined}, f)
+                    json.dump({"from": mail_from, "to": rcpts, "tls": secure, "pipelined": pipelined, "auth": user}, f)
                 self.reply("250 2.0.0 stored as %d" % n)
                 if CLOSE_AFTER is not None:
                     time.sleep(CLOSE_AFTER)

@@ -3,57 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Settings, Transaction};
+use super::wire::{ServerReply, Wire, command, read_reply, write_all};
+use super::{Endpoint, Peer, Settings, Transaction};
 use crate::delivery::RcptResult;
 use crate::smtp::data::dot_stuffed;
-
-/// A reply from an SMTP server.
-struct ServerReply {
-    code: u16,
-    /// Every line, without the code.
-    lines: Vec<String>,
-}
-
-impl ServerReply {
-    /// The reply as one line of text, codes included, for logs and DSNs.
-    fn text(&self) -> String {
-        let mut text = String::new();
-        for (i, line) in self.lines.iter().enumerate() {
-            if i > 0 {
-                text.push(' ');
-            }
-            text.push_str(&format!(
-                "{}{}{line}",
-                self.code,
-                if i + 1 < self.lines.len() { '-' } else { ' ' }
-            ));
-        }
-        text.trim_end().to_string()
-    }
-
-    fn result(&self) -> RcptResult {
-        match self.code {
-            200..=399 => RcptResult::Delivered(self.text()),
-            400..=499 => RcptResult::Transient(self.text()),
-            _ => RcptResult::Permanent(self.text()),
-        }
-    }
-
-    /// A failure for the recipients it applies to (an odd success code counts as transient).
-    fn failure(&self) -> RcptResult {
-        match self.result() {
-            RcptResult::Delivered(text) => RcptResult::Transient(format!("unexpected reply: {text}")),
-            other => other,
-        }
-    }
-}
-
-/// Streams the client speaks SMTP over: TCP, then perhaps TLS.
-trait Wire: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Wire for T {}
 
 /// Why no connection ready for MAIL could be made.
 pub(super) enum OpenError {
@@ -93,6 +49,8 @@ struct Extensions {
     eight_bit: bool,
     smtputf8: bool,
     starttls: bool,
+    /// AUTH mechanisms offered, upper case.
+    auth: Vec<String>,
 }
 
 impl Extensions {
@@ -107,6 +65,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "STARTTLS" => ext.starttls = true,
+                "AUTH" => ext.auth.extend(words.by_ref().map(str::to_ascii_uppercase)),
                 _ => {}
             }
         }
@@ -114,11 +73,10 @@ impl Extensions {
     }
 }
 
-/// An SMTP connection to a next hop, greeted and ready for MAIL.
+/// An SMTP or LMTP connection to a next hop, greeted (and authenticated) and ready for MAIL.
 pub(super) struct Connection {
     stream: BufReader<Box<dyn Wire>>,
-    pub host: String,
-    pub port: u16,
+    pub peer: Peer,
     ext: Extensions,
     /// Transactions completed on it.
     pub transactions: u32,
@@ -128,45 +86,77 @@ pub(super) struct Connection {
 }
 
 impl Connection {
+    /// Connect to `peer`, read its greeting, say EHLO (LHLO for LMTP), start TLS as its
+    /// mode says (`tls`: the connector for it; None: plaintext), and authenticate when it has
+    /// credentials.
     pub(super) async fn open(
-        host: &str,
-        port: u16,
+        peer: &Peer,
         settings: &Settings,
         tls: Option<&tokio_rustls::TlsConnector>,
     ) -> Result<Connection, OpenError> {
         let timeout = settings.timeout;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| "timed out connecting".to_string())?
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let mut stream: BufReader<Box<dyn Wire>> = BufReader::new(Box::new(tcp));
+        let wire: Box<dyn Wire> = match &peer.endpoint {
+            Endpoint::Tcp { host, port } => {
+                let tcp = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), *port)))
+                    .await
+                    .map_err(|_| "timed out connecting".to_string())?
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                let _ = tcp.set_nodelay(true);
+                Box::new(tcp)
+            }
+            Endpoint::Unix(path) => Box::new(
+                tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+                    .await
+                    .map_err(|_| "timed out connecting".to_string())?
+                    .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?,
+            ),
+        };
+        let mut stream = BufReader::new(wire);
         let greeting = read_reply(&mut stream, timeout).await?;
         if greeting.code != 220 {
             return Err(OpenError::Refused(greeting.failure()));
         }
-        let mut ext = hello(&mut stream, &settings.helo, timeout).await?;
+        let mut ext = hello(&mut stream, &settings.helo, peer.lmtp, timeout).await?;
+        let mut secure = false;
         if let Some(connector) = tls.filter(|_| ext.starttls) {
             let answer = command(&mut stream, "STARTTLS", timeout).await?;
-            // Refused: carry on in plaintext, as opportunistic TLS does.
+            // Refused: carry on in plaintext if the mode allows it (checked below).
             if answer.code == 220 {
-                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                let name = rustls::pki_types::ServerName::try_from(peer.tls_name())
                     .map_err(|e| OpenError::Tls(format!("server name: {e}")))?;
                 // Anything the server sent after its 220 is dropped with the buffer (RFC 3207 §4.2).
                 let handshake = connector.connect(name, stream.into_inner());
-                let secure = match tokio::time::timeout(timeout, handshake).await {
-                    Ok(Ok(secure)) => secure,
+                let tls_stream = match tokio::time::timeout(timeout, handshake).await {
+                    Ok(Ok(tls_stream)) => tls_stream,
                     Ok(Err(e)) => return Err(OpenError::Tls(e.to_string())),
                     Err(_) => return Err(OpenError::Tls("handshake timed out".into())),
                 };
-                stream = BufReader::new(Box::new(secure));
-                ext = hello(&mut stream, &settings.helo, timeout).await?;
+                stream = BufReader::new(Box::new(tls_stream));
+                ext = hello(&mut stream, &settings.helo, peer.lmtp, timeout).await?;
+                secure = true;
             }
+        }
+        if !secure && peer.tls.required() {
+            let why = if ext.starttls { "refused STARTTLS" } else { "does not offer STARTTLS" };
+            return Err(OpenError::Refused(RcptResult::Transient(format!(
+                "450 4.7.5 TLS is required ({:?}) but {peer} {why}",
+                peer.tls
+            ))));
+        }
+        if let Some(file) = &peer.auth_file {
+            // The configuration allows credentials only with `required` or `verify`.
+            if !secure {
+                return Err(OpenError::Refused(RcptResult::Transient(format!(
+                    "450 4.7.5 AUTH to {peer} needs TLS"
+                ))));
+            }
+            super::auth::authenticate(&mut stream, file, &ext.auth, timeout)
+                .await
+                .map_err(OpenError::Refused)?;
         }
         Ok(Connection {
             stream,
-            host: host.to_string(),
-            port,
+            peer: peer.clone(),
             ext,
             transactions: 0,
             last_used: Instant::now(),
@@ -267,16 +257,32 @@ impl Connection {
         self.write(&dot_stuffed(tx.message), timeout.max(Duration::from_secs(60)))
             .await
             .map_err(|message| SendError { message, data_sent: true })?;
-        // RFC 5321 §4.5.3.2.6: up to ten minutes for the reply to the final dot.
-        let end = read_reply(&mut self.stream, timeout.max(Duration::from_secs(600)))
-            .await
-            .map_err(|message| SendError { message, data_sent: true })?;
-        self.closing |= end.code == 421;
-        let outcome = end.result();
+        // RFC 5321 §4.5.3.2.6: up to ten minutes for the reply to the final dot; LMTP gives
+        // one reply per accepted recipient, in order (RFC 2033 §4.2).
+        let replies = if self.peer.lmtp { accepted.iter().filter(|a| **a).count() } else { 1 };
+        let mut ends = Vec::with_capacity(replies);
+        for _ in 0..replies {
+            let end = read_reply(&mut self.stream, timeout.max(Duration::from_secs(600)))
+                .await
+                .map_err(|message| SendError { message, data_sent: true })?;
+            self.closing |= end.code == 421;
+            ends.push(end.result());
+        }
+        let mut ends = ends.into_iter();
+        let mut last = None;
         Ok(rcpt_replies
             .iter()
             .zip(&accepted)
-            .map(|(r, ok)| if *ok { outcome.clone() } else { r.failure() })
+            .map(|(r, ok)| {
+                if !*ok {
+                    return r.failure();
+                }
+                // SMTP: the one reply for every accepted recipient.
+                let outcome = if self.peer.lmtp { ends.next() } else { last.clone().or_else(|| ends.next()) };
+                let outcome = outcome.unwrap_or_else(|| RcptResult::Transient("no reply".into()));
+                last = Some(outcome.clone());
+                outcome
+            })
             .collect())
     }
 
@@ -334,78 +340,26 @@ impl Connection {
     }
 }
 
-/// EHLO, falling back to HELO (then with no extensions).
+/// EHLO, falling back to HELO (then with no extensions); LHLO for LMTP (RFC 2033 §4.1).
 async fn hello(
     stream: &mut BufReader<Box<dyn Wire>>,
     helo: &str,
+    lmtp: bool,
     timeout: Duration,
 ) -> Result<Extensions, OpenError> {
-    let ehlo = command(stream, &format!("EHLO {helo}"), timeout).await?;
+    let verb = if lmtp { "LHLO" } else { "EHLO" };
+    let ehlo = command(stream, &format!("{verb} {helo}"), timeout).await?;
     if ehlo.code == 250 {
-        return Ok(Extensions::parse(&ehlo));
+        let mut ext = Extensions::parse(&ehlo);
+        // RFC 2033 §4.2: LMTP servers support PIPELINING.
+        ext.pipelining |= lmtp;
+        return Ok(ext);
+    }
+    if lmtp {
+        return Err(OpenError::Refused(ehlo.failure()));
     }
     let reply = command(stream, &format!("HELO {helo}"), timeout).await?;
     if reply.code == 250 { Ok(Extensions::default()) } else { Err(OpenError::Refused(reply.failure())) }
-}
-
-async fn write_all(
-    stream: &mut BufReader<Box<dyn Wire>>,
-    bytes: &[u8],
-    timeout: Duration,
-) -> Result<(), String> {
-    tokio::time::timeout(timeout, async {
-        stream.get_mut().write_all(bytes).await?;
-        stream.get_mut().flush().await
-    })
-    .await
-    .map_err(|_| "timed out sending".to_string())?
-    .map_err(|e| format!("connection error: {e}"))
-}
-
-async fn read_reply(stream: &mut BufReader<Box<dyn Wire>>, timeout: Duration) -> Result<ServerReply, String> {
-    let mut code = 0;
-    let mut lines = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        let n = tokio::time::timeout(timeout, (&mut *stream).take(4096).read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| "timed out waiting for a reply".to_string())?
-            .map_err(|e| format!("connection error: {e}"))?;
-        if n == 0 {
-            return Err("connection closed".into());
-        }
-        if !line.ends_with(b"\n") {
-            return Err("reply line too long".into());
-        }
-        let line = String::from_utf8_lossy(&line);
-        let line = line.trim_end();
-        let this: u16 = line
-            .get(..3)
-            .and_then(|c| c.parse().ok())
-            .filter(|c| (200..600).contains(c))
-            .ok_or_else(|| format!("malformed reply {line:?}"))?;
-        if lines.is_empty() {
-            code = this;
-        } else if this != code {
-            return Err(format!("reply lines with different codes: {code} then {this}"));
-        }
-        lines.push(line.get(4..).unwrap_or("").to_string());
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(ServerReply { code, lines });
-        }
-        if lines.len() > 100 {
-            return Err("reply of more than 100 lines".into());
-        }
-    }
-}
-
-async fn command(
-    stream: &mut BufReader<Box<dyn Wire>>,
-    line: &str,
-    timeout: Duration,
-) -> Result<ServerReply, String> {
-    write_all(stream, format!("{line}\r\n").as_bytes(), timeout).await?;
-    read_reply(stream, timeout).await
 }
 
 #[cfg(test)]
