@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz what the relay parses and decides: the SMTP conversation (any client bytes, cut anywhere,
-# with any verdicts), the SMTP command parser, the DATA receiver, address parsing, the
+# with any verdicts), the PROXY header parser, the SMTP command parser, the DATA receiver, address parsing, the
 # configuration parser and the message adapter handed to policies (host/fuzz). Each target runs
 # for SECONDS (default 60), seeded from host/fuzz/seeds and host/fuzz/regressions, the shared
 # mail corpus (message and data_receiver) and the shipped configuration files; the corpus grows
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(conversation smtp_command data_receiver address config message)
+[ ${#targets[@]} -gt 0 ] || targets=(conversation proxy_header smtp_command data_receiver address config message)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 if rustup toolchain list | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz)

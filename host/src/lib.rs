@@ -24,6 +24,7 @@
 //!   delivery) and what they ask of it.
 //! - [`spool`]: the durable queue; [`delivery`]: taking it to the next hops, retries, bounces.
 //! - [`reload`]: generations, rollback and the file watcher.
+//! - [`tls`]: the TLS clients towards next hops.
 //! - [`config`]: the TOML configuration, parsed once into typed values, and its embedded
 //!   default.
 //! - [`state`]: the key-value store behind policies; [`dns`]: resolvers; [`auth`]: AUTH users
@@ -50,3 +51,4 @@ pub mod smtp;
 pub mod spool;
 pub mod state;
 pub mod tenants;
+pub mod tls;

@@ -110,9 +110,7 @@ impl Relay {
     /// "verify"`).
     pub async fn verify_recipient(&self, snapshot: &Snapshot, tenant: usize, address: &str) -> Answer {
         let config = &snapshot.config;
-        let Some(settings) =
-            config.tenants.get(tenant).and_then(|t| Settings::of(t, &config.server.hostname))
-        else {
+        let Some(settings) = config.tenants.get(tenant).and_then(|t| Settings::of(config, t)) else {
             return Answer::Unavailable("the tenant's next hop cannot be asked".into());
         };
         let name = &config.tenants[tenant].name;

@@ -137,3 +137,32 @@ fn a_tenant_may_bounce_inbound_mail() {
             .any(|f| std::fs::read_to_string(f).unwrap_or_default().contains("Undelivered Mail"))
     });
 }
+
+/// Probes keep the tenant's TLS mode: verified TLS when its next hop's is `verify`, and no
+/// probe in plaintext when TLS is required and not offered.
+#[test]
+fn verify_probes_use_the_next_hop_s_tls() {
+    let dir = temp_dir("recipients-tls");
+    let support = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let cert = support.join("hop-cert.pem").display().to_string();
+    let key = support.join("hop-key.pem").display().to_string();
+    let _tls = sink(tls_port, &dir.join("tls"), &["--reject-rcpt", "gone", "--tls", &cert, &key]);
+    let _plain = sink(plain_port, &dir.join("plain"), &[]);
+    let r = relay(
+        &dir,
+        free_port(),
+        &format!(
+            "[relay]\ntrusted_networks = []\n\
+             [[tenant]]\nname = \"secure\"\ndomains = [\"secure.test\"]\nnext_hop = \"smtp:127.0.0.1:{tls_port}\"\n\
+             recipients = \"verify\"\nnext_hop_tls = \"verify\"\nnext_hop_ca_file = \"{}\"\n\
+             [[tenant]]\nname = \"plain\"\ndomains = [\"plain.test\"]\nnext_hop = \"smtp:127.0.0.1:{plain_port}\"\n\
+             recipients = \"verify\"\nnext_hop_tls = \"required\"\n",
+            support.join("ca-cert.pem").display()
+        ),
+    );
+    assert_eq!(rcpt_codes(r.port, &["alice@secure.test", "gone@secure.test"]), ["250 2.1.5", "550 5.1.1"]);
+    assert_eq!(rcpt_codes(r.port, &["alice@plain.test"]), ["450 4.1.1"]);
+    let log = log(&dir);
+    assert!(log.contains("TLS is required"), "{log}");
+}

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::config::{Endpoint, NextHop, TenantConfig};
+use std::path::PathBuf;
+
+use crate::config::{Config, Endpoint, NextHop, TenantConfig, TlsMode};
 
 /// What the next hop said of a recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,10 @@ pub struct Settings {
     pub lmtp: bool,
     /// Our EHLO name.
     pub helo: String,
+    /// TLS towards it (the tenant's `next_hop_tls`).
+    pub tls: TlsMode,
+    /// CA file for `verify` (None: the system's roots).
+    pub ca_file: Option<PathBuf>,
     /// For connecting and the whole probe.
     pub timeout: Duration,
     /// How long answers are remembered.
@@ -44,8 +50,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The settings of tenant `t` (None when its next hop is not SMTP or LMTP).
-    pub fn of(t: &TenantConfig, helo: &str) -> Option<Self> {
+    /// The settings of tenant `t` of `config` (None when its next hop is not SMTP or LMTP).
+    pub fn of(config: &Config, t: &TenantConfig) -> Option<Self> {
         let (endpoint, lmtp) = match t.next_hop.as_ref()? {
             NextHop::Smtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, false),
             NextHop::Lmtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, true),
@@ -55,7 +61,9 @@ impl Settings {
         Some(Settings {
             endpoint,
             lmtp,
-            helo: helo.to_string(),
+            helo: config.server.hostname.clone(),
+            tls: t.next_hop_tls,
+            ca_file: t.next_hop_ca_file.as_ref().map(|f| config.resolve(f)),
             timeout: Duration::from_secs(t.verify_timeout_secs.max(1)),
             positive_ttl: Duration::from_secs(t.verify_positive_ttl_secs),
             negative_ttl: Duration::from_secs(t.verify_negative_ttl_secs),
@@ -76,6 +84,9 @@ const IDLE_PER_HOP: usize = 4;
 /// How long an idle probe connection is kept.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
+/// Connections are kept per next hop and TLS mode.
+type HopKey = (Endpoint, TlsMode, Option<PathBuf>);
+
 /// A kept connection and since when it is idle.
 type Idle = (Probe, Instant);
 
@@ -83,7 +94,9 @@ type Idle = (Probe, Instant);
 #[derive(Default)]
 pub struct Verifier {
     caches: Mutex<HashMap<String, Cache>>,
-    idle: Mutex<HashMap<Endpoint, Vec<Idle>>>,
+    idle: Mutex<HashMap<HopKey, Vec<Idle>>>,
+    /// TLS clients by mode and CA file.
+    connectors: Mutex<HashMap<(TlsMode, Option<PathBuf>), tokio_rustls::TlsConnector>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,7 +150,7 @@ impl Verifier {
     /// Ask the next hop, on a kept connection if one is idle (once more on a new one when
     /// the kept one turns out closed).
     async fn probe(&self, settings: &Settings, address: &str) -> Answer {
-        let hop = settings.endpoint.clone();
+        let hop = (settings.endpoint.clone(), settings.tls, settings.ca_file.clone());
         let kept = {
             let mut idle = lock(&self.idle);
             let list = idle.entry(hop.clone()).or_default();
@@ -150,7 +163,16 @@ impl Verifier {
             self.keep(hop, probe);
             return answer;
         }
-        let mut probe = match Probe::open(settings).await {
+        let connector = match self.connector(settings) {
+            Ok(c) => c,
+            Err(why) => return Answer::Unavailable(why),
+        };
+        let opened = match Probe::open(settings, connector.as_ref()).await {
+            // Opportunistic TLS that fails: plaintext, as delivery does.
+            Err(_) if connector.is_some() && !settings.tls.required() => Probe::open(settings, None).await,
+            other => other,
+        };
+        let mut probe = match opened {
             Ok(p) => p,
             Err(why) => return Answer::Unavailable(why),
         };
@@ -163,7 +185,24 @@ impl Verifier {
         }
     }
 
-    fn keep(&self, hop: Endpoint, probe: Probe) {
+    /// The TLS client for the settings' mode (None: plaintext).
+    fn connector(&self, settings: &Settings) -> Result<Option<tokio_rustls::TlsConnector>, String> {
+        let key = (settings.tls, settings.ca_file.clone());
+        if settings.tls == TlsMode::None {
+            return Ok(None);
+        }
+        if let Some(c) = lock(&self.connectors).get(&key) {
+            return Ok(Some(c.clone()));
+        }
+        let made = match settings.tls {
+            TlsMode::Verify => crate::tls::verifying_connector(settings.ca_file.as_deref())?,
+            _ => crate::tls::tls_connector()?,
+        };
+        lock(&self.connectors).insert(key, made.clone());
+        Ok(Some(made))
+    }
+
+    fn keep(&self, hop: HopKey, probe: Probe) {
         let mut idle = lock(&self.idle);
         let list = idle.entry(hop).or_default();
         if list.len() < IDLE_PER_HOP {
@@ -183,7 +222,9 @@ struct Probe {
 }
 
 impl Probe {
-    async fn open(settings: &Settings) -> Result<Probe, String> {
+    /// Connect, read the greeting, say EHLO (LHLO), and start TLS with `tls` when the next
+    /// hop offers it (and fail if its mode requires TLS and there is none).
+    async fn open(settings: &Settings, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Probe, String> {
         let wire: Box<dyn Wire> = match &settings.endpoint {
             Endpoint::Tcp { host, port } => {
                 let tcp = TcpStream::connect((host.as_str(), *port))
@@ -203,13 +244,42 @@ impl Probe {
         if code != 220 {
             return Err(format!("greeting {code}"));
         }
-        let hello = if settings.lmtp { "LHLO" } else { "EHLO" };
-        let (code, lines) = probe.command(&format!("{hello} {}", settings.helo)).await?;
-        if code != 250 {
-            return Err(format!("{hello} answered {code}"));
+        let mut lines = probe.hello(settings).await?;
+        let starttls = lines.iter().any(|l| l.eq_ignore_ascii_case("STARTTLS"));
+        let mut secure = false;
+        if let Some(connector) = tls.filter(|_| starttls) {
+            let (code, _) = probe.command("STARTTLS").await?;
+            if code == 220 {
+                let name = match &settings.endpoint {
+                    Endpoint::Tcp { host, .. } => host.clone(),
+                    Endpoint::Unix(_) => "localhost".into(),
+                };
+                let name =
+                    rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("server name: {e}"))?;
+                let secured = connector
+                    .connect(name, probe.stream.into_inner())
+                    .await
+                    .map_err(|e| format!("TLS with the next hop failed: {e}"))?;
+                probe = Probe { stream: BufReader::new(Box::new(secured)), smtputf8: false };
+                lines = probe.hello(settings).await?;
+                secure = true;
+            }
+        }
+        if !secure && settings.tls.required() {
+            return Err(format!("TLS is required ({:?}) but the next hop does not start it", settings.tls));
         }
         probe.smtputf8 = lines.iter().any(|l| l.eq_ignore_ascii_case("SMTPUTF8"));
         Ok(probe)
+    }
+
+    /// EHLO (LHLO for LMTP): the lines of the reply.
+    async fn hello(&mut self, settings: &Settings) -> Result<Vec<String>, String> {
+        let hello = if settings.lmtp { "LHLO" } else { "EHLO" };
+        let (code, lines) = self.command(&format!("{hello} {}", settings.helo)).await?;
+        if code != 250 {
+            return Err(format!("{hello} answered {code}"));
+        }
+        Ok(lines)
     }
 
     /// One probe: MAIL FROM:<>, RCPT TO, RSET. `Err`: the connection is no good.
@@ -315,6 +385,8 @@ mod tests {
             endpoint: Endpoint::Tcp { host: "127.0.0.1".into(), port },
             lmtp: false,
             helo: "relay.test".into(),
+            tls: TlsMode::Opportunistic,
+            ca_file: None,
             timeout: Duration::from_millis(500),
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(60),

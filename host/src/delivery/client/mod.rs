@@ -25,7 +25,6 @@
 
 mod auth;
 mod connection;
-mod tls;
 mod wire;
 
 use std::collections::HashMap;
@@ -35,8 +34,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::RcptResult;
+pub use crate::tls::{tls_connector, verifying_connector};
 use connection::{Connection, OpenError};
-pub use tls::{tls_connector, verifying_connector};
 
 pub use crate::config::Endpoint;
 use crate::config::TlsMode;

@@ -1,4 +1,5 @@
-//! The TLS client for STARTTLS towards next hops.
+//! The TLS clients for STARTTLS towards next hops (delivery, and the probes of
+//! `recipients = "verify"`): one that accepts any certificate, one that verifies.
 
 use std::sync::Arc;
 
