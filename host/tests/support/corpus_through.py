@@ -8,7 +8,9 @@ travels over SMTP), to the recipient bob+N@example.test so that its delivery can
 told apart. Every message must get a final reply to its DATA (a verdict: 2xx, 4xx or 5xx; a
 dropped connection is a failure). Then, once the next hop has received every accepted message,
 each delivered copy must be the message as sent, byte for byte, apart from the header fields
-the relay adds on top (its Received field and the X-Spam-* fields of the verdict).
+the relay adds on top (its Received field and the X-Spam-* fields of the verdict) and those it
+owns and removes from what clients send (their X-Spam-* fields, and Authentication-Results
+fields with its authserv-id, relay.test).
 
 Prints one JSON object: messages, accepted, refused (by code), no_verdict (files), delivered,
 mismatched (files). Exit status 0 when no_verdict and mismatched are empty and every accepted
@@ -70,6 +72,30 @@ while time.time() < deadline and not set(accepted) <= set(copies):
     copies = delivered_copies()
 
 added = re.compile(rb"^(Received|X-Spam-[A-Za-z-]+):")
+owned = re.compile(rb"^(x-spam-[^:]*|authentication-results[ \t]*:[ \t\r\n]*(\([^)]*\))?[ \t\r\n]*relay\.test[ \t;(\r])", re.I)
+
+
+def without_owned(message):
+    """The message as the relay passes it on: the client's owned fields gone. As the relay
+    reads it, the header ends at the first empty line or the first line that is neither a
+    field nor a continuation."""
+    lines = message.split(b"\r\n")
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if line == b"" or b":" not in line or line[:1] in (b" ", b"\t"):
+            break
+        field = [line]
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
+            field.append(lines[j])
+            j += 1
+        if not owned.match(b"\r\n".join(field)):
+            out.extend(field)
+        i = j
+    return b"\r\n".join(out + lines[i:])
+
+
 mismatched = []
 for n in accepted:
     path = copies.get(n)
@@ -91,7 +117,7 @@ for n in accepted:
         while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
             i += 1
     rest = b"\r\n".join(lines[i:])
-    if rest != sent[n][1]:
+    if rest != without_owned(sent[n][1]):
         mismatched.append(sent[n][0])
 
 result = {
