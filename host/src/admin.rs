@@ -111,6 +111,16 @@ fn describe_tenant(relay: &Relay, tenant: &Tenant, kv_usage: serde_json::Value) 
         "tenant": tenant.name,
         "domains": tenant.domains,
         "next_hop": tenant.next_hop.as_ref().map(ToString::to_string),
+        "recipients": match &tenant.recipients {
+            crate::recipients::Rule::Any => serde_json::json!({ "check": "any" }),
+            crate::recipients::Rule::Verify => serde_json::json!({ "check": "verify" }),
+            crate::recipients::Rule::List(list) => serde_json::json!({
+                "check": "file",
+                "file": list.path.display().to_string(),
+                "entries": list.len(),
+                "invalid_lines": list.problems.len(),
+            }),
+        },
         "generation": tenant.generation,
         "previous_generation": relay.generations.previous_generation(&tenant.name),
         "failure_mode": failure_mode,
