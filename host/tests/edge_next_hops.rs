@@ -14,20 +14,27 @@ fn support_file(name: &str) -> PathBuf {
 }
 
 /// Dovecot in the foreground, LMTP only, on `port` and `DIR/run/lmtp`; its users are
-/// `users` (full addresses), their Maildirs under `DIR/mail`.
+/// `users` (full addresses, each perhaps followed by a space and userdb extra fields), their
+/// Maildirs under `DIR/mail`, with the quota plugin on.
 fn dovecot(dir: &Path, port: u16, users: &[&str]) -> Proc {
     for sub in ["run", "state", "mail"] {
         std::fs::create_dir_all(dir.join(sub)).expect("dovecot dirs");
     }
     // Mail is written as `nobody`.
     std::process::Command::new("chmod").arg("777").arg(dir.join("mail")).status().expect("chmod");
-    let passwd: String =
-        users.iter().map(|u| format!("{u}::65534:65534::{}/mail/{u}::\n", dir.display())).collect();
+    let passwd: String = users
+        .iter()
+        .map(|entry| {
+            let (u, extra) = entry.split_once(' ').unwrap_or((entry, ""));
+            format!("{u}::65534:65534::{}/mail/{u}::{extra}\n", dir.display())
+        })
+        .collect();
     std::fs::write(dir.join("users"), passwd).expect("users");
     let d = dir.display();
     let config = format!(
         "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = lmtp\n\
          listen = 127.0.0.1\nssl = no\nfirst_valid_uid = 1\nmail_location = maildir:~/Maildir\n\
+         mail_plugins = quota\nplugin {{\n  quota = maildir:User quota\n}}\nlmtp_rcpt_check_quota = no\n\
          passdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
          userdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
          service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
@@ -62,8 +69,18 @@ fn dovecot_lmtp_gets_each_recipient_and_answers_each() {
     let dir = temp_dir("lmtp");
     let lmtp = free_port();
     let dv = dir.join("dovecot");
-    let _dovecot =
-        dovecot(&dv, lmtp, &["alice@tcp.test", "bob@tcp.test", "alice@unix.test", "alice@checked.test"]);
+    // `full` has a 10-byte quota: LMTP refuses the message for it alone, after the data.
+    let _dovecot = dovecot(
+        &dv,
+        lmtp,
+        &[
+            "alice@tcp.test",
+            "bob@tcp.test",
+            "full@tcp.test userdb_quota_rule=*:storage=10B",
+            "alice@unix.test",
+            "alice@checked.test",
+        ],
+    );
     let socket = dv.join("run/lmtp");
     let r = relay(
         &dir,
@@ -81,7 +98,7 @@ fn dovecot_lmtp_gets_each_recipient_and_answers_each() {
     let out = python(
         r.port,
         "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('client.remote.test')\n\
-         print(s.sendmail('sender@remote.test', ['alice@tcp.test', 'carol@tcp.test', 'bob@tcp.test'], 'Subject: tcp\\r\\n\\r\\nx\\r\\n'))\n\
+         print(s.sendmail('sender@remote.test', ['alice@tcp.test', 'carol@tcp.test', 'full@tcp.test', 'bob@tcp.test'], 'Subject: tcp\\r\\n\\r\\nx\\r\\n'))\n\
          print(s.sendmail('sender@remote.test', ['alice@unix.test'], 'Subject: unix\\r\\n\\r\\nx\\r\\n'))\n\
          s.docmd('MAIL FROM:<sender@remote.test>')\n\
          for r in ['alice@checked.test', 'carol@checked.test']:\n\
@@ -96,13 +113,18 @@ fn dovecot_lmtp_gets_each_recipient_and_answers_each() {
     });
     assert!(inbox(&dv, "alice@tcp.test")[0].contains("Subject: tcp"));
     assert!(inbox(&dv, "alice@unix.test")[0].contains("Subject: unix"));
-    // Carol's refusal is hers alone, final, and bounces to nobody (inbound mail).
-    wait_for("carol's refusal", Duration::from_secs(20), || log(&dir).contains("no bounce to the sender"));
+    // Carol's refusal (at RCPT) and full's (after the data: its quota) are theirs alone,
+    // final, and bounce to nobody (inbound mail).
+    wait_for("the refusals", Duration::from_secs(20), || {
+        log(&dir).matches("no bounce to the sender").count() == 2
+    });
+    assert!(inbox(&dv, "full@tcp.test").is_empty());
     wait_for("the queue to empty", Duration::from_secs(20), || {
         files(&dir.join("spool/queue"), ".mail").is_empty()
     });
     let log = log(&dir);
     assert!(log.contains("carol@tcp.test") && log.contains("5.1.1"), "{log}");
+    assert!(log.contains("full@tcp.test") && log.contains("5.2.2"), "{log}");
 }
 
 /// A relay whose trusted clients (loopback) send everything else to the smarthost on `port`

@@ -97,19 +97,19 @@ pub async fn attempt(
             match result {
                 RcptResult::Delivered(reply) => {
                     context.metrics.delivery(&envelope.tenant, "delivered");
-                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivered");
+                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = %hop, reply = %reply, "delivered");
                     r.status = RecipientStatus::Delivered;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Permanent(reply) => {
                     context.metrics.delivery(&envelope.tenant, "failed");
-                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery failed");
+                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = %hop, reply = %reply, "delivery failed");
                     r.status = RecipientStatus::Failed;
                     r.last_reply = Some(reply);
                 }
                 RcptResult::Transient(reply) => {
                     context.metrics.delivery(&envelope.tenant, "deferred");
-                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = ?hop, reply = %reply, "delivery deferred");
+                    tracing::info!(tenant = %envelope.tenant, id = %envelope.id, to = %r.address, hop = %hop, reply = %reply, "delivery deferred");
                     r.last_reply = Some(reply);
                 }
             }

@@ -32,6 +32,16 @@ impl Target {
     }
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Server(peer) => write!(f, "{peer}"),
+            Target::Maildir(path) => write!(f, "maildir:{}", path.display()),
+            Target::Mx(domain) => write!(f, "mx:{domain}"),
+        }
+    }
+}
+
 /// The target of a configured next hop, with its TLS mode, CA file and credentials.
 fn hop(
     snapshot: &Snapshot,
