@@ -26,6 +26,9 @@ pub enum Answer {
     Unavailable(String),
 }
 
+/// What a remembered "does not exist" says (the next hop's own words are not kept).
+pub const CACHED_REFUSAL: &str = "no such recipient (an earlier answer, cached)";
+
 /// A tenant's probe settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -128,7 +131,7 @@ impl Verifier {
         if Instant::now() >= *until {
             return None;
         }
-        Some(if *exists { Answer::Exists } else { Answer::Unknown("cached".into()) })
+        Some(if *exists { Answer::Exists } else { Answer::Unknown(CACHED_REFUSAL.into()) })
     }
 
     fn remember(&self, tenant: &str, settings: &Settings, key: String, exists: bool) {
@@ -412,7 +415,7 @@ mod tests {
         assert!(
             matches!(verifier.check("t", &s, "gone@x.test").await, Answer::Unknown(t) if t.contains("5.1.1"))
         );
-        assert_eq!(verifier.check("t", &s, "Gone@X.test").await, Answer::Unknown("cached".into()));
+        assert_eq!(verifier.check("t", &s, "Gone@X.test").await, Answer::Unknown(CACHED_REFUSAL.into()));
         // Two answers at most: the oldest goes.
         assert_eq!(verifier.check("t", &s, "carol@x.test").await, Answer::Exists);
         assert_eq!(lock(&verifier.caches)["t"].answers.len(), 2);
