@@ -281,6 +281,11 @@ impl Config {
         warnings
     }
 
+    /// The `[[tenant]]` named `name`.
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+
     /// A path from the configuration, resolved against its base directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }

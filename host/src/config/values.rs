@@ -62,6 +62,16 @@ impl NextHop {
         Ok(if lmtp { NextHop::Lmtp { host, port } } else { NextHop::Smtp { host, port } })
     }
 
+    /// Where its server listens and whether it speaks LMTP; for a Maildir, its path.
+    pub fn server(&self) -> Result<(Endpoint, bool), &PathBuf> {
+        match self {
+            NextHop::Smtp { host, port } => Ok((Endpoint::Tcp { host: host.clone(), port: *port }, false)),
+            NextHop::Lmtp { host, port } => Ok((Endpoint::Tcp { host: host.clone(), port: *port }, true)),
+            NextHop::LmtpUnix(path) => Ok((Endpoint::Unix(path.clone()), true)),
+            NextHop::Maildir(path) => Err(path),
+        }
+    }
+
     /// Whether it is a server that can be asked about recipients (SMTP or LMTP).
     pub fn is_server(&self) -> bool {
         !matches!(self, NextHop::Maildir(_))

@@ -39,9 +39,7 @@ impl Conversation {
                 let accept = self
                     .snapshot
                     .config
-                    .tenants
-                    .iter()
-                    .find(|t| t.name == owner.name)
+                    .tenant(&owner.name)
                     .is_some_and(|t| t.verify_unavailable == WhenUnverified::Accept);
                 tracing::warn!(
                     tenant = %owner.name,

@@ -131,8 +131,10 @@ pub async fn attempt(
     // usually forged, and a bounce to it is backscatter.
     let bounce_inbound = {
         let snapshot = context.current.load();
-        let tenant = snapshot.config.tenants.iter().find(|t| t.name == envelope.tenant);
-        tenant.is_some_and(|t| t.bounce_inbound == crate::config::BounceInbound::Always)
+        snapshot
+            .config
+            .tenant(&envelope.tenant)
+            .is_some_and(|t| t.bounce_inbound == crate::config::BounceInbound::Always)
     };
     for r in envelope.recipients.iter_mut() {
         if r.status == RecipientStatus::Failed && !r.bounced {

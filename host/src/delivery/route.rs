@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::client::{Endpoint, Peer, Transaction};
+use super::client::{Peer, Transaction};
 use super::{Context, Outbound, RcptResult};
 use crate::config::{NextHop, TlsMode};
 use crate::dns::MxAnswer;
@@ -51,11 +51,9 @@ fn hop(
     auth_file: Option<&PathBuf>,
 ) -> Target {
     let config = &snapshot.config;
-    let (endpoint, lmtp) = match next_hop {
-        NextHop::Maildir(path) => return Target::Maildir(config.resolve(path)),
-        NextHop::Smtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, false),
-        NextHop::Lmtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, true),
-        NextHop::LmtpUnix(path) => (Endpoint::Unix(path.clone()), true),
+    let (endpoint, lmtp) = match next_hop.server() {
+        Ok(server) => server,
+        Err(maildir) => return Target::Maildir(config.resolve(maildir)),
     };
     Target::Server(Peer {
         endpoint,
@@ -78,7 +76,7 @@ pub(super) fn route(snapshot: &Snapshot, envelope: &QueuedMessage, address: &str
     if let Some(tenant) = snapshot.tenant_of_domain(&domain)
         && let Some(next) = &tenant.next_hop
     {
-        let t = snapshot.config.tenants.iter().find(|t| t.name == tenant.name);
+        let t = snapshot.config.tenant(&tenant.name);
         let tls = t.map(|t| t.next_hop_tls).unwrap_or_default();
         return hop(snapshot, next, tls, t.and_then(|t| t.next_hop_ca_file.as_ref()), None);
     }

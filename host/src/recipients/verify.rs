@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use std::path::PathBuf;
 
-use crate::config::{Config, Endpoint, NextHop, TenantConfig, TlsMode};
+use crate::config::{Config, Endpoint, TenantConfig, TlsMode};
 
 /// What the next hop said of a recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,12 +55,7 @@ pub struct Settings {
 impl Settings {
     /// The settings of tenant `t` of `config` (None when its next hop is not SMTP or LMTP).
     pub fn of(config: &Config, t: &TenantConfig) -> Option<Self> {
-        let (endpoint, lmtp) = match t.next_hop.as_ref()? {
-            NextHop::Smtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, false),
-            NextHop::Lmtp { host, port } => (Endpoint::Tcp { host: host.clone(), port: *port }, true),
-            NextHop::LmtpUnix(path) => (Endpoint::Unix(path.clone()), true),
-            NextHop::Maildir(_) => return None,
-        };
+        let (endpoint, lmtp) = t.next_hop.as_ref()?.server().ok()?;
         Some(Settings {
             endpoint,
             lmtp,

@@ -137,7 +137,7 @@ impl Snapshot {
             for domain in &tenant.domains {
                 domains.insert(domain, index);
             }
-            if let Some(t) = config.tenants.iter().find(|t| t.name == tenant.name) {
+            if let Some(t) = config.tenant(&tenant.name) {
                 outbound_networks.extend(t.outbound_networks.iter().map(|c| (*c, index)));
                 outbound_users.extend(t.outbound_users.iter().map(|u| (u.clone(), index)));
             }
