@@ -18,6 +18,8 @@
 //!   domain map, the snapshot a session runs on, shared counters.
 //! - [`recipients`]: which recipients of a tenant's domains exist (a list, or its next hop
 //!   asked), checked at RCPT before any policy.
+//! - [`sender`]: sender authentication — SPF, DKIM, DMARC and ARC checked once per inbound
+//!   message, the `Authentication-Results` field, DKIM signing of outbound mail.
 //! - [`policy`]: the policy engine — loading components, running a chain at each stage, the
 //!   host capabilities, judging a transaction.
 //! - [`relay`]: what every session shares (snapshot, spool, counters, DNS, the queue into
@@ -47,6 +49,7 @@ pub mod policy;
 pub mod recipients;
 pub mod relay;
 pub mod reload;
+pub mod sender;
 pub mod smtp;
 pub mod spool;
 pub mod state;

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Clock, EngineOptions, HostServices, Outcome, PolicyEngine, Stage};
 use crate::recipients::verify::{Answer, Settings, Verifier};
 use crate::reload::{Generations, Loader};
+use crate::sender::{Checker, CheckerSettings, Sender, SenderChecks};
 use crate::smtp::reply::{self, Reply};
 use crate::spool::{self, Spool, Store};
 use crate::state::kv::{KvStore, MemoryKv};
@@ -39,6 +40,8 @@ pub struct Relay {
     pub delivery: mpsc::UnboundedSender<Queued>,
     /// The `verify` probes of tenants' recipients, and their answers.
     pub verifier: Verifier,
+    /// The sender checks (SPF, DKIM, DMARC, ARC) and their cache of parsed answers.
+    pub sender_checker: Checker,
     counters: Counters,
 }
 
@@ -82,6 +85,10 @@ impl Relay {
         } else {
             None
         };
+        let sender_checker = Checker::new(
+            &dns,
+            CheckerSettings { cache_entries: config.dns.cache_entries.unwrap_or(10_000), ..CheckerSettings::default() },
+        );
         let metrics = Arc::new(Metrics::default());
         let generations = Arc::new(
             Generations::start(Loader::new(engine, services), config, config_path, metrics.clone()).await?,
@@ -96,6 +103,7 @@ impl Relay {
             dns,
             delivery: queue,
             verifier: Verifier::default(),
+            sender_checker,
             counters: Counters::default(),
         };
         Ok((Arc::new(relay), delivery))
@@ -104,6 +112,20 @@ impl Relay {
     /// The snapshot in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.generations.snapshot()
+    }
+
+    /// Check the sender of a message from the internet, within `snapshot`'s time bound.
+    pub async fn check_sender(&self, snapshot: &Snapshot, request: &crate::conversation::SenderRequest) -> SenderChecks {
+        let sender = Sender {
+            ip: request.ip,
+            helo: &request.helo,
+            mail_from: &request.mail_from,
+            hostname: &snapshot.config.server.hostname,
+        };
+        let timeout = Duration::from_secs(snapshot.config.relay.sender_checks_timeout_secs.max(1));
+        let checks = self.sender_checker.check(&sender, &request.message, timeout).await;
+        tracing::debug!(spf = checks.spf.result.as_str(), dmarc = checks.dmarc.result.as_str(), dkim = checks.dkim.len(), "sender checked");
+        checks
     }
 
     /// Whether `address` exists, by `snapshot`'s tenant `tenant`'s next hop (`recipients =

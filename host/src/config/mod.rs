@@ -25,7 +25,7 @@ pub use error::ConfigError;
 pub use sections::{
     AdminConfig, DeliveryConfig, DnsConfig, RelayConfig, ServerConfig, SpoolConfig, StateConfig, TlsConfig,
 };
-pub use tenant::{EDGE, PolicyConfig, TenantConfig};
+pub use tenant::{DkimConfig, EDGE, PolicyConfig, TenantConfig};
 pub use values::{
     Backend, BounceInbound, Cidr, Endpoint, NextHop, OnFault, PolicyMode, RecipientCheck, TlsMode,
     WhenUnverified,

@@ -146,6 +146,9 @@ pub struct RelayConfig {
     pub auth_failures_per_ip: u32,
     /// How long failures are remembered and a locked-out IP stays locked out, seconds.
     pub auth_lockout_secs: u64,
+    /// Time the sender checks of one message (SPF, DKIM, DMARC, ARC) may take together,
+    /// seconds; what is not done by then is `temperror`.
+    pub sender_checks_timeout_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -156,6 +159,7 @@ impl Default for RelayConfig {
             allow_plaintext_auth_on_loopback: false,
             auth_failures_per_ip: 5,
             auth_lockout_secs: 600,
+            sender_checks_timeout_secs: 10,
         }
     }
 }
@@ -166,6 +170,9 @@ impl Default for RelayConfig {
 pub struct DnsConfig {
     /// Name servers to ask (`ip:port`); empty: the system's (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
+    /// Parsed answers the sender checks keep per record kind, each until its TTL ends
+    /// (default 10 000).
+    pub cache_entries: Option<usize>,
 }
 
 /// `[admin]`.

@@ -98,9 +98,39 @@ pub struct TenantConfig {
     #[serde(default)]
     pub verify_unavailable: WhenUnverified,
     /// Whether mail from the internet that the inside later refuses for good is bounced to
-    /// its (often forged) sender: `never` (default: logged and counted only) or `always`.
+    /// its (often forged) sender: `authenticated` (default: only when SPF or DKIM passed for a
+    /// domain aligned with From), `never` (logged and counted only) or `always`.
     #[serde(default)]
     pub bounce_inbound: BounceInbound,
+    /// Add `Authentication-Results` (SPF, DKIM, DMARC, ARC) to accepted mail from the
+    /// internet (default true).
+    #[serde(default = "yes")]
+    pub authentication_results: bool,
+    /// DKIM signing of the mail this tenant sends out.
+    #[serde(default)]
+    pub dkim: Option<DkimConfig>,
+}
+
+/// `[tenant.dkim]`: the key outbound mail is signed with.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// Signing domain (`d=`).
+    pub domain: String,
+    /// Selector (`s=`): the key is published at `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// PEM private key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
+    pub key: PathBuf,
+    /// Header fields to sign (default: From, Reply-To, Sender, Subject, Date, To, Cc,
+    /// Message-ID, In-Reply-To, References, MIME-Version, Content-Type,
+    /// Content-Transfer-Encoding, List-Id, List-Unsubscribe, List-Unsubscribe-Post). From is
+    /// always signed, and signed once more than it occurs.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_verify_positive() -> u64 {
@@ -156,6 +186,8 @@ impl TenantConfig {
             verify_timeout_secs: default_verify_timeout(),
             verify_unavailable: WhenUnverified::default(),
             bounce_inbound: BounceInbound::default(),
+            authentication_results: true,
+            dkim: None,
         }
     }
 

@@ -344,8 +344,11 @@ impl TryFrom<String> for RecipientCheck {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(try_from = "String")]
 pub enum BounceInbound {
-    /// Never: the sender of mail from the internet is usually forged (backscatter).
+    /// Only when SPF or DKIM passed for a domain aligned with the message's From: the
+    /// sender is who it says.
     #[default]
+    Authenticated,
+    /// Never: the sender of mail from the internet is usually forged (backscatter).
     Never,
     /// Always, as for outbound mail.
     Always,
@@ -356,9 +359,10 @@ impl TryFrom<String> for BounceInbound {
 
     fn try_from(text: String) -> Result<Self, String> {
         match text.as_str() {
+            "authenticated" => Ok(Self::Authenticated),
             "never" => Ok(Self::Never),
             "always" => Ok(Self::Always),
-            _ => Err(format!("`never` or `always`, not {text:?}")),
+            _ => Err(format!("`authenticated`, `never` or `always`, not {text:?}")),
         }
     }
 }

@@ -100,6 +100,9 @@ pub enum Action {
         /// The recipient.
         address: String,
     },
+    /// Check the sender of a message from the internet (SPF, DKIM, DMARC, ARC); answer with
+    /// [`Conversation::sender_checked`].
+    CheckSender(Box<super::SenderRequest>),
     /// Wait this long before the next action (after a failed AUTH).
     Pause(Duration),
     /// Send what is held, drop whatever the client sent after STARTTLS, and start TLS; answer
@@ -197,4 +200,6 @@ pub struct TransactionRecord {
     /// The edge or the tenant that claims the session refused the connection or the greeting:
     /// no transaction began.
     pub session_refused: bool,
+    /// What the checks of the message's sender found, when they ran.
+    pub sender_checks: Option<Arc<crate::sender::SenderChecks>>,
 }

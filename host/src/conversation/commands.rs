@@ -2,15 +2,13 @@
 //! stages it asked for passed (or one of them refused).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::finish::Body;
 use super::parties::Then;
 use super::recipients::PendingRcpt;
 use super::{Action, Conversation, Input, RecipientFate, Waiting};
 use crate::mail::OwnedHeaders;
-use crate::policy::{ParsedMessage, Stage};
+use crate::policy::Stage;
 use crate::recipients::Rule;
 use crate::smtp::EnvelopeAddress;
 use crate::smtp::command;
@@ -281,14 +279,7 @@ impl Conversation {
         if !owned.forged.is_empty() {
             tracing::debug!(id = %self.id, fields = owned.forged.len(), "client-supplied X-Spam-*/Authentication-Results fields removed");
         }
-        let body = owned.strip(body);
-        let party = self.transaction.party.unwrap_or(Party::Edge);
-        let message = if self.every_stage || self.snapshot.party(party).chain.hooks(Stage::Data) {
-            Body::Parsed(Arc::new(ParsedMessage::parse(body)))
-        } else {
-            Body::Raw(body)
-        };
-        self.run(VecDeque::from([(party, Stage::Data)]), Then::Judge { message, data: None });
+        self.message_ready(owned.strip(body));
     }
 
     /// Every stage of a plan passed.

@@ -185,6 +185,7 @@ impl Conversation {
             reply,
             stages,
             session_refused: false,
+            sender_checks: self.transaction.sender.clone(),
         }
     }
 
@@ -219,13 +220,15 @@ impl Conversation {
             route: judgement.route.clone(),
             quarantine_reason: judgement.quarantine_reason.clone(),
             inbound: !self.core.relay_allowed(),
+            sender_authenticated: self.transaction.sender.as_ref().is_some_and(|c| c.sender_authenticated()),
         };
-        StoreRequest { store, envelope, message: Arc::new(self.final_message(judgement, body, now)) }
+        let message = self.signed(party, self.final_message(party, judgement, body, now));
+        StoreRequest { store, envelope, message: Arc::new(message) }
     }
 
     /// The message as it will be delivered: our Received field and the policies' header
     /// changes on top of what the client sent.
-    fn final_message(&self, judgement: &Judgement, body: &[u8], now: u64) -> Vec<u8> {
+    fn final_message(&self, party: Party, judgement: &Judgement, body: &[u8], now: u64) -> Vec<u8> {
         let helo = self.core.helo().unwrap_or("unknown");
         let rdns = self.client.reverse_dns.as_deref().unwrap_or("unknown");
         let with = if self.core.extended() { "ESMTP" } else { "SMTP" };
@@ -248,6 +251,9 @@ impl Conversation {
             rfc5322_date(now)
         )
         .into_bytes();
+        if let Some(field) = self.authentication_results(party) {
+            out.extend_from_slice(field.as_bytes());
+        }
         for (name, value) in &judgement.added_headers {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }

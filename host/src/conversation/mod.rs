@@ -33,6 +33,7 @@ mod finish;
 mod parties;
 mod recipients;
 pub mod script;
+mod sender;
 pub mod stages;
 
 use std::collections::VecDeque;
@@ -52,6 +53,7 @@ pub use actions::{
     Action, Client, Gates, Open, RecipientFate, StageData, StageRequest, StoreFailure, StoreRequest,
     TransactionRecord,
 };
+pub use sender::SenderRequest;
 pub use stages::Stages;
 
 /// RFC 4954 §4: an AUTH response line may be up to 12288 octets.
@@ -68,6 +70,7 @@ enum Waiting {
     Password,
     Tls,
     Recipient,
+    Sender,
 }
 
 /// Where the client's next bytes go.
@@ -99,6 +102,10 @@ struct TransactionState {
     chunks: Vec<u8>,
     /// A BDAT chunk went over the size limit.
     chunks_too_big: bool,
+    /// The message waiting for its sender's checks.
+    unchecked: Option<Arc<[u8]>>,
+    /// What the checks of the message's sender found.
+    sender: Option<Arc<crate::sender::SenderChecks>>,
 }
 
 /// One SMTP session's conversation (see the module documentation).
@@ -138,6 +145,8 @@ pub struct Conversation {
     opened: bool,
     /// The recipient whose existence the next hop is being asked about.
     verifying: Option<recipients::PendingRcpt>,
+    /// Check the senders of clients that may relay too.
+    check_every_sender: bool,
 }
 
 /// Whether a session's first bytes are a PROXY protocol header (v1, or v2's signature).
@@ -199,6 +208,7 @@ impl Conversation {
             started: false,
             opened: false,
             verifying: None,
+            check_every_sender: false,
         }
     }
 

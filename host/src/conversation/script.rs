@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use super::{Action, Client, Conversation, Open, RecipientFate, Stages, TransactionRecord};
 use crate::config::Config;
+use std::time::Duration;
+
 use crate::policy::{Chain, Judgement, Outcome, Stage, StageResult};
+use crate::sender::{Checker, Sender, SenderChecks};
 use crate::smtp::data::dot_stuffed;
 use crate::smtp::reply::Reply;
 use crate::tenants::{Snapshot, Tenant, TenantLimits};
@@ -41,6 +44,11 @@ pub struct Simulation {
     pub judgement: Judgement,
     /// What the client was told at the end.
     pub reply: Reply,
+    /// What the checks of the sender found, when they ran.
+    pub sender_checks: Option<Arc<SenderChecks>>,
+    /// The `Authentication-Results` value the relay adds (or would have added, for a
+    /// refusal) when the tenant adds the field.
+    pub authentication_results: Option<String>,
 }
 
 impl From<TransactionRecord> for Simulation {
@@ -51,6 +59,8 @@ impl From<TransactionRecord> for Simulation {
             recipients: record.fates,
             judgement: record.judgement,
             reply: record.reply,
+            sender_checks: record.sender_checks,
+            authentication_results: None,
         }
     }
 }
@@ -81,6 +91,8 @@ pub fn single_tenant(chain: Arc<Chain>) -> Arc<Snapshot> {
                 kv_quota: Default::default(),
             },
             recipients: Default::default(),
+            authentication_results: true,
+            dkim: None,
             fingerprint: String::new(),
         })
     };
@@ -91,11 +103,24 @@ pub fn single_tenant(chain: Arc<Chain>) -> Arc<Snapshot> {
 /// Send `message` (as it travels over SMTP: CRLF line ends, not yet dot-stuffed) from
 /// `envelope` through a session on `snapshot`; returns each transaction.
 pub async fn run(snapshot: Arc<Snapshot>, envelope: &Envelope, message: &[u8]) -> Vec<Simulation> {
+    run_checked(snapshot, envelope, message, None).await
+}
+
+/// [`run`], the sender of every message checked by `checker` (every check `none` without
+/// one), whatever the client's networks.
+pub async fn run_checked(
+    snapshot: Arc<Snapshot>,
+    envelope: &Envelope,
+    message: &[u8],
+    checker: Option<&Checker>,
+) -> Vec<Simulation> {
     let client = Client::new(SocketAddr::new(envelope.client_ip, 49152), "127.0.0.1:25");
-    let conversation = Conversation::new(snapshot.clone(), Arc::new(Open), client).record_stages();
+    let conversation =
+        Conversation::new(snapshot.clone(), Arc::new(Open), client).record_stages().check_every_sender();
     let mut session = Session {
+        checker,
         conversation,
-        stages: Stages::new(snapshot),
+        stages: Stages::new(snapshot.clone()),
         records: Vec::new(),
         sent: Vec::new(),
         closed: false,
@@ -152,11 +177,19 @@ pub async fn run(snapshot: Arc<Snapshot>, envelope: &Envelope, message: &[u8]) -
         let _ = session.say(b"QUIT\r\n").await;
     }
     results.extend(session.records.drain(..).map(Simulation::from));
+    let authserv_id = snapshot.config.server.authserv_id();
+    for simulation in &mut results {
+        let adds = snapshot.parties().any(|t| t.name == simulation.tenant && t.authentication_results);
+        if let Some(checks) = simulation.sender_checks.as_ref().filter(|_| adds) {
+            simulation.authentication_results = Some(checks.header_value(&authserv_id));
+        }
+    }
     results
 }
 
 /// The conversation, its stages and what it said, driven like a client.
-struct Session {
+struct Session<'c> {
+    checker: Option<&'c Checker>,
     conversation: Conversation,
     stages: Stages,
     records: Vec<TransactionRecord>,
@@ -165,7 +198,7 @@ struct Session {
     closed: bool,
 }
 
-impl Session {
+impl Session<'_> {
     /// Carry out the conversation's actions until it waits for the client (what it sends
     /// gathers in `sent`).
     async fn pump(&mut self) {
@@ -183,6 +216,23 @@ impl Session {
                     self.conversation.recipient_verified(crate::recipients::verify::Answer::Exists)
                 }
                 Action::CheckPassword { .. } => self.conversation.password_checked(true),
+                Action::CheckSender(request) => {
+                    let checks = match self.checker {
+                        Some(checker) => {
+                            let config = &self.conversation.snapshot().config;
+                            let sender = Sender {
+                                ip: request.ip,
+                                helo: &request.helo,
+                                mail_from: &request.mail_from,
+                                hostname: &config.server.hostname,
+                            };
+                            let timeout = Duration::from_secs(config.relay.sender_checks_timeout_secs.max(1));
+                            checker.check(&sender, &request.message, timeout).await
+                        }
+                        None => crate::sender::SenderChecks::default(),
+                    };
+                    self.conversation.sender_checked(checks);
+                }
                 Action::Pause(_) => {}
                 // The script never asks for TLS.
                 Action::StartTls => self.conversation.client_closed(),
@@ -240,6 +290,8 @@ fn refused_by_protocol(reply: Option<Reply>, stage: Stage) -> Simulation {
         recipients: Vec::new(),
         judgement: Judgement::refused(outcome, reply.clone(), stage),
         reply,
+        sender_checks: None,
+        authentication_results: None,
     }
 }
 

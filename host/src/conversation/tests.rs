@@ -92,6 +92,7 @@ fn drive(conversation: &mut Conversation, input: &[u8], piece: usize) -> Seen {
                 conversation.password_checked(ok);
             }
             Action::Pause(_) => seen.paused = true,
+            Action::CheckSender(_) => conversation.sender_checked(crate::sender::SenderChecks::default()),
             // The next hop knows the recipients whose local part is not `unknown`, and is
             // down for `down`.
             Action::VerifyRecipient { address, .. } => {

@@ -131,10 +131,12 @@ pub async fn attempt(
     // usually forged, and a bounce to it is backscatter.
     let bounce_inbound = {
         let snapshot = context.current.load();
-        snapshot
-            .config
-            .tenant(&envelope.tenant)
-            .is_some_and(|t| t.bounce_inbound == crate::config::BounceInbound::Always)
+        let rule = snapshot.config.tenant(&envelope.tenant).map(|t| t.bounce_inbound).unwrap_or_default();
+        match rule {
+            crate::config::BounceInbound::Always => true,
+            crate::config::BounceInbound::Authenticated => envelope.sender_authenticated,
+            crate::config::BounceInbound::Never => false,
+        }
     };
     for r in envelope.recipients.iter_mut() {
         if r.status == RecipientStatus::Failed && !r.bounced {
@@ -145,7 +147,7 @@ pub async fn attempt(
                     id = %envelope.id,
                     recipient = %r.address,
                     reply = %r.last_reply.as_deref().unwrap_or_default(),
-                    "inbound recipient failed for good; no bounce to the sender (bounce_inbound = never)"
+                    "inbound recipient failed for good; no bounce to its unauthenticated sender (bounce_inbound)"
                 );
                 context.metrics.event(&envelope.tenant, "bounce_suppressed");
                 continue;

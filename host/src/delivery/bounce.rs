@@ -95,6 +95,7 @@ Content-Type: text/rfc822-headers\r\n\
         route: None,
         quarantine_reason: None,
         inbound: false,
+        sender_authenticated: false,
     };
     let spool = context.spool.clone();
     tokio::task::spawn_blocking(move || spool.store(Store::Queue, &envelope, text.as_bytes()))

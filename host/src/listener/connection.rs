@@ -169,6 +169,11 @@ where
                 let answer = relay.verify_recipient(&snapshot, tenant, &address).await;
                 conversation.recipient_verified(answer);
             }
+            Action::CheckSender(request) => {
+                let snapshot = conversation.snapshot().clone();
+                let checks = relay.check_sender(&snapshot, &request).await;
+                conversation.sender_checked(checks);
+            }
             Action::Pause(pause) => tokio::time::sleep(pause).await,
             Action::StartTls => {
                 output.flush().await?;

@@ -72,6 +72,12 @@ impl Chain {
     pub fn hooks(&self, stage: Stage) -> bool {
         self.policies.iter().any(|p| p.stages.contains(stage))
     }
+
+    /// Whether any of its policies reads the checks of the sender (imports the `message`
+    /// resource's `sender-checks` of interface version 0.2.0 or later).
+    pub fn reads_sender_checks(&self) -> bool {
+        self.policies.iter().any(|p| p.reads_sender_checks)
+    }
 }
 
 /// What a stage is judged on besides the session.

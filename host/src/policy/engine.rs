@@ -178,7 +178,24 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
         .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
     PolicyWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
         .map_err(|e| anyhow::anyhow!("cannot link host imports: {e}"))?;
+    super::bindings::v0_1::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(|e| anyhow::anyhow!("cannot link the host imports of interface 0.1.0: {e}"))?;
     Ok(linker)
+}
+
+/// Whether `component` imports `message.sender-checks` (interface 0.2.0 and later): only
+/// then is its tenant's mail checked for its sake.
+fn imports_sender_checks(component: &wasmtime::component::Component, engine: &Engine) -> bool {
+    use wasmtime::component::types::ComponentItem;
+    component.component_type().imports(engine).any(|(name, item)| {
+        name.starts_with("sluice:policy/types@")
+            && match item.ty {
+                ComponentItem::ComponentInstance(instance) => {
+                    instance.exports(engine).any(|(export, _)| export == "[method]message.sender-checks")
+                }
+                _ => false,
+            }
+    })
 }
 
 /// What both engines share: components, epoch deadlines, stack limits.
@@ -330,6 +347,7 @@ impl PolicyEngine {
             .map_err(|e| LoadError::Link { file: file.clone(), cause: format!("{e:#}") })?;
         let exports = HookExports::locate(&component)
             .map_err(|cause| LoadError::Exports { file: file.clone(), cause })?;
+        let reads_sender_checks = imports_sender_checks(&component, engine);
 
         let provisional_name = spec.name.clone().unwrap_or_else(|| {
             file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "policy".into())
@@ -385,6 +403,7 @@ impl PolicyEngine {
             pre: instance_pre,
             exports,
             io,
+            reads_sender_checks,
             breaker: Arc::default(),
             warm: std::sync::Mutex::new(Vec::new()),
             engine: engine.clone(),

@@ -14,8 +14,9 @@ use wasmtime::component::{Component, ComponentExportIndex, Func, Instance, Resou
 use super::bindings::types as wit;
 use super::message::MessageHandle;
 
-/// The interface every policy exports.
-pub const HOOKS_INTERFACE: &str = "sluice:policy/hooks@0.1.0";
+/// The interface every policy exports, in each version the relay links, newest first. The
+/// hooks have the same signatures in both: only the imports differ.
+pub const HOOKS_INTERFACES: [&str; 2] = ["sluice:policy/hooks@0.2.0", "sluice:policy/hooks@0.1.0"];
 
 type DescribeFn = TypedFunc<(), (wit::PolicyInfo,)>;
 type InitFn<'a> = TypedFunc<(&'a [(String, String)],), (Result<(), String>,)>;
@@ -38,9 +39,10 @@ pub(crate) struct HookExports {
 impl HookExports {
     /// Find every export, naming the first one missing.
     pub fn locate(component: &Component) -> Result<Self, String> {
-        let interface = component
-            .get_export_index(None, HOOKS_INTERFACE)
-            .ok_or_else(|| "the interface is not exported".to_string())?;
+        let interface = HOOKS_INTERFACES
+            .iter()
+            .find_map(|name| component.get_export_index(None, name))
+            .ok_or_else(|| format!("exports neither {}", HOOKS_INTERFACES.join(" nor ")))?;
         let func = |name: &str| {
             component.get_export_index(Some(&interface), name).ok_or_else(|| format!("no function `{name}`"))
         };

@@ -36,6 +36,8 @@ pub struct LoadedPolicy {
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) exports: VerifiedExports,
     pub(crate) io: Arc<PolicyIo>,
+    /// It imports `message.sender-checks`: its tenant's inbound mail is checked for it.
+    pub reads_sender_checks: bool,
     /// Suspends it after faults in a row (one per loaded policy: a new load starts closed).
     pub breaker: Arc<super::breaker::Breaker>,
     /// Warm instances waiting for the next session (with `sessions_per_instance` above 1).

@@ -46,6 +46,7 @@ pub struct ParsedMessage {
     text_body: Option<String>,
     html_body: Option<String>,
     attachments: Vec<Attachment>,
+    sender: Option<Arc<crate::sender::SenderChecks>>,
 }
 
 /// The handle type behind the WIT `message` resource: a reference to the shared parse.
@@ -126,6 +127,17 @@ fn unfold(raw: &str) -> String {
 }
 
 impl ParsedMessage {
+    /// The same message carrying what the checks of its sender found.
+    pub fn with_sender(mut self, sender: Option<Arc<crate::sender::SenderChecks>>) -> Self {
+        self.sender = sender;
+        self
+    }
+
+    /// What the checks of its sender found (none for mail sent out, or when no one asked).
+    pub fn sender(&self) -> Option<&crate::sender::SenderChecks> {
+        self.sender.as_deref()
+    }
+
     /// Parse `raw` leniently. Never fails and never panics: bytes that are not a message at
     /// all give a message with no headers and the whole input as its raw form. mail-parser
     /// can panic on some malformed MIME structures; such a message is parsed again for its
@@ -158,6 +170,7 @@ impl ParsedMessage {
             text_body: None,
             html_body: None,
             attachments: Vec::new(),
+            sender: None,
         }
     }
 
@@ -264,6 +277,7 @@ impl ParsedMessage {
             text_body,
             html_body,
             attachments,
+            sender: None,
         }
     }
 

@@ -99,6 +99,10 @@ impl Loader {
         let mut chain = Chain::new(t.name.clone(), policies, t.chain_settings());
         chain.shadow = t.policies.iter().map(|p| p.is_shadow()).collect();
         let domains = t.domains.iter().map(|d| crate::tenants::domains::normalise(d)).collect();
+        let dkim = match &t.dkim {
+            Some(d) => Some(crate::tenants::load_dkim(config, d).map_err(|e| format!("tenant {}: {e}", t.name))?),
+            None => None,
+        };
         Ok(Arc::new(Tenant {
             name: t.name.clone(),
             chain: Arc::new(chain),
@@ -112,6 +116,8 @@ impl Loader {
                 kv_quota: t.kv_quota(),
             },
             recipients,
+            authentication_results: t.authentication_results,
+            dkim,
             fingerprint,
         }))
     }

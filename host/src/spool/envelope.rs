@@ -82,6 +82,10 @@ pub struct QueuedMessage {
     /// recipient the inside refuses is bounced only if the tenant's `bounce_inbound` says so.
     #[serde(default)]
     pub inbound: bool,
+    /// Its sender was authenticated: SPF or DKIM passed for a domain aligned with From
+    /// (`bounce_inbound = "authenticated"` bounces only such mail).
+    #[serde(default)]
+    pub sender_authenticated: bool,
 }
 
 impl QueuedMessage {

@@ -17,6 +17,7 @@ fn envelope(id: &str) -> QueuedMessage {
         route: None,
         quarantine_reason: None,
         inbound: false,
+        sender_authenticated: false,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Tenant {
     pub limits: TenantLimits,
     /// Which recipients of its domains exist.
     pub recipients: crate::recipients::Rule,
+    /// Its accepted inbound mail gets `Authentication-Results`.
+    pub authentication_results: bool,
+    /// The key its outbound mail is signed with.
+    pub dkim: Option<Arc<crate::sender::DkimKey>>,
     /// Its configuration and policy files' hashes: equal fingerprints, same tenant.
     pub(crate) fingerprint: String,
 }
@@ -84,9 +88,18 @@ impl Tenant {
             loaded_at: self.loaded_at,
             limits: self.limits,
             recipients: self.recipients.clone(),
+            authentication_results: self.authentication_results,
+            dkim: self.dkim.clone(),
             fingerprint: self.fingerprint.clone(),
         }))
     }
+}
+
+/// The signing key of a `[tenant.dkim]` table, its path resolved against the configuration.
+pub fn load_dkim(config: &Config, dkim: &crate::config::DkimConfig) -> Result<Arc<crate::sender::DkimKey>, String> {
+    crate::sender::DkimKey::load(&config.resolve(&dkim.key), &dkim.domain, &dkim.selector, &dkim.headers)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Whose chain judges: the edge, or a tenant (by index into [`Snapshot::tenants`]).
@@ -188,6 +201,8 @@ impl Snapshot {
                         )))
                     }
                 },
+                authentication_results: t.authentication_results,
+                dkim: t.dkim.as_ref().and_then(|d| load_dkim(&config, d).ok()),
                 fingerprint: String::new(),
             })
         };

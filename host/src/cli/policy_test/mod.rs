@@ -28,6 +28,7 @@ use crate::policy::{
     PolicyEngine, PolicyLimits, PolicySpec, Thresholds,
 };
 use crate::reload::Loader;
+use crate::sender::{Checker, CheckerSettings};
 use crate::state::kv::MemoryKv;
 use crate::tenants::Snapshot;
 use cases::{Case, Expectation};
@@ -140,6 +141,7 @@ fn sendable(address: &str) -> bool {
 /// Run one message through a session on `snapshot`.
 async fn run_case(
     snapshot: &Arc<Snapshot>,
+    checker: &Checker,
     args: &PolicyTestArgs,
     case: &Case,
 ) -> Result<Vec<Simulation>, UsageError> {
@@ -174,7 +176,7 @@ async fn run_case(
         to,
         authenticated_user: args.auth_user.clone(),
     };
-    Ok(script::run(snapshot.clone(), &envelope, &wire).await)
+    Ok(script::run_checked(snapshot.clone(), &envelope, &wire, Some(checker)).await)
 }
 
 async fn build_chain(args: &PolicyTestArgs, services: HostServices) -> Result<Arc<Chain>, UsageError> {
@@ -251,12 +253,17 @@ async fn snapshot_of(path: &Path, services: HostServices) -> Result<Arc<Snapshot
     Ok(Arc::new(loader.snapshot(config).await.map_err(UsageError)?))
 }
 
+/// The DNS fixture (empty without `--dns`: every name NXDOMAIN).
+fn fixture(args: &PolicyTestArgs) -> Result<Arc<FixtureResolver>, UsageError> {
+    Ok(Arc::new(match &args.dns {
+        Some(path) => FixtureResolver::from_file(path).map_err(|e| UsageError(e.to_string()))?,
+        None => FixtureResolver::default(),
+    }))
+}
+
 /// The services the policies get: an in-memory store, the DNS fixture, the (pinned) clock.
-fn services(args: &PolicyTestArgs) -> Result<HostServices, UsageError> {
-    let resolver: Arc<dyn Resolver> = match &args.dns {
-        Some(path) => Arc::new(FixtureResolver::from_file(path).map_err(|e| UsageError(e.to_string()))?),
-        None => Arc::new(FixtureResolver::default()),
-    };
+fn services(args: &PolicyTestArgs, fixture: Arc<FixtureResolver>) -> Result<HostServices, UsageError> {
+    let resolver: Arc<dyn Resolver> = fixture;
     Ok(HostServices {
         kv: Arc::new(MemoryKv::new(1_000_000)),
         resolver,
@@ -280,7 +287,10 @@ pub async fn run(args: PolicyTestArgs) -> Result<i32, UsageError> {
             case.expect.get_or_insert_with(Expectation::default).outcome = Some(outcome);
         }
     }
-    let services = services(&args)?;
+    let fixture = fixture(&args)?;
+    // The sender checks ask the fixture too, through a name server on loopback.
+    let checker = Checker::from_fixture(fixture.clone(), CheckerSettings::default()).await.map_err(UsageError)?;
+    let services = services(&args, fixture)?;
     let snapshot = match &args.config {
         Some(path) => snapshot_of(path, services).await?,
         None => script::single_tenant(build_chain(&args, services).await?),
@@ -289,7 +299,7 @@ pub async fn run(args: PolicyTestArgs) -> Result<i32, UsageError> {
 
     let (mut passed, mut failed) = (0usize, 0usize);
     for case in &cases {
-        let simulations = run_case(&snapshot, &args, case).await?;
+        let simulations = run_case(&snapshot, &checker, &args, case).await?;
         let mut problems = Vec::new();
         for simulation in &simulations {
             if args.json {

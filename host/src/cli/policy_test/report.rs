@@ -15,6 +15,13 @@ fn verdict_text(verdict: &Verdict) -> String {
     }
 }
 
+/// The fields added on top of the message: the relay's `Authentication-Results`, then the
+/// policies'.
+fn added_headers(simulation: &Simulation) -> Vec<(&str, &str)> {
+    let relay = simulation.authentication_results.as_deref().map(|v| ("Authentication-Results", v));
+    relay.into_iter().chain(simulation.judgement.added_headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).collect()
+}
+
 /// One transaction as a JSON object (one line of `--json`).
 pub(super) fn json(file: &Path, simulation: &Simulation) -> serde_json::Value {
     let j = &simulation.judgement;
@@ -56,7 +63,8 @@ pub(super) fn json(file: &Path, simulation: &Simulation) -> serde_json::Value {
         "score": (j.score * 100.0).round() / 100.0,
         "symbols": j.symbols.iter().map(|s| s.symbol.name.clone()).collect::<Vec<_>>(),
         "symbol_details": j.symbols,
-        "added_headers": j.added_headers.iter().map(|(n, v)| [n, v]).collect::<Vec<_>>(),
+        "added_headers": added_headers(simulation).into_iter().map(|(n, v)| [n, v]).collect::<Vec<_>>(),
+        "sender_checks": simulation.sender_checks.as_deref(),
         "removed_headers": j.removed_headers,
         "added_recipients": j.added_recipients,
         "removed_recipients": j.removed_recipients,
@@ -111,8 +119,8 @@ pub(super) fn text(file: &Path, simulation: &Simulation, show_tenant: bool) -> S
         j.decided_by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default(),
         j.score
     );
-    for (name, value) in &j.added_headers {
-        let _ = writeln!(out, "  + {name}: {value}");
+    for (name, value) in added_headers(simulation) {
+        let _ = writeln!(out, "  + {name}: {}", value.replace("\r\n", "\n   "));
     }
     for name in &j.removed_headers {
         let _ = writeln!(out, "  - {name}");

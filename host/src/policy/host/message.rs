@@ -6,6 +6,7 @@ use wasmtime::component::Resource;
 use crate::policy::bindings::types as wit;
 use crate::policy::instance::HostState;
 use crate::policy::message::{MAX_RAW_READ, Mailbox, MessageHandle, truncate_utf8};
+use crate::sender::{DmarcPolicy, SenderChecks, SpfCheck, Verdict};
 
 fn mailboxes(list: &[Mailbox]) -> Vec<wit::Mailbox> {
     list.iter().map(|m| wit::Mailbox { name: m.name.clone(), address: m.address.clone() }).collect()
@@ -108,6 +109,10 @@ impl wit::HostMessage for HostState {
         Ok(raw[start..end].to_vec())
     }
 
+    async fn sender_checks(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<Option<wit::SenderChecks>> {
+        Ok(self.table.get(&this)?.0.sender().map(sender_checks))
+    }
+
     async fn drop(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<()> {
         // The host owns every message handle and deletes it after the call; a guest drop of
         // an owned handle (which it never receives) is harmless.
@@ -115,5 +120,56 @@ impl wit::HostMessage for HostState {
             self.table.delete(this)?;
         }
         Ok(())
+    }
+}
+
+fn result(verdict: Verdict) -> wit::CheckResult {
+    match verdict {
+        Verdict::None => wit::CheckResult::None,
+        Verdict::Pass => wit::CheckResult::Pass,
+        Verdict::Fail => wit::CheckResult::Fail,
+        Verdict::Softfail => wit::CheckResult::Softfail,
+        Verdict::Neutral => wit::CheckResult::Neutral,
+        Verdict::Temperror => wit::CheckResult::Temperror,
+        Verdict::Permerror => wit::CheckResult::Permerror,
+    }
+}
+
+fn spf(check: &SpfCheck) -> wit::SpfCheck {
+    wit::SpfCheck { result: result(check.result), domain: check.domain.clone() }
+}
+
+/// The checks as the WIT `sender-checks` record.
+fn sender_checks(checks: &SenderChecks) -> wit::SenderChecks {
+    let dmarc = &checks.dmarc;
+    wit::SenderChecks {
+        spf: spf(&checks.spf),
+        helo: spf(&checks.helo),
+        dkim: checks
+            .dkim
+            .iter()
+            .map(|d| wit::DkimCheck {
+                result: result(d.result),
+                domain: d.domain.clone(),
+                selector: d.selector.clone(),
+                algorithm: d.algorithm.clone(),
+                reason: d.reason.clone(),
+            })
+            .collect(),
+        dmarc: wit::DmarcCheck {
+            result: result(dmarc.result),
+            domain: dmarc.domain.clone(),
+            policy: dmarc.policy.map(|p| match p {
+                DmarcPolicy::None => wit::DmarcPolicy::None,
+                DmarcPolicy::Quarantine => wit::DmarcPolicy::Quarantine,
+                DmarcPolicy::Reject => wit::DmarcPolicy::Reject,
+            }),
+            pct: dmarc.pct,
+            spf_aligned: dmarc.spf_aligned,
+            dkim_aligned: dmarc.dkim_aligned,
+            spf_strict: dmarc.spf_strict,
+            dkim_strict: dmarc.dkim_strict,
+        },
+        arc: wit::ArcCheck { result: result(checks.arc.result), sealers: checks.arc.sealers.clone() },
     }
 }

@@ -8,6 +8,7 @@ mod dns;
 mod kv;
 mod log;
 mod message;
+mod v0_1;
 
 pub use clock::Clock;
 pub use log::LOG_BYTES_PER_CALL;

@@ -16,8 +16,12 @@
 //!
 //! Names are case-insensitive and a trailing dot is ignored. A name with no line is NXDOMAIN.
 
+mod fixture_server;
+
 use std::collections::HashMap;
 use std::path::Path;
+
+pub use fixture_server::FixtureServer;
 
 /// Record types a policy may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,9 +151,9 @@ impl FixtureResolver {
     }
 }
 
-#[async_trait::async_trait]
-impl Resolver for FixtureResolver {
-    async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
+impl FixtureResolver {
+    /// The fixture's answer to `name`/`kind`.
+    pub fn answer(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
         let name = normalise(name);
         match self.records.get(&(name.clone(), None)) {
             Some(FixtureAnswer::Timeout) => return Err(DnsError::Timeout),
@@ -160,6 +164,22 @@ impl Resolver for FixtureResolver {
             Some(FixtureAnswer::Records(list)) => Ok(list.clone()),
             _ => Err(DnsError::NxDomain),
         }
+    }
+
+    /// Whether the fixture has a record of any type for `name` (a name that exists answers a
+    /// question for another type with no records, not with NXDOMAIN).
+    pub fn knows(&self, name: &str) -> bool {
+        let name = normalise(name);
+        self.records.iter().any(|((n, kind), answer)| {
+            *n == name && kind.is_some() && matches!(answer, FixtureAnswer::Records(_))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Resolver for FixtureResolver {
+    async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
+        self.answer(name, kind)
     }
 }
 
@@ -208,9 +228,29 @@ pub struct DnsResolver {
     inner: hickory_resolver::TokioResolver,
 }
 
+/// How long one question to a name server may take, and how often it is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// Per attempt.
+    pub timeout: std::time::Duration,
+    /// Attempts.
+    pub attempts: usize,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Self { timeout: std::time::Duration::from_secs(2), attempts: 2 }
+    }
+}
+
 impl DnsResolver {
     /// A resolver using the system's configuration, or `nameservers` when not empty.
     pub fn new(nameservers: &[std::net::SocketAddr]) -> Result<Self, String> {
+        Self::with_patience(nameservers, Patience::default())
+    }
+
+    /// A resolver as [`Self::new`], asking each question within `patience`.
+    pub fn with_patience(nameservers: &[std::net::SocketAddr], patience: Patience) -> Result<Self, String> {
         use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
         use hickory_resolver::net::runtime::TokioRuntimeProvider;
         let mut builder = if nameservers.is_empty() {
@@ -235,10 +275,16 @@ impl DnsResolver {
             )
         };
         let options = builder.options_mut();
-        options.timeout = std::time::Duration::from_secs(2);
-        options.attempts = 2;
+        options.timeout = patience.timeout;
+        options.attempts = patience.attempts;
         let inner = builder.build().map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
         Ok(Self { inner })
+    }
+
+    /// The hickory resolver underneath (cheap to clone: its cache and connections are shared),
+    /// for the sender checks.
+    pub fn hickory(&self) -> hickory_resolver::TokioResolver {
+        self.inner.clone()
     }
 
     /// The mail exchangers of `domain`.

@@ -1,0 +1,326 @@
+//! The checks of one message's sender, within a time bound, through the relay's resolver and
+//! the caches of parsed answers.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_auth::dmarc::{Alignment, Policy};
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, Parameters, SpfResult,
+    common::crypto::Algorithm, dmarc::verify::DmarcParameters,
+};
+use tokio::time::Instant;
+
+use super::cache::Caches;
+use super::{DkimCheck, DmarcCheck, DmarcPolicy, SenderChecks, SpfCheck, Verdict};
+use crate::dns::{DnsResolver, FixtureResolver, FixtureServer, Patience};
+
+/// How the checks run.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckerSettings {
+    /// Parsed answers kept per kind (TXT, MX, A, AAAA, PTR).
+    pub cache_entries: usize,
+}
+
+impl Default for CheckerSettings {
+    fn default() -> Self {
+        Self { cache_entries: 10_000 }
+    }
+}
+
+/// Who a message says it is from, as the session saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// Its HELO name (empty when it gave none).
+    pub helo: &'a str,
+    /// MAIL FROM (empty for the null sender).
+    pub mail_from: &'a str,
+    /// The relay's own host name (SPF's `%{r}`).
+    pub hostname: &'a str,
+}
+
+/// Checks senders; one per relay (its caches are shared by every session).
+pub struct Checker {
+    auth: MessageAuthenticator,
+    caches: Caches,
+    /// The fixture's name server, when the answers come from one.
+    _fixture: Option<FixtureServer>,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker").field("fixture", &self._fixture).finish_non_exhaustive()
+    }
+}
+
+impl Checker {
+    /// Checks through `resolver` (the relay's).
+    pub fn new(resolver: &DnsResolver, settings: CheckerSettings) -> Self {
+        Self {
+            auth: MessageAuthenticator(resolver.hickory()),
+            caches: Caches::new(settings.cache_entries),
+            _fixture: None,
+        }
+    }
+
+    /// Checks answered by `fixture` (through a name server on loopback serving it), for
+    /// `sluice policy test` and the tests: reproducible and offline. A `TIMEOUT` name costs
+    /// a quarter of a second.
+    pub async fn from_fixture(fixture: Arc<FixtureResolver>, settings: CheckerSettings) -> Result<Self, String> {
+        let server = FixtureServer::start(fixture).await.map_err(|e| format!("fixture name server: {e}"))?;
+        let patience = Patience { timeout: Duration::from_millis(250), attempts: 1 };
+        let resolver = DnsResolver::with_patience(&[server.address()], patience)?;
+        let mut checker = Self::new(&resolver, settings);
+        checker._fixture = Some(server);
+        Ok(checker)
+    }
+
+    /// Check `message` from `sender` within `timeout` (all checks together). Never fails:
+    /// what cannot be decided in time or at all gets the RFCs' `temperror` or `permerror`.
+    pub async fn check(&self, sender: &Sender<'_>, message: &[u8], timeout: Duration) -> SenderChecks {
+        let deadline = Instant::now() + timeout;
+        let parsed = AuthenticatedMessage::parse(message);
+        let mut checks = SenderChecks { null_sender: sender.mail_from.is_empty(), ..SenderChecks::default() };
+
+        // SPF: the HELO name, then the MAIL FROM domain (or the HELO name again for <>).
+        checks.helo = SpfCheck { result: Verdict::None, domain: sender.helo.to_string() };
+        let helo = SpfParameters::verify_ehlo(sender.ip, sender.helo, sender.hostname);
+        let helo_output = tokio::time::timeout_at(deadline, self.auth.verify_spf(self.with_caches(helo))).await;
+        checks.helo.result = helo_output.as_ref().map_or(Verdict::Temperror, |o| spf_verdict(o.result()));
+        let mail_from_domain = sender.mail_from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+        let spf_output = if sender.mail_from.is_empty() {
+            checks.spf = checks.helo.clone();
+            helo_output.ok()
+        } else {
+            checks.spf = SpfCheck { result: Verdict::Temperror, domain: mail_from_domain.clone() };
+            let params = SpfParameters::verify_mail_from(sender.ip, sender.helo, sender.hostname, sender.mail_from);
+            let output = tokio::time::timeout_at(deadline, self.auth.verify_spf(self.with_caches(params))).await.ok();
+            if let Some(output) = &output {
+                checks.spf.result = spf_verdict(output.result());
+            }
+            output
+        };
+        let Some(parsed) = parsed else {
+            // Not even headers to read: nothing signed, no From to align with.
+            checks.dmarc.result = Verdict::None;
+            return checks;
+        };
+
+        // DKIM: every signature.
+        let dkim = tokio::time::timeout_at(deadline, self.auth.verify_dkim(self.with_caches(&parsed))).await;
+        checks.dkim = match &dkim {
+            Ok(outputs) => outputs.iter().map(dkim_check).collect(),
+            Err(_) => parsed
+                .dkim_headers
+                .iter()
+                .map(|h| DkimCheck {
+                    result: Verdict::Temperror,
+                    domain: h.header.d.clone(),
+                    selector: h.header.s.clone(),
+                    algorithm: algorithm_name(h.header.a).to_string(),
+                    reason: Some("time for the checks ran out".into()),
+                })
+                .collect(),
+        };
+
+        // ARC: the chain and who sealed it.
+        let mut seals: Vec<(u32, String)> = parsed.as_headers.iter().map(|h| (h.header.i, h.header.d.clone())).collect();
+        seals.sort();
+        checks.arc.sealers = seals.into_iter().map(|(_, d)| d).collect();
+        checks.arc.result = match tokio::time::timeout_at(deadline, self.auth.verify_arc(self.with_caches(&parsed))).await {
+            Ok(output) => match output.result() {
+                DkimResult::Pass => Verdict::Pass,
+                DkimResult::None => Verdict::None,
+                DkimResult::TempError(_) => Verdict::Temperror,
+                _ => Verdict::Fail,
+            },
+            Err(_) if checks.arc.sealers.is_empty() => Verdict::None,
+            Err(_) => Verdict::Temperror,
+        };
+
+        // DMARC: From's domain, aligned with a passing SPF or DKIM domain.
+        checks.dmarc = self.dmarc(&parsed, dkim.as_deref().unwrap_or(&[]), &mail_from_domain, spf_output.as_ref(), &checks, deadline).await;
+        checks
+    }
+
+    async fn dmarc(
+        &self,
+        parsed: &AuthenticatedMessage<'_>,
+        dkim: &[mail_auth::DkimOutput<'_>],
+        mail_from_domain: &str,
+        spf: Option<&mail_auth::SpfOutput>,
+        checks: &SenderChecks,
+        deadline: Instant,
+    ) -> DmarcCheck {
+        let from_domain = parsed.from().rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+        let mut dmarc = DmarcCheck { domain: from_domain.clone(), pct: 100, ..DmarcCheck::default() };
+        if from_domain.is_empty() {
+            return dmarc;
+        }
+        // Without a record, alignment is still worth knowing (it decides bounces): a passing
+        // domain equal to From's, or one being a subdomain of the other.
+        let aligned = |d: &str| same_organisation(d, &from_domain);
+        dmarc.spf_aligned = checks.spf.result == Verdict::Pass && !checks.null_sender && aligned(mail_from_domain);
+        dmarc.dkim_aligned = checks.dkim.iter().any(|d| d.result == Verdict::Pass && aligned(&d.domain.to_ascii_lowercase()));
+        let Some(spf) = spf else {
+            dmarc.result = Verdict::Temperror;
+            return dmarc;
+        };
+        let params = DmarcParameters::new(parsed, dkim, mail_from_domain, spf);
+        let Ok(output) = tokio::time::timeout_at(deadline, self.auth.verify_dmarc(self.with_caches(params))).await else {
+            dmarc.result = Verdict::Temperror;
+            return dmarc;
+        };
+        let Some(record) = output.dmarc_record() else {
+            dmarc.result = match (output.spf_result(), output.dkim_result()) {
+                (DmarcResult::TempError(_), _) | (_, DmarcResult::TempError(_)) => Verdict::Temperror,
+                (DmarcResult::PermError(_), _) | (_, DmarcResult::PermError(_)) => Verdict::Permerror,
+                _ => Verdict::None,
+            };
+            return dmarc;
+        };
+        dmarc.spf_strict = record.aspf == Alignment::Strict;
+        dmarc.dkim_strict = record.adkim == Alignment::Strict;
+        dmarc.spf_aligned = *output.spf_result() == DmarcResult::Pass;
+        dmarc.dkim_aligned = *output.dkim_result() == DmarcResult::Pass;
+        dmarc.policy = match output.policy() {
+            Policy::Reject => Some(DmarcPolicy::Reject),
+            Policy::Quarantine => Some(DmarcPolicy::Quarantine),
+            Policy::None | Policy::Unspecified => Some(DmarcPolicy::None),
+        };
+        dmarc.result = if dmarc.spf_aligned || dmarc.dkim_aligned {
+            Verdict::Pass
+        } else if matches!(output.spf_result(), DmarcResult::TempError(_))
+            || matches!(output.dkim_result(), DmarcResult::TempError(_))
+            || checks.spf.result == Verdict::Temperror
+            || checks.dkim.iter().any(|d| d.result == Verdict::Temperror)
+        {
+            Verdict::Temperror
+        } else {
+            Verdict::Fail
+        };
+        if let Ok(pct) = tokio::time::timeout_at(deadline, self.pct(&from_domain)).await {
+            dmarc.pct = pct;
+        }
+        dmarc
+    }
+
+    /// The `pct` of the DMARC record that applies to `domain`: its own, else the nearest
+    /// parent's (100 when not given or not a number).
+    async fn pct(&self, domain: &str) -> u8 {
+        use hickory_resolver::proto::rr::RData;
+        let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
+        for start in 0..labels.len().saturating_sub(1).min(8) {
+            let name = format!("_dmarc.{}.", labels[start..].join("."));
+            let Ok(lookup) = self.auth.0.txt_lookup(name.as_str()).await else { continue };
+            for record in lookup.answers() {
+                let RData::TXT(txt) = &record.data else { continue };
+                let text: String = txt.txt_data.iter().map(|d| String::from_utf8_lossy(d)).collect();
+                if text.trim_start().to_ascii_lowercase().starts_with("v=dmarc1") {
+                    return dmarc_pct(&text);
+                }
+            }
+        }
+        100
+    }
+
+    fn with_caches<'x, P>(
+        &'x self,
+        params: P,
+    ) -> Parameters<
+        'x,
+        P,
+        super::cache::TtlCache<Box<str>, mail_auth::Txt>,
+        super::cache::TtlCache<Box<str>, mail_auth::RecordSet<mail_auth::MX>>,
+        super::cache::TtlCache<Box<str>, mail_auth::RecordSet<std::net::Ipv4Addr>>,
+        super::cache::TtlCache<Box<str>, mail_auth::RecordSet<std::net::Ipv6Addr>>,
+        super::cache::TtlCache<IpAddr, mail_auth::RecordSet<Box<str>>>,
+    > {
+        Parameters::new(params)
+            .with_txt_cache(&self.caches.txt)
+            .with_mx_cache(&self.caches.mx)
+            .with_ipv4_cache(&self.caches.ipv4)
+            .with_ipv6_cache(&self.caches.ipv6)
+            .with_ptr_cache(&self.caches.ptr)
+    }
+}
+
+/// `pct=` of a DMARC record (RFC 7489 §6.3), 100 when absent or not a number up to 100.
+fn dmarc_pct(record: &str) -> u8 {
+    record
+        .split(';')
+        .filter_map(|tag| tag.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("pct"))
+        .and_then(|(_, value)| value.trim().parse::<u8>().ok())
+        .filter(|pct| *pct <= 100)
+        .unwrap_or(100)
+}
+
+/// Two domains are one organisation's when equal or when one is a subdomain of the other.
+fn same_organisation(a: &str, b: &str) -> bool {
+    let sub = |x: &str, y: &str| x.len() > y.len() && x.ends_with(y) && x.as_bytes()[x.len() - y.len() - 1] == b'.';
+    !a.is_empty() && (a == b || sub(a, b) || sub(b, a))
+}
+
+fn spf_verdict(result: SpfResult) -> Verdict {
+    match result {
+        SpfResult::Pass => Verdict::Pass,
+        SpfResult::Fail => Verdict::Fail,
+        SpfResult::SoftFail => Verdict::Softfail,
+        SpfResult::Neutral => Verdict::Neutral,
+        SpfResult::TempError => Verdict::Temperror,
+        SpfResult::PermError => Verdict::Permerror,
+        SpfResult::None => Verdict::None,
+    }
+}
+
+fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::RsaSha1 => "rsa-sha1",
+        Algorithm::RsaSha256 => "rsa-sha256",
+        Algorithm::Ed25519Sha256 => "ed25519-sha256",
+    }
+}
+
+/// One signature's result; a signature too malformed to read names no domain.
+fn dkim_check(output: &mail_auth::DkimOutput<'_>) -> DkimCheck {
+    let (result, reason) = match output.result() {
+        DkimResult::Pass => (Verdict::Pass, None),
+        DkimResult::None => (Verdict::None, None),
+        // A body that is not what was signed is a failed signature (RFC 6376 §6.3 step 4).
+        DkimResult::Neutral(e @ mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch)) => {
+            (Verdict::Fail, Some(e.to_string()))
+        }
+        DkimResult::Neutral(e) => (Verdict::Neutral, Some(e.to_string())),
+        DkimResult::Fail(e) => (Verdict::Fail, Some(e.to_string())),
+        DkimResult::PermError(e) => (Verdict::Permerror, Some(e.to_string())),
+        DkimResult::TempError(e) => (Verdict::Temperror, Some(e.to_string())),
+    };
+    let signature = output.signature();
+    DkimCheck {
+        result,
+        domain: signature.map(|s| s.d.to_ascii_lowercase()).unwrap_or_default(),
+        selector: signature.map(|s| s.s.clone()).unwrap_or_default(),
+        algorithm: signature.map(|s| algorithm_name(s.a).to_string()).unwrap_or_default(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pct_and_organisations() {
+        assert_eq!(dmarc_pct("v=DMARC1; p=reject; pct=25"), 25);
+        assert_eq!(dmarc_pct("v=DMARC1; p=reject; pct=250"), 100);
+        assert_eq!(dmarc_pct("v=DMARC1; p=reject"), 100);
+        assert!(same_organisation("mail.example.org", "example.org"));
+        assert!(!same_organisation("badexample.org", "example.org"));
+        assert!(!same_organisation("", ""));
+    }
+}
