@@ -76,11 +76,13 @@ pub mod kv;
 pub mod log;
 mod message;
 pub mod net;
+mod sender;
 
 pub use config::Config;
 pub use decision::{Change, Decision, InvalidReply, Reply, Symbol, Verdict};
 pub use envelope::{Client, Context, EsmtpParam, MailFrom, Recipient, Server, Stage, Tls};
 pub use message::{Attachment, Header, Mailbox, Message};
+pub use sender::{ArcCheck, CheckResult, DkimCheck, DmarcCheck, DmarcPolicy, SenderChecks, SpfCheck};
 
 /// Current wall-clock time in milliseconds since the Unix epoch, as the host sees it.
 pub fn now_millis() -> i64 {

@@ -131,4 +131,11 @@ impl<'a> Message<'a> {
     pub fn raw(&self, offset: u64, length: u32) -> Vec<u8> {
         self.inner.raw(offset, length)
     }
+
+    /// What the relay found of the sender (SPF, DKIM, DMARC, ARC); `None` for mail the
+    /// tenant sends out, which is signed rather than checked. A policy that calls this makes
+    /// the relay check its tenant's inbound mail (interface 0.2.0).
+    pub fn sender_checks(&self) -> Option<crate::SenderChecks> {
+        self.inner.sender_checks().map(Into::into)
+    }
 }

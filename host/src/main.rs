@@ -50,6 +50,30 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Write a new signing key and print the DNS TXT record to publish for it.
+    Keygen {
+        /// The signing domain (`d=`).
+        #[arg(long)]
+        domain: String,
+        /// The selector (`s=`): the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// Where to write the private key (PEM, PKCS#8; never overwritten).
+        #[arg(long)]
+        key: PathBuf,
+        /// Key type.
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ed25519"])]
+        algorithm: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +166,18 @@ fn main() {
                 relay::load_config(config.as_ref())
                     .and_then(|c| runtime.block_on(relay::rollback(&c, &tenant))),
             )
+        }
+        Command::Dkim { command: DkimCommand::Keygen { domain, selector, key, algorithm } } => {
+            match sluice::cli::dkim::keygen(&domain, &selector, &key, &algorithm) {
+                Ok(record) => {
+                    println!("{record}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("sluice dkim keygen: {e:#}");
+                    1
+                }
+            }
         }
         Command::Policy { command: PolicyCommand::Test(args) } => {
             init_logging("warn");

@@ -87,7 +87,10 @@ impl Relay {
         };
         let sender_checker = Checker::new(
             &dns,
-            CheckerSettings { cache_entries: config.dns.cache_entries.unwrap_or(10_000), ..CheckerSettings::default() },
+            CheckerSettings {
+                cache_entries: config.dns.cache_entries.unwrap_or(10_000),
+                ..CheckerSettings::default()
+            },
         );
         let metrics = Arc::new(Metrics::default());
         let generations = Arc::new(
@@ -115,7 +118,11 @@ impl Relay {
     }
 
     /// Check the sender of a message from the internet, within `snapshot`'s time bound.
-    pub async fn check_sender(&self, snapshot: &Snapshot, request: &crate::conversation::SenderRequest) -> SenderChecks {
+    pub async fn check_sender(
+        &self,
+        snapshot: &Snapshot,
+        request: &crate::conversation::SenderRequest,
+    ) -> SenderChecks {
         let sender = Sender {
             ip: request.ip,
             helo: &request.helo,
@@ -124,7 +131,12 @@ impl Relay {
         };
         let timeout = Duration::from_secs(snapshot.config.relay.sender_checks_timeout_secs.max(1));
         let checks = self.sender_checker.check(&sender, &request.message, timeout).await;
-        tracing::debug!(spf = checks.spf.result.as_str(), dmarc = checks.dmarc.result.as_str(), dkim = checks.dkim.len(), "sender checked");
+        tracing::debug!(
+            spf = checks.spf.result.as_str(),
+            dmarc = checks.dmarc.result.as_str(),
+            dkim = checks.dkim.len(),
+            "sender checked"
+        );
         checks
     }
 

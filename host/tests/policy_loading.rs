@@ -49,7 +49,7 @@ async fn a_core_module_is_not_a_component() {
 async fn another_wit_version_is_refused() {
     let (error, text) = load_error(PolicySpec::new(WRONG_VERSION)).await;
     assert!(matches!(error, LoadError::Link { .. }), "{text}");
-    assert!(text.contains("sluice:policy/host@0.2.0"), "{text}");
+    assert!(text.contains("sluice:policy/host@0.9.0"), "{text}");
 }
 
 #[tokio::test]

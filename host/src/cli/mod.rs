@@ -1,4 +1,5 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
+pub mod dkim;
 pub mod policy_test;
 pub mod relay;

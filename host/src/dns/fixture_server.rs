@@ -104,12 +104,7 @@ fn rdata(kind: RecordType, value: &str) -> Option<RData> {
         RecordType::Ptr => RData::PTR(PTR(name(value)?)),
         // A TXT string longer than 255 bytes is sent as several, as zone files do.
         RecordType::Txt => RData::TXT(TXT::new(
-            value
-                .as_bytes()
-                .chunks(255)
-                .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
-                .collect(),
+            value.as_bytes().chunks(255).map(|chunk| String::from_utf8_lossy(chunk).into_owned()).collect(),
         )),
     })
 }
-

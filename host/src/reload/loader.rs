@@ -100,7 +100,9 @@ impl Loader {
         chain.shadow = t.policies.iter().map(|p| p.is_shadow()).collect();
         let domains = t.domains.iter().map(|d| crate::tenants::domains::normalise(d)).collect();
         let dkim = match &t.dkim {
-            Some(d) => Some(crate::tenants::load_dkim(config, d).map_err(|e| format!("tenant {}: {e}", t.name))?),
+            Some(d) => {
+                Some(crate::tenants::load_dkim(config, d).map_err(|e| format!("tenant {}: {e}", t.name))?)
+            }
             None => None,
         };
         Ok(Arc::new(Tenant {

@@ -70,7 +70,10 @@ impl Checker {
     /// Checks answered by `fixture` (through a name server on loopback serving it), for
     /// `sluice policy test` and the tests: reproducible and offline. A `TIMEOUT` name costs
     /// a quarter of a second.
-    pub async fn from_fixture(fixture: Arc<FixtureResolver>, settings: CheckerSettings) -> Result<Self, String> {
+    pub async fn from_fixture(
+        fixture: Arc<FixtureResolver>,
+        settings: CheckerSettings,
+    ) -> Result<Self, String> {
         let server = FixtureServer::start(fixture).await.map_err(|e| format!("fixture name server: {e}"))?;
         let patience = Patience { timeout: Duration::from_millis(250), attempts: 1 };
         let resolver = DnsResolver::with_patience(&[server.address()], patience)?;
@@ -89,20 +92,25 @@ impl Checker {
         // SPF: the HELO name, then the MAIL FROM domain (or the HELO name again for <>).
         checks.helo = SpfCheck { result: Verdict::None, domain: sender.helo.to_string() };
         let helo = SpfParameters::verify_ehlo(sender.ip, sender.helo, sender.hostname);
-        let helo_output = tokio::time::timeout_at(deadline, self.auth.verify_spf(self.with_caches(helo))).await;
-        checks.helo.result = helo_output.as_ref().map_or(Verdict::Temperror, |o| spf_verdict(o.result()));
+        let helo_output = step(deadline, self.auth.verify_spf(self.with_caches(helo))).await;
+        checks.helo.result = match &helo_output {
+            Ok(output) => spf_verdict(output.result()),
+            Err(stop) => stopped(*stop),
+        };
         let mail_from_domain = sender.mail_from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
         let spf_output = if sender.mail_from.is_empty() {
             checks.spf = checks.helo.clone();
             helo_output.ok()
         } else {
-            checks.spf = SpfCheck { result: Verdict::Temperror, domain: mail_from_domain.clone() };
-            let params = SpfParameters::verify_mail_from(sender.ip, sender.helo, sender.hostname, sender.mail_from);
-            let output = tokio::time::timeout_at(deadline, self.auth.verify_spf(self.with_caches(params))).await.ok();
-            if let Some(output) = &output {
-                checks.spf.result = spf_verdict(output.result());
-            }
-            output
+            let params =
+                SpfParameters::verify_mail_from(sender.ip, sender.helo, sender.hostname, sender.mail_from);
+            let output = step(deadline, self.auth.verify_spf(self.with_caches(params))).await;
+            let result = match &output {
+                Ok(output) => spf_verdict(output.result()),
+                Err(stop) => stopped(*stop),
+            };
+            checks.spf = SpfCheck { result, domain: mail_from_domain.clone() };
+            output.ok()
         };
         let Some(parsed) = parsed else {
             // Not even headers to read: nothing signed, no From to align with.
@@ -111,27 +119,51 @@ impl Checker {
         };
 
         // DKIM: every signature.
-        let dkim = tokio::time::timeout_at(deadline, self.auth.verify_dkim(self.with_caches(&parsed))).await;
+        let dkim = step(deadline, self.auth.verify_dkim(self.with_caches(&parsed))).await;
         checks.dkim = match &dkim {
             Ok(outputs) => outputs.iter().map(dkim_check).collect(),
-            Err(_) => parsed
+            Err(stop) => parsed
                 .dkim_headers
                 .iter()
                 .map(|h| DkimCheck {
-                    result: Verdict::Temperror,
+                    result: stopped(*stop),
                     domain: h.header.d.clone(),
                     selector: h.header.s.clone(),
                     algorithm: algorithm_name(h.header.a).to_string(),
-                    reason: Some("time for the checks ran out".into()),
+                    reason: Some(match stop {
+                        Stop::Timeout => "time for the checks ran out".into(),
+                        Stop::Panic => "signature or key could not be processed".into(),
+                    }),
                 })
                 .collect(),
         };
 
+        // Signatures too malformed to check are permanent errors (RFC 6376 §6.1.1), named by
+        // the domain they claim when it can be read.
+        if dkim.is_ok() {
+            for error in parsed.errors.iter().filter(|e| e.name.eq_ignore_ascii_case(b"DKIM-Signature")) {
+                let value = String::from_utf8_lossy(error.value);
+                let tag = |name: &str| {
+                    value.split(';').filter_map(|t| t.split_once('=')).find_map(|(k, v)| {
+                        (k.trim() == name).then(|| v.split_whitespace().collect::<String>())
+                    })
+                };
+                checks.dkim.push(DkimCheck {
+                    result: Verdict::Permerror,
+                    domain: tag("d").unwrap_or_default().to_ascii_lowercase(),
+                    selector: tag("s").unwrap_or_default(),
+                    algorithm: tag("a").unwrap_or_default(),
+                    reason: Some(format!("malformed signature: {}", error.header)),
+                });
+            }
+        }
+
         // ARC: the chain and who sealed it.
-        let mut seals: Vec<(u32, String)> = parsed.as_headers.iter().map(|h| (h.header.i, h.header.d.clone())).collect();
+        let mut seals: Vec<(u32, String)> =
+            parsed.as_headers.iter().map(|h| (h.header.i, h.header.d.clone())).collect();
         seals.sort();
         checks.arc.sealers = seals.into_iter().map(|(_, d)| d).collect();
-        checks.arc.result = match tokio::time::timeout_at(deadline, self.auth.verify_arc(self.with_caches(&parsed))).await {
+        checks.arc.result = match step(deadline, self.auth.verify_arc(self.with_caches(&parsed))).await {
             Ok(output) => match output.result() {
                 DkimResult::Pass => Verdict::Pass,
                 DkimResult::None => Verdict::None,
@@ -139,11 +171,21 @@ impl Checker {
                 _ => Verdict::Fail,
             },
             Err(_) if checks.arc.sealers.is_empty() => Verdict::None,
-            Err(_) => Verdict::Temperror,
+            Err(Stop::Timeout) => Verdict::Temperror,
+            Err(Stop::Panic) => Verdict::Fail,
         };
 
         // DMARC: From's domain, aligned with a passing SPF or DKIM domain.
-        checks.dmarc = self.dmarc(&parsed, dkim.as_deref().unwrap_or(&[]), &mail_from_domain, spf_output.as_ref(), &checks, deadline).await;
+        checks.dmarc = self
+            .dmarc(
+                &parsed,
+                dkim.as_deref().unwrap_or(&[]),
+                &mail_from_domain,
+                spf_output.as_ref(),
+                &checks,
+                deadline,
+            )
+            .await;
         checks
     }
 
@@ -164,16 +206,21 @@ impl Checker {
         // Without a record, alignment is still worth knowing (it decides bounces): a passing
         // domain equal to From's, or one being a subdomain of the other.
         let aligned = |d: &str| same_organisation(d, &from_domain);
-        dmarc.spf_aligned = checks.spf.result == Verdict::Pass && !checks.null_sender && aligned(mail_from_domain);
-        dmarc.dkim_aligned = checks.dkim.iter().any(|d| d.result == Verdict::Pass && aligned(&d.domain.to_ascii_lowercase()));
+        dmarc.spf_aligned =
+            checks.spf.result == Verdict::Pass && !checks.null_sender && aligned(mail_from_domain);
+        dmarc.dkim_aligned =
+            checks.dkim.iter().any(|d| d.result == Verdict::Pass && aligned(&d.domain.to_ascii_lowercase()));
         let Some(spf) = spf else {
             dmarc.result = Verdict::Temperror;
             return dmarc;
         };
         let params = DmarcParameters::new(parsed, dkim, mail_from_domain, spf);
-        let Ok(output) = tokio::time::timeout_at(deadline, self.auth.verify_dmarc(self.with_caches(params))).await else {
-            dmarc.result = Verdict::Temperror;
-            return dmarc;
+        let output = match step(deadline, self.auth.verify_dmarc(self.with_caches(params))).await {
+            Ok(output) => output,
+            Err(stop) => {
+                dmarc.result = stopped(stop);
+                return dmarc;
+            }
         };
         let Some(record) = output.dmarc_record() else {
             dmarc.result = match (output.spf_result(), output.dkim_result()) {
@@ -203,7 +250,7 @@ impl Checker {
         } else {
             Verdict::Fail
         };
-        if let Ok(pct) = tokio::time::timeout_at(deadline, self.pct(&from_domain)).await {
+        if let Ok(pct) = step(deadline, self.pct(&from_domain)).await {
             dmarc.pct = pct;
         }
         dmarc
@@ -249,6 +296,36 @@ impl Checker {
     }
 }
 
+/// Why a check step gave no output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The time for the message's checks ran out.
+    Timeout,
+    /// The checking library panicked on what it was given (a malformed record or signature):
+    /// contained here, and a permanent error.
+    Panic,
+}
+
+/// One step of the checks, bounded by `deadline` and shielded from panics.
+async fn step<T>(deadline: Instant, future: impl std::future::Future<Output = T>) -> Result<T, Stop> {
+    use futures_util::FutureExt;
+    match tokio::time::timeout_at(deadline, std::panic::AssertUnwindSafe(future).catch_unwind()).await {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(_)) => {
+            tracing::warn!("a sender check panicked on its input; taken as a permanent error");
+            Err(Stop::Panic)
+        }
+        Err(_) => Err(Stop::Timeout),
+    }
+}
+
+fn stopped(stop: Stop) -> Verdict {
+    match stop {
+        Stop::Timeout => Verdict::Temperror,
+        Stop::Panic => Verdict::Permerror,
+    }
+}
+
 /// `pct=` of a DMARC record (RFC 7489 §6.3), 100 when absent or not a number up to 100.
 fn dmarc_pct(record: &str) -> u8 {
     record
@@ -262,7 +339,8 @@ fn dmarc_pct(record: &str) -> u8 {
 
 /// Two domains are one organisation's when equal or when one is a subdomain of the other.
 fn same_organisation(a: &str, b: &str) -> bool {
-    let sub = |x: &str, y: &str| x.len() > y.len() && x.ends_with(y) && x.as_bytes()[x.len() - y.len() - 1] == b'.';
+    let sub =
+        |x: &str, y: &str| x.len() > y.len() && x.ends_with(y) && x.as_bytes()[x.len() - y.len() - 1] == b'.';
     !a.is_empty() && (a == b || sub(a, b) || sub(b, a))
 }
 

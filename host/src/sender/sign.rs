@@ -95,7 +95,9 @@ impl DkimKey {
         let domain = domain.to_ascii_lowercase();
         let signer = match key {
             Key::Rsa(key) => Signer::Rsa(configure(DkimSigner::from_key(key), &domain, selector, &list)),
-            Key::Ed25519(key) => Signer::Ed25519(configure(DkimSigner::from_key(key), &domain, selector, &list)),
+            Key::Ed25519(key) => {
+                Signer::Ed25519(configure(DkimSigner::from_key(key), &domain, selector, &list))
+            }
         };
         Ok(Self { signer, domain, selector: selector.to_string() })
     }
@@ -159,7 +161,8 @@ fn parse_key(pem: &[u8]) -> Result<Key, String> {
 pub fn generate_key(algorithm: DkimAlgorithm) -> Result<(String, String), String> {
     match algorithm {
         DkimAlgorithm::Rsa => {
-            let pair = mail_auth::dkim::generate::DkimKeyPair::generate_rsa(2048).map_err(|e| e.to_string())?;
+            let pair =
+                mail_auth::dkim::generate::DkimKeyPair::generate_rsa(2048).map_err(|e| e.to_string())?;
             let key = rsa::RsaPrivateKey::from_pkcs1_der(pair.private_key()).map_err(|e| e.to_string())?;
             let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?;
             let public = key.to_public_key().to_public_key_der().map_err(|e| e.to_string())?;
@@ -167,7 +170,8 @@ pub fn generate_key(algorithm: DkimAlgorithm) -> Result<(String, String), String
             Ok((pem.to_string(), format!("v=DKIM1; k=rsa; p={p}")))
         }
         DkimAlgorithm::Ed25519 => {
-            let pair = mail_auth::dkim::generate::DkimKeyPair::generate_ed25519().map_err(|e| e.to_string())?;
+            let pair =
+                mail_auth::dkim::generate::DkimKeyPair::generate_ed25519().map_err(|e| e.to_string())?;
             let der = PrivatePkcs8KeyDer::from(pair.private_key().to_vec());
             let pem = pem_encode("PRIVATE KEY", der.secret_pkcs8_der());
             let p = base64::engine::general_purpose::STANDARD.encode(pair.public_key());

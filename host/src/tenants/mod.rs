@@ -96,7 +96,10 @@ impl Tenant {
 }
 
 /// The signing key of a `[tenant.dkim]` table, its path resolved against the configuration.
-pub fn load_dkim(config: &Config, dkim: &crate::config::DkimConfig) -> Result<Arc<crate::sender::DkimKey>, String> {
+pub fn load_dkim(
+    config: &Config,
+    dkim: &crate::config::DkimConfig,
+) -> Result<Arc<crate::sender::DkimKey>, String> {
     crate::sender::DkimKey::load(&config.resolve(&dkim.key), &dkim.domain, &dkim.selector, &dkim.headers)
         .map(Arc::new)
         .map_err(|e| e.to_string())

@@ -289,7 +289,8 @@ pub async fn run(args: PolicyTestArgs) -> Result<i32, UsageError> {
     }
     let fixture = fixture(&args)?;
     // The sender checks ask the fixture too, through a name server on loopback.
-    let checker = Checker::from_fixture(fixture.clone(), CheckerSettings::default()).await.map_err(UsageError)?;
+    let checker =
+        Checker::from_fixture(fixture.clone(), CheckerSettings::default()).await.map_err(UsageError)?;
     let services = services(&args, fixture)?;
     let snapshot = match &args.config {
         Some(path) => snapshot_of(path, services).await?,

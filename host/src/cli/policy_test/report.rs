@@ -19,7 +19,10 @@ fn verdict_text(verdict: &Verdict) -> String {
 /// policies'.
 fn added_headers(simulation: &Simulation) -> Vec<(&str, &str)> {
     let relay = simulation.authentication_results.as_deref().map(|v| ("Authentication-Results", v));
-    relay.into_iter().chain(simulation.judgement.added_headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).collect()
+    relay
+        .into_iter()
+        .chain(simulation.judgement.added_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .collect()
 }
 
 /// One transaction as a JSON object (one line of `--json`).

@@ -109,7 +109,10 @@ impl wit::HostMessage for HostState {
         Ok(raw[start..end].to_vec())
     }
 
-    async fn sender_checks(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<Option<wit::SenderChecks>> {
+    async fn sender_checks(
+        &mut self,
+        this: Resource<MessageHandle>,
+    ) -> wasmtime::Result<Option<wit::SenderChecks>> {
         Ok(self.table.get(&this)?.0.sender().map(sender_checks))
     }
 

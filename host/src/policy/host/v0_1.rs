@@ -15,11 +15,19 @@ fn mailboxes(list: Vec<wit::Mailbox>) -> Vec<old::Mailbox> {
 }
 
 impl old::HostMessage for HostState {
-    async fn header(&mut self, this: Resource<MessageHandle>, name: String) -> wasmtime::Result<Option<String>> {
+    async fn header(
+        &mut self,
+        this: Resource<MessageHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         wit::HostMessage::header(self, this, name).await
     }
 
-    async fn header_all(&mut self, this: Resource<MessageHandle>, name: String) -> wasmtime::Result<Vec<String>> {
+    async fn header_all(
+        &mut self,
+        this: Resource<MessageHandle>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
         wit::HostMessage::header_all(self, this, name).await
     }
 
@@ -56,11 +64,19 @@ impl old::HostMessage for HostState {
         wit::HostMessage::message_id(self, this).await
     }
 
-    async fn text_body(&mut self, this: Resource<MessageHandle>, max: u32) -> wasmtime::Result<Option<String>> {
+    async fn text_body(
+        &mut self,
+        this: Resource<MessageHandle>,
+        max: u32,
+    ) -> wasmtime::Result<Option<String>> {
         wit::HostMessage::text_body(self, this, max).await
     }
 
-    async fn html_body(&mut self, this: Resource<MessageHandle>, max: u32) -> wasmtime::Result<Option<String>> {
+    async fn html_body(
+        &mut self,
+        this: Resource<MessageHandle>,
+        max: u32,
+    ) -> wasmtime::Result<Option<String>> {
         wit::HostMessage::html_body(self, this, max).await
     }
 
@@ -76,7 +92,12 @@ impl old::HostMessage for HostState {
         wit::HostMessage::raw_size(self, this).await
     }
 
-    async fn raw(&mut self, this: Resource<MessageHandle>, offset: u64, length: u32) -> wasmtime::Result<Vec<u8>> {
+    async fn raw(
+        &mut self,
+        this: Resource<MessageHandle>,
+        offset: u64,
+        length: u32,
+    ) -> wasmtime::Result<Vec<u8>> {
         wit::HostMessage::raw(self, this, offset, length).await
     }
 

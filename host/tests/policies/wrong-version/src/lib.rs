@@ -1,4 +1,4 @@
-//! Test fixture: built against `sluice:policy@0.2.0`, which the host does not provide.
+//! Test fixture: built against `sluice:policy@0.9.0`, which the host does not provide.
 #![allow(unsafe_code, missing_docs)]
 
 wit_bindgen::generate!({ path: "wit", world: "policy" });
