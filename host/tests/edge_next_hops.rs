@@ -116,7 +116,7 @@ fn dovecot_lmtp_gets_each_recipient_and_answers_each() {
     // Carol's refusal (at RCPT) and full's (after the data: its quota) are theirs alone,
     // final, and bounce to nobody (inbound mail).
     wait_for("the refusals", Duration::from_secs(20), || {
-        log(&dir).matches("no bounce to the sender").count() == 2
+        log(&dir).matches("no bounce to its unauthenticated sender").count() == 2
     });
     assert!(inbox(&dv, "full@tcp.test").is_empty());
     wait_for("the queue to empty", Duration::from_secs(20), || {

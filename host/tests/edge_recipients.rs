@@ -85,7 +85,9 @@ fn unknown_recipients_get_550_and_the_inside_s_refusals_no_bounce() {
          s.quit()\n",
     );
     assert_eq!(out.trim(), "{}");
-    wait_for("the refusal", Duration::from_secs(20), || log(&dir).contains("no bounce to the sender"));
+    wait_for("the refusal", Duration::from_secs(20), || {
+        log(&dir).contains("no bounce to its unauthenticated sender")
+    });
     wait_for("the queue to empty", Duration::from_secs(20), || {
         files(&dir.join("spool/queue"), ".mail").is_empty()
     });

@@ -181,7 +181,7 @@ pub async fn run_checked(
     for simulation in &mut results {
         let adds = snapshot.parties().any(|t| t.name == simulation.tenant && t.authentication_results);
         if let Some(checks) = simulation.sender_checks.as_ref().filter(|_| adds) {
-            simulation.authentication_results = Some(checks.header_value(&authserv_id));
+            simulation.authentication_results = Some(checks.header_value(authserv_id));
         }
     }
     results

@@ -99,7 +99,7 @@ impl Conversation {
             return None;
         }
         let id = self.snapshot.config.server.authserv_id();
-        Some(format!("Authentication-Results: {}\r\n", checks.header_value(&id)))
+        Some(format!("Authentication-Results: {}\r\n", checks.header_value(id)))
     }
 
     /// The checks of the current message's sender, if it was checked.

@@ -13,7 +13,7 @@ use mail_auth::{
 };
 use tokio::time::Instant;
 
-use super::cache::Caches;
+use super::cache::{Caches, TtlCache};
 use super::{DkimCheck, DmarcCheck, DmarcPolicy, SenderChecks, SpfCheck, Verdict};
 use crate::dns::{DnsResolver, FixtureResolver, FixtureServer, Patience};
 
@@ -275,18 +275,7 @@ impl Checker {
         100
     }
 
-    fn with_caches<'x, P>(
-        &'x self,
-        params: P,
-    ) -> Parameters<
-        'x,
-        P,
-        super::cache::TtlCache<Box<str>, mail_auth::Txt>,
-        super::cache::TtlCache<Box<str>, mail_auth::RecordSet<mail_auth::MX>>,
-        super::cache::TtlCache<Box<str>, mail_auth::RecordSet<std::net::Ipv4Addr>>,
-        super::cache::TtlCache<Box<str>, mail_auth::RecordSet<std::net::Ipv6Addr>>,
-        super::cache::TtlCache<IpAddr, mail_auth::RecordSet<Box<str>>>,
-    > {
+    fn with_caches<'x, P>(&'x self, params: P) -> Cached<'x, P> {
         Parameters::new(params)
             .with_txt_cache(&self.caches.txt)
             .with_mx_cache(&self.caches.mx)
@@ -295,6 +284,17 @@ impl Checker {
             .with_ptr_cache(&self.caches.ptr)
     }
 }
+
+/// The parameters of one check, with the caches of parsed answers.
+type Cached<'x, P> = Parameters<
+    'x,
+    P,
+    TtlCache<Box<str>, mail_auth::Txt>,
+    TtlCache<Box<str>, mail_auth::RecordSet<mail_auth::MX>>,
+    TtlCache<Box<str>, mail_auth::RecordSet<std::net::Ipv4Addr>>,
+    TtlCache<Box<str>, mail_auth::RecordSet<std::net::Ipv6Addr>>,
+    TtlCache<IpAddr, mail_auth::RecordSet<Box<str>>>,
+>;
 
 /// Why a check step gave no output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
