@@ -171,7 +171,55 @@ fn the_readme_recipes_work() {
         let text =
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && text.contains("FREE_MONEY(+3.0)"), "{language} recipe:\n{text}");
+
+        // The same recipe with the data hook of "Reading the sender checks", on a forged
+        // message and the DNS of the dmarc suite.
+        let suite = repo.join("policies/dmarc/suite");
+        let hook = sender_hook(&readme, language);
+        let (start, end) = match *language {
+            "javascript" => ("  onData(ctx, message) {", "\n};"),
+            "python" => ("    def on_data(self, ctx, message):", "\nPY\n"),
+            _ => ("void exports_sluice_policy_hooks_on_data(", "\nC\n"),
+        };
+        let from = script.find(start).expect("the recipe's data hook");
+        let to = from + script[from..].find(end).expect("the end of the hook");
+        let variant = format!("{}{}{}", &script[..from], hook.trim_end(), &script[to..])
+            .replace("my-policy && cd my-policy", "sender-policy && cd sender-policy")
+            .replace("cp ../message.eml .", &format!("cp {}/forged-reject.eml message.eml", suite.display()))
+            .replace(
+                "--eml message.eml",
+                &format!(
+                    "--eml message.eml --dns {}/dns.txt --client-ip 203.0.113.7 --from x@elsewhere.test",
+                    suite.display()
+                ),
+            );
+        let out = Command::new("bash")
+            .arg("-ec")
+            .arg(&variant)
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+            .output()
+            .expect("bash");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && text.contains("FORGED_SENDER(+6.0)"),
+            "{language} sender checks:\n{text}"
+        );
         // A recipe folder holds a whole toolchain (node_modules): not left behind on success.
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The data hook of policies/README.md's "Reading the sender checks" for `language`.
+fn sender_hook(readme: &str, language: &str) -> String {
+    let section = &readme[readme.find("### Reading the sender checks").expect("sender checks section")..];
+    let fence = match language {
+        "javascript" => "```js\n",
+        "python" => "```python\n",
+        _ => "```c\n",
+    };
+    let block = &section[section.find(fence).expect("a block per language") + fence.len()..];
+    block[..block.find("```").expect("end of block")].to_string()
 }

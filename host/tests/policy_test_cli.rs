@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sluice_test_artifacts::{DNSBL, GREYLIST, PROBE, RATE_LIMIT, SENDER_GUARD, SPAM_HEURISTICS};
+use sluice_test_artifacts::{DMARC, DNSBL, GREYLIST, PROBE, RATE_LIMIT, SENDER_GUARD, SPAM_HEURISTICS};
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -115,6 +115,96 @@ fn the_golden_suite_passes() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let n = count_eml(&suite);
     assert!(stderr(&out).contains(&format!("{n} passed, 0 failed")), "{}", stderr(&out));
+}
+
+#[test]
+fn the_dmarc_suite_passes() {
+    let suite = repo().join("policies/dmarc/suite");
+    let args_file = std::fs::read_to_string(suite.join("config.args")).expect("config.args");
+    let mut args: Vec<String> = ["policy", "test", "--policy", DMARC].iter().map(|s| s.to_string()).collect();
+    args.extend(args_file.split_whitespace().map(str::to_string));
+    args.extend(["--dns".into(), suite.join("dns.txt").display().to_string()]);
+    args.extend(["--suite".into(), suite.display().to_string()]);
+    let out = sluice(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let n = count_eml(&suite);
+    assert!(stderr(&out).contains(&format!("{n} passed, 0 failed")), "{}", stderr(&out));
+}
+
+/// The header the relay adds is among the added headers, with what each check said, for a
+/// refusal too; the checks themselves are in `--json`.
+#[test]
+fn authentication_results_are_reported() {
+    let suite = repo().join("policies/dmarc/suite");
+    let dns = suite.join("dns.txt");
+    let forged = suite.join("forged-reject.eml");
+    let out = sluice(&[
+        "policy",
+        "test",
+        "--policy",
+        DMARC,
+        "--dns",
+        dns.to_str().expect("path"),
+        "--eml",
+        forged.to_str().expect("path"),
+        "--client-ip",
+        "203.0.113.7",
+        "--from",
+        "bounce@elsewhere.test",
+        "--json",
+    ]);
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["final"], "reject", "{}", stdout(&out));
+    let added = lines[0]["added_headers"].as_array().expect("added headers");
+    assert_eq!(added[0][0], "Authentication-Results");
+    let value = added[0][1].as_str().expect("value");
+    assert!(value.starts_with("sluice.test;"), "{value}");
+    for part in [
+        "spf=none smtp.mailfrom=elsewhere.test",
+        "dkim=none",
+        "dmarc=fail (p=reject) header.from=origin.test",
+        "arc=none",
+    ] {
+        assert!(value.contains(part), "{part}: {value}");
+    }
+    assert_eq!(lines[0]["sender_checks"]["dmarc"]["policy"], "reject");
+}
+
+/// A component built against interface 0.1.0 (the shipped spam-heuristics of the previous
+/// release, kept as a binary) loads beside 0.2.0 ones and judges the corpus exactly as the
+/// same policy built against 0.2.0.
+#[test]
+fn a_policy_built_against_0_1_0_behaves_as_before() {
+    let old = repo().join("host/tests/fixtures/spam-heuristics-wit-0.1.0.wasm");
+    let bytes = std::fs::read(&old).expect("fixture");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("sluice:policy/hooks@0.1.0") && !text.contains("sluice:policy/hooks@0.2.0"));
+    let corpus = common::corpus();
+    let run = |policy: &str| {
+        let mut args = vec!["policy", "test", "--policy", policy, "--json", "--now", "1796300000"];
+        let dirs: Vec<String> =
+            ["ham", "spam", "malformed"].iter().map(|d| corpus.join(d).display().to_string()).collect();
+        for dir in &dirs {
+            args.extend(["--eml", dir.as_str()]);
+        }
+        let out = sluice(&args);
+        assert!(out.status.code().is_some_and(|c| c <= 1), "{}", stderr(&out));
+        json_lines(&out)
+            .into_iter()
+            .map(|mut line| {
+                for policy in line["policies"].as_array_mut().expect("policies") {
+                    policy["micros"] = serde_json::Value::Null;
+                }
+                line
+            })
+            .collect::<Vec<_>>()
+    };
+    let (before, now) = (run(old.to_str().expect("path")), run(SPAM_HEURISTICS));
+    assert!(before.len() > 50, "{}", before.len());
+    assert_eq!(before.len(), now.len());
+    for (a, b) in before.iter().zip(&now) {
+        assert_eq!(a, b);
+    }
 }
 
 #[test]

@@ -97,9 +97,15 @@ fn through_the_relay(r: &Relay, sink_dir: &Path, message: &str, to: &[&str]) -> 
 
 /// The header fields between our Received field and the message's own `From:`.
 fn added_headers(delivered: &str) -> Vec<(String, String)> {
-    let mut fields = Vec::new();
+    let mut fields: Vec<(String, String)> = Vec::new();
     for line in delivered.split("\r\n").skip(1) {
         if line.starts_with('\t') {
+            // A folded field (Authentication-Results): its lines, as policy test gives them;
+            // our Received field's own continuations are skipped.
+            if let Some((_, value)) = fields.last_mut() {
+                value.push_str("\r\n");
+                value.push_str(line);
+            }
             continue;
         }
         if line.starts_with("From: Alice") {

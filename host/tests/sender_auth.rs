@@ -79,7 +79,7 @@ fn inbound_mail_is_checked_labelled_and_enforced() {
     let signature = delivered.find("DKIM-Signature").expect("signature");
     assert!(received < results && results < signature, "{delivered}");
     // The refusal is in the log with its policy.
-    assert!(log(&dir).contains("outcome=\"reject\" score=2.0 decided_by=\"dmarc\""), "{}", log(&dir));
+    assert!(log(&dir).contains("outcome=\"reject\" score=3.0 decided_by=\"dmarc\""), "{}", log(&dir));
 }
 
 /// The TXT value of a `sluice dkim keygen` zone line.

@@ -52,6 +52,7 @@ fn run(
                 conversation.stage_done(result);
             }
             Action::Store(_) => conversation.stored(Ok(())),
+            Action::CheckSender(_) => conversation.sender_checked(crate::sender::SenderChecks::default()),
             Action::Finished(record) => records.push(*record),
             Action::Close => break,
             other => panic!("unexpected {other:?}"),

@@ -17,7 +17,7 @@ use crate::sender::SenderChecks;
 use crate::tenants::Party;
 
 /// A message whose sender is to be checked.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SenderRequest {
     /// The client's address.
     pub ip: IpAddr,
@@ -27,6 +27,17 @@ pub struct SenderRequest {
     pub mail_from: String,
     /// The message as received (the relay's own fields removed).
     pub message: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for SenderRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderRequest")
+            .field("ip", &self.ip)
+            .field("helo", &self.helo)
+            .field("mail_from", &self.mail_from)
+            .field("message_bytes", &self.message.len())
+            .finish()
+    }
 }
 
 impl Conversation {

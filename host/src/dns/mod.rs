@@ -277,6 +277,10 @@ impl DnsResolver {
         let options = builder.options_mut();
         options.timeout = patience.timeout;
         options.attempts = patience.attempts;
+        // "No such name" is remembered for at least this long even when the answer carries no
+        // SOA to say how long: the sender checks ask the same absent `_dmarc` and SPF names for
+        // every message of a domain that publishes none.
+        options.negative_min_ttl = Some(std::time::Duration::from_secs(30));
         let inner = builder.build().map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
         Ok(Self { inner })
     }

@@ -71,7 +71,7 @@ while time.time() < deadline and not set(accepted) <= set(copies):
     time.sleep(0.2)
     copies = delivered_copies()
 
-added = re.compile(rb"^(Received|X-Spam-[A-Za-z-]+):")
+added = re.compile(rb"^(Received:|X-Spam-[A-Za-z-]+:|Authentication-Results: relay\.test;)")
 owned = re.compile(rb"^(x-spam-[^:]*|authentication-results[ \t]*:[ \t\r\n]*(\([^)]*\))?[ \t\r\n]*relay\.test[ \t;(\r])", re.I)
 
 
@@ -104,8 +104,8 @@ for n in accepted:
         continue
     with open(path, "rb") as f:
         got = f.read()
-    # Drop the fields the relay put on top: one Received field and the X-Spam-* fields
-    # before the message's own first line.
+    # Drop the fields the relay put on top: one Received field, its Authentication-Results
+    # and the X-Spam-* fields before the message's own first line.
     lines = got.split(b"\r\n")
     i, received = 0, False
     while i < len(lines) and added.match(lines[i]):

@@ -3,85 +3,88 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `sluice:policy/types@0.1.0`
+// Imported Functions from `sluice:policy/types@0.2.0`
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.header")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.header")))
 extern void __wasm_import_sluice_policy_types_method_message_header(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.header-all")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.header-all")))
 extern void __wasm_import_sluice_policy_types_method_message_header_all(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.headers")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.headers")))
 extern void __wasm_import_sluice_policy_types_method_message_headers(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.subject")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.subject")))
 extern void __wasm_import_sluice_policy_types_method_message_subject(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.from")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.from")))
 extern void __wasm_import_sluice_policy_types_method_message_from(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.to")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.to")))
 extern void __wasm_import_sluice_policy_types_method_message_to(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.cc")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.cc")))
 extern void __wasm_import_sluice_policy_types_method_message_cc(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.reply-to")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.reply-to")))
 extern void __wasm_import_sluice_policy_types_method_message_reply_to(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.date")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.date")))
 extern void __wasm_import_sluice_policy_types_method_message_date(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.message-id")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.message-id")))
 extern void __wasm_import_sluice_policy_types_method_message_message_id(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.text-body")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.text-body")))
 extern void __wasm_import_sluice_policy_types_method_message_text_body(int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.html-body")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.html-body")))
 extern void __wasm_import_sluice_policy_types_method_message_html_body(int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.attachments")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.attachments")))
 extern void __wasm_import_sluice_policy_types_method_message_attachments(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.raw-size")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.raw-size")))
 extern int64_t __wasm_import_sluice_policy_types_method_message_raw_size(int32_t);
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[method]message.raw")))
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.raw")))
 extern void __wasm_import_sluice_policy_types_method_message_raw(int32_t, int64_t, int32_t, uint8_t *);
 
-// Imported Functions from `sluice:policy/host@0.1.0`
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.sender-checks")))
+extern void __wasm_import_sluice_policy_types_method_message_sender_checks(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("log")))
+// Imported Functions from `sluice:policy/host@0.2.0`
+
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("log")))
 extern void __wasm_import_sluice_policy_host_log(int32_t, uint8_t *, size_t, uint8_t *, size_t);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("config-get")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("config-get")))
 extern void __wasm_import_sluice_policy_host_config_get(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("config-all")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("config-all")))
 extern void __wasm_import_sluice_policy_host_config_all(uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("now-millis")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("now-millis")))
 extern int64_t __wasm_import_sluice_policy_host_now_millis(void);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("kv-get")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-get")))
 extern void __wasm_import_sluice_policy_host_kv_get(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("kv-set")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-set")))
 extern void __wasm_import_sluice_policy_host_kv_set(uint8_t *, size_t, uint8_t *, size_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("kv-delete")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-delete")))
 extern void __wasm_import_sluice_policy_host_kv_delete(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("kv-incr")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-incr")))
 extern void __wasm_import_sluice_policy_host_kv_incr(uint8_t *, size_t, int64_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.1.0"), __import_name__("dns-lookup")))
+__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("dns-lookup")))
 extern void __wasm_import_sluice_policy_host_dns_lookup(uint8_t *, size_t, int32_t, uint8_t *);
 
-// Exported Functions from `sluice:policy/hooks@0.1.0`
+// Exported Functions from `sluice:policy/hooks@0.2.0`
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.1.0#describe")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#describe")))
 void __wasm_export_exports_sluice_policy_hooks_describe_post_return(uint8_t * arg0) {
   if ((*((size_t*) (arg0 + sizeof(void*)))) > 0) {
     free(*((uint8_t **) (arg0 + 0)));
@@ -100,7 +103,7 @@ void __wasm_export_exports_sluice_policy_hooks_describe_post_return(uint8_t * ar
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.1.0#init")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#init")))
 void __wasm_export_exports_sluice_policy_hooks_init_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -115,7 +118,7 @@ void __wasm_export_exports_sluice_policy_hooks_init_post_return(uint8_t * arg0) 
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.1.0#on-connect")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-connect")))
 void __wasm_export_exports_sluice_policy_hooks_on_connect_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -237,7 +240,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_connect_post_return(uint8_t * 
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.1.0#on-helo")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-helo")))
 void __wasm_export_exports_sluice_policy_hooks_on_helo_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -359,7 +362,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_helo_post_return(uint8_t * arg
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.1.0#on-mail")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-mail")))
 void __wasm_export_exports_sluice_policy_hooks_on_mail_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -481,7 +484,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_mail_post_return(uint8_t * arg
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.1.0#on-rcpt")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-rcpt")))
 void __wasm_export_exports_sluice_policy_hooks_on_rcpt_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -603,7 +606,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_rcpt_post_return(uint8_t * arg
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.1.0#on-data")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-data")))
 void __wasm_export_exports_sluice_policy_hooks_on_data_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -939,15 +942,25 @@ void sluice_policy_types_policy_info_free(sluice_policy_types_policy_info_t *ptr
   sluice_policy_types_list_stage_free(&ptr->stages);
 }
 
-__attribute__((__import_module__("sluice:policy/types@0.1.0"), __import_name__("[resource-drop]message")))
-extern void __wasm_import_sluice_policy_types_message_drop(int32_t handle);
-
-void sluice_policy_types_message_drop_own(sluice_policy_types_own_message_t handle) {
-  __wasm_import_sluice_policy_types_message_drop(handle.__handle);
+void sluice_policy_types_spf_check_free(sluice_policy_types_spf_check_t *ptr) {
+  policy_string_free(&ptr->domain);
 }
 
-sluice_policy_types_borrow_message_t sluice_policy_types_borrow_message(sluice_policy_types_own_message_t arg) {
-  return (sluice_policy_types_borrow_message_t) { arg.__handle };
+void sluice_policy_types_dkim_check_free(sluice_policy_types_dkim_check_t *ptr) {
+  policy_string_free(&ptr->domain);
+  policy_string_free(&ptr->selector);
+  policy_string_free(&ptr->algorithm);
+  policy_option_string_free(&ptr->reason);
+}
+
+void sluice_policy_types_option_dmarc_policy_free(sluice_policy_types_option_dmarc_policy_t *ptr) {
+  if (ptr->is_some) {
+  }
+}
+
+void sluice_policy_types_dmarc_check_free(sluice_policy_types_dmarc_check_t *ptr) {
+  policy_string_free(&ptr->domain);
+  sluice_policy_types_option_dmarc_policy_free(&ptr->policy);
 }
 
 void policy_list_string_free(policy_list_string_t *ptr) {
@@ -959,6 +972,40 @@ void policy_list_string_free(policy_list_string_t *ptr) {
     }
     free(list_ptr);
   }
+}
+
+void sluice_policy_types_arc_check_free(sluice_policy_types_arc_check_t *ptr) {
+  policy_list_string_free(&ptr->sealers);
+}
+
+void sluice_policy_types_list_dkim_check_free(sluice_policy_types_list_dkim_check_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    sluice_policy_types_dkim_check_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      sluice_policy_types_dkim_check_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void sluice_policy_types_sender_checks_free(sluice_policy_types_sender_checks_t *ptr) {
+  sluice_policy_types_spf_check_free(&ptr->spf);
+  sluice_policy_types_spf_check_free(&ptr->helo);
+  sluice_policy_types_list_dkim_check_free(&ptr->dkim);
+  sluice_policy_types_dmarc_check_free(&ptr->dmarc);
+  sluice_policy_types_arc_check_free(&ptr->arc);
+}
+
+__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[resource-drop]message")))
+extern void __wasm_import_sluice_policy_types_message_drop(int32_t handle);
+
+void sluice_policy_types_message_drop_own(sluice_policy_types_own_message_t handle) {
+  __wasm_import_sluice_policy_types_message_drop(handle.__handle);
+}
+
+sluice_policy_types_borrow_message_t sluice_policy_types_borrow_message(sluice_policy_types_own_message_t arg) {
+  return (sluice_policy_types_borrow_message_t) { arg.__handle };
 }
 
 void sluice_policy_types_list_header_free(sluice_policy_types_list_header_t *ptr) {
@@ -1006,6 +1053,12 @@ void policy_list_u8_free(policy_list_u8_t *ptr) {
     for (size_t i = 0; i < list_len; i++) {
     }
     free(list_ptr);
+  }
+}
+
+void sluice_policy_types_option_sender_checks_free(sluice_policy_types_option_sender_checks_t *ptr) {
+  if (ptr->is_some) {
+    sluice_policy_types_sender_checks_free(&ptr->val);
   }
 }
 
@@ -1329,6 +1382,64 @@ void sluice_policy_types_method_message_raw(sluice_policy_types_borrow_message_t
   *ret = (policy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
 }
 
+bool sluice_policy_types_method_message_sender_checks(sluice_policy_types_borrow_message_t self, sluice_policy_types_sender_checks_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(8+15*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_sluice_policy_types_method_message_sender_checks((self).__handle, ptr);
+  sluice_policy_types_option_sender_checks_t option1;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      option1.is_some = false;
+      break;
+    }
+    case 1: {
+      option1.is_some = true;
+      sluice_policy_types_option_dmarc_policy_t option0;
+      switch ((int32_t) *((uint8_t*) (ptr + (12*sizeof(void*))))) {
+        case 0: {
+          option0.is_some = false;
+          break;
+        }
+        case 1: {
+          option0.is_some = true;
+          option0.val = (int32_t) *((uint8_t*) (ptr + (1+12*sizeof(void*))));
+          break;
+        }
+      }
+
+      option1.val = (sluice_policy_types_sender_checks_t) {
+        (sluice_policy_types_spf_check_t) (sluice_policy_types_spf_check_t) {
+          (sluice_policy_types_check_result_t) (int32_t) *((uint8_t*) (ptr + sizeof(void*))),
+          (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) },
+        },
+        (sluice_policy_types_spf_check_t) (sluice_policy_types_spf_check_t) {
+          (sluice_policy_types_check_result_t) (int32_t) *((uint8_t*) (ptr + (4*sizeof(void*)))),
+          (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (5*sizeof(void*))))), (*((size_t*) (ptr + (6*sizeof(void*))))) },
+        },
+        (sluice_policy_types_list_dkim_check_t) (sluice_policy_types_list_dkim_check_t) { (sluice_policy_types_dkim_check_t*)(*((uint8_t **) (ptr + (7*sizeof(void*))))), (*((size_t*) (ptr + (8*sizeof(void*))))) },
+        (sluice_policy_types_dmarc_check_t) (sluice_policy_types_dmarc_check_t) {
+          (sluice_policy_types_check_result_t) (int32_t) *((uint8_t*) (ptr + (9*sizeof(void*)))),
+          (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (10*sizeof(void*))))), (*((size_t*) (ptr + (11*sizeof(void*))))) },
+          (sluice_policy_types_option_dmarc_policy_t) option0,
+          (uint8_t) (uint8_t) ((int32_t) *((uint8_t*) (ptr + (2+12*sizeof(void*))))),
+          (bool) (int32_t) *((uint8_t*) (ptr + (3+12*sizeof(void*)))),
+          (bool) (int32_t) *((uint8_t*) (ptr + (4+12*sizeof(void*)))),
+          (bool) (int32_t) *((uint8_t*) (ptr + (5+12*sizeof(void*)))),
+          (bool) (int32_t) *((uint8_t*) (ptr + (6+12*sizeof(void*)))),
+        },
+        (sluice_policy_types_arc_check_t) (sluice_policy_types_arc_check_t) {
+          (sluice_policy_types_check_result_t) (int32_t) *((uint8_t*) (ptr + (8+12*sizeof(void*)))),
+          (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (ptr + (8+13*sizeof(void*))))), (*((size_t*) (ptr + (8+14*sizeof(void*))))) },
+        },
+      };
+      break;
+    }
+  }
+  *ret = option1.val;
+  return option1.is_some;
+}
+
 void sluice_policy_host_log(sluice_policy_host_log_level_t level, policy_string_t *message, policy_list_tuple2_string_string_t *fields) {
   __wasm_import_sluice_policy_host_log((int32_t) level, (uint8_t *) (*message).ptr, (*message).len, (uint8_t *) (*fields).ptr, (*fields).len);
 }
@@ -1617,7 +1728,7 @@ bool sluice_policy_host_dns_lookup(policy_string_t *name, sluice_policy_host_dns
   }
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.1.0#describe")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.0#describe")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_describe(void) {
   exports_sluice_policy_hooks_policy_info_t ret;
   exports_sluice_policy_hooks_describe(&ret);
@@ -1631,7 +1742,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_describe(void) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.1.0#init")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.0#init")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_init(uint8_t * arg, size_t arg0) {
   policy_list_tuple2_string_string_t arg1 = (policy_list_tuple2_string_string_t) { (policy_tuple2_string_string_t*)(arg), (arg0) };
   exports_sluice_policy_hooks_result_void_string_t ret;
@@ -1651,7 +1762,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_init(uint8_t * arg, size_t a
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.1.0#on-connect")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-connect")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_connect(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -1818,7 +1929,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_connect(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.1.0#on-helo")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-helo")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_helo(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -1985,7 +2096,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_helo(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.1.0#on-mail")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-mail")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_mail(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -2152,7 +2263,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_mail(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.1.0#on-rcpt")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-rcpt")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_rcpt(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -2323,7 +2434,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_rcpt(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.1.0#on-data")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-data")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_data(uint8_t * arg) {
   int32_t borrow = 0;
   policy_option_string_t option;

@@ -262,6 +262,113 @@ typedef struct sluice_policy_types_policy_info_t {
   sluice_policy_types_list_stage_t   stages;
 } sluice_policy_types_policy_info_t;
 
+// The result of one sender check, in RFC 8601's words.
+typedef uint8_t sluice_policy_types_check_result_t;
+
+// Nothing to check: no record, no signature.
+#define SLUICE_POLICY_TYPES_CHECK_RESULT_NONE 0
+// Passed.
+#define SLUICE_POLICY_TYPES_CHECK_RESULT_PASS 1
+// Failed.
+#define SLUICE_POLICY_TYPES_CHECK_RESULT_FAIL 2
+// SPF's `~all`: probably not authorised.
+#define SLUICE_POLICY_TYPES_CHECK_RESULT_SOFTFAIL 3
+// No assertion (SPF `?all`, a signature that cannot be judged).
+#define SLUICE_POLICY_TYPES_CHECK_RESULT_NEUTRAL 4
+// A transient failure: a DNS timeout or SERVFAIL, or the time for the checks ran out.
+#define SLUICE_POLICY_TYPES_CHECK_RESULT_TEMPERROR 5
+// A permanent error: a malformed record or signature, too many lookups.
+#define SLUICE_POLICY_TYPES_CHECK_RESULT_PERMERROR 6
+
+// SPF (RFC 7208) of one identity.
+typedef struct sluice_policy_types_spf_check_t {
+  // Result.
+  sluice_policy_types_check_result_t   result;
+  // The domain checked: the MAIL FROM domain, or the HELO name.
+  policy_string_t   domain;
+} sluice_policy_types_spf_check_t;
+
+// One DKIM signature (RFC 6376) and its check.
+typedef struct sluice_policy_types_dkim_check_t {
+  // Result.
+  sluice_policy_types_check_result_t   result;
+  // Signing domain (`d=`); empty when the signature could not be read.
+  policy_string_t   domain;
+  // Selector (`s=`).
+  policy_string_t   selector;
+  // Algorithm: `rsa-sha256`, `ed25519-sha256` or `rsa-sha1`.
+  policy_string_t   algorithm;
+  // Why it did not pass.
+  policy_option_string_t   reason;
+} sluice_policy_types_dkim_check_t;
+
+// A domain owner's DMARC policy.
+typedef uint8_t sluice_policy_types_dmarc_policy_t;
+
+// Monitor only.
+#define SLUICE_POLICY_TYPES_DMARC_POLICY_NONE 0
+// Treat failing mail as suspicious.
+#define SLUICE_POLICY_TYPES_DMARC_POLICY_QUARANTINE 1
+// Refuse failing mail.
+#define SLUICE_POLICY_TYPES_DMARC_POLICY_REJECT 2
+
+typedef struct {
+  bool is_some;
+  sluice_policy_types_dmarc_policy_t val;
+} sluice_policy_types_option_dmarc_policy_t;
+
+// DMARC (RFC 7489) of the message's From domain.
+typedef struct sluice_policy_types_dmarc_check_t {
+  // pass (SPF or DKIM passed aligned), fail, none (no record), temperror, permerror.
+  sluice_policy_types_check_result_t   result;
+  // The From domain.
+  policy_string_t   domain;
+  // The policy that applies to it (`p`, or `sp` for a subdomain), if it publishes one.
+  sluice_policy_types_option_dmarc_policy_t   policy;
+  // Percentage of failing mail the policy is meant for (`pct`, 100 when not given).
+  uint8_t   pct;
+  // SPF passed for a domain aligned with From.
+  bool   spf_aligned;
+  // A DKIM signature passed for a domain aligned with From.
+  bool   dkim_aligned;
+  // SPF alignment must be exact (`aspf=s`).
+  bool   spf_strict;
+  // DKIM alignment must be exact (`adkim=s`).
+  bool   dkim_strict;
+} sluice_policy_types_dmarc_check_t;
+
+typedef struct {
+  policy_string_t *ptr;
+  size_t len;
+} policy_list_string_t;
+
+// The ARC chain (RFC 8617).
+typedef struct sluice_policy_types_arc_check_t {
+  // none (no chain), pass, fail, or temperror.
+  sluice_policy_types_check_result_t   result;
+  // The sealing domains (`d=` of each ARC-Seal), the first hop first.
+  policy_list_string_t   sealers;
+} sluice_policy_types_arc_check_t;
+
+typedef struct {
+  sluice_policy_types_dkim_check_t *ptr;
+  size_t len;
+} sluice_policy_types_list_dkim_check_t;
+
+// What the relay found of the sender, once per message.
+typedef struct sluice_policy_types_sender_checks_t {
+  // SPF of the MAIL FROM domain (of the HELO name for the null sender).
+  sluice_policy_types_spf_check_t   spf;
+  // SPF of the HELO name.
+  sluice_policy_types_spf_check_t   helo;
+  // Every DKIM signature, in message order.
+  sluice_policy_types_list_dkim_check_t   dkim;
+  // DMARC.
+  sluice_policy_types_dmarc_check_t   dmarc;
+  // ARC.
+  sluice_policy_types_arc_check_t   arc;
+} sluice_policy_types_sender_checks_t;
+
 typedef struct sluice_policy_types_own_message_t {
   int32_t __handle;
 } sluice_policy_types_own_message_t;
@@ -269,11 +376,6 @@ typedef struct sluice_policy_types_own_message_t {
 typedef struct sluice_policy_types_borrow_message_t {
   int32_t __handle;
 } sluice_policy_types_borrow_message_t;
-
-typedef struct {
-  policy_string_t *ptr;
-  size_t len;
-} policy_list_string_t;
 
 typedef struct {
   sluice_policy_types_header_t *ptr;
@@ -299,6 +401,11 @@ typedef struct {
   uint8_t *ptr;
   size_t len;
 } policy_list_u8_t;
+
+typedef struct {
+  bool is_some;
+  sluice_policy_types_sender_checks_t val;
+} sluice_policy_types_option_sender_checks_t;
 
 // Severity of a log line.
 typedef uint8_t sluice_policy_host_log_level_t;
@@ -420,7 +527,7 @@ typedef struct {
 
 typedef sluice_policy_types_borrow_message_t exports_sluice_policy_hooks_borrow_message_t;
 
-// Imported Functions from `sluice:policy/types@0.1.0`
+// Imported Functions from `sluice:policy/types@0.2.0`
 // First value of the named header field (case-insensitive), if present.
 extern bool sluice_policy_types_method_message_header(sluice_policy_types_borrow_message_t self, policy_string_t *name, policy_string_t *ret);
 // Every value of the named header field, in message order.
@@ -451,8 +558,12 @@ extern void sluice_policy_types_method_message_attachments(sluice_policy_types_b
 extern uint64_t sluice_policy_types_method_message_raw_size(sluice_policy_types_borrow_message_t self);
 // Up to `length` raw bytes starting at `offset` (the host caps `length` at 1 MiB).
 extern void sluice_policy_types_method_message_raw(sluice_policy_types_borrow_message_t self, uint64_t offset, uint32_t length, policy_list_u8_t *ret);
+// What the relay found of the sender: SPF, DKIM, DMARC, ARC. None for mail the
+// tenant sends out (trusted networks, authenticated users), which is signed rather
+// than checked.
+extern bool sluice_policy_types_method_message_sender_checks(sluice_policy_types_borrow_message_t self, sluice_policy_types_sender_checks_t *ret);
 
-// Imported Functions from `sluice:policy/host@0.1.0`
+// Imported Functions from `sluice:policy/host@0.2.0`
 // Write a structured log line, tagged by the host with the policy and tenant.
 extern void sluice_policy_host_log(sluice_policy_host_log_level_t level, policy_string_t *message, policy_list_tuple2_string_string_t *fields);
 // Value of one key of this policy's configuration.
@@ -474,7 +585,7 @@ extern bool sluice_policy_host_kv_incr(policy_string_t *key, int64_t delta, uint
 // joined strings for TXT, the host name for PTR (give an IP address as `name`).
 extern bool sluice_policy_host_dns_lookup(policy_string_t *name, sluice_policy_host_dns_type_t kind, policy_list_string_t *ret, sluice_policy_host_dns_error_t *err);
 
-// Exported Functions from `sluice:policy/hooks@0.1.0`
+// Exported Functions from `sluice:policy/hooks@0.2.0`
 void exports_sluice_policy_hooks_describe(exports_sluice_policy_hooks_policy_info_t *ret);
 bool exports_sluice_policy_hooks_init(policy_list_tuple2_string_string_t *config, policy_string_t *err);
 void exports_sluice_policy_hooks_on_connect(exports_sluice_policy_hooks_context_t *ctx, exports_sluice_policy_hooks_decision_t *ret);
@@ -535,11 +646,25 @@ void sluice_policy_types_list_stage_free(sluice_policy_types_list_stage_t *ptr);
 
 void sluice_policy_types_policy_info_free(sluice_policy_types_policy_info_t *ptr);
 
+void sluice_policy_types_spf_check_free(sluice_policy_types_spf_check_t *ptr);
+
+void sluice_policy_types_dkim_check_free(sluice_policy_types_dkim_check_t *ptr);
+
+void sluice_policy_types_option_dmarc_policy_free(sluice_policy_types_option_dmarc_policy_t *ptr);
+
+void sluice_policy_types_dmarc_check_free(sluice_policy_types_dmarc_check_t *ptr);
+
+void policy_list_string_free(policy_list_string_t *ptr);
+
+void sluice_policy_types_arc_check_free(sluice_policy_types_arc_check_t *ptr);
+
+void sluice_policy_types_list_dkim_check_free(sluice_policy_types_list_dkim_check_t *ptr);
+
+void sluice_policy_types_sender_checks_free(sluice_policy_types_sender_checks_t *ptr);
+
 extern void sluice_policy_types_message_drop_own(sluice_policy_types_own_message_t handle);
 
 extern sluice_policy_types_borrow_message_t sluice_policy_types_borrow_message(sluice_policy_types_own_message_t handle);
-
-void policy_list_string_free(policy_list_string_t *ptr);
 
 void sluice_policy_types_list_header_free(sluice_policy_types_list_header_t *ptr);
 
@@ -550,6 +675,8 @@ void policy_option_s64_free(policy_option_s64_t *ptr);
 void sluice_policy_types_list_attachment_free(sluice_policy_types_list_attachment_t *ptr);
 
 void policy_list_u8_free(policy_list_u8_t *ptr);
+
+void sluice_policy_types_option_sender_checks_free(sluice_policy_types_option_sender_checks_t *ptr);
 
 void sluice_policy_host_kv_error_free(sluice_policy_host_kv_error_t *ptr);
 

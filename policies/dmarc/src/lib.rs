@@ -179,16 +179,35 @@ impl Policy for Dmarc {
     fn on_data(&mut self, _ctx: &Context, message: &Message) -> Decision {
         // Mail the tenant sends out is signed, not checked: nothing to enforce.
         let Some(checks) = message.sender_checks() else { return Decision::no_opinion() };
-        let decision = self.score(&checks, Decision::no_opinion());
         let dmarc = &checks.dmarc;
         let domain = dmarc.domain.as_str();
-        match dmarc.result {
-            CheckResult::Pass => decision.symbol("DMARC_PASS", self.scores.dmarc_pass, Some(domain)),
-            CheckResult::Temperror => decision.symbol("DMARC_TEMPERROR", 0.0, Some(domain)),
-            CheckResult::Permerror => decision.symbol("DMARC_PERMERROR", 0.0, Some(domain)),
+        let decision = match dmarc.result {
+            CheckResult::Pass => {
+                Decision::no_opinion().symbol("DMARC_PASS", self.scores.dmarc_pass, Some(domain))
+            }
+            CheckResult::Temperror => Decision::no_opinion().symbol("DMARC_TEMPERROR", 0.0, Some(domain)),
+            CheckResult::Permerror => Decision::no_opinion().symbol("DMARC_PERMERROR", 0.0, Some(domain)),
             CheckResult::Fail => {
                 let message_id = message.message_id().unwrap_or_default();
-                let decision = if self.forwarded_by_trusted(&checks) {
+                let (symbol, score) = match dmarc.policy {
+                    Some(DmarcPolicy::Reject) => ("DMARC_FAIL_REJECT", self.scores.dmarc_fail),
+                    Some(DmarcPolicy::Quarantine) => ("DMARC_FAIL_QUARANTINE", self.scores.dmarc_fail),
+                    _ => ("DMARC_FAIL_NONE", self.scores.dmarc_fail / 2.0),
+                };
+                let decision = match self.enforcement(&checks, &message_id) {
+                    Enforcement::Reject => Decision::reject_with(
+                        550,
+                        Some("5.7.1"),
+                        &format!("Unauthenticated mail from {domain} is refused by its DMARC policy"),
+                    )
+                    .unwrap_or_else(|_| {
+                        Decision::reject("5.7.1 Refused by the sender domain's DMARC policy")
+                    }),
+                    Enforcement::Quarantine => Decision::quarantine(&format!("DMARC policy of {domain}")),
+                    Enforcement::Score => Decision::no_opinion(),
+                };
+                let decision = decision.symbol(symbol, score, Some(domain));
+                if self.forwarded_by_trusted(&checks) {
                     decision.symbol(
                         "ARC_TRUSTED_FORWARDER",
                         0.0,
@@ -196,27 +215,11 @@ impl Policy for Dmarc {
                     )
                 } else {
                     decision
-                };
-                let (symbol, fail) = match dmarc.policy {
-                    Some(DmarcPolicy::Reject) => ("DMARC_FAIL_REJECT", self.scores.dmarc_fail),
-                    Some(DmarcPolicy::Quarantine) => ("DMARC_FAIL_QUARANTINE", self.scores.dmarc_fail),
-                    _ => ("DMARC_FAIL_NONE", self.scores.dmarc_fail / 2.0),
-                };
-                match self.enforcement(&checks, &message_id) {
-                    Enforcement::Reject => Decision::reject_with(
-                        550,
-                        Some("5.7.1"),
-                        &format!("Unauthenticated mail from {domain} is refused by its DMARC policy"),
-                    )
-                    .unwrap_or_else(|_| Decision::reject("5.7.1 Refused by the sender domain's DMARC policy"))
-                    .symbol(symbol, fail, Some(domain)),
-                    Enforcement::Quarantine => Decision::quarantine(&format!("DMARC policy of {domain}"))
-                        .symbol(symbol, fail, Some(domain)),
-                    Enforcement::Score => decision.symbol(symbol, fail, Some(domain)),
                 }
             }
-            CheckResult::None | CheckResult::Softfail | CheckResult::Neutral => decision,
-        }
+            CheckResult::None | CheckResult::Softfail | CheckResult::Neutral => Decision::no_opinion(),
+        };
+        self.score(&checks, decision)
     }
 }
 
