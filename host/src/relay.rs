@@ -85,8 +85,10 @@ impl Relay {
         } else {
             None
         };
-        let sender_checker =
-            Checker::new(&dns, CheckerSettings { cache_entries: config.dns.cache_entries.unwrap_or(10_000) });
+        let sender_checker = Checker::new(
+            dns.clone(),
+            CheckerSettings { cache_entries: config.dns.cache_entries.unwrap_or(10_000) },
+        );
         let metrics = Arc::new(Metrics::default());
         let generations = Arc::new(
             Generations::start(Loader::new(engine, services), config, config_path, metrics.clone()).await?,

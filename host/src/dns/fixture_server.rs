@@ -72,7 +72,8 @@ fn answer(fixture: &FixtureResolver, query: &[u8]) -> Option<Vec<u8>> {
     // The fixture keys PTR records by the address itself.
     let key = match kind {
         Some(RecordType::Ptr) => name.parse_arpa_name().ok()?.addr().to_string(),
-        _ => name.to_ascii(),
+        // The labels as they are (a name may hold any byte but `.`).
+        _ => name.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join("."),
     };
     match kind.map(|kind| fixture.answer(&key, kind)) {
         Some(Err(DnsError::Timeout)) => return None,
@@ -91,7 +92,7 @@ fn answer(fixture: &FixtureResolver, query: &[u8]) -> Option<Vec<u8>> {
 
 /// One fixture value as record data (`None` when it does not parse as its type).
 fn rdata(kind: RecordType, value: &str) -> Option<RData> {
-    let name = |text: &str| Name::from_ascii(format!("{}.", text.trim_end_matches('.'))).ok();
+    let name = |text: &str| Name::from_labels(text.trim_end_matches('.').split('.').map(str::as_bytes)).ok();
     Some(match kind {
         RecordType::A => RData::A(A(value.parse::<Ipv4Addr>().ok()?)),
         RecordType::Aaaa => RData::AAAA(AAAA(value.parse::<Ipv6Addr>().ok()?)),
@@ -103,6 +104,7 @@ fn rdata(kind: RecordType, value: &str) -> Option<RData> {
         }
         RecordType::Ptr => RData::PTR(PTR(name(value)?)),
         // A TXT string longer than 255 bytes is sent as several, as zone files do.
+        RecordType::Txt if value.is_empty() => RData::TXT(TXT::new(vec![String::new()])),
         RecordType::Txt => RData::TXT(TXT::new(
             value.as_bytes().chunks(255).map(|chunk| String::from_utf8_lossy(chunk).into_owned()).collect(),
         )),

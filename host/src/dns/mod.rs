@@ -12,9 +12,12 @@
 //! 192.0.2.1               PTR    client.example.net
 //! gone.example            NXDOMAIN
 //! slow.example            TIMEOUT
+//! www.example.com         CNAME  example.com
 //! ```
 //!
 //! Names are case-insensitive and a trailing dot is ignored. A name with no line is NXDOMAIN.
+//! A value may be quoted; names and values take zone-file escapes (`\032` for a space, `\013`
+//! for a carriage return).
 
 mod fixture_server;
 
@@ -83,6 +86,8 @@ enum FixtureAnswer {
 #[derive(Debug, Default)]
 pub struct FixtureResolver {
     records: HashMap<(String, Option<RecordType>), FixtureAnswer>,
+    /// `NAME CNAME TARGET`: NAME's records are TARGET's.
+    aliases: HashMap<String, String>,
 }
 
 /// A fixture line that could not be read.
@@ -95,7 +100,34 @@ pub struct FixtureError {
 }
 
 fn normalise(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
+    unescape(name).trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Zone-file escapes: `\DDD` (a byte in decimal) and `\X` (X itself).
+fn unescape(text: &str) -> String {
+    if !text.contains('\\') {
+        return text.to_string();
+    }
+    let bytes = text.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(bytes.len()), 0);
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 4)) {
+            (b'\\', Some(d)) if d.iter().all(u8::is_ascii_digit) => {
+                let n = d.iter().fold(0u32, |n, b| n * 10 + u32::from(b - b'0'));
+                out.push(u8::try_from(n).unwrap_or(b'?'));
+                i += 4;
+            }
+            (b'\\', _) if i + 1 < bytes.len() => {
+                out.push(bytes[i + 1]);
+                i += 2;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl FixtureResolver {
@@ -129,13 +161,21 @@ impl FixtureResolver {
                 "TIMEOUT" => {
                     resolver.records.insert((name, None), FixtureAnswer::Timeout);
                 }
+                "CNAME" => {
+                    if value.is_empty() {
+                        return Err(err("expected a target".into()));
+                    }
+                    let target = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(&value);
+                    resolver.aliases.insert(name, normalise(target));
+                }
                 other => {
                     let kind = RecordType::parse(other)
                         .ok_or_else(|| err(format!("unknown record type {other:?}")))?;
                     if value.is_empty() {
                         return Err(err("expected a value".into()));
                     }
-                    let value = value.trim_matches('"').to_string();
+                    let value =
+                        unescape(value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(&value));
                     match resolver
                         .records
                         .entry((name, Some(kind)))
@@ -154,7 +194,14 @@ impl FixtureResolver {
 impl FixtureResolver {
     /// The fixture's answer to `name`/`kind`.
     pub fn answer(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
-        let name = normalise(name);
+        let mut name = normalise(name);
+        // Aliases are followed (a few hops at most), as a resolver does.
+        for _ in 0..8 {
+            match self.aliases.get(&name) {
+                Some(target) => name = target.clone(),
+                None => break,
+            }
+        }
         match self.records.get(&(name.clone(), None)) {
             Some(FixtureAnswer::Timeout) => return Err(DnsError::Timeout),
             Some(FixtureAnswer::NxDomain) => return Err(DnsError::NxDomain),
@@ -170,9 +217,10 @@ impl FixtureResolver {
     /// question for another type with no records, not with NXDOMAIN).
     pub fn knows(&self, name: &str) -> bool {
         let name = normalise(name);
-        self.records.iter().any(|((n, kind), answer)| {
-            *n == name && kind.is_some() && matches!(answer, FixtureAnswer::Records(_))
-        })
+        self.aliases.contains_key(&name)
+            || self.records.iter().any(|((n, kind), answer)| {
+                *n == name && kind.is_some() && matches!(answer, FixtureAnswer::Records(_))
+            })
     }
 }
 
@@ -339,16 +387,24 @@ impl DnsResolver {
     }
 }
 
+/// A name's labels joined by dots, unescaped, without the root's dot.
+fn plain(name: &hickory_resolver::proto::rr::Name) -> String {
+    name.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join(".")
+}
+
 #[async_trait::async_trait]
 impl Resolver for DnsResolver {
     async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
         use hickory_resolver::proto::rr::{Name, RData};
-        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        // Labels as given: a name may hold any byte but `.` (SPF's domain-specs do, RFC 7208
+        // §7.1), which the parser of host names would refuse.
+        let fqdn = Name::from_labels(name.trim_end_matches('.').split('.').map(str::as_bytes))
+            .map_err(|e| DnsError::Failed(format!("{name:?} is not a domain name: {e}")))?;
         let result = match kind {
-            RecordType::A => self.inner.ipv4_lookup(fqdn.as_str()).await,
-            RecordType::Aaaa => self.inner.ipv6_lookup(fqdn.as_str()).await,
-            RecordType::Txt => self.inner.txt_lookup(fqdn.as_str()).await,
-            RecordType::Mx => self.inner.mx_lookup(fqdn.as_str()).await,
+            RecordType::A => self.inner.ipv4_lookup(fqdn).await,
+            RecordType::Aaaa => self.inner.ipv6_lookup(fqdn).await,
+            RecordType::Txt => self.inner.txt_lookup(fqdn).await,
+            RecordType::Mx => self.inner.mx_lookup(fqdn).await,
             RecordType::Ptr => {
                 let ip: std::net::IpAddr =
                     name.parse().map_err(|_| DnsError::Failed("PTR lookups take an IP address".into()))?;
@@ -364,14 +420,10 @@ impl Resolver for DnsResolver {
                         RData::A(a) if kind == RecordType::A => Some(a.0.to_string()),
                         RData::AAAA(a) if kind == RecordType::Aaaa => Some(a.0.to_string()),
                         RData::TXT(t) if kind == RecordType::Txt => Some(t.to_string()),
-                        RData::MX(mx) if kind == RecordType::Mx => Some(format!(
-                            "{} {}",
-                            mx.preference,
-                            mx.exchange.to_string().trim_end_matches('.')
-                        )),
-                        RData::PTR(p) if kind == RecordType::Ptr => {
-                            Some(p.0.to_string().trim_end_matches('.').to_string())
+                        RData::MX(mx) if kind == RecordType::Mx => {
+                            Some(format!("{} {}", mx.preference, plain(&mx.exchange)))
                         }
+                        RData::PTR(p) if kind == RecordType::Ptr => Some(plain(&p.0)),
                         _ => None,
                     })
                     .collect();

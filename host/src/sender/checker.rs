@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::dmarc::{Alignment, Policy};
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, Parameters, SpfResult,
     common::crypto::Algorithm, dmarc::verify::DmarcParameters,
@@ -14,6 +13,7 @@ use mail_auth::{
 use tokio::time::Instant;
 
 use super::cache::{Caches, TtlCache};
+use super::spf;
 use super::{DkimCheck, DmarcCheck, DmarcPolicy, SenderChecks, SpfCheck, Verdict};
 use crate::dns::{DnsResolver, FixtureResolver, FixtureServer, Patience};
 
@@ -46,6 +46,8 @@ pub struct Sender<'a> {
 /// Checks senders; one per relay (its caches are shared by every session).
 pub struct Checker {
     auth: MessageAuthenticator,
+    /// SPF asks through this (the same hickory resolver).
+    dns: Arc<DnsResolver>,
     caches: Caches,
     /// The fixture's name server, when the answers come from one.
     _fixture: Option<FixtureServer>,
@@ -59,9 +61,10 @@ impl std::fmt::Debug for Checker {
 
 impl Checker {
     /// Checks through `resolver` (the relay's).
-    pub fn new(resolver: &DnsResolver, settings: CheckerSettings) -> Self {
+    pub fn new(resolver: Arc<DnsResolver>, settings: CheckerSettings) -> Self {
         Self {
             auth: MessageAuthenticator(resolver.hickory()),
+            dns: resolver,
             caches: Caches::new(settings.cache_entries),
             _fixture: None,
         }
@@ -76,8 +79,8 @@ impl Checker {
     ) -> Result<Self, String> {
         let server = FixtureServer::start(fixture).await.map_err(|e| format!("fixture name server: {e}"))?;
         let patience = Patience { timeout: Duration::from_millis(250), attempts: 1 };
-        let resolver = DnsResolver::with_patience(&[server.address()], patience)?;
-        let mut checker = Self::new(&resolver, settings);
+        let resolver = Arc::new(DnsResolver::with_patience(&[server.address()], patience)?);
+        let mut checker = Self::new(resolver, settings);
         checker._fixture = Some(server);
         Ok(checker)
     }
@@ -90,28 +93,24 @@ impl Checker {
         let mut checks = SenderChecks { null_sender: sender.mail_from.is_empty(), ..SenderChecks::default() };
 
         // SPF: the HELO name, then the MAIL FROM domain (or the HELO name again for <>).
-        checks.helo = SpfCheck { result: Verdict::None, domain: sender.helo.to_string() };
-        let helo = SpfParameters::verify_ehlo(sender.ip, sender.helo, sender.hostname);
-        let helo_output = step(deadline, self.auth.verify_spf(self.with_caches(helo))).await;
-        checks.helo.result = match &helo_output {
-            Ok(output) => spf_verdict(output.result()),
-            Err(stop) => stopped(*stop),
-        };
+        let helo = sender.helo.trim_end_matches('.').to_ascii_lowercase();
+        let helo_sender = format!("postmaster@{helo}");
+        let helo_check = spf::check_host(&*self.dns, sender.ip, &helo, &helo_sender, &helo);
+        let helo_result = step(deadline, helo_check).await.unwrap_or_else(stopped);
+        checks.helo = SpfCheck { result: helo_result, domain: helo.clone() };
         let mail_from_domain = sender.mail_from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
-        let spf_output = if sender.mail_from.is_empty() {
-            checks.spf = checks.helo.clone();
-            helo_output.ok()
+        checks.spf = if sender.mail_from.is_empty() {
+            checks.helo.clone()
         } else {
-            let params =
-                SpfParameters::verify_mail_from(sender.ip, sender.helo, sender.hostname, sender.mail_from);
-            let output = step(deadline, self.auth.verify_spf(self.with_caches(params))).await;
-            let result = match &output {
-                Ok(output) => spf_verdict(output.result()),
-                Err(stop) => stopped(*stop),
-            };
-            checks.spf = SpfCheck { result, domain: mail_from_domain.clone() };
-            output.ok()
+            let check = spf::check_host(&*self.dns, sender.ip, &mail_from_domain, sender.mail_from, &helo);
+            SpfCheck {
+                result: step(deadline, check).await.unwrap_or_else(stopped),
+                domain: mail_from_domain.clone(),
+            }
         };
+        let spf_output =
+            mail_auth::SpfOutput::new(checks.spf.domain.clone()).with_result(spf_result(checks.spf.result));
+        let spf_output = Some(spf_output);
         let Some(parsed) = parsed else {
             // Not even headers to read: nothing signed, no From to align with.
             checks.dmarc.result = Verdict::None;
@@ -344,15 +343,16 @@ fn same_organisation(a: &str, b: &str) -> bool {
     !a.is_empty() && (a == b || sub(a, b) || sub(b, a))
 }
 
-fn spf_verdict(result: SpfResult) -> Verdict {
-    match result {
-        SpfResult::Pass => Verdict::Pass,
-        SpfResult::Fail => Verdict::Fail,
-        SpfResult::SoftFail => Verdict::Softfail,
-        SpfResult::Neutral => Verdict::Neutral,
-        SpfResult::TempError => Verdict::Temperror,
-        SpfResult::PermError => Verdict::Permerror,
-        SpfResult::None => Verdict::None,
+/// The SPF result as DMARC's evaluation takes it.
+fn spf_result(verdict: Verdict) -> SpfResult {
+    match verdict {
+        Verdict::Pass => SpfResult::Pass,
+        Verdict::Fail => SpfResult::Fail,
+        Verdict::Softfail => SpfResult::SoftFail,
+        Verdict::Neutral => SpfResult::Neutral,
+        Verdict::Temperror => SpfResult::TempError,
+        Verdict::Permerror => SpfResult::PermError,
+        Verdict::None => SpfResult::None,
     }
 }
 

@@ -11,6 +11,7 @@ mod cache;
 mod checker;
 mod header;
 mod sign;
+mod spf;
 
 pub use checker::{Checker, CheckerSettings, Sender};
 pub use sign::{DkimAlgorithm, DkimKey, KeyError, generate_key};
