@@ -137,6 +137,18 @@ impl Checker {
                 .collect(),
         };
 
+        // A signature made with an RSA key of absurd size does not count (RFC 8301).
+        for check in
+            checks.dkim.iter_mut().filter(|d| d.result == Verdict::Pass && d.algorithm.starts_with("rsa"))
+        {
+            let bits =
+                step(deadline, super::keys::rsa_bits(&*self.dns, &check.domain, &check.selector)).await;
+            if let Some(why) = bits.ok().flatten().and_then(super::keys::refused) {
+                check.result = Verdict::Permerror;
+                check.reason = Some(why);
+            }
+        }
+
         // Signatures too malformed to check are permanent errors (RFC 6376 §6.1.1), named by
         // the domain they claim when it can be read.
         if dkim.is_ok() {
@@ -174,17 +186,18 @@ impl Checker {
             Err(Stop::Panic) => Verdict::Fail,
         };
 
-        // DMARC: From's domain, aligned with a passing SPF or DKIM domain.
-        checks.dmarc = self
-            .dmarc(
-                &parsed,
-                dkim.as_deref().unwrap_or(&[]),
-                &mail_from_domain,
-                spf_output.as_ref(),
-                &checks,
-                deadline,
-            )
-            .await;
+        // DMARC: From's domain, aligned with a passing SPF or DKIM domain — only signatures
+        // that still pass here count (a refused key's do not).
+        let counted: Vec<mail_auth::DkimOutput<'_>> = dkim
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .zip(&checks.dkim)
+            .filter(|(output, check)| *output.result() != DkimResult::Pass || check.result == Verdict::Pass)
+            .map(|(output, _)| output.clone())
+            .collect();
+        checks.dmarc =
+            self.dmarc(&parsed, &counted, &mail_from_domain, spf_output.as_ref(), &checks, deadline).await;
         checks
     }
 

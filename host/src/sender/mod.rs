@@ -10,6 +10,7 @@
 mod cache;
 mod checker;
 mod header;
+mod keys;
 mod sign;
 mod spf;
 

@@ -9,6 +9,7 @@ Usage: dkim_vectors.py DIR
 import base64
 import json
 import os
+import subprocess
 import sys
 
 # dns.py beside this script is the tests' name server, not dnspython (which dkimpy imports).
@@ -36,7 +37,16 @@ def ed_key():
     return base64.b64encode(seed), "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode()
 
 
+def openssl_rsa_key(bits):
+    """A key the cryptography package refuses to make (under 1024 bits), made by openssl."""
+    pem = subprocess.run(["openssl", "genrsa", str(bits)], capture_output=True, check=True).stdout
+    der = subprocess.run(["openssl", "rsa", "-pubout", "-outform", "DER"], input=pem, capture_output=True,
+                         check=True).stdout
+    return pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
 rsa_pem, rsa_record = rsa_key()
+tiny_pem, tiny_record = openssl_rsa_key(512)
 ed_seed, ed_record = ed_key()
 fwd_pem, fwd_record = rsa_key()
 weak_pem, weak_record = rsa_key(1024)
@@ -44,6 +54,7 @@ fixture = [
     f"rsa._domainkey.origin.test TXT {rsa_record}",
     f"ed._domainkey.origin.test TXT {ed_record}",
     f"weak._domainkey.origin.test TXT {weak_record}",
+    f"tiny._domainkey.origin.test TXT {tiny_record}",
     f"arc._domainkey.forwarder.test TXT {fwd_record}",
     "broken._domainkey.origin.test TXT v=DKIM1; k=rsa; p=AAAA-not-base64",
     "slow._domainkey.origin.test TIMEOUT",
@@ -76,6 +87,8 @@ write("rsa-simple", dkim.sign(BASE, b"rsa", b"origin.test", rsa_pem, include_hea
       {"dkim": ["pass"], "arc": "none"})
 write("ed25519", sign(BASE, b"ed", ed_seed, signature_algorithm=b"ed25519-sha256"), {"dkim": ["pass"], "arc": "none"})
 write("weak-1024", sign(BASE, b"weak", weak_pem), {"dkim": ["pass"], "arc": "none"})
+# RFC 8301: a signature made with a key under 1024 bits is not valid, however well it checks.
+write("rsa-512", sign(BASE, b"tiny", tiny_pem), {"dkim": ["permerror"], "arc": "none"})
 write("tampered-body", rsa_signed.replace(b"in spirit", b"in letter"), {"dkim": ["fail"], "arc": "none"})
 write("tampered-header", rsa_signed.replace(b"Quarterly figures", b"Quarterly figures!"),
       {"dkim": ["fail"], "arc": "none"})
