@@ -57,6 +57,8 @@ struct Seen {
     paused: bool,
     tls: bool,
     closed: bool,
+    /// Messages whose sender was to be checked.
+    checked: Vec<SenderRequest>,
 }
 
 /// Drive `conversation` with `input` handed over in pieces of `piece` bytes; passwords are
@@ -92,7 +94,21 @@ fn drive(conversation: &mut Conversation, input: &[u8], piece: usize) -> Seen {
                 conversation.password_checked(ok);
             }
             Action::Pause(_) => seen.paused = true,
-            Action::CheckSender(_) => conversation.sender_checked(crate::sender::SenderChecks::default()),
+            // Every sender passes SPF for its own domain.
+            Action::CheckSender(request) => {
+                let mut checks = crate::sender::SenderChecks::default();
+                checks.spf = crate::sender::SpfCheck {
+                    result: crate::sender::Verdict::Pass,
+                    domain: request
+                        .mail_from
+                        .rsplit_once('@')
+                        .map(|(_, d)| d.to_string())
+                        .unwrap_or_default(),
+                };
+                checks.dmarc.spf_aligned = true;
+                seen.checked.push(*request);
+                conversation.sender_checked(checks);
+            }
             // The next hop knows the recipients whose local part is not `unknown`, and is
             // down for `down`.
             Action::VerifyRecipient { address, .. } => {
@@ -369,4 +385,35 @@ fn unknown_recipients_are_refused_before_any_stage() {
     let recipients: Vec<&str> = stored.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
     assert_eq!(recipients, ["u@b.test"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn senders_from_the_internet_are_checked_once_and_only_when_needed() {
+    let message = "EHLO c.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<u@a.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    // The defaults: checked once, labelled, and the envelope says the sender is authenticated.
+    let seen = drive(&mut session(TWO_TENANTS, "192.0.2.7"), message.as_bytes(), 4096);
+    assert_eq!(seen.checked.len(), 1);
+    assert_eq!(
+        (seen.checked[0].helo.as_str(), seen.checked[0].mail_from.as_str()),
+        ("c.test", "x@remote.test")
+    );
+    assert_eq!(&*seen.checked[0].message, b"Subject: hi\r\n\r\nbody\r\n");
+    let stored = String::from_utf8_lossy(&seen.stored[0].message).to_string();
+    let received_end = stored
+        .find("\r\nAuthentication-Results: relay.test;\r\n\tspf=pass smtp.mailfrom=remote.test;")
+        .expect(&stored);
+    assert!(stored[..received_end].starts_with("Received: "), "{stored}");
+    assert!(seen.stored[0].envelope.sender_authenticated);
+    // Nothing needs the checks: no header, no bounce decided by them, no policy reading them.
+    let quiet = TWO_TENANTS.replace(
+        "next_hop = \"maildir:m\"\n[[tenant]]",
+        "next_hop = \"maildir:m\"\nauthentication_results = false\nbounce_inbound = \"never\"\n[[tenant]]",
+    );
+    let seen = drive(&mut session(&quiet, "192.0.2.7"), message.as_bytes(), 4096);
+    assert!(seen.checked.is_empty() && seen.stored.len() == 1);
+    assert!(!String::from_utf8_lossy(&seen.stored[0].message).contains("Authentication-Results"));
+    // A client that may relay is not checked (its mail is signed, when its tenant has a key).
+    let trusted = TWO_TENANTS.replace("trusted_networks = []", "trusted_networks = [\"192.0.2.0/24\"]");
+    let seen = drive(&mut session(&trusted, "192.0.2.7"), message.as_bytes(), 4096);
+    assert!(seen.checked.is_empty() && seen.stored.len() == 1, "{}", seen.sent);
 }
