@@ -205,3 +205,39 @@ fn bounces_go_only_to_authenticated_senders() {
         .count();
     assert_eq!(bounces, 1);
 }
+
+#[test]
+fn a_bad_signing_key_is_refused_by_name() {
+    let dir = temp_dir("sender-bad-key");
+    let config = |key: &str| {
+        format!(
+            "[server]\nhostname = \"relay.test\"\n[spool]\ndir = \"spool\"\n\
+             [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"maildir:mail\"\n\
+             [tenant.dkim]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{key}\"\n"
+        )
+    };
+    std::fs::write(dir.join("sluice.toml"), config("missing.pem")).expect("config");
+    let (ok, text) = sluice(&dir, &["check"]);
+    assert!(!ok && text.contains("tenant example: DKIM key") && text.contains("missing.pem"), "{text}");
+    std::fs::write(dir.join("junk.pem"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        .expect("junk");
+    std::fs::write(dir.join("sluice.toml"), config("junk.pem")).expect("config");
+    let (ok, text) = sluice(&dir, &["check"]);
+    assert!(!ok && text.contains("junk.pem"), "{text}");
+    // A weak RSA key (openssl makes what the relay must refuse to sign with).
+    let out = Command::new("openssl").args(["genrsa", "-out"]).arg(dir.join("weak.pem")).arg("768").output();
+    if out.is_ok_and(|o| o.status.success()) {
+        std::fs::write(dir.join("sluice.toml"), config("weak.pem")).expect("config");
+        let (ok, text) = sluice(&dir, &["check"]);
+        assert!(!ok && text.contains("768 bits is too weak"), "{text}");
+    }
+    // The edge sends nothing out: it has no key.
+    std::fs::write(
+        dir.join("sluice.toml"),
+        "[server]\nhostname = \"relay.test\"\n[spool]\ndir = \"spool\"\n[edge.dkim]\ndomain = \"a.test\"\nselector = \"s\"\nkey = \"k.pem\"\n\
+         [[tenant]]\nname = \"example\"\ndomains = [\"example.test\"]\nnext_hop = \"maildir:mail\"\n",
+    )
+    .expect("config");
+    let (ok, text) = sluice(&dir, &["check"]);
+    assert!(!ok && text.contains("edge.dkim"), "{text}");
+}

@@ -171,6 +171,7 @@ impl Config {
             ("outbound_users", !edge.outbound_users.is_empty()),
             ("recipients", edge.recipients != RecipientCheck::Any),
             ("next_hop_tls", edge.next_hop_tls != TlsMode::default() || edge.next_hop_ca_file.is_some()),
+            ("dkim", edge.dkim.is_some()),
         ] {
             if set {
                 return fail(

@@ -63,6 +63,18 @@ impl Loader {
         if let Rule::List(list) = &recipients {
             hashes.push(list.hash.clone());
         }
+        // A new key in the same file is a new generation too.
+        let key_hash = match &t.dkim {
+            Some(d) => {
+                let path = config.resolve(&d.key);
+                let hash = file_hash(&path)
+                    .await
+                    .map_err(|e| format!("tenant {}: DKIM key {}: {e}", t.name, path.display()))?;
+                hashes.push(hash.clone());
+                Some(hash)
+            }
+            None => None,
+        };
         let fingerprint = format!("{t:?}|{}", hashes.join(","));
         if let Some(current) = current.filter(|c| c.fingerprint == fingerprint) {
             return Ok(current.clone());
@@ -94,6 +106,9 @@ impl Loader {
         let mut loaded_hashes: Vec<&str> = policies.iter().map(|p| p.hash.as_str()).collect();
         if let Rule::List(list) = &recipients {
             loaded_hashes.push(&list.hash);
+        }
+        if let Some(hash) = &key_hash {
+            loaded_hashes.push(hash);
         }
         let fingerprint = format!("{t:?}|{}", loaded_hashes.join(","));
         let mut chain = Chain::new(t.name.clone(), policies, t.chain_settings());

@@ -64,7 +64,7 @@ impl Generations {
     }
 
     /// The configuration file, every policy file, the TLS certificate and key, the users
-    /// file and the tenants' recipients files, absolute.
+    /// file, the tenants' recipients files and DKIM keys, absolute.
     fn watched_files(&self) -> HashSet<PathBuf> {
         let snapshot = self.snapshot();
         let config = &snapshot.config;
@@ -81,6 +81,7 @@ impl Generations {
             crate::config::RecipientCheck::File(path) => Some(config.resolve(path)),
             _ => None,
         }));
+        files.extend(config.tenants.iter().filter_map(|t| t.dkim.as_ref().map(|d| config.resolve(&d.key))));
         files.extend(self.config_path.iter().cloned());
         files.into_iter().filter_map(|f| std::path::absolute(f).ok()).collect()
     }
