@@ -96,16 +96,14 @@ fn drive(conversation: &mut Conversation, input: &[u8], piece: usize) -> Seen {
             Action::Pause(_) => seen.paused = true,
             // Every sender passes SPF for its own domain.
             Action::CheckSender(request) => {
-                let mut checks = crate::sender::SenderChecks::default();
-                checks.spf = crate::sender::SpfCheck {
-                    result: crate::sender::Verdict::Pass,
-                    domain: request
-                        .mail_from
-                        .rsplit_once('@')
-                        .map(|(_, d)| d.to_string())
-                        .unwrap_or_default(),
+                use crate::sender::{DmarcCheck, SenderChecks, SpfCheck, Verdict};
+                let domain =
+                    request.mail_from.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+                let checks = SenderChecks {
+                    spf: SpfCheck { result: Verdict::Pass, domain },
+                    dmarc: DmarcCheck { spf_aligned: true, ..DmarcCheck::default() },
+                    ..SenderChecks::default()
                 };
-                checks.dmarc.spf_aligned = true;
                 seen.checked.push(*request);
                 conversation.sender_checked(checks);
             }
