@@ -160,17 +160,8 @@ fn the_readme_recipes_work() {
             "mkdir my-policy && cd my-policy",
             "mkdir my-policy && cd my-policy && cp ../message.eml .",
         );
-        let out = Command::new("bash")
-            .arg("-ec")
-            .arg(&script)
-            .current_dir(&dir)
-            .env("PATH", &path)
-            .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
-            .output()
-            .expect("bash");
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && text.contains("FREE_MONEY(+3.0)"), "{language} recipe:\n{text}");
+        let (ok, text) = run_script(&script, &dir, &path);
+        assert!(ok && text.contains("FREE_MONEY(+3.0)"), "{language} recipe:\n{text}");
 
         // The same recipe with the data hook of "Reading the sender checks", on a forged
         // message and the DNS of the dmarc suite.
@@ -193,23 +184,27 @@ fn the_readme_recipes_work() {
                     suite.display()
                 ),
             );
-        let out = Command::new("bash")
-            .arg("-ec")
-            .arg(&variant)
-            .current_dir(&dir)
-            .env("PATH", &path)
-            .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
-            .output()
-            .expect("bash");
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(
-            out.status.success() && text.contains("FORGED_SENDER(+6.0)"),
-            "{language} sender checks:\n{text}"
-        );
+        let (ok, text) = run_script(&variant, &dir, &path);
+        assert!(ok && text.contains("FORGED_SENDER(+6.0)"), "{language} sender checks:\n{text}");
         // A recipe folder holds a whole toolchain (node_modules): not left behind on success.
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Run a shell script in `dir` with `path` as its PATH: whether it succeeded, and what it said.
+fn run_script(script: &str, dir: &Path, path: &str) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .output()
+        .expect("bash");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 /// The data hook of policies/README.md's "Reading the sender checks" for `language`.

@@ -99,15 +99,15 @@ fn expect_sets_the_exit_status() {
     assert!(stderr(&mismatch).contains("expected accept, got reject"), "{}", stderr(&mismatch));
 }
 
-#[test]
-fn the_golden_suite_passes() {
-    let suite = repo().join("policies/suite");
+/// `sluice policy test --suite` on `suite` (under the repository) with `policies`, the
+/// suite's `config.args` and its `dns.txt`: every case passes.
+fn suite_passes(suite: &str, policies: &[&str]) {
+    let suite = repo().join(suite);
     let args_file = std::fs::read_to_string(suite.join("config.args")).expect("config.args");
-    let mut args: Vec<String> =
-        ["policy", "test", "--policy", DNSBL, "--policy", SENDER_GUARD, "--policy", SPAM_HEURISTICS]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let mut args: Vec<String> = vec!["policy".into(), "test".into()];
+    for policy in policies {
+        args.extend(["--policy".to_string(), policy.to_string()]);
+    }
     args.extend(args_file.split_whitespace().map(str::to_string));
     args.extend(["--dns".into(), suite.join("dns.txt").display().to_string()]);
     args.extend(["--suite".into(), suite.display().to_string()]);
@@ -118,17 +118,13 @@ fn the_golden_suite_passes() {
 }
 
 #[test]
+fn the_golden_suite_passes() {
+    suite_passes("policies/suite", &[DNSBL, SENDER_GUARD, SPAM_HEURISTICS]);
+}
+
+#[test]
 fn the_dmarc_suite_passes() {
-    let suite = repo().join("policies/dmarc/suite");
-    let args_file = std::fs::read_to_string(suite.join("config.args")).expect("config.args");
-    let mut args: Vec<String> = ["policy", "test", "--policy", DMARC].iter().map(|s| s.to_string()).collect();
-    args.extend(args_file.split_whitespace().map(str::to_string));
-    args.extend(["--dns".into(), suite.join("dns.txt").display().to_string()]);
-    args.extend(["--suite".into(), suite.display().to_string()]);
-    let out = sluice(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let n = count_eml(&suite);
-    assert!(stderr(&out).contains(&format!("{n} passed, 0 failed")), "{}", stderr(&out));
+    suite_passes("policies/dmarc/suite", &[DMARC]);
 }
 
 /// The header the relay adds is among the added headers, with what each check said, for a
