@@ -143,7 +143,8 @@ impl Metrics {
 
     /// An edge duty acted for `tenant` (`edge` when no tenant is concerned): `event` is one
     /// of `proxy_header_refused`, `recipient_unknown`, `recipient_unverified`, `mail_loop`,
-    /// `bounce_suppressed`, `bounce_sent`.
+    /// `bounce_suppressed`, `bounce_sent`, or a checked sender's `spf_RESULT` and
+    /// `dmarc_RESULT`.
     pub fn event(&self, tenant: &str, event: &str) {
         bump_pair(&self.events, tenant, event);
     }

@@ -87,6 +87,10 @@ impl Conversation {
             return;
         }
         let Some(body) = self.transaction.unchecked.take() else { return };
+        let party = self.transaction.party.unwrap_or(Party::Edge);
+        let tenant = &self.snapshot.party(party).name;
+        self.gates.event(tenant, &format!("spf_{}", checks.spf.result.as_str()));
+        self.gates.event(tenant, &format!("dmarc_{}", checks.dmarc.result.as_str()));
         self.transaction.sender = Some(Arc::new(checks));
         self.run_data_stage(body);
     }

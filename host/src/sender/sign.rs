@@ -107,6 +107,11 @@ impl DkimKey {
         &self.domain
     }
 
+    /// The selector.
+    pub fn selector(&self) -> &str {
+        &self.selector
+    }
+
     /// The `DKIM-Signature` field (name, value and CRLF) for `message`.
     pub fn sign(&self, message: &[u8]) -> Result<String, String> {
         let signature = match &self.signer {
