@@ -103,20 +103,24 @@ pub fn single_tenant(chain: Arc<Chain>) -> Arc<Snapshot> {
 /// Send `message` (as it travels over SMTP: CRLF line ends, not yet dot-stuffed) from
 /// `envelope` through a session on `snapshot`; returns each transaction.
 pub async fn run(snapshot: Arc<Snapshot>, envelope: &Envelope, message: &[u8]) -> Vec<Simulation> {
-    run_checked(snapshot, envelope, message, None).await
+    run_checked(snapshot, envelope, message, None, true).await
 }
 
-/// [`run`], the sender of every message checked by `checker` (every check `none` without
-/// one), whatever the client's networks.
+/// [`run`], the senders checked by `checker` (every check `none` without one): those the
+/// relay would check, or with `every_sender` those of clients that may relay too (the
+/// single-tenant snapshot's client, which its tenant claims by network).
 pub async fn run_checked(
     snapshot: Arc<Snapshot>,
     envelope: &Envelope,
     message: &[u8],
     checker: Option<&Checker>,
+    every_sender: bool,
 ) -> Vec<Simulation> {
     let client = Client::new(SocketAddr::new(envelope.client_ip, 49152), "127.0.0.1:25");
-    let conversation =
-        Conversation::new(snapshot.clone(), Arc::new(Open), client).record_stages().check_every_sender();
+    let mut conversation = Conversation::new(snapshot.clone(), Arc::new(Open), client).record_stages();
+    if every_sender {
+        conversation = conversation.check_every_sender();
+    }
     let mut session = Session {
         checker,
         conversation,

@@ -176,7 +176,10 @@ async fn run_case(
         to,
         authenticated_user: args.auth_user.clone(),
     };
-    Ok(script::run_checked(snapshot.clone(), &envelope, &wire, Some(checker)).await)
+    // With --config the relay's rules say whose senders are checked; the single tenant of
+    // --policy claims every client by network, and its senders are checked all the same.
+    let every_sender = args.config.is_none();
+    Ok(script::run_checked(snapshot.clone(), &envelope, &wire, Some(checker), every_sender).await)
 }
 
 async fn build_chain(args: &PolicyTestArgs, services: HostServices) -> Result<Arc<Chain>, UsageError> {
