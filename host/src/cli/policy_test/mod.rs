@@ -8,7 +8,9 @@
 //! The envelope defaults from the message: MAIL FROM from `Return-Path` or `From`, RCPT TO
 //! from `To` and `Cc`; the client is `192.0.2.1` saying `EHLO client.example`. DNS answers come
 //! from a fixture file (`--dns`, format in [`crate::dns`]); unknown names are NXDOMAIN. The
-//! key-value store is in memory. Nothing is stored or delivered.
+//! sender of each message is checked (SPF, DKIM, DMARC, ARC) with the same fixture, through a
+//! name server on loopback, and the `Authentication-Results` field is reported among the
+//! added fields. The key-value store is in memory. Nothing is stored or delivered.
 //!
 //! Inside: [`cases`] (messages and expectations), [`report`] (text and JSON).
 
@@ -77,7 +79,8 @@ pub struct PolicyTestArgs {
     /// recipients belong to several tenants of --config).
     #[arg(long)]
     pub json: bool,
-    /// DNS fixture file.
+    /// DNS fixture file: the answers policies' lookups and the sender checks (SPF, DKIM keys,
+    /// DMARC) get; without it every name is NXDOMAIN.
     #[arg(long, value_name = "FILE")]
     pub dns: Option<PathBuf>,
     /// Exit with status 1 unless every message gets this outcome.
