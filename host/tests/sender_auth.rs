@@ -109,11 +109,33 @@ fn keygen(dir: &Path, selector: &str, algorithm: &str) -> String {
     record_of(&line)
 }
 
+/// An RSA key written by Python's cryptography package in PKCS#1 (`BEGIN RSA PRIVATE KEY`);
+/// its DNS record.
+fn pkcs1_key(path: &Path) -> String {
+    let script = format!(
+        "import base64\nfrom cryptography.hazmat.primitives import serialization as s\n\
+         from cryptography.hazmat.primitives.asymmetric import rsa\n\
+         k = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n\
+         open('{}', 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))\n\
+         spki = k.public_key().public_bytes(s.Encoding.DER, s.PublicFormat.SubjectPublicKeyInfo)\n\
+         print('v=DKIM1; k=rsa; p=' + base64.b64encode(spki).decode())\n",
+        path.display()
+    );
+    let out = Command::new("python3").arg("-c").arg(script).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(path).expect("key").starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn outbound_mail_is_signed_and_dkimpy_verifies_it() {
-    for algorithm in ["rsa", "ed25519"] {
+    // Keys from keygen (PKCS#8), and an RSA key in PKCS#1 made by another tool.
+    for algorithm in ["rsa", "ed25519", "rsa-pkcs1"] {
         let dir = temp_dir(&format!("sender-outbound-{algorithm}"));
-        let record = keygen(&dir, "s1", algorithm);
+        let record = match algorithm {
+            "rsa-pkcs1" => pkcs1_key(&dir.join("s1.pem")),
+            _ => keygen(&dir, "s1", algorithm),
+        };
         let sink_port = free_port();
         let _sink = sink(sink_port, &dir.join("sink"), &[]);
         let r = relay(
