@@ -59,6 +59,28 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` and try it on a message with
 //! `sluice policy test --policy target/wasm32-wasip2/release/no_shouting.wasm --eml some.eml`.
 //!
+//! ## What the relay found of the sender
+//!
+//! At the data stage, [`Message::sender_checks`] gives the relay's SPF, DKIM, DMARC and ARC
+//! results ([`SenderChecks`], interface `sluice:policy@0.2.0`); `None` for mail the tenant
+//! sends out. A policy that reads them makes the relay check its tenant's inbound mail:
+//!
+//! ```
+//! use sluice_policy::{CheckResult, DmarcPolicy, Decision, Message};
+//!
+//! fn forged(message: &Message) -> Decision {
+//!     match message.sender_checks() {
+//!         Some(checks) if checks.dmarc.result == CheckResult::Fail
+//!             && checks.dmarc.policy == Some(DmarcPolicy::Reject) =>
+//!         {
+//!             Decision::no_opinion().symbol("FORGED_SENDER", 6.0, Some(&checks.dmarc.domain))
+//!         }
+//!         _ => Decision::no_opinion(),
+//!     }
+//! }
+//! # fn main() {}
+//! ```
+//!
 //! For speed, link it with a linear memory of a few MiB from the start (in
 //! `.cargo/config.toml`: `[target.wasm32-wasip2] rustflags = ["-C",
 //! "link-arg=--initial-memory=2097152"]`): a policy that grows its memory while handling a
