@@ -137,7 +137,8 @@ async fn dmarc_alignment_and_policies() {
                    _dmarc.junk.test TXT v=DMARC1; p=bogus; pct=abc\n\
                    junk.test TXT v=spf1 -all\n\
                    _dmarc.slow.test TIMEOUT\n\
-                   slow.test TXT v=spf1 -all\n";
+                   slow.test TXT v=spf1 -all\n\
+                   xn--bcher-kva.test TXT v=spf1 ip4:192.0.2.10 -all\n";
     let checker = checker(fixture).await;
     let from = |domain: &str| PLAIN.replace("olive@origin.test", &format!("olive@{domain}"));
     // Aligned (relaxed: a subdomain's SPF counts for the organisation).
@@ -168,6 +169,9 @@ async fn dmarc_alignment_and_policies() {
     assert_eq!(c.spf.result.as_str(), "fail");
     let c = check(&checker, "192.0.2.99", "mx.test", "b@slow.test", from("slow.test").as_bytes()).await;
     assert_eq!(c.dmarc.result.as_str(), "temperror", "{c:?}");
+    // A Unicode domain (SMTPUTF8) is checked in its ASCII form.
+    let c = check(&checker, "192.0.2.10", "mx.test", "b@bücher.test", PLAIN.as_bytes()).await;
+    assert_eq!((c.spf.result.as_str(), c.spf.domain.as_str()), ("pass", "xn--bcher-kva.test"), "{c:?}");
     // The null sender: SPF is the HELO name's.
     let c = check(&checker, "192.0.2.10", "origin.test", "", PLAIN.as_bytes()).await;
     assert!(c.null_sender && c.spf.domain == "origin.test" && c.spf.result.as_str() == "pass", "{c:?}");

@@ -398,8 +398,14 @@ impl Resolver for DnsResolver {
         use hickory_resolver::proto::rr::{Name, RData};
         // Labels as given: a name may hold any byte but `.` (SPF's domain-specs do, RFC 7208
         // §7.1), which the parser of host names would refuse.
-        let fqdn = Name::from_labels(name.trim_end_matches('.').split('.').map(str::as_bytes))
-            .map_err(|e| DnsError::Failed(format!("{name:?} is not a domain name: {e}")))?;
+        // A Unicode name is asked in its ASCII (IDNA) form.
+        let trimmed = name.trim_end_matches('.');
+        let fqdn = if trimmed.is_ascii() {
+            Name::from_labels(trimmed.split('.').map(str::as_bytes))
+        } else {
+            Name::from_utf8(format!("{trimmed}."))
+        }
+        .map_err(|e| DnsError::Failed(format!("{name:?} is not a domain name: {e}")))?;
         let result = match kind {
             RecordType::A => self.inner.ipv4_lookup(fqdn).await,
             RecordType::Aaaa => self.inner.ipv6_lookup(fqdn).await,

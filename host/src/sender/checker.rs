@@ -93,16 +93,25 @@ impl Checker {
         let mut checks = SenderChecks { null_sender: sender.mail_from.is_empty(), ..SenderChecks::default() };
 
         // SPF: the HELO name, then the MAIL FROM domain (or the HELO name again for <>).
-        let helo = sender.helo.trim_end_matches('.').to_ascii_lowercase();
+        // Unicode domains are checked in their ASCII (IDNA) form, as DNS holds them.
+        let ascii = |domain: &str| {
+            let domain = domain.trim_end_matches('.');
+            idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
+        };
+        let helo = ascii(sender.helo);
         let helo_sender = format!("postmaster@{helo}");
         let helo_check = spf::check_host(&*self.dns, sender.ip, &helo, &helo_sender, &helo);
         let helo_result = step(deadline, helo_check).await.unwrap_or_else(stopped);
         checks.helo = SpfCheck { result: helo_result, domain: helo.clone() };
-        let mail_from_domain = sender.mail_from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+        let mail_from_domain = ascii(sender.mail_from.rsplit_once('@').map_or("", |(_, d)| d));
+        let mail_from = match sender.mail_from.rsplit_once('@') {
+            Some((local, _)) => format!("{local}@{mail_from_domain}"),
+            None => sender.mail_from.to_string(),
+        };
         checks.spf = if sender.mail_from.is_empty() {
             checks.helo.clone()
         } else {
-            let check = spf::check_host(&*self.dns, sender.ip, &mail_from_domain, sender.mail_from, &helo);
+            let check = spf::check_host(&*self.dns, sender.ip, &mail_from_domain, &mail_from, &helo);
             SpfCheck {
                 result: step(deadline, check).await.unwrap_or_else(stopped),
                 domain: mail_from_domain.clone(),
