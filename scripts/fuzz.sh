@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz what the relay parses and decides: the SMTP conversation (any client bytes, cut anywhere,
 # with any verdicts), the PROXY header parser, the SMTP command parser, the DATA receiver, address parsing, the
-# configuration parser and the message adapter handed to policies (host/fuzz). Each target runs
+# configuration parser, the message adapter handed to policies and what the sender checks read
+# (SPF records, DKIM/ARC fields) (host/fuzz). Each target runs
 # for SECONDS (default 60), seeded from host/fuzz/seeds and host/fuzz/regressions, the shared
 # mail corpus (message and data_receiver) and the shipped configuration files; the corpus grows
 # in host/fuzz/corpus between runs. Prints each target's executions and whether it found a
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(conversation proxy_header smtp_command data_receiver address config message)
+[ ${#targets[@]} -gt 0 ] || targets=(conversation proxy_header smtp_command data_receiver address config message sender)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 if rustup toolchain list | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz)
@@ -33,7 +34,7 @@ for target in "${targets[@]}"; do
     done
     case $target in
         # Messages as they arrive in DATA (the first byte is where the input is split).
-        message | data_receiver) find ../../shared/corpus -name '*.eml' -size -200k -exec cp -n {} "$corpus"/ \; 2>/dev/null || true ;;
+        message | data_receiver | sender) find ../../shared/corpus -name '*.eml' -size -200k -exec cp -n {} "$corpus"/ \; 2>/dev/null || true ;;
         config) cp -n src/config/default.toml "$corpus"/default.toml; sed -n '/^```toml/,/^```/p' ../README.md | grep -v '^```' > "$corpus"/readme.toml ;;
     esac
     log=$(mktemp)

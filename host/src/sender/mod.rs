@@ -19,6 +19,13 @@ pub use sign::{DkimAlgorithm, DkimKey, KeyError, generate_key};
 
 use serde::Serialize;
 
+/// Whether `text` is an SPF record `check_host` reads (RFC 7208 §4.6, §5, §6, §7: no syntax
+/// error anywhere) rather than answering `permerror`; its macros are expanded once, with
+/// example values, as an evaluation would.
+pub fn spf_record_is_valid(text: &str) -> bool {
+    spf::record_is_valid(text)
+}
+
 /// The result of one check, in RFC 8601's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -17,6 +17,29 @@ use record::{Mechanism, Qualifier};
 use super::Verdict;
 use crate::dns::{DnsError, RecordType, Resolver};
 
+/// See [`super::spf_record_is_valid`].
+pub(super) fn record_is_valid(text: &str) -> bool {
+    if !record::is_spf(text) {
+        return false;
+    }
+    let Some(parsed) = record::parse(text) else { return false };
+    let values = macros::Values {
+        sender: "strong-bad@email.example.com",
+        domain: "email.example.com",
+        ip: IpAddr::from([192, 0, 2, 3]),
+        helo: "mx.example.org",
+        validated: "unknown",
+    };
+    let specs = parsed.directives.iter().filter_map(|(_, m)| match m {
+        Mechanism::Include(s) | Mechanism::Exists(s) => Some(s),
+        Mechanism::A { domain, .. } | Mechanism::Mx { domain, .. } | Mechanism::Ptr(domain) => {
+            domain.as_ref()
+        }
+        Mechanism::All | Mechanism::Ip4(..) | Mechanism::Ip6(..) => None,
+    });
+    specs.chain(parsed.redirect.as_ref()).all(|spec| spec.expand(&values).len() <= 253)
+}
+
 /// Mechanisms and modifiers that cost DNS lookups, at most (§4.6.4).
 const MAX_LOOKUPS: u32 = 10;
 /// Lookups that find no records, at most (§4.6.4).

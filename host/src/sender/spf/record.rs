@@ -216,6 +216,11 @@ mod tests {
         }
         assert!(parse("v=spf1 moo.cow-far_out=man:dog/cat ip4:1.2.3.4 -all").is_some());
         assert!(is_spf("v=spf1") && is_spf("V=SPF1 -all") && !is_spf("v=spf10") && !is_spf("v=spf1mx"));
+        assert!(crate::sender::spf_record_is_valid("v=spf1 a:%{ir}.%{v}._spf.%{d2} redirect=_spf.%{d}"));
+        assert!(
+            !crate::sender::spf_record_is_valid("v=spf1 a:%{x}")
+                && !crate::sender::spf_record_is_valid("spf1")
+        );
     }
 
     /// Whatever a domain publishes, reading it ends in a record or a refusal, never a panic.
