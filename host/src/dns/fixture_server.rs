@@ -73,7 +73,7 @@ fn answer(fixture: &FixtureResolver, query: &[u8]) -> Option<Vec<u8>> {
     let key = match kind {
         Some(RecordType::Ptr) => name.parse_arpa_name().ok()?.addr().to_string(),
         // The labels as they are (a name may hold any byte but `.`).
-        _ => name.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join("."),
+        _ => super::plain(name),
     };
     match kind.map(|kind| fixture.answer(&key, kind)) {
         Some(Err(DnsError::Timeout)) => return None,

@@ -375,11 +375,8 @@ impl DnsResolver {
     /// include `ip` again.
     pub async fn verified_reverse(&self, ip: std::net::IpAddr) -> Option<String> {
         let names = self.lookup(&ip.to_string(), RecordType::Ptr).await.ok()?;
-        let kind = if ip.is_ipv4() { RecordType::A } else { RecordType::Aaaa };
         for name in names.into_iter().take(3) {
-            if let Ok(addrs) = self.lookup(&name, kind).await
-                && addrs.iter().any(|a| a.parse::<std::net::IpAddr>().is_ok_and(|a| a == ip))
-            {
+            if leads_back(self, &name, ip).await {
                 return Some(name);
             }
         }
@@ -387,8 +384,16 @@ impl DnsResolver {
     }
 }
 
+/// Whether `name`'s addresses of `ip`'s family include `ip` (the forward half of a
+/// forward-confirmed reverse name).
+pub async fn leads_back(dns: &dyn Resolver, name: &str, ip: std::net::IpAddr) -> bool {
+    let kind = if ip.is_ipv4() { RecordType::A } else { RecordType::Aaaa };
+    let addresses = dns.lookup(name, kind).await.unwrap_or_default();
+    addresses.iter().any(|a| a.parse::<std::net::IpAddr>().is_ok_and(|a| a == ip))
+}
+
 /// A name's labels joined by dots, unescaped, without the root's dot.
-fn plain(name: &hickory_resolver::proto::rr::Name) -> String {
+pub(crate) fn plain(name: &hickory_resolver::proto::rr::Name) -> String {
     name.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join(".")
 }
 

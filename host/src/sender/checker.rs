@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::cache::{Caches, TtlCache};
 use super::spf;
 use super::{DkimCheck, DmarcCheck, DmarcPolicy, SenderChecks, SpfCheck, Verdict};
-use crate::dns::{DnsResolver, FixtureResolver, FixtureServer, Patience};
+use crate::dns::{DnsResolver, FixtureResolver, FixtureServer, Patience, RecordType, Resolver};
 
 /// How the checks run.
 #[derive(Debug, Clone, Copy)]
@@ -103,10 +103,12 @@ impl Checker {
         let helo_check = spf::check_host(&*self.dns, sender.ip, &helo, &helo_sender, &helo);
         let helo_result = step(deadline, helo_check).await.unwrap_or_else(stopped);
         checks.helo = SpfCheck { result: helo_result, domain: helo.clone() };
-        let mail_from_domain = ascii(sender.mail_from.rsplit_once('@').map_or("", |(_, d)| d));
-        let mail_from = match sender.mail_from.rsplit_once('@') {
-            Some((local, _)) => format!("{local}@{mail_from_domain}"),
-            None => sender.mail_from.to_string(),
+        let (mail_from, mail_from_domain) = match sender.mail_from.rsplit_once('@') {
+            Some((local, domain)) => {
+                let domain = ascii(domain);
+                (format!("{local}@{domain}"), domain)
+            }
+            None => (sender.mail_from.to_string(), String::new()),
         };
         checks.spf = if sender.mail_from.is_empty() {
             checks.helo.clone()
@@ -119,7 +121,6 @@ impl Checker {
         };
         let spf_output =
             mail_auth::SpfOutput::new(checks.spf.domain.clone()).with_result(spf_result(checks.spf.result));
-        let spf_output = Some(spf_output);
         let Some(parsed) = parsed else {
             // Not even headers to read: nothing signed, no From to align with.
             checks.dmarc.result = Verdict::None;
@@ -163,11 +164,8 @@ impl Checker {
         if dkim.is_ok() {
             for error in parsed.errors.iter().filter(|e| e.name.eq_ignore_ascii_case(b"DKIM-Signature")) {
                 let value = String::from_utf8_lossy(error.value);
-                let tag = |name: &str| {
-                    value.split(';').filter_map(|t| t.split_once('=')).find_map(|(k, v)| {
-                        (k.trim() == name).then(|| v.split_whitespace().collect::<String>())
-                    })
-                };
+                let tag =
+                    |name: &str| super::tag(&value, name).map(|v| v.split_whitespace().collect::<String>());
                 checks.dkim.push(DkimCheck {
                     result: Verdict::Permerror,
                     domain: tag("d").unwrap_or_default().to_ascii_lowercase(),
@@ -205,8 +203,7 @@ impl Checker {
             .filter(|(output, check)| *output.result() != DkimResult::Pass || check.result == Verdict::Pass)
             .map(|(output, _)| output.clone())
             .collect();
-        checks.dmarc =
-            self.dmarc(&parsed, &counted, &mail_from_domain, spf_output.as_ref(), &checks, deadline).await;
+        checks.dmarc = self.dmarc(&parsed, &counted, &mail_from_domain, &spf_output, &checks, deadline).await;
         checks
     }
 
@@ -215,7 +212,7 @@ impl Checker {
         parsed: &AuthenticatedMessage<'_>,
         dkim: &[mail_auth::DkimOutput<'_>],
         mail_from_domain: &str,
-        spf: Option<&mail_auth::SpfOutput>,
+        spf: &mail_auth::SpfOutput,
         checks: &SenderChecks,
         deadline: Instant,
     ) -> DmarcCheck {
@@ -231,10 +228,6 @@ impl Checker {
             checks.spf.result == Verdict::Pass && !checks.null_sender && aligned(mail_from_domain);
         dmarc.dkim_aligned =
             checks.dkim.iter().any(|d| d.result == Verdict::Pass && aligned(&d.domain.to_ascii_lowercase()));
-        let Some(spf) = spf else {
-            dmarc.result = Verdict::Temperror;
-            return dmarc;
-        };
         let params = DmarcParameters::new(parsed, dkim, mail_from_domain, spf);
         let output = match step(deadline, self.auth.verify_dmarc(self.with_caches(params))).await {
             Ok(output) => output,
@@ -280,17 +273,14 @@ impl Checker {
     /// The `pct` of the DMARC record that applies to `domain`: its own, else the nearest
     /// parent's (100 when not given or not a number).
     async fn pct(&self, domain: &str) -> u8 {
-        use hickory_resolver::proto::rr::RData;
         let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
         for start in 0..labels.len().saturating_sub(1).min(8) {
-            let name = format!("_dmarc.{}.", labels[start..].join("."));
-            let Ok(lookup) = self.auth.0.txt_lookup(name.as_str()).await else { continue };
-            for record in lookup.answers() {
-                let RData::TXT(txt) = &record.data else { continue };
-                let text: String = txt.txt_data.iter().map(|d| String::from_utf8_lossy(d)).collect();
-                if text.trim_start().to_ascii_lowercase().starts_with("v=dmarc1") {
-                    return dmarc_pct(&text);
-                }
+            let name = format!("_dmarc.{}", labels[start..].join("."));
+            let records = self.dns.lookup(&name, RecordType::Txt).await.unwrap_or_default();
+            if let Some(record) =
+                records.iter().find(|r| r.trim_start().to_ascii_lowercase().starts_with("v=dmarc1"))
+            {
+                return dmarc_pct(record);
             }
         }
         100
@@ -349,11 +339,9 @@ fn stopped(stop: Stop) -> Verdict {
 
 /// `pct=` of a DMARC record (RFC 7489 §6.3), 100 when absent or not a number up to 100.
 fn dmarc_pct(record: &str) -> u8 {
-    record
-        .split(';')
-        .filter_map(|tag| tag.split_once('='))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("pct"))
-        .and_then(|(_, value)| value.trim().parse::<u8>().ok())
+    // DMARC's tag names are case-insensitive.
+    super::tag(&record.to_ascii_lowercase(), "pct")
+        .and_then(|value| value.parse::<u8>().ok())
         .filter(|pct| *pct <= 100)
         .unwrap_or(100)
 }

@@ -19,8 +19,7 @@ pub(super) async fn rsa_bits(dns: &dyn Resolver, domain: &str, selector: &str) -
     use base64::Engine as _;
     let records = dns.lookup(&format!("{selector}._domainkey.{domain}"), RecordType::Txt).await.ok()?;
     records.iter().find_map(|record| {
-        let p = record.split(';').filter_map(|tag| tag.split_once('=')).find(|(k, _)| k.trim() == "p")?.1;
-        let p: String = p.chars().filter(|c| !c.is_whitespace()).collect();
+        let p: String = super::tag(record, "p")?.chars().filter(|c| !c.is_whitespace()).collect();
         let der = base64::engine::general_purpose::STANDARD.decode(p).ok()?;
         let key = rsa::RsaPublicKey::from_public_key_der(&der)
             .or_else(|_| rsa::RsaPublicKey::from_pkcs1_der(&der))

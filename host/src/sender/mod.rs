@@ -19,6 +19,12 @@ pub use sign::{DkimAlgorithm, DkimKey, KeyError, generate_key};
 
 use serde::Serialize;
 
+/// The value of tag `name` in a `tag=value; …` list (a `DKIM-Signature` field, a DKIM key
+/// record, a DMARC record), trimmed; the first one when the list repeats it.
+fn tag<'a>(list: &'a str, name: &str) -> Option<&'a str> {
+    list.split(';').filter_map(|t| t.split_once('=')).find(|(k, _)| k.trim() == name).map(|(_, v)| v.trim())
+}
+
 /// Whether `text` is an SPF record `check_host` reads (RFC 7208 §4.6, §5, §6, §7: no syntax
 /// error anywhere) rather than answering `permerror`; its macros are expanded once, with
 /// example values, as an evaluation would.

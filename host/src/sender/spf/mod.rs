@@ -15,7 +15,7 @@ use std::pin::Pin;
 use record::{Mechanism, Qualifier};
 
 use super::Verdict;
-use crate::dns::{DnsError, RecordType, Resolver};
+use crate::dns::{DnsError, RecordType, Resolver, leads_back};
 
 /// See [`super::spf_record_is_valid`].
 pub(super) fn record_is_valid(text: &str) -> bool {
@@ -211,12 +211,10 @@ impl Evaluation<'_> {
             return names.clone();
         }
         let names = self.dns.lookup(&self.ip.to_string(), RecordType::Ptr).await.unwrap_or_default();
-        let kind = if self.ip.is_ipv4() { RecordType::A } else { RecordType::Aaaa };
         let mut validated = Vec::new();
         for name in names.into_iter().take(MAX_NAMES) {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            let addresses = self.dns.lookup(&name, kind).await.unwrap_or_default();
-            if addresses.iter().any(|a| a.parse::<IpAddr>().is_ok_and(|a| a == self.ip)) {
+            if leads_back(self.dns, &name, self.ip).await {
                 validated.push(name);
             }
         }
