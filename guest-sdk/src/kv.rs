@@ -56,3 +56,21 @@ pub fn delete(key: &str) -> Result<(), KvError> {
 pub fn incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> Result<i64, KvError> {
     host::kv_incr(key, delta, ttl_seconds).map_err(convert)
 }
+
+/// Most keys one batched call ([`get_many`], [`incr_many`]) may name.
+pub const MAX_BATCH_KEYS: usize = 4096;
+
+/// Read up to [`MAX_BATCH_KEYS`] keys at once (one round trip to a shared store); the answers
+/// come in the order of `keys`.
+pub fn get_many(keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+    host::kv_get_many(keys).map_err(convert)
+}
+
+/// Add to up to [`MAX_BATCH_KEYS`] counters at once, each atomically (missing counts as 0),
+/// and return their new values in order. A `ttl_seconds` given here is set on every counter of
+/// the call, new or not (unlike [`incr`], which sets it on creation only): counters that keep
+/// changing stay, the others expire. A counter the tenant's quota has no room to create is
+/// not created: its answer is `None`.
+pub fn incr_many(deltas: &[(String, i64)], ttl_seconds: Option<u32>) -> Result<Vec<Option<i64>>, KvError> {
+    host::kv_incr_many(deltas, ttl_seconds).map_err(convert)
+}

@@ -95,6 +95,7 @@ mod decision;
 pub mod dns;
 mod envelope;
 pub mod kv;
+mod learn;
 pub mod log;
 mod message;
 pub mod net;
@@ -103,6 +104,7 @@ mod sender;
 pub use config::Config;
 pub use decision::{Change, Decision, InvalidReply, Reply, Symbol, Verdict};
 pub use envelope::{Client, Context, EsmtpParam, MailFrom, Recipient, Server, Stage, Tls};
+pub use learn::{Class, Learned, Learner};
 pub use message::{Attachment, Header, Mailbox, Message};
 pub use sender::{ArcCheck, CheckResult, DkimCheck, DmarcCheck, DmarcPolicy, SenderChecks, SpfCheck};
 
@@ -197,54 +199,65 @@ pub trait Policy: Sized + 'static {
 macro_rules! export_policy {
     ($policy:ty) => {
         const _: () = {
-            ::std::thread_local! {
-                static SLUICE_POLICY_INSTANCE: ::std::cell::RefCell<::std::option::Option<$policy>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
-
-            #[allow(dead_code)]
-            struct SluiceExports;
-
-            impl $crate::__private::Guest for SluiceExports {
-                fn describe() -> $crate::__private::PolicyInfo {
-                    $crate::__private::describe::<$policy>(
-                        ::std::env!("CARGO_PKG_NAME"),
-                        ::std::env!("CARGO_PKG_VERSION"),
-                    )
-                }
-                fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::init::<$policy>(&SLUICE_POLICY_INSTANCE, config)
-                }
-                fn on_connect(ctx: $crate::__private::RawContext) -> $crate::__private::RawDecision {
-                    $crate::__private::on_connect::<$policy>(&SLUICE_POLICY_INSTANCE, ctx)
-                }
-                fn on_helo(ctx: $crate::__private::RawContext) -> $crate::__private::RawDecision {
-                    $crate::__private::on_helo::<$policy>(&SLUICE_POLICY_INSTANCE, ctx)
-                }
-                fn on_mail(ctx: $crate::__private::RawContext) -> $crate::__private::RawDecision {
-                    $crate::__private::on_mail::<$policy>(&SLUICE_POLICY_INSTANCE, ctx)
-                }
-                fn on_rcpt(
-                    ctx: $crate::__private::RawContext,
-                    rcpt: $crate::__private::RawRecipient,
-                ) -> $crate::__private::RawDecision {
-                    $crate::__private::on_rcpt::<$policy>(&SLUICE_POLICY_INSTANCE, ctx, rcpt)
-                }
-                fn on_data(
-                    ctx: $crate::__private::RawContext,
-                    message: &$crate::__private::RawMessage,
-                ) -> $crate::__private::RawDecision {
-                    $crate::__private::on_data::<$policy>(&SLUICE_POLICY_INSTANCE, ctx, message)
-                }
-            }
-
-            // Exports exist only in the component; native builds (unit tests of a policy's
-            // logic) leave them out.
-            #[cfg(target_arch = "wasm32")]
-    $crate::__bindings::__export_sluice_policy!(SluiceExports with_types_in $crate::__bindings);
+            $crate::__export_hooks!($policy, SLUICE_POLICY_INSTANCE);
         };
+    };
+}
+
+/// The hooks of [`export_policy!`], with the instance's policy value in the thread-local
+/// `$slot` (the `sluice-policy-learning` crate's macro shares it with the learner). Not part
+/// of the API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_hooks {
+    ($policy:ty, $slot:ident) => {
+        ::std::thread_local! {
+            static $slot: ::std::cell::RefCell<::std::option::Option<$policy>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+
+        #[allow(dead_code)]
+        struct SluiceExports;
+
+        impl $crate::__private::Guest for SluiceExports {
+            fn describe() -> $crate::__private::PolicyInfo {
+                $crate::__private::describe::<$policy>(
+                    ::std::env!("CARGO_PKG_NAME"),
+                    ::std::env!("CARGO_PKG_VERSION"),
+                )
+            }
+            fn init(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__private::init::<$policy>(&$slot, config)
+            }
+            fn on_connect(ctx: $crate::__private::RawContext) -> $crate::__private::RawDecision {
+                $crate::__private::on_connect::<$policy>(&$slot, ctx)
+            }
+            fn on_helo(ctx: $crate::__private::RawContext) -> $crate::__private::RawDecision {
+                $crate::__private::on_helo::<$policy>(&$slot, ctx)
+            }
+            fn on_mail(ctx: $crate::__private::RawContext) -> $crate::__private::RawDecision {
+                $crate::__private::on_mail::<$policy>(&$slot, ctx)
+            }
+            fn on_rcpt(
+                ctx: $crate::__private::RawContext,
+                rcpt: $crate::__private::RawRecipient,
+            ) -> $crate::__private::RawDecision {
+                $crate::__private::on_rcpt::<$policy>(&$slot, ctx, rcpt)
+            }
+            fn on_data(
+                ctx: $crate::__private::RawContext,
+                message: &$crate::__private::RawMessage,
+            ) -> $crate::__private::RawDecision {
+                $crate::__private::on_data::<$policy>(&$slot, ctx, message)
+            }
+        }
+
+        // Exports exist only in the component; native builds (unit tests of a policy's
+        // logic) leave them out.
+        #[cfg(target_arch = "wasm32")]
+        $crate::__bindings::__export_sluice_policy!(SluiceExports with_types_in $crate::__bindings);
     };
 }
 
@@ -330,5 +343,21 @@ pub mod __private {
         let ctx = Context::from_raw(ctx);
         let message = Message::new(message);
         with_policy(slot, |policy: &mut P| policy.on_data(&ctx, &message))
+    }
+
+    /// Run `lesson` on the instance's policy value (the learner's calls). Called before
+    /// `init` (a host bug), it answers with an error rather than trapping.
+    pub fn learn<P: Policy, R>(
+        slot: &'static Slot<P>,
+        ctx: RawContext,
+        message: &RawMessage,
+        lesson: impl FnOnce(&mut P, &Context, &Message<'_>) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let ctx = Context::from_raw(ctx);
+        let message = Message::new(message);
+        slot.with(|cell| match cell.borrow_mut().as_mut() {
+            Some(policy) => lesson(policy, &ctx, &message),
+            None => Err("learner called before init".to_string()),
+        })
     }
 }

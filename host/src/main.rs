@@ -50,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Teach a learning policy (such as bayes) spam and ham, or make it forget them.
+    Learn(Box<sluice::cli::learn::LearnArgs>),
     /// DKIM signing keys.
     Dkim {
         #[command(subcommand)]
@@ -176,6 +178,16 @@ fn main() {
                 Err(e) => {
                     eprintln!("sluice dkim keygen: {e:#}");
                     1
+                }
+            }
+        }
+        Command::Learn(args) => {
+            init_logging("warn");
+            match runtime.block_on(sluice::cli::learn::run(*args)) {
+                Ok(status) => status,
+                Err(e) => {
+                    eprintln!("sluice learn: {e}");
+                    2
                 }
             }
         }

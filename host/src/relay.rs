@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::{Backend, Config};
-use crate::conversation::{Gates, StoreFailure, StoreRequest, TransactionRecord};
+use crate::conversation::{Gates, LearnRequest, StoreFailure, StoreRequest, TransactionRecord};
 use crate::delivery::{Delivery, Queued};
 use crate::dns::DnsResolver;
 use crate::metrics::Metrics;
-use crate::policy::{Clock, EngineOptions, HostServices, Outcome, PolicyEngine, Stage};
+use crate::policy::{Clock, EngineOptions, HostServices, Learner, Outcome, PolicyEngine, Stage};
 use crate::recipients::verify::{Answer, Settings, Verifier};
 use crate::reload::{Generations, Loader};
 use crate::sender::{Checker, CheckerSettings, Sender, SenderChecks};
@@ -43,7 +43,12 @@ pub struct Relay {
     /// The sender checks (SPF, DKIM, DMARC, ARC) and their cache of parsed answers.
     pub sender_checker: Checker,
     counters: Counters,
+    /// Lessons of autolearning under way, at most [`AUTOLEARN_AT_ONCE`].
+    autolearning: Arc<tokio::sync::Semaphore>,
 }
+
+/// Autolearning lessons that may run at once.
+pub const AUTOLEARN_AT_ONCE: usize = 8;
 
 impl Relay {
     /// Open the spool and load the edge's and every tenant's policies. Returns the relay and
@@ -66,19 +71,7 @@ impl Relay {
             baseline_tier: true,
             ..EngineOptions::default()
         })?;
-        let kv: Arc<dyn KvStore> = match &config.state.backend {
-            Backend::Memory => Arc::new(MemoryKv::new(config.state.max_keys)),
-            Backend::Redis(url) => Arc::new(
-                RedisKv::new(url, &config.state.prefix).map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
-            ),
-            Backend::Embedded => {
-                let path = config.resolve(&config.state.path);
-                Arc::new(
-                    RedbKv::open(&path, config.state.max_keys)
-                        .map_err(|e| anyhow::anyhow!("state.path: cannot open the key-value store: {e}"))?,
-                )
-            }
-        };
+        let kv = open_state(&config)?;
         let services = HostServices { kv, resolver: dns.clone(), clock: Clock::System };
         let tls_client = if config.delivery.starttls {
             Some(crate::delivery::client::tls_connector().map_err(anyhow::Error::msg)?)
@@ -105,6 +98,7 @@ impl Relay {
             verifier: Verifier::default(),
             sender_checker,
             counters: Counters::default(),
+            autolearning: Arc::new(tokio::sync::Semaphore::new(AUTOLEARN_AT_ONCE)),
         };
         Ok((Arc::new(relay), delivery))
     }
@@ -170,6 +164,42 @@ impl Relay {
                 Err(StoreFailure::Failed)
             }
         }
+    }
+
+    /// Move a quarantined message into the queue and hand it to delivery now.
+    pub fn release(&self, id: &str) -> std::io::Result<()> {
+        let mut envelope = self.spool.envelope(Store::Quarantine, id)?;
+        envelope.quarantine_reason = None;
+        envelope.next_attempt = 0;
+        self.spool.transfer(Store::Quarantine, Store::Queue, &envelope)?;
+        let _ = self.delivery.send(Queued { id: id.to_string(), loaded: None });
+        Ok(())
+    }
+
+    /// Teach a message to the tenant's learning policies, in the background (autolearning).
+    /// At most [`AUTOLEARN_AT_ONCE`] lessons run at a time; beyond that a lesson is dropped
+    /// (logged): a model misses a message, the mail flow never waits for it.
+    pub fn autolearn(&self, request: LearnRequest) {
+        let Ok(permit) = self.autolearning.clone().try_acquire_owned() else {
+            tracing::debug!(tenant = %request.tenant.name, "autolearn: too many lessons under way; skipped");
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            for policy in request.tenant.chain.policies.iter().filter(|p| p.learns) {
+                let Ok(mut learner) = Learner::new(policy.clone()) else { continue };
+                match learner.learn(request.message.clone(), request.lesson, None).await {
+                    Ok(learned) => tracing::debug!(
+                        tenant = %request.tenant.name,
+                        policy = %policy.name,
+                        lesson = request.lesson.as_str(),
+                        learned = learned.as_str(),
+                        "autolearn"
+                    ),
+                    Err(e) => tracing::warn!(tenant = %request.tenant.name, error = %e, "autolearn failed"),
+                }
+            }
+        });
     }
 
     /// Log and count what a session's transaction came to.
@@ -257,4 +287,21 @@ impl Gates for Relay {
     fn event(&self, tenant: &str, event: &str) {
         self.metrics.event(tenant, event);
     }
+}
+
+/// The key-value store `[state]` names: in memory, the embedded file, or a Redis server.
+pub fn open_state(config: &Config) -> anyhow::Result<Arc<dyn KvStore>> {
+    Ok(match &config.state.backend {
+        Backend::Memory => Arc::new(MemoryKv::new(config.state.max_keys)),
+        Backend::Redis(url) => Arc::new(
+            RedisKv::new(url, &config.state.prefix).map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
+        ),
+        Backend::Embedded => {
+            let path = config.resolve(&config.state.path);
+            Arc::new(
+                RedbKv::open(&path, config.state.max_keys)
+                    .map_err(|e| anyhow::anyhow!("state.path: cannot open the key-value store: {e}"))?,
+            )
+        }
+    })
 }

@@ -166,15 +166,11 @@ fn authentication_results_are_reported() {
     assert_eq!(lines[0]["sender_checks"]["dmarc"]["policy"], "reject");
 }
 
-/// A component built against interface 0.1.0 (the shipped spam-heuristics of the previous
-/// release, kept as a binary) loads beside 0.2.0 ones and judges the corpus exactly as the
-/// same policy built against 0.2.0.
+/// Components built against interfaces 0.1.0 and 0.2.0 (the shipped spam-heuristics of the
+/// previous releases, kept as binaries) load beside 0.2.1 ones and judge the corpus exactly
+/// as the same policy built against 0.2.1.
 #[test]
-fn a_policy_built_against_0_1_0_behaves_as_before() {
-    let old = repo().join("host/tests/fixtures/spam-heuristics-wit-0.1.0.wasm");
-    let bytes = std::fs::read(&old).expect("fixture");
-    let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("sluice:policy/hooks@0.1.0") && !text.contains("sluice:policy/hooks@0.2.0"));
+fn policies_built_against_earlier_interfaces_behave_as_before() {
     let corpus = common::corpus();
     let run = |policy: &str| {
         let mut args = vec!["policy", "test", "--policy", policy, "--json", "--now", "1796300000"];
@@ -195,11 +191,19 @@ fn a_policy_built_against_0_1_0_behaves_as_before() {
             })
             .collect::<Vec<_>>()
     };
-    let (before, now) = (run(old.to_str().expect("path")), run(SPAM_HEURISTICS));
-    assert!(before.len() > 50, "{}", before.len());
-    assert_eq!(before.len(), now.len());
-    for (a, b) in before.iter().zip(&now) {
-        assert_eq!(a, b);
+    let now = run(SPAM_HEURISTICS);
+    assert!(now.len() > 50, "{}", now.len());
+    for version in ["0.1.0", "0.2.0"] {
+        let old = repo().join(format!("host/tests/fixtures/spam-heuristics-wit-{version}.wasm"));
+        let bytes = std::fs::read(&old).expect("fixture");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains(&format!("sluice:policy/hooks@{version}")), "{version}");
+        assert!(!text.contains("sluice:policy/hooks@0.2.1"), "{version}");
+        let before = run(old.to_str().expect("path"));
+        assert_eq!(before.len(), now.len(), "{version}");
+        for (a, b) in before.iter().zip(&now) {
+            assert_eq!(a, b, "{version}");
+        }
     }
 }
 

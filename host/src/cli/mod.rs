@@ -1,5 +1,6 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
 pub mod dkim;
+pub mod learn;
 pub mod policy_test;
 pub mod relay;

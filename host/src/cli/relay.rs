@@ -169,6 +169,10 @@ pub enum QueueCommand {
     Release {
         /// Queue id.
         id: String,
+        /// Teach it to the tenant's learning policies as ham first, through the running
+        /// relay's admin API (which then releases it); it stays in quarantine if that fails.
+        #[arg(long)]
+        learn_ham: bool,
     },
 }
 
@@ -224,7 +228,11 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
             spool.remove(store, &id)?;
             println!("{id} deleted");
         }
-        QueueCommand::Release { id } => {
+        QueueCommand::Release { id, learn_ham: true } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(admin_call(config, "POST", &format!("/api/release?id={id}&learn=ham")))?;
+        }
+        QueueCommand::Release { id, learn_ham: false } => {
             if find(&id)? != Store::Quarantine {
                 anyhow::bail!("{id}: not in quarantine");
             }

@@ -14,7 +14,7 @@ use super::values::{
 };
 use crate::policy::chain::{ChainSettings, FailureMode};
 use crate::policy::judge::Thresholds;
-use crate::policy::{PolicyLimits, PolicySpec};
+use crate::policy::{Autolearn, PolicyLimits, PolicySpec};
 
 /// The name the edge goes by in logs, metrics, the key-value store and the admin API; no
 /// tenant may take it.
@@ -109,6 +109,26 @@ pub struct TenantConfig {
     /// DKIM signing of the mail this tenant sends out.
     #[serde(default)]
     pub dkim: Option<DkimConfig>,
+    /// Teach the chain's learning policies (those exporting `sluice:policy/learner`, such as
+    /// bayes) the messages the other policies are sure of (default false).
+    #[serde(default)]
+    pub autolearn: bool,
+    /// With `autolearn`: a message the other policies score at or above this is learned as
+    /// spam (default 12.0).
+    #[serde(default = "default_autolearn_spam")]
+    pub autolearn_spam_score: f64,
+    /// With `autolearn`: a message the other policies score at or below this is learned as
+    /// ham (default 0.1).
+    #[serde(default = "default_autolearn_ham")]
+    pub autolearn_ham_score: f64,
+}
+
+fn default_autolearn_spam() -> f64 {
+    12.0
+}
+
+fn default_autolearn_ham() -> f64 {
+    0.1
 }
 
 /// `[tenant.dkim]`: the key outbound mail is signed with.
@@ -188,7 +208,18 @@ impl TenantConfig {
             bounce_inbound: BounceInbound::default(),
             authentication_results: true,
             dkim: None,
+            autolearn: false,
+            autolearn_spam_score: default_autolearn_spam(),
+            autolearn_ham_score: default_autolearn_ham(),
         }
+    }
+
+    /// Its autolearning thresholds, when it autolearns.
+    pub fn autolearn(&self) -> Option<Autolearn> {
+        self.autolearn.then_some(Autolearn {
+            spam_score: self.autolearn_spam_score,
+            ham_score: self.autolearn_ham_score,
+        })
     }
 
     /// Its share of the key-value store.

@@ -110,8 +110,31 @@ pub enum Action {
     StartTls,
     /// A transaction ended: log and count it.
     Finished(Box<TransactionRecord>),
+    /// Teach the tenant's learning policies a message (autolearning): nothing to answer,
+    /// and nothing the client waits for.
+    Learn(Box<LearnRequest>),
     /// Send what is held and close the connection.
     Close,
+}
+
+/// A message the tenant's other policies were sure of, for its learning policies.
+#[derive(Clone)]
+pub struct LearnRequest {
+    /// The tenant, whose chain's learning policies learn it.
+    pub tenant: Arc<crate::tenants::Tenant>,
+    /// The message.
+    pub message: Arc<ParsedMessage>,
+    /// Spam or ham.
+    pub lesson: crate::policy::Lesson,
+}
+
+impl std::fmt::Debug for LearnRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LearnRequest")
+            .field("tenant", &self.tenant.name)
+            .field("lesson", &self.lesson)
+            .finish()
+    }
 }
 
 /// What a stage is judged on besides the session.

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{Action, Conversation, RecipientFate, StoreFailure, StoreRequest, TransactionRecord, Waiting};
+use super::{
+    Action, Conversation, LearnRequest, RecipientFate, StoreFailure, StoreRequest, TransactionRecord, Waiting,
+};
 use crate::mail::{remove_headers, rfc5322_date};
 use crate::policy::{Judge, Judgement, Outcome, ParsedMessage, Stage, StageResult};
 use crate::smtp::EnvelopeAddress;
@@ -78,6 +80,7 @@ impl Conversation {
         }
         let thresholds = self.snapshot.party(party).chain.settings.thresholds.clone();
         let judgement = judge.finish(&data, &thresholds);
+        self.autolearn(party, &judgement, &message);
         match judgement.outcome {
             Outcome::Reject | Outcome::Tempfail => {
                 let answer = judgement.reply.clone();
@@ -94,6 +97,25 @@ impl Conversation {
                 self.pending_store = Some(PendingStore { judgement, stages });
                 self.wait(Action::Store(Box::new(request)), Waiting::Store);
             }
+        }
+    }
+
+    /// When the party autolearns and its other policies were sure of the message, hand it to
+    /// its learning policies (a tempfail teaches nothing: the message will come again).
+    fn autolearn(&mut self, party: Party, judgement: &Judgement, message: &Body) {
+        let tenant = self.snapshot.party(party);
+        let (Some(autolearn), Some(parsed)) = (tenant.autolearn, message.parsed()) else { return };
+        if judgement.outcome == Outcome::Tempfail || judgement.stage != Stage::Data {
+            return;
+        }
+        let learners: Vec<&str> =
+            tenant.chain.policies.iter().filter(|p| p.learns).map(|p| p.name.as_str()).collect();
+        if learners.is_empty() {
+            return;
+        }
+        if let Some(lesson) = autolearn.lesson(&judgement.symbols, &learners) {
+            let request = LearnRequest { tenant: tenant.clone(), message: parsed.clone(), lesson };
+            self.actions.push_back(Action::Learn(Box::new(request)));
         }
     }
 

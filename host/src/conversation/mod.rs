@@ -50,8 +50,8 @@ use crate::tenants::{Party, Snapshot};
 use parties::{PartyState, Plan};
 
 pub use actions::{
-    Action, Client, Gates, Open, RecipientFate, StageData, StageRequest, StoreFailure, StoreRequest,
-    TransactionRecord,
+    Action, Client, Gates, LearnRequest, Open, RecipientFate, StageData, StageRequest, StoreFailure,
+    StoreRequest, TransactionRecord,
 };
 pub use sender::SenderRequest;
 pub use stages::Stages;

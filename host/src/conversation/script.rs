@@ -93,6 +93,7 @@ pub fn single_tenant(chain: Arc<Chain>) -> Arc<Snapshot> {
             recipients: Default::default(),
             authentication_results: true,
             dkim: None,
+            autolearn: None,
             fingerprint: String::new(),
         })
     };
@@ -241,6 +242,8 @@ impl Session<'_> {
                 // The script never asks for TLS.
                 Action::StartTls => self.conversation.client_closed(),
                 Action::Finished(record) => self.records.push(*record),
+                // Offline runs teach no model.
+                Action::Learn(_) => {}
                 Action::Close => {
                     self.closed = true;
                     return;

@@ -123,6 +123,7 @@ fn drive(conversation: &mut Conversation, input: &[u8], piece: usize) -> Seen {
                 conversation.tls_started(TlsInfo::default());
             }
             Action::Finished(record) => seen.records.push(*record),
+            Action::Learn(_) => {}
             Action::Close => {
                 seen.closed = true;
                 return seen;

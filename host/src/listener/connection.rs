@@ -180,6 +180,7 @@ where
                 return Ok(Ended::StartTls);
             }
             Action::Finished(record) => relay.record(&record),
+            Action::Learn(request) => relay.autolearn(*request),
             Action::Close => {
                 output.flush().await?;
                 let _ = output.shutdown().await;

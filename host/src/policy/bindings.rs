@@ -1,11 +1,13 @@
 //! Generated host bindings of the `sluice:policy` world, in both interface versions the
-//! relay links: 0.2.0 (the current one, `wit/`) and 0.1.0 (`wit/0.1.0/`), whose imports are
-//! served by the same code (see `host/v0_1.rs`). Private to the policy module: the rest of
+//! relay links: 0.2.1 (the current one, `wit/`; components built against 0.2.0 link against
+//! it, the linker matching semver-compatible versions) and 0.1.0 (`wit/0.1.0/`), whose
+//! imports are served by the same code (see `host/v0_1.rs`). The current version is bound
+//! through the `learning-policy` world, for the types of the optional `learner` export. Private to the policy module: the rest of
 //! the relay talks to policies through the hand-written types in this module's parent.
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "policy",
+    world: "learning-policy",
     imports: { default: async | trappable },
     exports: { default: async },
     with: {
@@ -13,6 +15,7 @@ wasmtime::component::bindgen!({
     },
 });
 
+pub use exports::sluice::policy::learner;
 pub use sluice::policy::host;
 pub use sluice::policy::types;
 

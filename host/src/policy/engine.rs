@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Policy as PolicyWorld;
+use super::bindings::LearningPolicy as PolicyWorld;
 use super::cache::{FunctionCache, cached_path, compile, default_cache_dir};
 use super::context::{Stage, StageSet};
 use super::hooks::HookExports;
@@ -97,7 +97,7 @@ pub enum LoadError {
     },
     /// Imports the host cannot satisfy: another WIT version or unknown interfaces.
     #[error(
-        "{file}: does not match the host interface sluice:policy@0.1.0 (built for another WIT version, or imports something the host does not provide): {cause}"
+        "{file}: does not match the host interface sluice:policy@0.2.1 (or 0.2.0, 0.1.0): built for another WIT version, or imports something the host does not provide: {cause}"
     )]
     Link {
         /// File.
@@ -106,7 +106,7 @@ pub enum LoadError {
         cause: String,
     },
     /// Lacks the exports of the policy world.
-    #[error("{file}: missing or wrong exports of sluice:policy/hooks@0.1.0: {cause}")]
+    #[error("{file}: missing or wrong exports of sluice:policy/hooks (or learner): {cause}")]
     Exports {
         /// File.
         file: PathBuf,
@@ -391,6 +391,7 @@ impl PolicyEngine {
             Err(fault) => return Err(LoadError::Init { file, policy: name, cause: fault.to_string() }),
         }
         let io = io_named(name.clone());
+        let learns = exports.learns();
         Ok(Arc::new(LoadedPolicy {
             name,
             version: info.version,
@@ -404,6 +405,7 @@ impl PolicyEngine {
             exports,
             io,
             reads_sender_checks,
+            learns,
             breaker: Arc::default(),
             warm: std::sync::Mutex::new(Vec::new()),
             engine: engine.clone(),

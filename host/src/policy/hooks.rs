@@ -11,18 +11,36 @@
 use wasmtime::AsContextMut;
 use wasmtime::component::{Component, ComponentExportIndex, Func, Instance, Resource, TypedFunc};
 
+use super::bindings::learner;
 use super::bindings::types as wit;
 use super::message::MessageHandle;
 
 /// The interface every policy exports, in each version the relay links, newest first. The
-/// hooks have the same signatures in both: only the imports differ.
-pub const HOOKS_INTERFACES: [&str; 2] = ["sluice:policy/hooks@0.2.0", "sluice:policy/hooks@0.1.0"];
+/// hooks have the same signatures in all: only the imports differ.
+pub const HOOKS_INTERFACES: [&str; 3] =
+    ["sluice:policy/hooks@0.2.1", "sluice:policy/hooks@0.2.0", "sluice:policy/hooks@0.1.0"];
+
+/// The interface a learning policy exports beside the hooks (0.2.1 and later).
+pub const LEARNER_INTERFACES: [&str; 1] = ["sluice:policy/learner@0.2.1"];
 
 type DescribeFn = TypedFunc<(), (wit::PolicyInfo,)>;
 type InitFn<'a> = TypedFunc<(&'a [(String, String)],), (Result<(), String>,)>;
 type SessionFn<'a> = TypedFunc<(&'a wit::Context,), (wit::Decision,)>;
 type RcptFn<'a> = TypedFunc<(&'a wit::Context, &'a wit::Recipient), (wit::Decision,)>;
 type DataFn<'a> = TypedFunc<(&'a wit::Context, Resource<MessageHandle>), (wit::Decision,)>;
+type LearnFn<'a> = TypedFunc<
+    (&'a wit::Context, Resource<MessageHandle>, learner::Class),
+    (Result<learner::Learned, String>,),
+>;
+type ForgetFn<'a> =
+    TypedFunc<(&'a wit::Context, Resource<MessageHandle>), (Result<learner::Learned, String>,)>;
+
+/// Where the `learner` exports live in a component that has them.
+#[derive(Debug, Clone)]
+struct LearnerExports {
+    learn: ComponentExportIndex,
+    forget: ComponentExportIndex,
+}
 
 /// Where each export lives in one component.
 #[derive(Debug, Clone)]
@@ -34,6 +52,7 @@ pub(crate) struct HookExports {
     on_mail: ComponentExportIndex,
     on_rcpt: ComponentExportIndex,
     on_data: ComponentExportIndex,
+    learner: Option<LearnerExports>,
 }
 
 impl HookExports {
@@ -46,6 +65,18 @@ impl HookExports {
         let func = |name: &str| {
             component.get_export_index(Some(&interface), name).ok_or_else(|| format!("no function `{name}`"))
         };
+        let learner = match LEARNER_INTERFACES.iter().find_map(|name| component.get_export_index(None, name))
+        {
+            None => None,
+            Some(interface) => {
+                let func = |name: &str| {
+                    component
+                        .get_export_index(Some(&interface), name)
+                        .ok_or_else(|| format!("learner: no function `{name}`"))
+                };
+                Some(LearnerExports { learn: func("learn")?, forget: func("forget")? })
+            }
+        };
         Ok(Self {
             describe: func("describe")?,
             init: func("init")?,
@@ -54,7 +85,13 @@ impl HookExports {
             on_mail: func("on-mail")?,
             on_rcpt: func("on-rcpt")?,
             on_data: func("on-data")?,
+            learner,
         })
+    }
+
+    /// Whether the component exports `learner`.
+    pub fn learns(&self) -> bool {
+        self.learner.is_some()
     }
 
     /// Check every export's signature on `instance`, an instance of the component these
@@ -78,6 +115,12 @@ impl HookExports {
             instance.get_typed_func(&mut store, self.on_rcpt).map_err(|e| wrong("on-rcpt", e))?;
         let _: DataFn<'_> =
             instance.get_typed_func(&mut store, self.on_data).map_err(|e| wrong("on-data", e))?;
+        if let Some(learner) = &self.learner {
+            let _: LearnFn<'_> =
+                instance.get_typed_func(&mut store, learner.learn).map_err(|e| wrong("learn", e))?;
+            let _: ForgetFn<'_> =
+                instance.get_typed_func(&mut store, learner.forget).map_err(|e| wrong("forget", e))?;
+        }
         Ok(VerifiedExports(self))
     }
 }
@@ -87,6 +130,11 @@ impl HookExports {
 pub(crate) struct VerifiedExports(HookExports);
 
 impl VerifiedExports {
+    /// Whether the component exports `learner`.
+    pub fn learns(&self) -> bool {
+        self.0.learns()
+    }
+
     /// The exports of `instance`, an instance of the component they were verified on.
     pub fn bind(&self, mut store: impl AsContextMut, instance: &Instance) -> Result<Hooks, String> {
         let exports = &self.0;
@@ -104,6 +152,10 @@ impl VerifiedExports {
             on_mail: func(&exports.on_mail)?,
             on_rcpt: func(&exports.on_rcpt)?,
             on_data: func(&exports.on_data)?,
+            learn: match &exports.learner {
+                Some(learner) => Some((func(&learner.learn)?, func(&learner.forget)?)),
+                None => None,
+            },
         })
     }
 }
@@ -121,6 +173,8 @@ pub(crate) struct Hooks {
     on_mail: Func,
     on_rcpt: Func,
     on_data: Func,
+    /// `learn` and `forget`, when the component exports `learner`.
+    learn: Option<(Func, Func)>,
 }
 
 // SAFETY (every `new_unchecked` below): each `Func` comes from `VerifiedExports::bind`, i.e.
@@ -156,5 +210,13 @@ impl Hooks {
 
     pub fn on_data<'a>(&self) -> DataFn<'a> {
         unsafe { DataFn::new_unchecked(self.on_data) }
+    }
+
+    pub fn learn<'a>(&self) -> Option<LearnFn<'a>> {
+        self.learn.map(|(learn, _)| unsafe { LearnFn::new_unchecked(learn) })
+    }
+
+    pub fn forget<'a>(&self) -> Option<ForgetFn<'a>> {
+        self.learn.map(|(_, forget)| unsafe { ForgetFn::new_unchecked(forget) })
     }
 }

@@ -369,6 +369,34 @@ impl PolicyInstance {
         self.finish(result, wall).map(|(decision,)| Decision::from_wit(decision))
     }
 
+    /// Call `learn` (a class given) or `forget` (none) of a learning policy.
+    pub(crate) async fn call_learner(
+        &mut self,
+        ctx: &wit::Context,
+        message: &Arc<ParsedMessage>,
+        class: Option<super::bindings::learner::Class>,
+    ) -> Result<Result<super::bindings::learner::Learned, String>, Fault> {
+        let hooks = self.hooks;
+        let (Some(learn), Some(forget)) = (hooks.learn(), hooks.forget()) else {
+            return Err(Fault::Exports("the policy does not export sluice:policy/learner".into()));
+        };
+        self.begin_call();
+        let (wall, _running) = call_bounds(&self.store.data().io);
+        let store = &mut self.store;
+        let call = async {
+            let handle = store.data_mut().table.push(MessageHandle(message.clone()))?;
+            let borrowed = Resource::<MessageHandle>::new_borrow(handle.rep());
+            let result = match class {
+                Some(class) => learn.call_async(&mut *store, (ctx, borrowed, class)).await,
+                None => forget.call_async(&mut *store, (ctx, borrowed)).await,
+            };
+            store.data_mut().table.delete(handle)?;
+            result
+        };
+        let result = tokio::time::timeout(wall, call).await;
+        self.finish(result, wall).map(|(answer,)| answer)
+    }
+
     fn finish<R>(
         &mut self,
         result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,

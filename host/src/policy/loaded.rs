@@ -38,6 +38,8 @@ pub struct LoadedPolicy {
     pub(crate) io: Arc<PolicyIo>,
     /// It imports `message.sender-checks`: its tenant's inbound mail is checked for it.
     pub reads_sender_checks: bool,
+    /// It exports `sluice:policy/learner`: messages of a known class can be taught to it.
+    pub learns: bool,
     /// Suspends it after faults in a row (one per loaded policy: a new load starts closed).
     pub breaker: Arc<super::breaker::Breaker>,
     /// Warm instances waiting for the next session (with `sessions_per_instance` above 1).

@@ -15,7 +15,8 @@
 //! - [`instance`]: a store per session, CPU/memory/output limits, faults;
 //! - [`host`]: the host capabilities (log, config, clock, key-value, DNS, message);
 //! - [`chain`]: evaluation of a chain for one stage; [`judge`]: the transaction judge;
-//! - [`breaker`]: suspension of a policy that keeps faulting.
+//! - [`breaker`]: suspension of a policy that keeps faulting;
+//! - [`learn`]: feeding messages of a known class to a policy that exports `learner`.
 
 mod bindings;
 pub mod breaker;
@@ -28,6 +29,7 @@ mod hooks;
 pub mod host;
 pub mod instance;
 pub mod judge;
+pub mod learn;
 pub mod loaded;
 pub mod message;
 mod ticker;
@@ -44,6 +46,7 @@ pub use engine::{CodeTier, EngineOptions, LoadError, LoadedPolicy, PolicyEngine,
 pub use host::Clock;
 pub use instance::Fault;
 pub use judge::{Judge, Judgement, Outcome, Thresholds};
+pub use learn::{Autolearn, LearnError, Learned, Learner, Lesson};
 pub use message::ParsedMessage;
 
 use crate::dns::Resolver;

@@ -135,6 +135,7 @@ impl Loader {
             recipients,
             authentication_results: t.authentication_results,
             dkim,
+            autolearn: t.autolearn(),
             fingerprint,
         }))
     }

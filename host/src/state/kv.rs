@@ -10,6 +10,8 @@ use std::time::Duration;
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Most keys one batched call (`kv-get-many`, `kv-incr-many`) may name.
+pub const MAX_BATCH_KEYS: usize = 4096;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +107,23 @@ pub trait KvStore: Send + Sync {
     async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError>;
     /// What `tenant` holds.
     async fn usage(&self, tenant: &str) -> Result<Usage, KvError>;
+    /// Read several keys, answers in their order (a remote store: one round trip).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+    /// Add to several counters, each atomically; `ttl`, when given, is set on every one of
+    /// them, new or not. A counter the quota has no room to create is not created: its answer
+    /// is `None`.
+    async fn incr_many(
+        &self,
+        deltas: &[(String, i64)],
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<Vec<Option<i64>>, KvError>;
 }
 
 /// The namespaced key for `key` of `policy` in `tenant`. Length prefixes make the mapping
@@ -283,6 +302,15 @@ impl MemoryKv {
         .unwrap_or_default()
     }
 
+    /// A store holding `entries` (a copy of another store's).
+    pub(crate) fn with_entries(max_keys: usize, entries: impl IntoIterator<Item = (String, Entry)>) -> Self {
+        let mut memory = Memory::default();
+        for (key, entry) in entries {
+            memory.insert(&key, entry.value, entry.expires, entry.bytes);
+        }
+        Self { memory: Mutex::new(memory), max_keys }
+    }
+
     /// Record `keys` as changed again (their write to disk failed).
     pub(crate) fn unwritten(&self, keys: impl IntoIterator<Item = String>) {
         let _ = self.with(|m| {
@@ -355,6 +383,49 @@ impl KvStore for MemoryKv {
             m.sweep();
             m.usage.get(tenant).copied().unwrap_or_default()
         })
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let now = now_millis();
+        self.with(|m| {
+            keys.iter()
+                .map(|key| m.entries.get(key).filter(|e| e.live(now)).map(|e| e.value.clone()))
+                .collect()
+        })
+    }
+
+    async fn incr_many(
+        &self,
+        deltas: &[(String, i64)],
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<Vec<Option<i64>>, KvError> {
+        self.with(|m| {
+            let now = now_millis();
+            let refreshed = ttl.map(|t| expiry(Some(t)));
+            let mut answers = Vec::with_capacity(deltas.len());
+            for (key, delta) in deltas {
+                let current = match m.entries.get(key.as_str()) {
+                    Some(e) if e.live(now) => Some((parse_counter(&e.value)?, e.expires)),
+                    _ => None,
+                };
+                let bytes = key.len() as u64 + COUNTER_BYTES;
+                let (value, expires) = match current {
+                    Some((n, expires)) => (n.saturating_add(*delta), refreshed.unwrap_or(expires)),
+                    None => match m.make_room(self.max_keys, quota, key, bytes) {
+                        Ok(()) => (*delta, refreshed.unwrap_or(0)),
+                        Err(KvError::QuotaExceeded) => {
+                            answers.push(None);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                m.insert(key, value.to_string().into_bytes(), expires, bytes);
+                answers.push(Some(value));
+            }
+            Ok(answers)
+        })?
     }
 }
 

@@ -136,6 +136,35 @@ impl RedbKv {
     }
 }
 
+impl RedbKv {
+    /// The live entries of the store at `path`, copied into memory: what `sluice policy test
+    /// --state` runs on. Writes go to the copy only; the file is not changed.
+    pub fn read_copy(path: &Path, max_keys: usize) -> Result<MemoryKv, String> {
+        use redb::ReadableDatabase;
+        let context = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        if !path.is_file() {
+            return Err(format!("{}: no such key-value store file", path.display()));
+        }
+        let db = Database::open(path).map_err(|e| context(&e))?;
+        let txn = db.begin_read().map_err(|e| context(&e))?;
+        let now = now_millis();
+        let mut live = Vec::new();
+        match txn.open_table(ENTRIES) {
+            Ok(entries) => {
+                for row in entries.iter().map_err(|e| context(&e))? {
+                    let (key, value) = row.map_err(|e| context(&e))?;
+                    if let Some(entry) = decode(value.value()).filter(|e| e.live(now)) {
+                        live.push((key.value().to_string(), entry));
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(context(&e)),
+        }
+        Ok(MemoryKv::with_entries(max_keys, live))
+    }
+}
+
 impl Inner {
     /// Write the keys changed since the last flush in one durable transaction; on failure
     /// they stay marked as changed.
@@ -193,6 +222,19 @@ impl KvStore for RedbKv {
 
     async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {
         self.inner.memory.usage(tenant).await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        self.inner.memory.get_many(keys).await
+    }
+
+    async fn incr_many(
+        &self,
+        deltas: &[(String, i64)],
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<Vec<Option<i64>>, KvError> {
+        self.inner.memory.incr_many(deltas, ttl, quota).await
     }
 }
 

@@ -21,7 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// KEYS: the key, the tenant's usage hash, its sizes hash, its expiry set.
-/// ARGV: operation (set, incr, del, usage), now (Unix ms), max keys, max bytes, bytes the
+/// ARGV: operation (set, incr, incr-touch, del, usage), now (Unix ms), max keys, max bytes, bytes the
 /// entry counts as, time to live in ms (0: none), the value (set) or delta (incr).
 /// Returns {0} or {0, counter} on success, {1} when the quota would be passed, {keys, bytes}
 /// for usage.
@@ -106,10 +106,16 @@ if op == 'set' then
     return {0}
 end
 
--- incr: an existing counter keeps its expiry; a new one needs room and gets the ttl.
+-- incr: an existing counter keeps its expiry (incr-touch: gets the ttl); a new one needs
+-- room and gets the ttl.
 if exists then
     local value = redis.call('INCRBY', key, ARGV[7])
-    if not tracked then account(redis.call('PTTL', key)) end
+    if op == 'incr-touch' and ttl > 0 then
+        redis.call('PEXPIRE', key, ttl)
+        account(ttl)
+    elseif not tracked then
+        account(redis.call('PTTL', key))
+    end
     return {0, value}
 end
 if not admits() then return {1} end
@@ -272,6 +278,66 @@ impl KvStore for RedisKv {
             [0, value] => Ok(value),
             _ => Err(KvError::QuotaExceeded),
         }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut command = redis::cmd("MGET");
+        for key in keys {
+            command.arg(format!("{}{key}", self.prefix));
+        }
+        let mut connection = self.connection().await?;
+        answer(command.query_async(&mut connection)).await?.map_err(unavailable)
+    }
+
+    /// One pipeline: the script is loaded first (the server runs a pipeline in order), then
+    /// one invocation per counter, each atomic on its own.
+    async fn incr_many(
+        &self,
+        deltas: &[(String, i64)],
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<Vec<Option<i64>>, KvError> {
+        if deltas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = &self.prefix;
+        let (op, ttl) = match ttl {
+            Some(ttl) => ("incr-touch", millis(ttl)),
+            None => ("incr", 0),
+        };
+        let now = now_millis();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCRIPT").arg("LOAD").arg(SCRIPT).ignore();
+        for (key, delta) in deltas {
+            let tenant = tenant_of(key);
+            pipe.cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(4)
+                .arg(format!("{p}{key}"))
+                .arg(format!("{p}q:usage:{tenant}"))
+                .arg(format!("{p}q:sizes:{tenant}"))
+                .arg(format!("{p}q:expiries:{tenant}"))
+                .arg(op)
+                .arg(now)
+                .arg(quota.max_keys)
+                .arg(quota.max_bytes)
+                .arg(key.len() as u64 + COUNTER_BYTES)
+                .arg(ttl)
+                .arg(delta);
+        }
+        let mut connection = self.connection().await?;
+        let answers: Vec<Vec<i64>> =
+            answer(pipe.query_async(&mut connection)).await?.map_err(script_error)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| match a[..] {
+                [0, value] => Some(value),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn usage(&self, tenant: &str) -> Result<Usage, KvError> {

@@ -45,6 +45,8 @@ pub struct Tenant {
     pub authentication_results: bool,
     /// The key its outbound mail is signed with.
     pub dkim: Option<Arc<crate::sender::DkimKey>>,
+    /// When its chain's learning policies learn on their own.
+    pub autolearn: Option<crate::policy::Autolearn>,
     /// Its configuration and policy files' hashes: equal fingerprints, same tenant.
     pub(crate) fingerprint: String,
 }
@@ -90,6 +92,7 @@ impl Tenant {
             recipients: self.recipients.clone(),
             authentication_results: self.authentication_results,
             dkim: self.dkim.clone(),
+            autolearn: self.autolearn,
             fingerprint: self.fingerprint.clone(),
         }))
     }
@@ -206,6 +209,7 @@ impl Snapshot {
                 },
                 authentication_results: t.authentication_results,
                 dkim: t.dkim.as_ref().and_then(|d| load_dkim(&config, d).ok()),
+                autolearn: t.autolearn(),
                 fingerprint: String::new(),
             })
         };

@@ -15,7 +15,7 @@
 //   uribl_zone    a URI DNS block list zone, e.g. multi.uribl.example (default: none)
 //   max_links     links read per message (default 200)
 //   score.NAME    the score of a symbol
-import { log, dnsLookup } from 'sluice:policy/host@0.2.0';
+import { log, dnsLookup } from 'sluice:policy/host@0.2.1';
 
 const SCORES = {
   URL_TEXT_MISMATCH: 3.0,

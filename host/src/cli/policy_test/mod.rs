@@ -10,7 +10,8 @@
 //! from a fixture file (`--dns`, format in [`crate::dns`]); unknown names are NXDOMAIN. The
 //! sender of each message is checked (SPF, DKIM, DMARC, ARC) with the same fixture, through a
 //! name server on loopback, and the `Authentication-Results` field is reported among the
-//! added fields. The key-value store is in memory. Nothing is stored or delivered.
+//! added fields. The key-value store is in memory: empty, or a copy of the embedded store
+//! file `--state` names (a model `sluice learn` trained). Nothing is stored or delivered.
 //!
 //! Inside: [`cases`] (messages and expectations), [`report`] (text and JSON).
 
@@ -32,6 +33,7 @@ use crate::policy::{
 use crate::reload::Loader;
 use crate::sender::{Checker, CheckerSettings};
 use crate::state::kv::MemoryKv;
+use crate::state::redb_kv::RedbKv;
 use crate::tenants::Snapshot;
 use cases::{Case, Expectation};
 
@@ -86,6 +88,10 @@ pub struct PolicyTestArgs {
     /// Exit with status 1 unless every message gets this outcome.
     #[arg(long, value_name = "OUTCOME")]
     pub expect: Option<String>,
+    /// Run on a copy of this embedded key-value store file (a model trained by `sluice
+    /// learn --state FILE`, say) instead of an empty in-memory store; the file is not changed.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
     /// Pretend the time is this many seconds since the Unix epoch.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub now: Option<i64>,
@@ -267,11 +273,15 @@ fn fixture(args: &PolicyTestArgs) -> Result<Arc<FixtureResolver>, UsageError> {
     }))
 }
 
-/// The services the policies get: an in-memory store, the DNS fixture, the (pinned) clock.
+/// The services the policies get: an in-memory store (empty, or a copy of `--state`), the DNS fixture, the (pinned) clock.
 fn services(args: &PolicyTestArgs, fixture: Arc<FixtureResolver>) -> Result<HostServices, UsageError> {
     let resolver: Arc<dyn Resolver> = fixture;
+    let kv = match &args.state {
+        Some(path) => RedbKv::read_copy(path, 10_000_000).map_err(UsageError)?,
+        None => MemoryKv::new(1_000_000),
+    };
     Ok(HostServices {
-        kv: Arc::new(MemoryKv::new(1_000_000)),
+        kv: Arc::new(kv),
         resolver,
         clock: args.now.map(|s| Clock::pinned(s.saturating_mul(1000))).unwrap_or(Clock::System),
     })

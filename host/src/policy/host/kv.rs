@@ -87,3 +87,42 @@ pub(super) async fn incr(
     let write = io.services.kv.incr(&key, delta, ttl(ttl_seconds), io.limits.kv_quota);
     answer(state.budget.wait_on(io.tick, write).await)
 }
+
+/// The keys of a batched call as the backend stores them; too many, or one too long, is
+/// `too-large`.
+fn keys<'a>(
+    state: &HostState,
+    names: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<Vec<String>, GuestKvError> {
+    if names.len() > kv::MAX_BATCH_KEYS {
+        return Err(GuestKvError::TooLarge);
+    }
+    names.map(|name| key(state, name)).collect()
+}
+
+pub(super) async fn get_many(
+    state: &mut HostState,
+    names: &[String],
+) -> wasmtime::Result<Result<Vec<Option<Vec<u8>>>, GuestKvError>> {
+    let keys = match keys(state, names.iter().map(String::as_str)) {
+        Ok(keys) => keys,
+        Err(e) => return Ok(Err(e)),
+    };
+    let io = state.io.clone();
+    answer(state.budget.wait_on(io.tick, io.services.kv.get_many(&keys)).await)
+}
+
+pub(super) async fn incr_many(
+    state: &mut HostState,
+    deltas: Vec<(String, i64)>,
+    ttl_seconds: Option<u32>,
+) -> wasmtime::Result<Result<Vec<Option<i64>>, GuestKvError>> {
+    let keys = match keys(state, deltas.iter().map(|(name, _)| name.as_str())) {
+        Ok(keys) => keys,
+        Err(e) => return Ok(Err(e)),
+    };
+    let deltas: Vec<(String, i64)> = keys.into_iter().zip(deltas.into_iter().map(|(_, d)| d)).collect();
+    let io = state.io.clone();
+    let write = io.services.kv.incr_many(&deltas, ttl(ttl_seconds), io.limits.kv_quota);
+    answer(state.budget.wait_on(io.tick, write).await)
+}

@@ -65,6 +65,21 @@ impl host::Host for HostState {
         kv::incr(self, &key, delta, ttl_seconds).await
     }
 
+    async fn kv_get_many(
+        &mut self,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<Vec<u8>>>, host::KvError>> {
+        kv::get_many(self, &keys).await
+    }
+
+    async fn kv_incr_many(
+        &mut self,
+        deltas: Vec<(String, i64)>,
+        ttl_seconds: Option<u32>,
+    ) -> wasmtime::Result<Result<Vec<Option<i64>>, host::KvError>> {
+        kv::incr_many(self, deltas, ttl_seconds).await
+    }
+
     async fn dns_lookup(
         &mut self,
         name: String,

@@ -8,8 +8,14 @@
 //! - `POST /api/reload`: reload the configuration and policies now (what SIGHUP and the file
 //!   watcher do); answers the [`crate::reload::ReloadReport`].
 //! - `POST /api/rollback?tenant=NAME`: put that tenant's previous generation back.
+//! - `POST /api/learn?class=spam|ham|forget[&tenant=NAME][&id=ID]`: teach the tenant's
+//!   learning policies the message in the body, or queued/quarantined message ID.
+//! - `POST /api/release?id=ID[&learn=ham]`: release a message from quarantine (see
+//!   [`learn`]).
 //!
 //! It has no authentication: bind it to loopback or a management network only.
+
+mod learn;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -25,8 +31,8 @@ pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let relay = relay.clone();
         tokio::spawn(async move {
-            let Some(head) = read_head(&mut stream).await else { return };
-            let (status, content_type, body) = route(&relay, &head).await;
+            let Some((head, body)) = read_request(&mut stream).await else { return };
+            let (status, content_type, body) = route(&relay, &head, body).await;
             let response = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -37,21 +43,44 @@ pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
     }
 }
 
-/// The request line and headers (a body, if any, is not needed by any endpoint).
-async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+/// Largest request body (a message for `POST /api/learn`).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// The request line and headers, and the body its `Content-Length` announces (bounded by
+/// [`MAX_BODY_BYTES`]; a longer one is cut, and the message learned is what came).
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.ok()?.ok()?;
-        if n == 0 || head.len() > 8192 {
+        if n == 0 || data.len() > 16384 {
+            break data.len();
+        }
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..end]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_BODY_BYTES);
+    let mut body = data.split_off(end);
+    while body.len() < length {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
             break;
         }
-        head.extend_from_slice(&buf[..n]);
+        body.extend_from_slice(&buf[..n]);
     }
-    Some(String::from_utf8_lossy(&head).into_owned())
+    body.truncate(length);
+    Some((head, body))
 }
 
-async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, String) {
+async fn route(relay: &Arc<Relay>, head: &str, body: Vec<u8>) -> (&'static str, &'static str, String) {
     let mut words = head.split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -76,9 +105,19 @@ async fn route(relay: &Arc<Relay>, head: &str) -> (&'static str, &'static str, S
                 Err(e) => ("409 Conflict", JSON, serde_json::json!({"error": e}).to_string()),
             }
         }
-        (_, "/metrics" | "/api/policies" | "/api/tenants" | "/api/reload" | "/api/rollback") => {
-            ("405 Method Not Allowed", JSON, serde_json::json!({"error": "method not allowed"}).to_string())
+        ("POST", "/api/learn") => {
+            let (status, answer) = learn::learn(relay, query, body).await;
+            (status, JSON, answer.to_string())
         }
+        ("POST", "/api/release") => {
+            let (status, answer) = learn::release(relay, query).await;
+            (status, JSON, answer.to_string())
+        }
+        (
+            _,
+            "/metrics" | "/api/policies" | "/api/tenants" | "/api/reload" | "/api/rollback" | "/api/learn"
+            | "/api/release",
+        ) => ("405 Method Not Allowed", JSON, serde_json::json!({"error": "method not allowed"}).to_string()),
         _ => ("404 Not Found", JSON, serde_json::json!({"error": "no such endpoint"}).to_string()),
     }
 }
@@ -187,7 +226,8 @@ fn policies(relay: &Relay) -> serde_json::Value {
     serde_json::json!({ "edge": edge, "tenants": described })
 }
 
-fn percent_decode(text: &str) -> String {
+/// `text` with `%XX` escapes and `+` decoded.
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
