@@ -55,7 +55,7 @@ if [ ! -d ../shared/corpus ]; then
 fi
 
 # Policies, SDK and fixtures, as they are really built.
-WASM_PACKAGES=(-p sluice-policy)
+WASM_PACKAGES=(-p sluice-policy -p sluice-policy-learning)
 for manifest in policies/*/Cargo.toml host/tests/policies/*/Cargo.toml; do
     WASM_PACKAGES+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -n 1)")
 done
@@ -74,4 +74,7 @@ echo "== cargo test"
 cargo test --workspace
 echo "== benchmark scripts start (tiny runs; figures come from full runs, see bench/README.md)"
 python3 bench/throughput.py --tiny --sluice target/debug/sluice
+python3 scripts/bayes-cv.py --folds 2 --sluice target/debug/sluice \
+    --bayes target/artifacts/wasm32-wasip2/release/bayes.wasm \
+    --heuristics target/artifacts/wasm32-wasip2/release/spam_heuristics.wasm
 python3 bench/idle.py --counts 200 --sluice target/debug/sluice

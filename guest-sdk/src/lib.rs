@@ -81,6 +81,16 @@
 //! # fn main() {}
 //! ```
 //!
+//! ## Policies that learn
+//!
+//! A policy that keeps a model — a Bayesian filter, say — implements [`Learner`] as well and
+//! registers with `export_learning_policy!` from the `sluice-policy-learning` crate instead of
+//! [`export_policy!`]: the component then also exports `sluice:policy/learner` (interface
+//! 0.2.1), and the relay feeds it messages whose class is known (`sluice learn`, `POST
+//! /api/learn`, a release from quarantine, autolearning). The model belongs in the key-value
+//! store; [`kv::get_many`] and [`kv::incr_many`] read and move thousands of counters in one
+//! call. The shipped `bayes` policy is the worked example.
+//!
 //! For speed, link it with a linear memory of a few MiB from the start (in
 //! `.cargo/config.toml`: `[target.wasm32-wasip2] rustflags = ["-C",
 //! "link-arg=--initial-memory=2097152"]`): a policy that grows its memory while handling a

@@ -14,17 +14,6 @@ use sluice_test_artifacts::{BAYES, SPAM_HEURISTICS};
 
 const CONFIG: &[(&str, &str)] = &[("min_spam", "10"), ("min_ham", "10")];
 
-fn corpus_files(class: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(common::corpus().join(class))
-        .expect("corpus")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-        .collect();
-    files.sort();
-    files[range].to_vec()
-}
-
 fn read(path: &PathBuf) -> Arc<ParsedMessage> {
     Arc::new(ParsedMessage::parse(std::fs::read(path).expect("message")))
 }
@@ -60,10 +49,10 @@ async fn learning_moves_the_classification_and_forgetting_restores_it() {
     let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new(1_000_000));
     let policy = bayes(kv.clone(), "default", CONFIG).await;
     assert!(policy.learns, "bayes exports the learner");
-    let spam = corpus_files("spam", "sapub-spam-00", 0..30);
-    let ham = corpus_files("ham", "sapub-easy_ham-00", 0..30);
-    let unseen_spam = corpus_files("spam", "sapub-spam-00", 31..32)[0].clone();
-    let unseen_ham = corpus_files("ham", "sapub-easy_ham-00", 30..31)[0].clone();
+    let spam = common::corpus_files("spam", "sapub-spam-00", 0..30);
+    let ham = common::corpus_files("ham", "sapub-easy_ham-00", 0..30);
+    let unseen_spam = common::corpus_files("spam", "sapub-spam-00", 31..32)[0].clone();
+    let unseen_ham = common::corpus_files("ham", "sapub-easy_ham-00", 30..31)[0].clone();
 
     // Untrained: no opinion at all.
     assert_eq!(classify(&policy, &unseen_spam).await, None);
@@ -79,7 +68,7 @@ async fn learning_moves_the_classification_and_forgetting_restores_it() {
     // The same message twice counts once; as the other class it moves.
     assert_eq!(learner.learn(read(&spam[0]), Lesson::Spam, None).await, Ok(Learned::AlreadyLearned));
     // A message the model is unsure of.
-    let unsure = corpus_files("spam", "sapub-spam-00", 30..31)[0].clone();
+    let unsure = common::corpus_files("spam", "sapub-spam-00", 30..31)[0].clone();
     let before = classify(&policy, &unsure).await;
     let p = before.as_ref().expect("trained").1;
     assert!((0.2..0.99).contains(&p), "{before:?}");
@@ -89,7 +78,7 @@ async fn learning_moves_the_classification_and_forgetting_restores_it() {
     assert_eq!(learner.learn(read(&unsure), Lesson::Ham, None).await, Ok(Learned::Learned));
     let moved = classify(&policy, &unsure).await.expect("trained").1;
     assert!(moved < 0.05, "{moved} after learning it as ham, {p} before");
-    let more = corpus_files("spam", "sapub-spam-00", 40..50);
+    let more = common::corpus_files("spam", "sapub-spam-00", 40..50);
     teach(&mut learner, &more, Lesson::Spam).await;
     assert_eq!(learner.learn(read(&ham[0]), Lesson::Spam, None).await, Ok(Learned::Relearned));
     assert!(teach(&mut learner, &more, Lesson::Forget).await.iter().all(|l| *l == Learned::Forgotten));
@@ -110,9 +99,9 @@ async fn two_tenants_models_stay_apart() {
     let alpha = bayes(kv.clone(), "alpha", CONFIG).await;
     let beta = bayes(kv.clone(), "beta", CONFIG).await;
     let mut learner = Learner::new(alpha.clone()).expect("a learner");
-    teach(&mut learner, &corpus_files("spam", "sapub-spam-00", 0..30), Lesson::Spam).await;
-    teach(&mut learner, &corpus_files("ham", "sapub-easy_ham-00", 0..30), Lesson::Ham).await;
-    let unseen = corpus_files("spam", "sapub-spam-00", 31..32)[0].clone();
+    teach(&mut learner, &common::corpus_files("spam", "sapub-spam-00", 0..30), Lesson::Spam).await;
+    teach(&mut learner, &common::corpus_files("ham", "sapub-easy_ham-00", 0..30), Lesson::Ham).await;
+    let unseen = common::corpus_files("spam", "sapub-spam-00", 31..32)[0].clone();
     assert!(classify(&alpha, &unseen).await.is_some());
     assert_eq!(classify(&beta, &unseen).await, None, "beta's model is its own, and empty");
     assert_eq!(kv.usage("beta").await.expect("usage").keys, 0);

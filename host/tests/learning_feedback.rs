@@ -5,29 +5,22 @@
 //! policies are sure of, and `POST /api/release?learn=ham` teaches a quarantined message as
 //! ham and lets it go.
 
+mod common;
 mod relay_common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use relay_common::*;
 use sluice_test_artifacts::{BAYES, SPAM_HEURISTICS};
 
 fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+    common::corpus()
 }
 
 fn corpus_files(class: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus().join(class))
-        .expect("corpus")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-        .collect();
-    files.sort();
-    files[range].iter().map(|p| p.display().to_string()).collect()
+    common::corpus_files(class, prefix, range).iter().map(|p| p.display().to_string()).collect()
 }
 
 fn run(args: &[&str]) -> Output {
@@ -144,23 +137,6 @@ fn sluice_learn_into_a_relay_configuration_keeps_tenants_apart() {
     let args =
         ["--config", path.as_str(), "--state", state.as_str(), "--to", "a@alpha.test", "--to", "b@beta.test"];
     assert_eq!(bayes_symbols(&args, unseen), ["alpha:BAYES_999"], "beta's model is empty");
-}
-
-/// `redis-server` on loopback, without persistence.
-fn redis(port: u16, dir: &Path) -> Proc {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian package redis-server) must be installed");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Proc(child)
 }
 
 /// POST each file to the admin API `target`; the JSON answers, one per line.

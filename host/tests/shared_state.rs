@@ -5,30 +5,10 @@
 
 mod relay_common;
 
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use relay_common::*;
 use sluice_test_artifacts::RATE_LIMIT;
-
-/// `redis-server` on loopback, without persistence, on `port`.
-fn redis(port: u16, dir: &Path) -> Proc {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian package redis-server) must be installed");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Proc(child)
-}
 
 /// The reply to the first recipient of a new session ("code text"), where the tenant's
 /// mail-stage rate limit answers; and how long the session took.
@@ -55,6 +35,7 @@ fn redis_backend_keeps_tenant_quotas() {
         sluice::state::redis_kv::RedisKv::new(&format!("redis://127.0.0.1:{port}/0"), "quota:").expect("url");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(sluice::state::conformance::tenant_quotas(&kv));
+    runtime.block_on(sluice::state::conformance::batches(&kv));
 }
 
 #[test]

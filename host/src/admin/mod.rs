@@ -163,6 +163,7 @@ fn describe_tenant(relay: &Relay, tenant: &Tenant, kv_usage: serde_json::Value) 
         "authentication_results": tenant.authentication_results,
         "dkim": tenant.dkim.as_ref().map(|key| serde_json::json!({ "domain": key.domain(), "selector": key.selector() })),
         "reads_sender_checks": chain.reads_sender_checks(),
+        "autolearn": tenant.autolearn.map(|a| serde_json::json!({ "spam_score": a.spam_score, "ham_score": a.ham_score })),
         "generation": tenant.generation,
         "previous_generation": relay.generations.previous_generation(&tenant.name),
         "failure_mode": failure_mode,
@@ -209,6 +210,7 @@ fn policies(relay: &Relay) -> serde_json::Value {
                         "generation": tenant.generation,
                         "loaded_at": secs(p.loaded_at),
                         "code": p.code.as_str(),
+                        "learns": p.learns,
                     })
                 })
                 .collect();

@@ -213,14 +213,23 @@ pub async fn run(args: LearnArgs) -> Result<i32, String> {
     drop(learner);
     drop(kv);
     let elapsed = progress.started.elapsed().as_secs_f64();
-    let summary: Vec<String> =
-        outcomes.iter().map(|((lesson, learned), n)| format!("{lesson}: {n} {learned}")).collect();
+    let mut summary: Vec<String> = Vec::new();
+    for lesson in [Lesson::Spam, Lesson::Ham, Lesson::Forget].map(Lesson::as_str) {
+        let counts: Vec<String> = outcomes
+            .iter()
+            .filter(|((l, _), _)| *l == lesson)
+            .map(|((_, learned), n)| format!("{n} {learned}"))
+            .collect();
+        if !counts.is_empty() {
+            summary.push(format!("{lesson}: {}", counts.join(", ")));
+        }
+    }
     eprintln!(
         "sluice learn: policy {name}, tenant {}: {} messages in {elapsed:.1} s ({:.0}/s): {}{}",
         args.tenant,
         work.len(),
         work.len() as f64 / elapsed.max(1e-3),
-        summary.join(", "),
+        summary.join("; "),
         if failed > 0 { format!("; {failed} failed") } else { String::new() }
     );
     Ok(if failed > 0 { 1 } else { 0 })

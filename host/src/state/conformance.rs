@@ -49,3 +49,24 @@ pub async fn tenant_quotas(kv: &dyn KvStore) {
     assert_eq!(kv.usage("alpha").await.map(|u| u.keys), Ok(3));
     assert_eq!(kv.usage("nobody").await, Ok(Usage::default()));
 }
+
+/// The batched calls: `get_many` answers in order; `incr_many` counts, sets its TTL on every
+/// counter of the call (new or not), and leaves out — `None` — a counter the quota has no room
+/// for, while counters that exist keep counting. Panics on a difference.
+pub async fn batches(kv: &dyn KvStore) {
+    let key = |k: &str| namespaced("gamma", "p", k);
+    let quota = Quota { max_keys: 2, max_bytes: 10_000 };
+    let long = Some(Duration::from_secs(100));
+    kv.incr(&key("a"), 5, Some(Duration::from_millis(300)), quota).await.expect("a");
+    let answers =
+        kv.incr_many(&[(key("a"), 1), (key("b"), 2), (key("c"), 3)], long, quota).await.expect("incr_many");
+    assert_eq!(answers, [Some(6), Some(2), None], "c has no room in a quota of two keys");
+    // a now lives as long as the batch's TTL, not its own first 300 ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let values = kv.get_many(&[key("a"), key("c"), key("b")]).await.expect("get_many");
+    assert_eq!(values, [Some(b"6".to_vec()), None, Some(b"2".to_vec())]);
+    assert_eq!(kv.incr_many(&[], long, quota).await, Ok(Vec::new()));
+    assert_eq!(kv.get_many(&[]).await, Ok(Vec::new()));
+    kv.delete(&key("a")).await.expect("delete");
+    kv.delete(&key("b")).await.expect("delete");
+}

@@ -468,6 +468,11 @@ mod tests {
         crate::state::conformance::tenant_quotas(&MemoryKv::new(1000)).await;
     }
 
+    #[tokio::test]
+    async fn batches() {
+        crate::state::conformance::batches(&MemoryKv::new(1000)).await;
+    }
+
     #[test]
     fn namespaces_cannot_collide() {
         assert_ne!(namespaced("a", "b:c", "d"), namespaced("a", "b", ":cd"));

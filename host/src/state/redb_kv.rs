@@ -280,6 +280,12 @@ mod tests {
         crate::state::conformance::tenant_quotas(&kv).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches() {
+        let (kv, _) = store("batches", 1000);
+        crate::state::conformance::batches(&kv).await;
+    }
+
     /// A file of the earlier layout (entries with an expiry index and usage table) opens;
     /// its live entries are kept, entries that expired while it was closed leave the file,
     /// and the tables the store no longer uses are dropped.

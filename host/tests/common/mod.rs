@@ -101,3 +101,16 @@ pub fn corpus() -> PathBuf {
     assert!(dir.is_dir(), "the shared corpus must be beside the repository at {}", dir.display());
     dir
 }
+
+/// The files of the corpus folder `class` whose names start with `prefix`, in name order,
+/// the `range` of them.
+pub fn corpus_files(class: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus().join(class))
+        .expect("corpus")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .collect();
+    files.sort();
+    files[range].to_vec()
+}

@@ -187,3 +187,20 @@ pub const RELAY_VECTORS: [&str; 19] = [
 pub fn relay_vectors_python() -> String {
     RELAY_VECTORS.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect::<Vec<_>>().join(",")
 }
+
+/// `redis-server` on loopback, without persistence, on `port`.
+pub fn redis(port: u16, dir: &Path) -> Proc {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian package redis-server) must be installed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proc(child)
+}

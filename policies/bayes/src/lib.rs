@@ -21,6 +21,10 @@
 //! - `rare_token_ttl_days`: a token seen in one message only expires after this (30; 0:
 //!   never), so the model stays within the tenant's key quota.
 //! - `score.BAYES_xx`: the score of a band (e.g. `score.BAYES_999 = 4.0`).
+//! - `explain`: name the N most hammy and N most spammy tokens in the symbol's detail (0).
+//! - `unknown_word_strength` (0.2), `minimum_prob_strength` (0.1), `max_discriminators` (150):
+//!   the classifier's knobs (see [`model::Classifier`]); `bigrams` (false): pairs of adjacent
+//!   body words as tokens too.
 
 pub mod model;
 pub mod tokens;
@@ -43,6 +47,7 @@ pub struct Bayes {
     scores: BTreeMap<&'static str, f64>,
     classifier: Classifier,
     bigrams: bool,
+    explain: usize,
 }
 
 fn ttl_days(config: &Config, key: &str, default: u32) -> Result<Option<u32>, String> {
@@ -84,21 +89,25 @@ impl Policy for Bayes {
             rare_token_ttl: ttl_days(config, "rare_token_ttl_days", 30)?,
             scores,
             classifier: Classifier {
-                unknown_word_strength: config.parse_or("unknown_word_strength", 0.45)?,
+                unknown_word_strength: config.parse_or("unknown_word_strength", 0.2)?,
                 minimum_prob_strength: config.parse_or("minimum_prob_strength", 0.1)?,
                 max_discriminators: config.parse_or("max_discriminators", 150)?,
                 ..Classifier::default()
             },
             bigrams: config.bool_or("bigrams", false)?,
+            explain: config.parse_or("explain", 0)?,
         })
     }
 
     fn on_data(&mut self, _ctx: &Context, message: &Message) -> Decision {
         match self.classify(message) {
-            Ok(Some((probability, used))) => {
+            Ok(Some((probability, used, clues))) => {
                 let (name, _) = model::band(probability);
                 let score = self.scores.get(name).copied().unwrap_or(0.0);
-                let detail = format!("p={probability:.4} from {used} tokens");
+                let mut detail = format!("p={probability:.4} from {used} tokens");
+                if !clues.is_empty() {
+                    detail.push_str(&format!(": {}", clues.join(", ")));
+                }
                 Decision::no_opinion().symbol(name, score, Some(&detail))
             }
             Ok(None) => Decision::no_opinion(),
@@ -144,7 +153,7 @@ impl Bayes {
 
     /// The spam probability and the tokens it rests on; None before the model has learned
     /// enough of both classes.
-    fn classify(&self, message: &Message) -> Result<Option<(f64, usize)>, kv::KvError> {
+    fn classify(&self, message: &Message) -> Result<Option<(f64, usize, Vec<String>)>, kv::KvError> {
         let (nspam, nham) = Self::totals()?;
         if nspam < self.min_spam || nham < self.min_ham {
             return Ok(None);
@@ -152,12 +161,24 @@ impl Bayes {
         let tokens = tokens::tokenize_with(&self.input(message), self.max_tokens, self.bigrams);
         let keys: Vec<String> = tokens.iter().map(|t| token_key(t)).collect();
         let counts = kv::get_many(&keys)?;
-        let probabilities = counts.into_iter().flatten().filter_map(|v| parse_counter(&v)).map(|packed| {
+        let mut probabilities = Vec::with_capacity(tokens.len());
+        let mut clues = Vec::new();
+        for (token, value) in tokens.iter().zip(counts) {
+            let Some(packed) = value.as_deref().and_then(parse_counter) else { continue };
             let (spam, ham) = unpack(packed);
-            self.classifier.token_probability(spam, ham, nspam, nham)
-        });
+            let p = self.classifier.token_probability(spam, ham, nspam, nham);
+            probabilities.push(p);
+            if self.explain > 0 {
+                clues.push((p, token));
+            }
+        }
         let score = self.classifier.combine(probabilities);
-        Ok(Some((score.probability, score.tokens_used)))
+        // The strongest clues each way, for an operator asking why (`explain = N`).
+        clues.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let n = self.explain.min(clues.len() / 2);
+        let shown: Vec<String> =
+            clues[..n].iter().chain(&clues[clues.len() - n..]).map(|(p, t)| format!("{t}={p:.3}")).collect();
+        Ok(Some((score.probability, score.tokens_used, shown)))
     }
 
     /// Which message this is, the same wherever it is learned from (a file, the queue, the

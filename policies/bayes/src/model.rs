@@ -49,7 +49,9 @@ pub fn message_key(fingerprint: u64) -> String {
     format!("m{fingerprint:016x}")
 }
 
-/// How token probabilities are made and combined (SpamBayes' defaults).
+/// How token probabilities are made and combined: SpamBayes' defaults, but for Robinson's s,
+/// 0.2 rather than 0.45 (on `../shared/corpus` it flags 2 points more spam at the same ham:
+/// with a model of a few thousand messages, rare tokens deserve more trust).
 #[derive(Debug, Clone, Copy)]
 pub struct Classifier {
     /// Robinson's s: how much weight the prior has against a token's own evidence.
@@ -65,7 +67,7 @@ pub struct Classifier {
 impl Default for Classifier {
     fn default() -> Self {
         Self {
-            unknown_word_strength: 0.45,
+            unknown_word_strength: 0.2,
             unknown_word_prob: 0.5,
             minimum_prob_strength: 0.1,
             max_discriminators: 150,
@@ -135,7 +137,7 @@ pub fn chi2q(x2: f64, dof: usize) -> f64 {
 /// The SpamAssassin-style band of a probability: its symbol name and default score.
 pub const BANDS: &[(&str, f64, f64)] = &[
     // (name, lower bound of the probability, default score)
-    ("BAYES_00", 0.0, -1.9),
+    ("BAYES_00", 0.0, -4.0),
     ("BAYES_05", 0.01, -0.5),
     ("BAYES_20", 0.05, -0.001),
     ("BAYES_40", 0.20, -0.001),
@@ -143,8 +145,8 @@ pub const BANDS: &[(&str, f64, f64)] = &[
     ("BAYES_60", 0.60, 1.5),
     ("BAYES_80", 0.80, 2.0),
     ("BAYES_95", 0.95, 3.0),
-    ("BAYES_99", 0.99, 3.5),
-    ("BAYES_999", 0.999, 5.0),
+    ("BAYES_99", 0.99, 5.0),
+    ("BAYES_999", 0.999, 5.5),
 ];
 
 /// The band a probability falls in.

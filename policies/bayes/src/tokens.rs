@@ -64,7 +64,9 @@ fn added_by_a_filter(name: &str) -> bool {
 
 /// Collects distinct tokens up to a bound.
 struct Tokens {
-    seen: HashSet<String>,
+    /// Hashes of the tokens taken (a collision drops a token: harmless, and cheaper than
+    /// keeping a second copy of every string).
+    seen: HashSet<u64>,
     order: Vec<String>,
     max: usize,
     bigrams: bool,
@@ -75,7 +77,7 @@ impl Tokens {
         if self.order.len() >= self.max || token.is_empty() {
             return;
         }
-        if self.seen.insert(token.clone()) {
+        if self.seen.insert(crate::model::hash(token.as_bytes())) {
             self.order.push(token);
         }
     }
@@ -98,7 +100,7 @@ pub fn tokenize_with(input: &Input, max_tokens: usize, bigrams: bool) -> Vec<Str
     if let Some(text) = &input.text {
         body(text, &mut tokens);
     }
-    if let Some(html) = &input.html {
+    if let Some(html) = input.html.as_ref().filter(|_| !tokens.full()) {
         let (text, tags) = strip_html(html);
         for tag in tags {
             tokens.add(format!("html:{tag}"));
@@ -395,16 +397,28 @@ pub fn strip_html(html: &str) -> (String, Vec<String>) {
         if !name.is_empty() && seen.insert(name.clone()) && tags.len() < 40 {
             tags.push(name.clone());
         }
-        for attribute in ["color", "bgcolor", "size", "style", "width", "height", "src", "href", "alt"] {
-            if inside.contains(&format!(" {attribute}=")) {
-                let token = format!("{name}.{attribute}");
-                if seen.insert(token.clone()) && tags.len() < 60 {
-                    tags.push(token);
+        if tags.len() < 60 {
+            for attribute in [
+                " color=",
+                " bgcolor=",
+                " size=",
+                " style=",
+                " width=",
+                " height=",
+                " src=",
+                " href=",
+                " alt=",
+            ] {
+                if inside.contains(attribute) {
+                    let token = format!("{name}.{}", &attribute[1..attribute.len() - 1]);
+                    if seen.insert(token.clone()) && tags.len() < 60 {
+                        tags.push(token);
+                    }
                 }
             }
         }
         rest = after.get(close + 1..).unwrap_or("");
-        if name == "style" || name == "script" {
+        if (name == "style" || name == "script") && !inside.starts_with('/') {
             let end = rest.find(&format!("</{name}")).unwrap_or(rest.len());
             rest = &rest[end..];
         }
