@@ -3,88 +3,94 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `sluice:policy/types@0.2.0`
+// Imported Functions from `sluice:policy/types@0.2.1`
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.header")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.header")))
 extern void __wasm_import_sluice_policy_types_method_message_header(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.header-all")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.header-all")))
 extern void __wasm_import_sluice_policy_types_method_message_header_all(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.headers")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.headers")))
 extern void __wasm_import_sluice_policy_types_method_message_headers(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.subject")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.subject")))
 extern void __wasm_import_sluice_policy_types_method_message_subject(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.from")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.from")))
 extern void __wasm_import_sluice_policy_types_method_message_from(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.to")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.to")))
 extern void __wasm_import_sluice_policy_types_method_message_to(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.cc")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.cc")))
 extern void __wasm_import_sluice_policy_types_method_message_cc(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.reply-to")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.reply-to")))
 extern void __wasm_import_sluice_policy_types_method_message_reply_to(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.date")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.date")))
 extern void __wasm_import_sluice_policy_types_method_message_date(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.message-id")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.message-id")))
 extern void __wasm_import_sluice_policy_types_method_message_message_id(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.text-body")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.text-body")))
 extern void __wasm_import_sluice_policy_types_method_message_text_body(int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.html-body")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.html-body")))
 extern void __wasm_import_sluice_policy_types_method_message_html_body(int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.attachments")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.attachments")))
 extern void __wasm_import_sluice_policy_types_method_message_attachments(int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.raw-size")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.raw-size")))
 extern int64_t __wasm_import_sluice_policy_types_method_message_raw_size(int32_t);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.raw")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.raw")))
 extern void __wasm_import_sluice_policy_types_method_message_raw(int32_t, int64_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[method]message.sender-checks")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[method]message.sender-checks")))
 extern void __wasm_import_sluice_policy_types_method_message_sender_checks(int32_t, uint8_t *);
 
-// Imported Functions from `sluice:policy/host@0.2.0`
+// Imported Functions from `sluice:policy/host@0.2.1`
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("log")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("log")))
 extern void __wasm_import_sluice_policy_host_log(int32_t, uint8_t *, size_t, uint8_t *, size_t);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("config-get")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("config-get")))
 extern void __wasm_import_sluice_policy_host_config_get(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("config-all")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("config-all")))
 extern void __wasm_import_sluice_policy_host_config_all(uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("now-millis")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("now-millis")))
 extern int64_t __wasm_import_sluice_policy_host_now_millis(void);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-get")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("kv-get")))
 extern void __wasm_import_sluice_policy_host_kv_get(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-set")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("kv-set")))
 extern void __wasm_import_sluice_policy_host_kv_set(uint8_t *, size_t, uint8_t *, size_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-delete")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("kv-delete")))
 extern void __wasm_import_sluice_policy_host_kv_delete(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("kv-incr")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("kv-incr")))
 extern void __wasm_import_sluice_policy_host_kv_incr(uint8_t *, size_t, int64_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sluice:policy/host@0.2.0"), __import_name__("dns-lookup")))
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("kv-get-many")))
+extern void __wasm_import_sluice_policy_host_kv_get_many(uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("kv-incr-many")))
+extern void __wasm_import_sluice_policy_host_kv_incr_many(uint8_t *, size_t, int32_t, int32_t, uint8_t *);
+
+__attribute__((__import_module__("sluice:policy/host@0.2.1"), __import_name__("dns-lookup")))
 extern void __wasm_import_sluice_policy_host_dns_lookup(uint8_t *, size_t, int32_t, uint8_t *);
 
-// Exported Functions from `sluice:policy/hooks@0.2.0`
+// Exported Functions from `sluice:policy/hooks@0.2.1`
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#describe")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.1#describe")))
 void __wasm_export_exports_sluice_policy_hooks_describe_post_return(uint8_t * arg0) {
   if ((*((size_t*) (arg0 + sizeof(void*)))) > 0) {
     free(*((uint8_t **) (arg0 + 0)));
@@ -103,7 +109,7 @@ void __wasm_export_exports_sluice_policy_hooks_describe_post_return(uint8_t * ar
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#init")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.1#init")))
 void __wasm_export_exports_sluice_policy_hooks_init_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -118,7 +124,7 @@ void __wasm_export_exports_sluice_policy_hooks_init_post_return(uint8_t * arg0) 
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-connect")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.1#on-connect")))
 void __wasm_export_exports_sluice_policy_hooks_on_connect_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -240,7 +246,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_connect_post_return(uint8_t * 
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-helo")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.1#on-helo")))
 void __wasm_export_exports_sluice_policy_hooks_on_helo_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -362,7 +368,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_helo_post_return(uint8_t * arg
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-mail")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.1#on-mail")))
 void __wasm_export_exports_sluice_policy_hooks_on_mail_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -484,7 +490,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_mail_post_return(uint8_t * arg
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-rcpt")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.1#on-rcpt")))
 void __wasm_export_exports_sluice_policy_hooks_on_rcpt_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -606,7 +612,7 @@ void __wasm_export_exports_sluice_policy_hooks_on_rcpt_post_return(uint8_t * arg
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.0#on-data")))
+__attribute__((__weak__, __export_name__("cabi_post_sluice:policy/hooks@0.2.1#on-data")))
 void __wasm_export_exports_sluice_policy_hooks_on_data_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -997,7 +1003,7 @@ void sluice_policy_types_sender_checks_free(sluice_policy_types_sender_checks_t 
   sluice_policy_types_arc_check_free(&ptr->arc);
 }
 
-__attribute__((__import_module__("sluice:policy/types@0.2.0"), __import_name__("[resource-drop]message")))
+__attribute__((__import_module__("sluice:policy/types@0.2.1"), __import_name__("[resource-drop]message")))
 extern void __wasm_import_sluice_policy_types_message_drop(int32_t handle);
 
 void sluice_policy_types_message_drop_own(sluice_policy_types_own_message_t handle) {
@@ -1124,6 +1130,59 @@ void sluice_policy_host_result_void_kv_error_free(sluice_policy_host_result_void
 
 void sluice_policy_host_result_s64_kv_error_free(sluice_policy_host_result_s64_kv_error_t *ptr) {
   if (!ptr->is_err) {
+  } else {
+    sluice_policy_host_kv_error_free(&ptr->val.err);
+  }
+}
+
+void policy_list_option_list_u8_free(policy_list_option_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    policy_option_list_u8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      policy_option_list_u8_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void sluice_policy_host_result_list_option_list_u8_kv_error_free(sluice_policy_host_result_list_option_list_u8_kv_error_t *ptr) {
+  if (!ptr->is_err) {
+    policy_list_option_list_u8_free(&ptr->val.ok);
+  } else {
+    sluice_policy_host_kv_error_free(&ptr->val.err);
+  }
+}
+
+void policy_tuple2_string_s64_free(policy_tuple2_string_s64_t *ptr) {
+  policy_string_free(&ptr->f0);
+}
+
+void policy_list_tuple2_string_s64_free(policy_list_tuple2_string_s64_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    policy_tuple2_string_s64_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      policy_tuple2_string_s64_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void policy_list_option_s64_free(policy_list_option_s64_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    policy_option_s64_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      policy_option_s64_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void sluice_policy_host_result_list_option_s64_kv_error_free(sluice_policy_host_result_list_option_s64_kv_error_t *ptr) {
+  if (!ptr->is_err) {
+    policy_list_option_s64_free(&ptr->val.ok);
   } else {
     sluice_policy_host_kv_error_free(&ptr->val.err);
   }
@@ -1683,6 +1742,104 @@ bool sluice_policy_host_kv_incr(policy_string_t *key, int64_t delta, uint32_t *m
   }
 }
 
+bool sluice_policy_host_kv_get_many(policy_list_string_t *keys, policy_list_option_list_u8_t *ret, sluice_policy_host_kv_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_sluice_policy_host_kv_get_many((uint8_t *) (*keys).ptr, (*keys).len, ptr);
+  sluice_policy_host_result_list_option_list_u8_kv_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (policy_list_option_list_u8_t) { (policy_option_list_u8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      sluice_policy_host_kv_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.unavailable = (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool sluice_policy_host_kv_incr_many(policy_list_tuple2_string_s64_t *deltas, uint32_t *maybe_ttl_seconds, policy_list_option_s64_t *ret, sluice_policy_host_kv_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  policy_option_u32_t ttl_seconds;
+  ttl_seconds.is_some = maybe_ttl_seconds != NULL;if (maybe_ttl_seconds) {
+    ttl_seconds.val = *maybe_ttl_seconds;
+  }
+  int32_t option;
+  int32_t option1;
+  if ((ttl_seconds).is_some) {
+    const uint32_t *payload0 = &(ttl_seconds).val;
+    option = 1;
+    option1 = (int32_t) (*payload0);
+  } else {
+    option = 0;
+    option1 = 0;
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_sluice_policy_host_kv_incr_many((uint8_t *) (*deltas).ptr, (*deltas).len, option, option1, ptr);
+  sluice_policy_host_result_list_option_s64_kv_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (policy_list_option_s64_t) { (policy_option_s64_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      sluice_policy_host_kv_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          variant.val.unavailable = (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
 bool sluice_policy_host_dns_lookup(policy_string_t *name, sluice_policy_host_dns_type_t kind, policy_list_string_t *ret, sluice_policy_host_dns_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
   uint8_t ret_area[(4*sizeof(void*))];
@@ -1728,7 +1885,7 @@ bool sluice_policy_host_dns_lookup(policy_string_t *name, sluice_policy_host_dns
   }
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.2.0#describe")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.1#describe")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_describe(void) {
   exports_sluice_policy_hooks_policy_info_t ret;
   exports_sluice_policy_hooks_describe(&ret);
@@ -1742,7 +1899,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_describe(void) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.2.0#init")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.1#init")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_init(uint8_t * arg, size_t arg0) {
   policy_list_tuple2_string_string_t arg1 = (policy_list_tuple2_string_string_t) { (policy_tuple2_string_string_t*)(arg), (arg0) };
   exports_sluice_policy_hooks_result_void_string_t ret;
@@ -1762,7 +1919,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_init(uint8_t * arg, size_t a
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-connect")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.1#on-connect")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_connect(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -1929,7 +2086,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_connect(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-helo")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.1#on-helo")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_helo(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -2096,7 +2253,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_helo(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-mail")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.1#on-mail")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_mail(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -2263,7 +2420,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_mail(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-rcpt")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.1#on-rcpt")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_rcpt(uint8_t * arg) {
   policy_option_string_t option;
   switch ((int32_t) *((uint8_t*) (arg + (7*sizeof(void*))))) {
@@ -2434,7 +2591,7 @@ uint8_t * __wasm_export_exports_sluice_policy_hooks_on_rcpt(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("sluice:policy/hooks@0.2.0#on-data")))
+__attribute__((__export_name__("sluice:policy/hooks@0.2.1#on-data")))
 uint8_t * __wasm_export_exports_sluice_policy_hooks_on_data(uint8_t * arg) {
   int32_t borrow = 0;
   policy_option_string_t option;

@@ -503,6 +503,42 @@ typedef struct {
 } sluice_policy_host_result_s64_kv_error_t;
 
 typedef struct {
+  policy_option_list_u8_t *ptr;
+  size_t len;
+} policy_list_option_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    policy_list_option_list_u8_t ok;
+    sluice_policy_host_kv_error_t err;
+  } val;
+} sluice_policy_host_result_list_option_list_u8_kv_error_t;
+
+typedef struct {
+  policy_string_t f0;
+  int64_t f1;
+} policy_tuple2_string_s64_t;
+
+typedef struct {
+  policy_tuple2_string_s64_t *ptr;
+  size_t len;
+} policy_list_tuple2_string_s64_t;
+
+typedef struct {
+  policy_option_s64_t *ptr;
+  size_t len;
+} policy_list_option_s64_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    policy_list_option_s64_t ok;
+    sluice_policy_host_kv_error_t err;
+  } val;
+} sluice_policy_host_result_list_option_s64_kv_error_t;
+
+typedef struct {
   bool is_err;
   union {
     policy_list_string_t ok;
@@ -527,7 +563,7 @@ typedef struct {
 
 typedef sluice_policy_types_borrow_message_t exports_sluice_policy_hooks_borrow_message_t;
 
-// Imported Functions from `sluice:policy/types@0.2.0`
+// Imported Functions from `sluice:policy/types@0.2.1`
 // First value of the named header field (case-insensitive), if present.
 extern bool sluice_policy_types_method_message_header(sluice_policy_types_borrow_message_t self, policy_string_t *name, policy_string_t *ret);
 // Every value of the named header field, in message order.
@@ -563,7 +599,7 @@ extern void sluice_policy_types_method_message_raw(sluice_policy_types_borrow_me
 // than checked.
 extern bool sluice_policy_types_method_message_sender_checks(sluice_policy_types_borrow_message_t self, sluice_policy_types_sender_checks_t *ret);
 
-// Imported Functions from `sluice:policy/host@0.2.0`
+// Imported Functions from `sluice:policy/host@0.2.1`
 // Write a structured log line, tagged by the host with the policy and tenant.
 extern void sluice_policy_host_log(sluice_policy_host_log_level_t level, policy_string_t *message, policy_list_tuple2_string_string_t *fields);
 // Value of one key of this policy's configuration.
@@ -581,11 +617,20 @@ extern bool sluice_policy_host_kv_delete(policy_string_t *key, sluice_policy_hos
 // Atomically add `delta` to an integer counter (missing counts as 0) and return the new
 // value. `ttl-seconds` applies when the counter is created.
 extern bool sluice_policy_host_kv_incr(policy_string_t *key, int64_t delta, uint32_t *maybe_ttl_seconds, int64_t *ret, sluice_policy_host_kv_error_t *err);
+// Read up to 4096 keys at once (one round trip to a remote store); the answers come in
+// the order of `keys`. More keys, or a key over the size limit, is `too-large`.
+extern bool sluice_policy_host_kv_get_many(policy_list_string_t *keys, policy_list_option_list_u8_t *ret, sluice_policy_host_kv_error_t *err);
+// Add to up to 4096 counters at once, each atomically (missing counts as 0), and return
+// their new values in order. Unlike `kv-incr`, a `ttl-seconds` given here is set on every
+// counter of the call, new or not: counters that keep changing stay, the others expire.
+// A counter the tenant's quota has no room to create is left out, its answer `none`;
+// counters that exist always change (a counter's size does not depend on its value).
+extern bool sluice_policy_host_kv_incr_many(policy_list_tuple2_string_s64_t *deltas, uint32_t *maybe_ttl_seconds, policy_list_option_s64_t *ret, sluice_policy_host_kv_error_t *err);
 // Look up `name`. Answers are text: addresses for A/AAAA, `PREF HOST` for MX, the
 // joined strings for TXT, the host name for PTR (give an IP address as `name`).
 extern bool sluice_policy_host_dns_lookup(policy_string_t *name, sluice_policy_host_dns_type_t kind, policy_list_string_t *ret, sluice_policy_host_dns_error_t *err);
 
-// Exported Functions from `sluice:policy/hooks@0.2.0`
+// Exported Functions from `sluice:policy/hooks@0.2.1`
 void exports_sluice_policy_hooks_describe(exports_sluice_policy_hooks_policy_info_t *ret);
 bool exports_sluice_policy_hooks_init(policy_list_tuple2_string_string_t *config, policy_string_t *err);
 void exports_sluice_policy_hooks_on_connect(exports_sluice_policy_hooks_context_t *ctx, exports_sluice_policy_hooks_decision_t *ret);
@@ -695,6 +740,18 @@ void policy_option_u32_free(policy_option_u32_t *ptr);
 void sluice_policy_host_result_void_kv_error_free(sluice_policy_host_result_void_kv_error_t *ptr);
 
 void sluice_policy_host_result_s64_kv_error_free(sluice_policy_host_result_s64_kv_error_t *ptr);
+
+void policy_list_option_list_u8_free(policy_list_option_list_u8_t *ptr);
+
+void sluice_policy_host_result_list_option_list_u8_kv_error_free(sluice_policy_host_result_list_option_list_u8_kv_error_t *ptr);
+
+void policy_tuple2_string_s64_free(policy_tuple2_string_s64_t *ptr);
+
+void policy_list_tuple2_string_s64_free(policy_list_tuple2_string_s64_t *ptr);
+
+void policy_list_option_s64_free(policy_list_option_s64_t *ptr);
+
+void sluice_policy_host_result_list_option_s64_kv_error_free(sluice_policy_host_result_list_option_s64_kv_error_t *ptr);
 
 void sluice_policy_host_result_list_string_dns_error_free(sluice_policy_host_result_list_string_dns_error_t *ptr);
 
