@@ -156,3 +156,35 @@ async fn bad_input_trains_without_a_panic_or_an_unbounded_model() {
         let _ = classify(&policy, file).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rare_tokens_expire_and_tokens_seen_again_stay() {
+    let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new(1_000_000));
+    // A token of one message lives two seconds here; a token seen again, a day.
+    let config =
+        [("min_spam", "1"), ("min_ham", "1"), ("rare_token_ttl_days", "0.000023"), ("token_ttl_days", "1")];
+    let policy = bayes(kv.clone(), "default", &config).await;
+    let mut learner = Learner::new(policy).expect("a learner");
+    let message = |id: &str, words: &str| {
+        let raw = format!(
+            "From: Sender <sender@one.test>\r\nTo: rcpt@two.test\r\nSubject: offer\r\nMessage-ID: <{id}@one.test>\r\n\r\n\
+             shared common wording {words}\r\n"
+        );
+        Arc::new(ParsedMessage::parse(raw.into_bytes()))
+    };
+    assert_eq!(
+        learner.learn(message("1", "alphaonly uniqueone"), Lesson::Spam, None).await,
+        Ok(Learned::Learned)
+    );
+    assert_eq!(
+        learner.learn(message("2", "betaonly uniquetwo"), Lesson::Spam, None).await,
+        Ok(Learned::Learned)
+    );
+    let before = kv.usage("default").await.expect("usage").keys;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = kv.usage("default").await.expect("usage").keys;
+    // Gone: the four words of one message each (and the message-id shapes that differ);
+    // kept: the tokens both share, the totals, the two messages' records.
+    assert!(after < before && before - after >= 4, "{before} keys before, {after} after");
+    assert!(after > 10, "{after}");
+}

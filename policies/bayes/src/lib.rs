@@ -50,12 +50,13 @@ pub struct Bayes {
     explain: usize,
 }
 
-fn ttl_days(config: &Config, key: &str, default: u32) -> Result<Option<u32>, String> {
-    let days: u32 = config.parse_or(key, default)?;
-    if days > 10_000 {
-        return Err(format!("`{key}`: at most 10000 days"));
+/// A lifetime given in days (fractions allowed), in seconds; 0 is none.
+fn ttl_days(config: &Config, key: &str, default: f64) -> Result<Option<u32>, String> {
+    let days: f64 = config.parse_or(key, default)?;
+    if !(0.0..=10_000.0).contains(&days) {
+        return Err(format!("`{key}`: 0 to 10000 days"));
     }
-    Ok((days > 0).then_some(days * 86_400))
+    Ok((days > 0.0).then(|| ((days * 86_400.0).round() as u32).max(1)))
 }
 
 impl Policy for Bayes {
@@ -85,8 +86,8 @@ impl Policy for Bayes {
             min_ham: config.parse_or("min_ham", 200)?,
             max_tokens,
             max_body_bytes: config.parse_or("max_body_bytes", 100_000)?,
-            token_ttl: ttl_days(config, "token_ttl_days", 180)?,
-            rare_token_ttl: ttl_days(config, "rare_token_ttl_days", 30)?,
+            token_ttl: ttl_days(config, "token_ttl_days", 180.0)?,
+            rare_token_ttl: ttl_days(config, "rare_token_ttl_days", 30.0)?,
             scores,
             classifier: Classifier {
                 unknown_word_strength: config.parse_or("unknown_word_strength", 0.2)?,
