@@ -101,6 +101,14 @@ fn sluice_learn_trains_the_state_file_policy_test_reads() {
     assert!(text(&out).contains("forget: 60 forgotten"), "{}", text(&out));
     assert!(bayes_symbols(&with_state, unseen).is_empty());
 
+    // A file too large to be a message is left out and named; the others are learned.
+    let huge = dir.join("huge.eml");
+    std::fs::File::create(&huge).expect("file").set_len(70 << 20).expect("sparse file");
+    let huge = huge.display().to_string();
+    let out = run(&["learn", "--policy", BAYES, "--state", &state, "--spam", &huge, unseen]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("over 64 MiB") && text(&out).contains("spam: 1 learned"), "{}", text(&out));
+
     // A policy that does not learn, or no store, is refused with a clear error.
     let out = run(&["learn", "--policy", SPAM_HEURISTICS, "--state", &state, "--spam", unseen]);
     assert_eq!(out.status.code(), Some(2));

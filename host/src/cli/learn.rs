@@ -18,6 +18,9 @@ use crate::policy::{
 use crate::state::kv::KvStore;
 use crate::state::redb_kv::RedbKv;
 
+/// Largest file taken as one message (the relay's own limit is `max_message_bytes`).
+const MAX_MESSAGE_BYTES: u64 = 64 << 20;
+
 /// Options of `sluice learn`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LearnArgs {
@@ -184,12 +187,19 @@ pub async fn run(args: LearnArgs) -> Result<i32, String> {
     let mut outcomes: std::collections::BTreeMap<(&'static str, &'static str), usize> = Default::default();
     let mut failed = 0usize;
     for (done, (file, lesson)) in work.iter().enumerate() {
-        let result = match std::fs::read(file) {
-            Ok(raw) => learner.learn(Arc::new(ParsedMessage::parse(raw)), *lesson, None).await.map_err(|e| {
-                let stop = fatal(&e);
-                (e.to_string(), stop)
-            }),
-            Err(e) => Err((format!("cannot read: {e}"), false)),
+        let too_large = std::fs::metadata(file).is_ok_and(|m| m.len() > MAX_MESSAGE_BYTES);
+        let result = if too_large {
+            Err((format!("over {} MiB: not a message, left out", MAX_MESSAGE_BYTES >> 20), false))
+        } else {
+            match std::fs::read(file) {
+                Ok(raw) => {
+                    learner.learn(Arc::new(ParsedMessage::parse(raw)), *lesson, None).await.map_err(|e| {
+                        let stop = fatal(&e);
+                        (e.to_string(), stop)
+                    })
+                }
+                Err(e) => Err((format!("cannot read: {e}"), false)),
+            }
         };
         match result {
             Ok(learned) => *outcomes.entry((lesson.as_str(), learned.as_str())).or_default() += 1,
