@@ -168,10 +168,7 @@ impl Relay {
 
     /// Move a quarantined message into the queue and hand it to delivery now.
     pub fn release(&self, id: &str) -> std::io::Result<()> {
-        let mut envelope = self.spool.envelope(Store::Quarantine, id)?;
-        envelope.quarantine_reason = None;
-        envelope.next_attempt = 0;
-        self.spool.transfer(Store::Quarantine, Store::Queue, &envelope)?;
+        self.spool.release(id)?;
         let _ = self.delivery.send(Queued { id: id.to_string(), loaded: None });
         Ok(())
     }
@@ -186,7 +183,7 @@ impl Relay {
         };
         tokio::spawn(async move {
             let _permit = permit;
-            for policy in request.tenant.chain.policies.iter().filter(|p| p.learns) {
+            for policy in request.tenant.chain.learners() {
                 let Ok(mut learner) = Learner::new(policy.clone()) else { continue };
                 match learner.learn(request.message.clone(), request.lesson, None).await {
                     Ok(learned) => tracing::debug!(

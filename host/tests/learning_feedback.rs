@@ -9,7 +9,7 @@ mod common;
 mod relay_common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use relay_common::*;
@@ -23,13 +23,7 @@ fn corpus_files(class: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec
     common::corpus_files(class, prefix, range).iter().map(|p| p.display().to_string()).collect()
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
-        .output()
-        .expect("run sluice")
-}
+use common::run_sluice as run;
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

@@ -3,17 +3,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sluice_test_artifacts::{DMARC, DNSBL, GREYLIST, PROBE, RATE_LIMIT, SENDER_GUARD, SPAM_HEURISTICS};
 
-fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
-        .output()
-        .expect("run sluice")
-}
+use common::run_sluice as sluice;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

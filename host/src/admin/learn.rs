@@ -60,7 +60,7 @@ fn tenant(relay: &Relay, name: Option<&str>) -> Result<Arc<Tenant>, Answer> {
 
 /// Teach `raw` to `tenant`'s learning policies.
 async fn teach(tenant: &Tenant, raw: Vec<u8>, lesson: Lesson) -> Answer {
-    let learners: Vec<_> = tenant.chain.policies.iter().filter(|p| p.learns).cloned().collect();
+    let learners: Vec<_> = tenant.chain.learners().cloned().collect();
     if learners.is_empty() {
         return error(
             "409 Conflict",

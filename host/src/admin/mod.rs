@@ -43,11 +43,8 @@ pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
     }
 }
 
-/// Largest request body (a message for `POST /api/learn`).
-const MAX_BODY_BYTES: usize = 64 << 20;
-
 /// The request line and headers, and the body its `Content-Length` announces (bounded by
-/// [`MAX_BODY_BYTES`]; a longer one is cut, and the message learned is what came).
+/// [`crate::policy::learn::MAX_LESSON_BYTES`]; a longer one is cut, and the message learned is what came).
 async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
     let mut data = Vec::new();
     let mut buf = [0u8; 8192];
@@ -67,7 +64,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec
         .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-length")))
         .and_then(|(_, v)| v.trim().parse::<usize>().ok())
         .unwrap_or(0)
-        .min(MAX_BODY_BYTES);
+        .min(crate::policy::learn::MAX_LESSON_BYTES);
     let mut body = data.split_off(end);
     while body.len() < length {
         let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await.ok()?.ok()?;

@@ -12,14 +12,11 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::dns::FixtureResolver;
 use crate::policy::{
-    Clock, EngineOptions, Fault, HostServices, LearnError, Learner, Lesson, LoadedPolicy, ParsedMessage,
-    PolicyEngine, PolicySpec,
+    Clock, EngineOptions, Fault, HostServices, LearnError, Learner, Lesson, LoadedPolicy, MAX_LESSON_BYTES,
+    ParsedMessage, PolicyEngine, PolicySpec,
 };
 use crate::state::kv::KvStore;
 use crate::state::redb_kv::RedbKv;
-
-/// Largest file taken as one message (the relay's own limit is `max_message_bytes`).
-const MAX_MESSAGE_BYTES: u64 = 64 << 20;
 
 /// Options of `sluice learn`.
 #[derive(Debug, Clone, clap::Args)]
@@ -187,9 +184,9 @@ pub async fn run(args: LearnArgs) -> Result<i32, String> {
     let mut outcomes: std::collections::BTreeMap<(&'static str, &'static str), usize> = Default::default();
     let mut failed = 0usize;
     for (done, (file, lesson)) in work.iter().enumerate() {
-        let too_large = std::fs::metadata(file).is_ok_and(|m| m.len() > MAX_MESSAGE_BYTES);
+        let too_large = std::fs::metadata(file).is_ok_and(|m| m.len() > MAX_LESSON_BYTES as u64);
         let result = if too_large {
-            Err((format!("over {} MiB: not a message, left out", MAX_MESSAGE_BYTES >> 20), false))
+            Err((format!("over {} MiB: not a message, left out", MAX_LESSON_BYTES >> 20), false))
         } else {
             match std::fs::read(file) {
                 Ok(raw) => {

@@ -236,10 +236,7 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
             if find(&id)? != Store::Quarantine {
                 anyhow::bail!("{id}: not in quarantine");
             }
-            let mut envelope = spool.envelope(Store::Quarantine, &id)?;
-            envelope.quarantine_reason = None;
-            envelope.next_attempt = 0;
-            spool.transfer(Store::Quarantine, Store::Queue, &envelope)?;
+            spool.release(&id)?;
             println!("{id} released into the queue");
         }
     }

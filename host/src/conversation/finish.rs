@@ -108,8 +108,7 @@ impl Conversation {
         if judgement.outcome == Outcome::Tempfail || judgement.stage != Stage::Data {
             return;
         }
-        let learners: Vec<&str> =
-            tenant.chain.policies.iter().filter(|p| p.learns).map(|p| p.name.as_str()).collect();
+        let learners: Vec<&str> = tenant.chain.learners().map(|p| p.name.as_str()).collect();
         if learners.is_empty() {
             return;
         }

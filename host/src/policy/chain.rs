@@ -78,6 +78,11 @@ impl Chain {
     pub fn reads_sender_checks(&self) -> bool {
         self.policies.iter().any(|p| p.reads_sender_checks)
     }
+
+    /// Its policies that learn (export `sluice:policy/learner`), in chain order.
+    pub fn learners(&self) -> impl Iterator<Item = &Arc<LoadedPolicy>> {
+        self.policies.iter().filter(|p| p.learns)
+    }
 }
 
 /// What a stage is judged on besides the session.

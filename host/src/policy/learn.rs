@@ -13,6 +13,10 @@ use super::instance::{Fault, PolicyInstance};
 use super::loaded::LoadedPolicy;
 use super::message::ParsedMessage;
 
+/// Largest message taught: `sluice learn` leaves a larger file out, `POST /api/learn` reads
+/// no more of a body.
+pub const MAX_LESSON_BYTES: usize = 64 << 20;
+
 /// What to teach a learning policy about one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lesson {

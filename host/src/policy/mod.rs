@@ -46,7 +46,7 @@ pub use engine::{CodeTier, EngineOptions, LoadError, LoadedPolicy, PolicyEngine,
 pub use host::Clock;
 pub use instance::Fault;
 pub use judge::{Judge, Judgement, Outcome, Thresholds};
-pub use learn::{Autolearn, LearnError, Learned, Learner, Lesson};
+pub use learn::{Autolearn, LearnError, Learned, Learner, Lesson, MAX_LESSON_BYTES};
 pub use message::ParsedMessage;
 
 use crate::dns::Resolver;

@@ -365,6 +365,15 @@ impl Spool {
         Ok(names)
     }
 
+    /// Release a message from quarantine: into the queue, its quarantine reason cleared, due
+    /// now.
+    pub fn release(&self, id: &str) -> io::Result<()> {
+        let mut envelope = self.envelope(Store::Quarantine, id)?;
+        envelope.quarantine_reason = None;
+        envelope.next_attempt = 0;
+        self.transfer(Store::Quarantine, Store::Queue, &envelope)
+    }
+
     /// Move a message between stores (quarantine release, a damaged file set aside). The
     /// message moves as it is, even if it fails its check.
     pub fn transfer(&self, from: Store, to: Store, envelope: &QueuedMessage) -> io::Result<()> {

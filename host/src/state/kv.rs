@@ -239,6 +239,36 @@ impl Memory {
         if fits(self) { Ok(()) } else { Err(KvError::QuotaExceeded) }
     }
 
+    /// Add `delta` to the counter `key`. A new counter needs room and expires at
+    /// `new_expiry`; an existing one keeps its expiry, or gets `new_expiry` too when
+    /// `refresh`. `None`: no room for a new counter.
+    fn add_to_counter(
+        &mut self,
+        max_keys: usize,
+        quota: Quota,
+        key: &str,
+        delta: i64,
+        new_expiry: u64,
+        refresh: bool,
+    ) -> Result<Option<i64>, KvError> {
+        let now = now_millis();
+        let current = match self.entries.get(key) {
+            Some(e) if e.live(now) => Some((parse_counter(&e.value)?, e.expires)),
+            _ => None,
+        };
+        let bytes = key.len() as u64 + COUNTER_BYTES;
+        let (value, expires) = match current {
+            Some((n, expires)) => (n.saturating_add(delta), if refresh { new_expiry } else { expires }),
+            None => match self.make_room(max_keys, quota, key, bytes) {
+                Ok(()) => (delta, new_expiry),
+                Err(KvError::QuotaExceeded) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        self.insert(key, value.to_string().into_bytes(), expires, bytes);
+        Ok(Some(value))
+    }
+
     fn insert(&mut self, key: &str, value: Vec<u8>, expires: u64, bytes: u64) {
         if expires != 0 && (self.soonest == 0 || expires < self.soonest) {
             self.soonest = expires;
@@ -273,12 +303,9 @@ impl MemoryKv {
     /// A store holding `entries` (read back from disk) that records which keys change from
     /// now on, for a backend that keeps them on disk ([`MemoryKv::take_changes`]).
     pub(crate) fn recording(max_keys: usize, entries: impl IntoIterator<Item = (String, Entry)>) -> Self {
-        let mut memory = Memory::default();
-        for (key, entry) in entries {
-            memory.insert(&key, entry.value, entry.expires, entry.bytes);
-        }
-        memory.changed = Some(HashSet::new());
-        Self { memory: Mutex::new(memory), max_keys }
+        let store = Self::with_entries(max_keys, entries);
+        let _ = store.with(|m| m.changed = Some(HashSet::new()));
+        store
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Memory) -> R) -> Result<R, KvError> {
@@ -359,22 +386,9 @@ impl KvStore for MemoryKv {
     }
 
     async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>, quota: Quota) -> Result<i64, KvError> {
-        let bytes = key.len() as u64 + COUNTER_BYTES;
         self.with(|m| {
-            let now = now_millis();
-            let current = match m.entries.get(key) {
-                Some(e) if e.live(now) => Some((parse_counter(&e.value)?, e.expires)),
-                _ => None,
-            };
-            let (value, expires) = match current {
-                Some((n, expires)) => (n.saturating_add(delta), expires),
-                None => {
-                    m.make_room(self.max_keys, quota, key, bytes)?;
-                    (delta, expiry(ttl))
-                }
-            };
-            m.insert(key, value.to_string().into_bytes(), expires, bytes);
-            Ok(value)
+            m.add_to_counter(self.max_keys, quota, key, delta, expiry(ttl), false)?
+                .ok_or(KvError::QuotaExceeded)
         })?
     }
 
@@ -400,31 +414,14 @@ impl KvStore for MemoryKv {
         ttl: Option<Duration>,
         quota: Quota,
     ) -> Result<Vec<Option<i64>>, KvError> {
+        let new_expiry = expiry(ttl);
         self.with(|m| {
-            let now = now_millis();
-            let refreshed = ttl.map(|t| expiry(Some(t)));
-            let mut answers = Vec::with_capacity(deltas.len());
-            for (key, delta) in deltas {
-                let current = match m.entries.get(key.as_str()) {
-                    Some(e) if e.live(now) => Some((parse_counter(&e.value)?, e.expires)),
-                    _ => None,
-                };
-                let bytes = key.len() as u64 + COUNTER_BYTES;
-                let (value, expires) = match current {
-                    Some((n, expires)) => (n.saturating_add(*delta), refreshed.unwrap_or(expires)),
-                    None => match m.make_room(self.max_keys, quota, key, bytes) {
-                        Ok(()) => (*delta, refreshed.unwrap_or(0)),
-                        Err(KvError::QuotaExceeded) => {
-                            answers.push(None);
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    },
-                };
-                m.insert(key, value.to_string().into_bytes(), expires, bytes);
-                answers.push(Some(value));
-            }
-            Ok(answers)
+            deltas
+                .iter()
+                .map(|(key, delta)| {
+                    m.add_to_counter(self.max_keys, quota, key, *delta, new_expiry, ttl.is_some())
+                })
+                .collect()
         })?
     }
 }

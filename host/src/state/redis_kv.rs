@@ -215,6 +215,18 @@ impl RedisKv {
         }
     }
 
+    /// The script's KEYS for `key` (namespaced, without the prefix): the key itself, and its
+    /// tenant's usage hash, sizes hash and expiry set.
+    fn script_keys(&self, key: &str) -> [String; 4] {
+        let (p, tenant) = (&self.prefix, tenant_of(key));
+        [
+            format!("{p}{key}"),
+            format!("{p}q:usage:{tenant}"),
+            format!("{p}q:sizes:{tenant}"),
+            format!("{p}q:expiries:{tenant}"),
+        ]
+    }
+
     /// Run the script for `op` on `key` (namespaced, without the prefix).
     async fn invoke(
         &self,
@@ -225,14 +237,11 @@ impl RedisKv {
         ttl: u64,
         arg: &[u8],
     ) -> Result<Vec<i64>, KvError> {
-        let tenant = tenant_of(key);
-        let p = &self.prefix;
         let mut invocation = self.script.prepare_invoke();
+        for script_key in self.script_keys(key) {
+            invocation.key(script_key);
+        }
         invocation
-            .key(format!("{p}{key}"))
-            .key(format!("{p}q:usage:{tenant}"))
-            .key(format!("{p}q:sizes:{tenant}"))
-            .key(format!("{p}q:expiries:{tenant}"))
             .arg(op)
             .arg(now_millis())
             .arg(quota.max_keys)
@@ -303,7 +312,6 @@ impl KvStore for RedisKv {
         if deltas.is_empty() {
             return Ok(Vec::new());
         }
-        let p = &self.prefix;
         let (op, ttl) = match ttl {
             Some(ttl) => ("incr-touch", millis(ttl)),
             None => ("incr", 0),
@@ -312,14 +320,10 @@ impl KvStore for RedisKv {
         let mut pipe = redis::pipe();
         pipe.cmd("SCRIPT").arg("LOAD").arg(SCRIPT).ignore();
         for (key, delta) in deltas {
-            let tenant = tenant_of(key);
             pipe.cmd("EVALSHA")
                 .arg(self.script.get_hash())
                 .arg(4)
-                .arg(format!("{p}{key}"))
-                .arg(format!("{p}q:usage:{tenant}"))
-                .arg(format!("{p}q:sizes:{tenant}"))
-                .arg(format!("{p}q:expiries:{tenant}"))
+                .arg(&self.script_keys(key)[..])
                 .arg(op)
                 .arg(now)
                 .arg(quota.max_keys)

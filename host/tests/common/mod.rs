@@ -114,3 +114,12 @@ pub fn corpus_files(class: &str, prefix: &str, range: std::ops::Range<usize>) ->
     files.sort();
     files[range].to_vec()
 }
+
+/// Run the `sluice` binary with `args` (its compile cache shared by the tests) and wait.
+pub fn run_sluice(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .output()
+        .expect("run sluice")
+}
