@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What policies cost, in one command: per message for each language (component size, compile
 # time, a fresh and a warm instance: host/benches/languages.rs), per message for the shipped
-# Rust chain (criterion: host/benches/policy_cost.rs), then reload latency and reloads under
+# Rust chain (criterion: host/benches/policy_cost.rs), its critical path with instances made
+# ahead of sessions (host/benches/critical_path.rs), then reload latency and reloads under
 # load (bench/reload.py). Builds what it needs; the JavaScript, Python and C toolchains must be
 # installed (scripts/test.sh installs them; policies/README.md lists them).
 #
@@ -22,6 +23,13 @@ else
     cargo bench -p sluice --bench languages
     echo "== the shipped Rust chain per message (cargo bench -p sluice --bench policy_cost)"
     cargo bench -p sluice --bench policy_cost -- --warm-up-time 2 --measurement-time 5
+fi
+
+echo "== the critical path with instances made ahead (cargo bench -p sluice --bench critical_path)"
+if [ "$QUICK" = --quick ]; then
+    cargo bench -p sluice --bench critical_path -- --quick
+else
+    cargo bench -p sluice --bench critical_path
 fi
 
 echo "== reload latency and reloads under load (bench/reload.py)"

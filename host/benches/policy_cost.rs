@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::policy::{
-    Chain, ChainSettings, EngineOptions, HostServices, LoadedPolicy, ParsedMessage, PolicyEngine, PolicySpec,
+    Chain, ChainSettings, EngineOptions, LoadedPolicy, ParsedMessage, PolicyEngine, PolicySpec,
 };
 use sluice_test_artifacts::{DNSBL, GREYLIST, RATE_LIMIT, SENDER_GUARD, SPAM_HEURISTICS};
 
@@ -17,18 +17,6 @@ const MESSAGE: &str = "Return-Path: <alice@example.org>\r\nReceived: from mx.exa
 To: Bob <bob@example.com>\r\nSubject: Quarterly report\r\nDate: Thu, 1 Jan 2026 09:00:00 +0000\r\n\
 Message-ID: <20260101090000.1234@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
 Hi Bob,\r\n\r\nthe quarterly report is ready; see https://intranet.example.org/reports/q4 for details.\r\n\r\nAlice\r\n";
-
-fn load(
-    rt: &tokio::runtime::Runtime,
-    engine: &PolicyEngine,
-    services: &HostServices,
-    path: &str,
-    config: &[(&str, &str)],
-) -> Arc<LoadedPolicy> {
-    let mut spec = PolicySpec::new(path);
-    spec.config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    rt.block_on(engine.load(&spec, "bench", services.clone())).expect("load policy")
-}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -40,17 +28,18 @@ fn bench(c: &mut Criterion) {
         |policies: Vec<Arc<LoadedPolicy>>| Arc::new(Chain::new("bench", policies, ChainSettings::default()));
 
     let all = vec![
-        load(&rt, &engine, &services, DNSBL, &[("zones", "bl.test")]),
-        load(&rt, &engine, &services, SENDER_GUARD, &[("domains", "example.com")]),
-        load(
+        common::load(&rt, &engine, &services, DNSBL, &[("zones", "bl.test")], 1),
+        common::load(&rt, &engine, &services, SENDER_GUARD, &[("domains", "example.com")], 1),
+        common::load(
             &rt,
             &engine,
             &services,
             RATE_LIMIT,
             &[("messages", "1000000000"), ("recipients", "1000000000")],
+            1,
         ),
-        load(&rt, &engine, &services, GREYLIST, &[("exempt_networks", "198.51.100.0/24")]),
-        load(&rt, &engine, &services, SPAM_HEURISTICS, &[]),
+        common::load(&rt, &engine, &services, GREYLIST, &[("exempt_networks", "198.51.100.0/24")], 1),
+        common::load(&rt, &engine, &services, SPAM_HEURISTICS, &[], 1),
     ];
     let mut group = c.benchmark_group("per_message");
     for policy in &all {

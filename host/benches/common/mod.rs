@@ -6,10 +6,27 @@ use std::sync::Arc;
 
 use sluice::dns::FixtureResolver;
 use sluice::policy::{
-    Chain, ChainSession, Clock, EnvelopeAddress, HostServices, Judge, Judgement, ParsedMessage, SessionInfo,
-    Stage, StageInput,
+    Chain, ChainSession, Clock, EnvelopeAddress, HostServices, Judge, Judgement, LoadedPolicy, ParsedMessage,
+    PolicyEngine, PolicySpec, SessionInfo, Stage, StageInput,
 };
 use sluice::state::kv::MemoryKv;
+
+/// `path` loaded for the tenant `bench` with `config`, each instance serving `reuse` sessions
+/// (1: a fresh instance for every session, the default).
+#[allow(dead_code)]
+pub fn load(
+    rt: &tokio::runtime::Runtime,
+    engine: &PolicyEngine,
+    services: &HostServices,
+    path: &str,
+    config: &[(&str, &str)],
+    reuse: u32,
+) -> Arc<LoadedPolicy> {
+    let mut spec = PolicySpec::new(path);
+    spec.config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    spec.limits.sessions_per_instance = reuse;
+    rt.block_on(engine.load(&spec, "bench", services.clone())).expect("load policy")
+}
 
 /// An in-memory store, no DNS answers, the system clock.
 pub fn services() -> HostServices {

@@ -135,6 +135,12 @@ impl Config {
         if s.max_connections < 1 || s.max_connections_per_ip < 1 {
             return fail("server.max_connections / max_connections_per_ip", "must be at least 1");
         }
+        if s.prepared_instances.is_some_and(|n| n > s.max_connections) {
+            return fail(
+                "server.prepared_instances",
+                "at most server.max_connections (the instances of live sessions need the rest of the pool)",
+            );
+        }
         if self.delivery.destination_concurrency == 0 {
             return fail("delivery.destination_concurrency", "must be at least 1");
         }

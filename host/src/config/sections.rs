@@ -47,12 +47,22 @@ pub struct ServerConfig {
     pub authserv_id: Option<String>,
     /// A message with more `Received` headers is refused as a mail loop (`554 5.4.6`).
     pub max_received_headers: usize,
+    /// Fresh policy instances made ahead of sessions, all tenants' policies together (each
+    /// policy keeps what its recent demand needs, at most 16); 0: every session makes its
+    /// own instances while the client waits. Default: a quarter of `max_connections`, at most
+    /// 1024.
+    pub prepared_instances: Option<usize>,
 }
 
 impl ServerConfig {
     /// The authserv-id of this relay's `Authentication-Results` headers.
     pub fn authserv_id(&self) -> &str {
         self.authserv_id.as_deref().unwrap_or(&self.hostname)
+    }
+
+    /// Fresh policy instances made ahead of sessions, at most (see `prepared_instances`).
+    pub fn prepared_instances(&self) -> usize {
+        self.prepared_instances.unwrap_or((self.max_connections / 4).min(1024))
     }
 }
 
@@ -74,6 +84,7 @@ impl Default for ServerConfig {
             proxy_header_timeout_secs: 10,
             authserv_id: None,
             max_received_headers: 50,
+            prepared_instances: None,
         }
     }
 }

@@ -365,7 +365,7 @@ impl ChainSession {
     async fn call(
         &mut self,
         index: usize,
-        policy: &LoadedPolicy,
+        policy: &Arc<LoadedPolicy>,
         ctx: &super::bindings::types::Context,
         input: HookInput<'_>,
     ) -> Result<super::decision::Decision, Fault> {
@@ -375,8 +375,10 @@ impl ChainSession {
             None => slot.insert(policy.session_instance().await?),
         };
         let result = instance.call_hook(ctx, input).await;
-        if result.is_err() {
-            *slot = None;
+        if result.is_err()
+            && let Some(faulted) = slot.take()
+        {
+            policy.prepared.discard(faulted);
         }
         result
     }

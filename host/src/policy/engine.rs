@@ -24,6 +24,7 @@ use super::hooks::HookExports;
 use super::instance::{Fault, HostState, PolicyInstance};
 use super::loaded::PolicyIo;
 pub use super::loaded::{LoadedPolicy, MAX_WARM_INSTANCES};
+use super::prepared::{Budget, Prepared};
 use super::ticker::{EpochTicker, TickerGuard};
 use super::{HostServices, PolicyLimits};
 
@@ -43,6 +44,9 @@ pub struct EngineOptions {
     /// whose optimised code is not in the cache yet is compiled by it in a fraction of the
     /// time, so a reload takes effect at once; the optimised code follows in the background.
     pub baseline_tier: bool,
+    /// Fresh instances made ahead of sessions, all policies together (0: none; each session
+    /// makes its own while it waits). See [`super::prepared`].
+    pub prepared_instances: usize,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +56,7 @@ impl Default for EngineOptions {
             cache_dir: default_cache_dir(),
             tick: Duration::from_millis(5),
             baseline_tier: false,
+            prepared_instances: 0,
         }
     }
 }
@@ -169,6 +174,7 @@ pub struct PolicyEngine {
     baseline: Option<(Engine, Linker<HostState>)>,
     options: EngineOptions,
     ticker: Arc<TickerGuard>,
+    prepared: Arc<Budget>,
 }
 
 /// A linker with WASI (deny-by-default, see [`super::instance`]) and the host imports.
@@ -267,7 +273,13 @@ impl PolicyEngine {
         let engines: Vec<Engine> =
             std::iter::once(engine.clone()).chain(baseline.as_ref().map(|(e, _)| e.clone())).collect();
         let ticker = EpochTicker::start(options.tick, engines)?;
-        Ok(Self { engine, linker: main_linker, baseline, options, ticker })
+        let prepared = Budget::new(options.prepared_instances);
+        Ok(Self { engine, linker: main_linker, baseline, options, ticker, prepared })
+    }
+
+    /// Prepared instances held now, all policies together.
+    pub fn prepared_instances(&self) -> usize {
+        self.prepared.held()
     }
 
     /// Load, link, describe and initialise one policy for `tenant`, with optimised code.
@@ -408,6 +420,7 @@ impl PolicyEngine {
             learns,
             breaker: Arc::default(),
             warm: std::sync::Mutex::new(Vec::new()),
+            prepared: Prepared::new(self.prepared.clone()),
             engine: engine.clone(),
             _ticker: self.ticker.clone(),
         }))

@@ -44,6 +44,8 @@ pub struct LoadedPolicy {
     pub breaker: Arc<super::breaker::Breaker>,
     /// Warm instances waiting for the next session (with `sessions_per_instance` above 1).
     pub(crate) warm: std::sync::Mutex<Vec<PolicyInstance>>,
+    /// Fresh instances made ahead of sessions ([`super::prepared`]).
+    pub(crate) prepared: super::prepared::Prepared,
     pub(crate) engine: Engine,
     pub(crate) _ticker: Arc<TickerGuard>,
 }
@@ -74,8 +76,8 @@ pub const MAX_WARM_INSTANCES: usize = 16;
 
 impl LoadedPolicy {
     /// An instance for a new session: a warm one when the policy allows reuse and one is
-    /// waiting, else a fresh one.
-    pub(crate) async fn session_instance(&self) -> Result<PolicyInstance, Fault> {
+    /// waiting, else a fresh one (prepared ahead when one is ready).
+    pub(crate) async fn session_instance(self: &Arc<Self>) -> Result<PolicyInstance, Fault> {
         if self.io.limits.sessions_per_instance > 1 {
             let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
             if let Some(mut instance) = warm {
@@ -83,18 +85,37 @@ impl LoadedPolicy {
                 return Ok(instance);
             }
         }
-        self.instantiate().await
+        self.fresh_instance().await
     }
 
-    /// The session of `instance` is over: keep it warm if it may serve another one.
+    /// The session of `instance` is over: keep it warm if it may serve another one, else
+    /// drop it on the reaper thread.
     pub(crate) fn session_ended(&self, instance: PolicyInstance) {
         if !instance.reusable || instance.sessions >= self.io.limits.sessions_per_instance {
-            return;
+            return self.prepared.discard(instance);
         }
         let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
         if warm.len() < MAX_WARM_INSTANCES {
             warm.push(instance);
+        } else {
+            drop(warm);
+            self.prepared.discard(instance);
         }
+    }
+
+    /// Replaced by a reload: drop the instances made ahead for it and make no more.
+    pub fn retire(&self) {
+        self.prepared.retire();
+    }
+
+    /// In service (again): sessions' demand refills its prepared instances.
+    pub fn unretire(&self) {
+        self.prepared.unretire();
+    }
+
+    /// Fresh instances ready for sessions now.
+    pub fn prepared_instances(&self) -> usize {
+        self.prepared.len()
     }
 
     /// A fresh instance for one session, initialised with the policy's configuration.

@@ -11,7 +11,8 @@
 //! Inside:
 //! - [`engine`]: the one wasmtime engine and the loading and validation of components, with
 //!   [`ticker`] (the epoch thread that bounds CPU time), [`cache`] (compiled code) and
-//!   [`loaded`] (a loaded policy and its pool of warm instances);
+//!   [`loaded`] (a loaded policy and its pool of warm instances) and [`prepared`] (fresh
+//!   instances made ahead of sessions, and dropped behind them on the reaper thread);
 //! - [`instance`]: a store per session, CPU/memory/output limits, faults;
 //! - [`host`]: the host capabilities (log, config, clock, key-value, DNS, message);
 //! - [`chain`]: evaluation of a chain for one stage; [`judge`]: the transaction judge;
@@ -32,6 +33,7 @@ pub mod judge;
 pub mod learn;
 pub mod loaded;
 pub mod message;
+pub mod prepared;
 mod ticker;
 
 use std::sync::Arc;

@@ -320,6 +320,19 @@ impl Generations {
         for party in next.parties() {
             self.metrics.set_generation(&party.name, party.generation);
         }
+        // Policies of the new generation make instances ahead of sessions; those it dropped
+        // stop, and their prepared instances go (sessions still on them make their own).
+        let in_service: Vec<&Arc<crate::policy::LoadedPolicy>> =
+            next.parties().flat_map(|party| party.chain.policies.iter()).collect();
+        for policy in &in_service {
+            policy.unretire();
+        }
+        let previous = self.current.load();
+        for policy in previous.parties().flat_map(|party| party.chain.policies.iter()) {
+            if !in_service.iter().any(|p| Arc::ptr_eq(p, policy)) {
+                policy.retire();
+            }
+        }
         self.current.store(Arc::new(next));
     }
 }
