@@ -68,13 +68,13 @@ impl Relay {
             // Plus the instances made ahead of sessions and those on their way out.
             max_instances: u32::try_from(
                 config.server.max_connections.saturating_mul(2).clamp(16, 10_000)
-                    + config.server.prepared_instances()
+                    + config.server.prepared_instances
                     + crate::policy::prepared::REAPER_QUEUE,
             )
             .unwrap_or(1000),
             // Reloads take effect on baseline code at once; optimised code follows.
             baseline_tier: true,
-            prepared_instances: config.server.prepared_instances(),
+            prepared_instances: config.server.prepared_instances,
             ..EngineOptions::default()
         })?;
         let kv = open_state(&config)?;

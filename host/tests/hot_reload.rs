@@ -15,7 +15,8 @@ use sluice_test_artifacts::{PROBE, SPAM_HEURISTICS, WRONG_VERSION};
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
 /// A relay whose only tenant runs `policies/filter.wasm` (a copy of `initial`), with an
-/// admin listener. Returns the relay, the admin port and the policy file.
+/// admin listener and instances made ahead of sessions (so every swap below also retires a
+/// pool of prepared instances). Returns the relay, the admin port and the policy file.
 fn setup(name: &str, initial: &str, extra_policy: &str) -> (Relay, u16, PathBuf, Proc) {
     let dir = temp_dir(name);
     let sink_port = free_port();
@@ -24,7 +25,8 @@ fn setup(name: &str, initial: &str, extra_policy: &str) -> (Relay, u16, PathBuf,
     let filter = dir.join("policies/filter.wasm");
     std::fs::copy(initial, &filter).expect("copy policy");
     let admin = free_port();
-    let r = relay(&dir, free_port(), &config_body(sink_port, admin, extra_policy, "example.test"));
+    let body = config_body(sink_port, admin, extra_policy, "example.test");
+    let r = relay_with(&dir, free_port(), "prepared_instances = 8\n", &body);
     (r, admin, filter, sink)
 }
 
@@ -364,7 +366,7 @@ fn a_config_reload_changes_domains_and_listeners() {
     let body = config_body(sink_port, admin, "", "example.test,new.test");
     let config = format!(
         "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{}\", \"127.0.0.1:{second}\"]\nmax_message_bytes = 100000\n\
-         [spool]\ndir = \"spool\"\n{body}",
+         prepared_instances = 8\n[spool]\ndir = \"spool\"\n{body}",
         r.port
     );
     std::fs::write(r.dir.join("sluice.toml"), config).expect("config");

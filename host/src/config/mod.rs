@@ -135,7 +135,7 @@ impl Config {
         if s.max_connections < 1 || s.max_connections_per_ip < 1 {
             return fail("server.max_connections / max_connections_per_ip", "must be at least 1");
         }
-        if s.prepared_instances.is_some_and(|n| n > s.max_connections) {
+        if s.prepared_instances > s.max_connections {
             return fail(
                 "server.prepared_instances",
                 "at most server.max_connections (the instances of live sessions need the rest of the pool)",

@@ -48,21 +48,16 @@ pub struct ServerConfig {
     /// A message with more `Received` headers is refused as a mail loop (`554 5.4.6`).
     pub max_received_headers: usize,
     /// Fresh policy instances made ahead of sessions, all tenants' policies together (each
-    /// policy keeps what its recent demand needs, at most 16); 0: every session makes its
-    /// own instances while the client waits. Default: a quarter of `max_connections`, at most
-    /// 1024.
-    pub prepared_instances: Option<usize>,
+    /// policy keeps what its recent demand needs, at most 16); 0 (the default): every session
+    /// makes its own instances as its stages come. Ahead-made instances shorten a session's
+    /// own work but cost more CPU in all (measured in bench/README.md).
+    pub prepared_instances: usize,
 }
 
 impl ServerConfig {
     /// The authserv-id of this relay's `Authentication-Results` headers.
     pub fn authserv_id(&self) -> &str {
         self.authserv_id.as_deref().unwrap_or(&self.hostname)
-    }
-
-    /// Fresh policy instances made ahead of sessions, at most (see `prepared_instances`).
-    pub fn prepared_instances(&self) -> usize {
-        self.prepared_instances.unwrap_or((self.max_connections / 4).min(1024))
     }
 }
 
@@ -84,7 +79,7 @@ impl Default for ServerConfig {
             proxy_header_timeout_secs: 10,
             authserv_id: None,
             max_received_headers: 50,
-            prepared_instances: None,
+            prepared_instances: 0,
         }
     }
 }

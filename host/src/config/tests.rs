@@ -34,6 +34,15 @@ fn errors_name_the_key_and_line() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 2: delivery.max_deliveries"), "{e}");
+    let tenant = "[[tenant]]\nname = \"a\"\nnext_hop = \"maildir:m\"\n";
+    let e = parse(&format!("[server]\nmax_connections = 10\nprepared_instances = 11\n{tenant}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3: server.prepared_instances: at most server.max_connections"), "{e}");
+    assert_eq!(
+        parse(&format!("[server]\nprepared_instances = 8\n{tenant}")).unwrap().server.prepared_instances,
+        8
+    );
     let e = parse("[[tenant]]\nname = \"a\"\nnext_hop = \"nowhere\"\n").unwrap_err();
     assert!(e.to_string().contains("tenant[0] (a).next_hop"), "{e}");
     let e = parse(

@@ -340,11 +340,12 @@ impl Generations {
 /// Settings read once at start, by name, that differ between `old` and `new`.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.delivery, &new.delivery);
-    let pairs: [(&'static str, bool); 10] = [
+    let pairs: [(&'static str, bool); 11] = [
         ("spool.dir", old.spool.dir != new.spool.dir),
         ("admin.listen", old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen)),
         ("dns.nameservers", old.dns.nameservers != new.dns.nameservers),
         ("server.max_connections", old.server.max_connections != new.server.max_connections),
+        ("server.prepared_instances", old.server.prepared_instances != new.server.prepared_instances),
         ("delivery.destination_concurrency", o.destination_concurrency != n.destination_concurrency),
         ("delivery.max_deliveries", o.max_deliveries != n.max_deliveries),
         ("delivery.connection_cache_secs", o.connection_cache_secs != n.connection_cache_secs),
