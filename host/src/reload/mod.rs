@@ -322,14 +322,14 @@ impl Generations {
         }
         // Policies of the new generation make instances ahead of sessions; those it dropped
         // stop, and their prepared instances go (sessions still on them make their own).
-        let in_service: Vec<&Arc<crate::policy::LoadedPolicy>> =
-            next.parties().flat_map(|party| party.chain.policies.iter()).collect();
-        for policy in &in_service {
+        let mut in_service = std::collections::HashSet::new();
+        for policy in next.parties().flat_map(|party| party.chain.policies.iter()) {
             policy.unretire();
+            in_service.insert(Arc::as_ptr(policy));
         }
         let previous = self.current.load();
         for policy in previous.parties().flat_map(|party| party.chain.policies.iter()) {
-            if !in_service.iter().any(|p| Arc::ptr_eq(p, policy)) {
+            if !in_service.contains(&Arc::as_ptr(policy)) {
                 policy.retire();
             }
         }
