@@ -53,5 +53,6 @@ pub mod sender;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+mod sync;
 pub mod tenants;
 pub mod tls;

@@ -65,11 +65,13 @@ impl Relay {
             Arc::new(DnsResolver::new(&config.dns.nameservers).map_err(|e| anyhow::anyhow!("dns: {e}"))?);
         let engine = PolicyEngine::new(EngineOptions {
             // Sessions of two generations may overlap during a reload.
-            // Plus the instances made ahead of sessions and those on their way out.
+            // Plus, where instances are made ahead, those and the ones on their way out.
             max_instances: u32::try_from(
                 config.server.max_connections.saturating_mul(2).clamp(16, 10_000)
-                    + config.server.prepared_instances
-                    + crate::policy::prepared::REAPER_QUEUE,
+                    + match config.server.prepared_instances {
+                        0 => 0,
+                        n => n + crate::policy::prepared::REAPER_QUEUE,
+                    },
             )
             .unwrap_or(1000),
             // Reloads take effect on baseline code at once; optimised code follows.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use crate::relay::Relay;
+use crate::sync::lock;
 use admission::Admission;
 use connection::Arrival;
 
@@ -27,10 +28,6 @@ pub struct Listeners {
     relay: Arc<Relay>,
     admission: Arc<Admission>,
     accepting: Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Listeners {

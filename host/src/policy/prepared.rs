@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::instance::PolicyInstance;
 use super::loaded::LoadedPolicy;
+use crate::sync::lock;
 
 /// Most instances one loaded policy keeps ready.
 pub const MAX_PREPARED_PER_POLICY: usize = 16;
@@ -73,10 +74,6 @@ pub(crate) struct Prepared {
     budget: Arc<Budget>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Prepared {
     pub(crate) fn new(budget: Arc<Budget>) -> Self {
         Self {
@@ -101,10 +98,13 @@ impl Prepared {
     /// A prepared instance, if one is ready; notes the demand either way. The second value
     /// says whether the pool wants refilling.
     fn take(&self) -> (Option<PolicyInstance>, bool) {
-        if self.budget.max == 0 || self.retired.load(Ordering::Acquire) {
+        if !self.enabled() || self.retired.load(Ordering::Acquire) {
             return (None, false);
         }
-        let instance = lock(&self.ready).pop_front();
+        let (instance, left) = {
+            let mut ready = lock(&self.ready);
+            (ready.pop_front(), ready.len())
+        };
         if instance.is_some() {
             self.budget.release(1);
         }
@@ -121,7 +121,7 @@ impl Prepared {
             demand.target = (demand.target + 1).min(MAX_PREPARED_PER_POLICY);
         }
         // Refilled in batches: once half the target is gone.
-        let refill = lock(&self.ready).len() <= demand.target / 2;
+        let refill = left <= demand.target / 2;
         (instance, refill)
     }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use std::path::PathBuf;
 
 use crate::config::{Config, Endpoint, TenantConfig, TlsMode};
+use crate::sync::lock;
 
 /// What the next hop said of a recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,10 +96,6 @@ pub struct Verifier {
     idle: Mutex<HashMap<HopKey, Vec<Idle>>>,
     /// TLS clients by mode and CA file.
     connectors: Mutex<HashMap<(TlsMode, Option<PathBuf>), tokio_rustls::TlsConnector>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Verifier {

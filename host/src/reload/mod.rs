@@ -24,6 +24,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{CodeTier, LoadedPolicy};
+use crate::sync::lock;
 use crate::tenants::{Current, Snapshot, Tenant};
 pub use loader::Loader;
 
@@ -60,10 +61,6 @@ pub struct Generations {
     reloading: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
     listen: std::sync::OnceLock<Arc<dyn Listen>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Generations {

@@ -34,19 +34,16 @@ mod reaper;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::sync::lock;
 use commit::GroupSync;
 pub use envelope::{QueuedMessage, QueuedRecipient, RecipientStatus, Store, new_id, now_secs, valid_id};
 pub use format::EXTENSION;
 use format::{Header, decode, encode};
 use reaper::Reaper;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How writes reach the disk before a 250.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

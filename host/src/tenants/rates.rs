@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::sync::lock;
+
 /// Addresses remembered for AUTH failures before the expired ones are swept.
 const AUTH_FAILURES_KEPT: usize = 100_000;
 
@@ -17,10 +19,6 @@ pub struct Counters {
     rates: Mutex<HashMap<String, (u64, u32)>>,
     /// Client IP → (failed AUTH attempts, when the first of them was).
     auth_failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Counters {
