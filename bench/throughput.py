@@ -4,7 +4,8 @@ smtp-sink, with fsync on in both relays, alternating the relays run after run.
 
 Usage: python3 bench/throughput.py [--messages 20000] [--sessions 20] [--runs 5]
                                    [--sizes 4096,102400] [--connections new,reuse]
-                                   [--setups direct,postfix,sluice,sluice+rust,sluice+rust+bayes,sluice+rust-warm,sluice+js,sluice+python]
+                                   [--setups direct,postfix,sluice,sluice+rust,sluice+rust+bayes,
+                                             sluice+rust+dmarc+bayes,sluice+rust-warm,sluice+js,sluice+python]
                                    [--sluice PATH] [--baseline PATH] [--tiny] [--keep]
 
 One command from a fresh clone (as root, for Debian's postfix package and a private Postfix
@@ -21,11 +22,16 @@ Set-ups, each on its own loopback port and delivering to its own smtp-sink:
   sluice+rust    Sluice with every shipped Rust policy in one chain: sender-guard, rate-limit
                  (a limit the run never reaches: the counting still happens), greylist (the
                  benchmark's triplet passed greylisting before the runs, as a known sender's
-                 has), dnsbl (two zones, the loopback client checked too, against a local name
-                 server that answers NXDOMAIN), spam-heuristics
+                 has), dnsbl (two zones, the loopback client checked too: NXDOMAIN from the
+                 benchmark's name server), spam-heuristics
   sluice+rust+bayes the Rust chain and the bayes policy after it, its model trained by
                  `sluice learn` on ../shared/corpus before the relay starts (every message is
                  classified: 2 key-value batch reads and up to 1000 tokens)
+  sluice+rust+dmarc+bayes the Rust chain, then dmarc and the trained bayes; the loopback client
+                 is not trusted (`trusted_networks = []`), so the relay checks SPF, DKIM and
+                 DMARC of every message as mail from the internet (the sender domain's records
+                 from the benchmark's name server: SPF passes, no DKIM signature, DMARC passes
+                 through SPF)
   sluice+rust-warm the same chain with warm instances (sessions_per_instance = 100 on each
                  policy): what the chain costs without instantiating five policies per session
   sluice+js      Sluice with the JavaScript url-guard policy (warm instances, 100 sessions each)
@@ -35,6 +41,10 @@ Set-ups, each on its own loopback port and delivering to its own smtp-sink:
                  alternating with this one in the same run (default: sluice@baseline and
                  sluice+rust@baseline are added)
 
+Every relay asks one name server the benchmark starts on loopback: Debian's unbound (installed
+if missing, as root) holding the sender domain's SPF and DMARC records and answering every other
+name NXDOMAIN with a cacheable SOA; without unbound, a built-in server answering NXDOMAIN only.
+
 Sluice runs with its defaults otherwise: the embedded state store, the spool committing with
 fsync before every 250 (group commit), info logging to a file. For every message size and
 connection mode (new: a connection per message; reuse: smtp-source -d, 20 sessions each sending
@@ -42,8 +52,9 @@ all their messages on one connection), each run of each set-up sends --messages 
 ends when the sink has received them all; the figure is messages / (first connection to last
 delivery). Runs alternate between set-ups; each waits for the relays' queues to be empty. The
 table gives the median of --runs, the ratio to Postfix, the share of the direct rate, and
-messages lost (sent but not received at the sink, summed over the runs; must be 0) and
-duplicates (received twice: allowed, counted).
+messages lost (sent but not received at the sink, summed over the runs; must be 0),
+duplicates (received twice: allowed, counted) and, for Sluice, the relay process's CPU time
+(user and system, all threads) per message over the run, median of the runs.
 
 --tiny: 40 messages, 1 run, 4 KiB, new connections (CI checks that the script still starts).
 """
@@ -61,13 +72,17 @@ import tempfile
 import threading
 import time
 
-from benchlib import ROOT, Sink, finish, free_ports, need_postfix_tools, server_config, start_sluice, wait_port
+from benchlib import ROOT, Resolver, Sink, finish, free_ports, need_postfix_tools, server_config, start_sluice, wait_port
 
 RELEASE_WASM = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
-SHIPPED_RUST = ["sender-guard", "rate-limit", "greylist", "dnsbl", "spam-heuristics", "bayes"]
+SHIPPED_RUST = ["sender-guard", "rate-limit", "greylist", "dnsbl", "spam-heuristics", "dmarc", "bayes"]
 CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
 SENDER = "sender@remote.test"
 RECIPIENT = "user@example.com"
+# The sender domain's SPF and DMARC records, as the benchmark's name server holds them: mail
+# from the loopback client passes SPF, and DMARC through it.
+SENDER_RECORDS = ['remote.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"',
+                  '_dmarc.remote.test. 300 IN TXT "v=DMARC1; p=reject"']
 
 
 def nxdomain_server(port):
@@ -176,11 +191,15 @@ class Rspamd:
 class Sluice:
     """`sluice serve` in its own folder with `policies` (a TOML fragment) for its one tenant."""
 
-    def __init__(self, binary, base, port, sink_port, dns_port, policies, sync, learn=None):
+    def __init__(self, binary, base, port, sink_port, dns_port, policies, sync, learn=None, inbound=False):
         os.makedirs(base, exist_ok=True)
         self.base = base
         self.port = port
         config = server_config(port, 4000, server="max_message_bytes = 10485760\n", spool=f'sync = "{sync}"\n')
+        if inbound:
+            # The loopback client is not a trusted network: its mail is mail from the internet,
+            # whose sender the relay checks (SPF, DKIM, DMARC) for the policies that read it.
+            config += "[relay]\ntrusted_networks = []\n"
         config += f"""[dns]
 nameservers = ["127.0.0.1:{dns_port}"]
 [[tenant]]
@@ -198,6 +217,12 @@ next_hop = "smtp:127.0.0.1:{sink_port}"
                            check=True, stdout=subprocess.DEVNULL)
         self.proc = start_sluice(binary, base, config)
         wait_port(port, timeout=300, process=self.proc)
+
+    def cpu_seconds(self):
+        """User and system CPU time of the relay process so far, all its threads."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def queued(self):
         queue = os.path.join(self.base, "spool", "queue")
@@ -275,7 +300,8 @@ def main():
     ap.add_argument("--sizes", default="4096,102400")
     ap.add_argument("--connections", default="new,reuse")
     ap.add_argument("--setups",
-                    default="direct,postfix,postfix+rspamd,sluice,sluice+rust,sluice+rust+bayes,sluice+rust-warm,"
+                    default="direct,postfix,postfix+rspamd,sluice,sluice+rust,sluice+rust+bayes,"
+                            "sluice+rust+dmarc+bayes,sluice+rust-warm,"
                             "sluice+js,sluice+python")
     ap.add_argument("--sluice", help="the sluice binary (default: build target/release/sluice)")
     ap.add_argument("--baseline", help="an earlier sluice binary to measure in the same run")
@@ -315,11 +341,12 @@ def main():
     os.chmod(work, 0o755)  # Postfix's daemons run as user postfix
     ports = free_ports(1 + 2 * len(setups))
     dns_port = ports.pop()
-    nxdomain_server(dns_port)
     relays = {}
     sinks = {}
     stoppers = []
     try:
+        resolver = Resolver(dns_port, work, SENDER_RECORDS, nxdomain_server)
+        stoppers.append(resolver)
         for setup in setups:
             # Each set-up has its own next hop: a late delivery of one never counts for another.
             port, sink_port = ports.pop(), ports.pop()
@@ -342,6 +369,8 @@ def main():
                     "sluice": "",
                     "sluice+rust": rust_chain(),
                     "sluice+rust+bayes": rust_chain() + policy(os.path.join(RELEASE_WASM, "bayes.wasm")),
+                    "sluice+rust+dmarc+bayes": rust_chain() + policy(os.path.join(RELEASE_WASM, "dmarc.wasm"))
+                    + policy(os.path.join(RELEASE_WASM, "bayes.wasm")),
                     "sluice+rust-warm": rust_chain("sessions_per_instance = 100\n"),
                     "sluice+js": policy(components["sluice+js"], extra="sessions_per_instance = 100\n"),
                     "sluice+python": policy(
@@ -351,7 +380,8 @@ def main():
                         extra="sessions_per_instance = 100\n"),
                 }[setup_name]
                 learn = os.path.join(RELEASE_WASM, "bayes.wasm") if "bayes" in setup_name else None
-                relays[setup] = Sluice(binary, base, port, sink_port, dns_port, chain, args.spool_sync, learn)
+                relays[setup] = Sluice(binary, base, port, sink_port, dns_port, chain, args.spool_sync, learn,
+                                       inbound="dmarc" in setup_name)
             if relays[setup] is not None:
                 stoppers.append(relays[setup])
                 warm_up(relays[setup].port)
@@ -363,24 +393,30 @@ def main():
         for size, conn in cases:
             for run in range(args.runs):
                 for setup in setups:
-                    rate, lost = one_run(relays[setup], sinks[setup], args, size, conn == "reuse")
-                    results.setdefault((size, conn, setup), []).append((rate, lost))
+                    relay = relays[setup]
+                    cpu = relay.cpu_seconds() if isinstance(relay, Sluice) else None
+                    rate, lost = one_run(relay, sinks[setup], args, size, conn == "reuse")
+                    if cpu is not None:
+                        cpu = 1e6 * (relay.cpu_seconds() - cpu) / args.messages
+                    results.setdefault((size, conn, setup), []).append((rate, lost, cpu))
                     print(f"  {size // 1024} KiB {conn:<5} run {run + 1} {setup:<16} {rate:8.1f} msg/s"
                           + (f"  LOST {lost}" if lost > 0 else f"  duplicates {-lost}" if lost else ""),
                           file=sys.stderr, flush=True)
 
         print(f"\n{'size':>7} {'connection':<10} {'set-up':<16} {'msg/s':>8} {'min':>8} {'max':>8} "
-              f"{'x Postfix':>9} {'of direct':>9} {'lost':>5} {'dup':>4}")
+              f"{'x Postfix':>9} {'of direct':>9} {'lost':>5} {'dup':>4} {'CPU us/msg':>10}")
         for size, conn in cases:
-            med = {s: statistics.median(r for r, _ in results[(size, conn, s)]) for s in setups}
+            med = {s: statistics.median(r for r, _, _ in results[(size, conn, s)]) for s in setups}
             for setup in setups:
-                rates = [r for r, _ in results[(size, conn, setup)]]
-                lost = sum(max(n, 0) for _, n in results[(size, conn, setup)])
-                dup = sum(max(-n, 0) for _, n in results[(size, conn, setup)])
+                rates = [r for r, _, _ in results[(size, conn, setup)]]
+                lost = sum(max(n, 0) for _, n, _ in results[(size, conn, setup)])
+                dup = sum(max(-n, 0) for _, n, _ in results[(size, conn, setup)])
+                cpus = [c for _, _, c in results[(size, conn, setup)] if c is not None]
+                cpu = f"{statistics.median(cpus):.0f}" if cpus else "-"
                 ratio = f"{med[setup] / med['postfix']:.2f}" if "postfix" in med else "-"
                 direct = f"{100 * med[setup] / med['direct']:.0f}%" if "direct" in med else "-"
                 print(f"{size // 1024:>4} KiB {conn:<10} {setup:<16} {med[setup]:8.1f} {min(rates):8.1f} "
-                      f"{max(rates):8.1f} {ratio:>9} {direct:>9} {lost:>5} {dup:>4}")
+                      f"{max(rates):8.1f} {ratio:>9} {direct:>9} {lost:>5} {dup:>4} {cpu:>10}")
             if "sluice+rust" in med and "sluice+rust+bayes" in med:
                 print(f"{'':>7} {'':<10} bayes (trained) after the Rust chain: "
                       f"{100 * (1 - med['sluice+rust+bayes'] / med['sluice+rust']):.1f}% of its throughput")
@@ -389,7 +425,7 @@ def main():
                       "of the no-policy throughput"
                       + (f"; warm instances: {100 * (1 - med['sluice+rust-warm'] / med['sluice']):.1f}%"
                          if "sluice+rust-warm" in med else ""))
-        if any(n > 0 for rs in results.values() for _, n in rs):
+        if any(n > 0 for rs in results.values() for _, n, _ in rs):
             sys.exit("messages were lost")
     finally:
         for s in reversed(stoppers):

@@ -34,6 +34,8 @@ command -v npm >/dev/null || MISSING+=(npm)
 command -v haproxy >/dev/null || MISSING+=(haproxy)
 command -v dovecot >/dev/null || MISSING+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || MISSING+=(dovecot-lmtpd)
+# The benchmarks' name server (bench/throughput.py --tiny runs below).
+command -v unbound >/dev/null || MISSING+=(unbound)
 if [ ${#MISSING[@]} -gt 0 ]; then
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends "${MISSING[@]}"

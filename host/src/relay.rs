@@ -59,7 +59,7 @@ impl Relay {
         config_path: Option<PathBuf>,
     ) -> anyhow::Result<(Arc<Self>, Delivery)> {
         let spool_dir = config.resolve(&config.spool.dir);
-        let spool = Spool::open(&spool_dir, config.spool.sync)
+        let spool = Spool::open_recycling(&spool_dir, config.spool.sync, config.spool.recycle_files)
             .map_err(|e| anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()))?;
         let dns =
             Arc::new(DnsResolver::new(&config.dns.nameservers).map_err(|e| anyhow::anyhow!("dns: {e}"))?);

@@ -148,3 +148,62 @@ async fn a_policy_cannot_reach_files_environment_or_network() {
     assert!(!std::path::Path::new("/tmp/sluice-probe-escape").exists());
     assert_eq!(sim.judgement.outcome, Outcome::Accept);
 }
+
+/// A policy the baseline compiler cannot compile (here: an extra core module with a relaxed
+/// SIMD instruction, which Winch does not support) still loads after a reload, as optimised
+/// code, and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_baseline_compiler_rejects_loads_optimised() {
+    use wasm_encoder::{
+        CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, Module,
+    };
+    use wasm_encoder::{TypeSection, ValType};
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::V128, ValType::V128], [ValType::V128]);
+    module.section(&types);
+    let mut functions = FunctionSection::new();
+    functions.function(0);
+    module.section(&functions);
+    let mut exports = ExportSection::new();
+    exports.export("swizzle", ExportKind::Func, 0);
+    module.section(&exports);
+    let mut code = CodeSection::new();
+    let mut body = Function::new([]);
+    body.instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::LocalGet(1))
+        .instruction(&Instruction::I8x16RelaxedSwizzle)
+        .instruction(&Instruction::End);
+    code.function(&body);
+    module.section(&code);
+    let module = module.finish();
+    // The probe policy with that module appended as one more (never instantiated) core module
+    // section of the component: id 1, the length in LEB128, the module.
+    let mut bytes = std::fs::read(PROBE).expect("probe");
+    bytes.push(1);
+    let mut length = module.len();
+    loop {
+        let byte = (length & 0x7f) as u8;
+        length >>= 7;
+        bytes.push(if length == 0 { byte } else { byte | 0x80 });
+        if length == 0 {
+            break;
+        }
+    }
+    bytes.extend_from_slice(&module);
+    let path = std::env::temp_dir().join(format!("sluice-relaxed-probe-{}.wasm", std::process::id()));
+    std::fs::write(&path, &bytes).expect("write");
+
+    let engine = baseline_engine();
+    let loaded = engine
+        .load_quickly(&spec(path.to_str().expect("path"), &[]), "tenant-a", services())
+        .await
+        .expect("the policy loads all the same");
+    assert_eq!(loaded.code, CodeTier::Optimized);
+    let probe = engine.load_quickly(&spec(PROBE, &[]), "tenant-a", services()).await.expect("probe");
+    assert_eq!(probe.code, CodeTier::Baseline, "other policies still load quickly");
+    let sim =
+        run(&chain(vec![loaded]), &envelope("192.0.2.1", "a@example.org", &["b@example.com"]), PLAIN).await;
+    assert_eq!(sim.judgement.outcome, Outcome::Accept);
+    let _ = std::fs::remove_file(&path);
+}

@@ -124,6 +124,9 @@ pub struct SpoolConfig {
     /// declares), MAIL gets `452 4.3.1` until space returns. Default: twice
     /// `server.max_message_bytes`.
     pub min_free_bytes: Option<u64>,
+    /// How many delivered messages' files are kept in `free/` and written over by new
+    /// messages instead of being unlinked and created anew (0: unlink).
+    pub recycle_files: usize,
 }
 
 impl Default for SpoolConfig {
@@ -132,6 +135,7 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("var/spool"),
             sync: crate::spool::SyncMode::default(),
             min_free_bytes: None,
+            recycle_files: crate::spool::RECYCLE_FILES,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{
     Action, Conversation, LearnRequest, RecipientFate, StoreFailure, StoreRequest, TransactionRecord, Waiting,
 };
-use crate::mail::{remove_headers, rfc5322_date};
+use crate::mail::{append_without_headers, rfc5322_date};
 use crate::policy::{Judge, Judgement, Outcome, ParsedMessage, Stage, StageResult};
 use crate::smtp::EnvelopeAddress;
 use crate::smtp::reply::{self, Reply};
@@ -20,7 +20,7 @@ pub(crate) enum Body {
     /// Parsed once, shared by every policy of the data stage.
     Parsed(Arc<ParsedMessage>),
     /// Not parsed: no policy reads it.
-    Raw(Vec<u8>),
+    Raw(Arc<[u8]>),
 }
 
 impl Body {
@@ -272,13 +272,15 @@ impl Conversation {
             rfc5322_date(now)
         )
         .into_bytes();
+        // Room for the fields below and the message: the message is copied once, here.
+        out.reserve(body.len() + 512);
         if let Some(field) = self.authentication_results(party) {
             out.extend_from_slice(field.as_bytes());
         }
         for (name, value) in &judgement.added_headers {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
-        out.extend_from_slice(&remove_headers(body, &judgement.removed_headers));
+        append_without_headers(&mut out, body, &judgement.removed_headers);
         out
     }
 }

@@ -101,7 +101,7 @@ impl Conversation {
             let parsed = ParsedMessage::parse(body).with_sender(self.transaction.sender.clone());
             Body::Parsed(Arc::new(parsed))
         } else {
-            Body::Raw(body.to_vec())
+            Body::Raw(body)
         };
         self.run(VecDeque::from([(party, Stage::Data)]), Then::Judge { message, data: None });
     }

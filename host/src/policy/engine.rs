@@ -329,7 +329,7 @@ impl PolicyEngine {
         let bytes =
             tokio::fs::read(&file).await.map_err(|source| LoadError::Read { file: file.clone(), source })?;
         let hash = hex::encode(Sha256::digest(&bytes));
-        let (engine, linker, code) = match &self.baseline {
+        let (mut engine, mut linker, mut code) = match &self.baseline {
             Some((engine, linker)) if quickly && !self.optimized_cached(&hash) => {
                 (engine, linker, CodeTier::Baseline)
             }
@@ -337,23 +337,36 @@ impl PolicyEngine {
         };
 
         // Compilation is CPU-bound (milliseconds to seconds): keep it off the async workers.
-        let component = {
-            let engine = engine.clone();
+        let bytes = Arc::new(bytes);
+        let compiled = loop {
+            let compiler = engine.clone();
             // Baseline code is not written to the cache: it only bridges the time until the
             // optimised code is ready.
             let cache_dir = match code {
                 CodeTier::Optimized => self.options.cache_dir.clone(),
                 CodeTier::Baseline => None,
             };
-            let hash = hash.clone();
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || compile(&engine, cache_dir.as_deref(), &bytes, &hash, &file))
-                .await
-                .map_err(|e| LoadError::Invalid {
-                    file: spec.path.clone(),
-                    cause: format!("compiler task failed: {e}"),
-                })??
+            let (hash, path, bytes) = (hash.clone(), file.clone(), bytes.clone());
+            let compiled = tokio::task::spawn_blocking(move || {
+                compile(&compiler, cache_dir.as_deref(), &bytes, &hash, &path)
+            })
+            .await
+            .map_err(|e| LoadError::Invalid {
+                file: spec.path.clone(),
+                cause: format!("compiler task failed: {e}"),
+            })?;
+            match compiled {
+                // What the baseline compiler does not support on this host (a proposal, or
+                // vector instructions without the CPU features it needs) the optimising one
+                // may: the policy loads, only not quickly.
+                Err(e) if code == CodeTier::Baseline => {
+                    tracing::info!(file = %file.display(), error = %e, "the baseline compiler cannot compile this policy; compiling optimised code");
+                    (engine, linker, code) = (&self.engine, &self.linker, CodeTier::Optimized);
+                }
+                other => break other,
+            }
         };
+        let component = compiled?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { file: file.clone(), cause: format!("{e:#}") })?;

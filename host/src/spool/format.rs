@@ -61,15 +61,40 @@ fn crc_of(envelope: &[u8], message: &[u8]) -> u32 {
     crc.finalize()
 }
 
+/// A whole spool file: [`head`], then the message.
 pub(super) fn encode(envelope: &QueuedMessage, message: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = head(envelope, message)?;
+    out.reserve(message.len());
+    out.extend_from_slice(message);
+    Ok(out)
+}
+
+/// What comes before the message in its spool file: the header line, the envelope and a
+/// newline (written with the message in one vectored write, so the message is not copied).
+pub(super) fn head(envelope: &QueuedMessage, message: &[u8]) -> io::Result<Vec<u8>> {
     let json = serde_json::to_vec(envelope).map_err(io::Error::other)?;
     let header = format!("{MAGIC} {} {} {:08x}\n", json.len(), message.len(), crc_of(&json, message));
-    let mut out = Vec::with_capacity(header.len() + json.len() + 1 + message.len());
+    let mut out = Vec::with_capacity(header.len() + json.len() + 1);
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&json);
     out.push(b'\n');
-    out.extend_from_slice(message);
     Ok(out)
+}
+
+/// Write `parts` one after the other (vectored writes, as many as it takes).
+pub(super) fn write_parts(file: &mut impl io::Write, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> =
+        parts.iter().filter(|p| !p.is_empty()).map(|p| io::IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Header, envelope bytes and message bytes (the CRC is not checked: [`Header::matches`]).

@@ -4,9 +4,12 @@
 //! lengths and the CRC-32 of what follows, the envelope and delivery state (JSON), and the
 //! message as it will be delivered. One file per message keeps the file system's work per
 //! message to a create and an unlink — on a busy relay the directory operations, not the
-//! bytes, are what the kernel spends its time on. The file is written in place: a file that
-//! a crash cut short (it never got a 250) fails its length check and is removed at start; a
-//! file whose CRC fails is never delivered. Delivery progress rewrites the file under a temporary name and
+//! bytes, are what the kernel spends its time on — and with [`recycle`] (the default) to two
+//! renames: a delivered message's file is kept in `free/` and written over by a new message.
+//! A new file is written in place: a file that a crash cut short (it never got a 250) fails
+//! its length check, a reused one whose new bytes did not reach the disk names another
+//! message in its envelope, and both are removed at start; a file whose CRC fails is never
+//! delivered. Delivery progress rewrites the file under a temporary name and
 //! renames it over the old one.
 //!
 //! Only once the file is on disk does the client get `250 queued as ID`. How it gets there is
@@ -24,12 +27,13 @@
 
 //!
 //! Inside: [`envelope`] (the envelope and queue ids), [`format`] (the file format), [`commit`]
-//! (group commit), [`reaper`] (removals).
+//! (group commit), [`reaper`] (removals), [`recycle`] (files used again).
 
 mod commit;
 pub mod envelope;
 mod format;
 mod reaper;
+mod recycle;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -42,8 +46,9 @@ use crate::sync::lock;
 use commit::GroupSync;
 pub use envelope::{QueuedMessage, QueuedRecipient, RecipientStatus, Store, new_id, now_secs, valid_id};
 pub use format::EXTENSION;
-use format::{Header, decode, encode};
+use format::{Header, decode, encode, head, write_parts};
 use reaper::Reaper;
+use recycle::Recycler;
 
 /// How writes reach the disk before a 250.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -64,22 +69,36 @@ pub struct Spool {
     mode: SyncMode,
     group: GroupSync,
     reaper: Reaper,
+    recycler: Option<Arc<Recycler>>,
 }
 
+/// How many delivered messages' files a relay keeps for new messages by default
+/// (`[spool] recycle_files`).
+pub const RECYCLE_FILES: usize = 256;
+
 impl Spool {
-    /// Open (creating) the spool under `dir`.
+    /// Open (creating) the spool under `dir`, removing delivered messages' files (no
+    /// recycling: for the command line's queue tools).
     pub fn open(dir: &Path, mode: SyncMode) -> io::Result<Self> {
+        Self::open_recycling(dir, mode, 0)
+    }
+
+    /// Open (creating) the spool under `dir`, keeping up to `recycle` delivered messages'
+    /// files in `free/` for new messages (0: unlink them).
+    pub fn open_recycling(dir: &Path, mode: SyncMode, recycle: usize) -> io::Result<Self> {
         let queue = dir.join("queue");
         let quarantine = dir.join("quarantine");
         fs::create_dir_all(&queue)?;
         fs::create_dir_all(&quarantine)?;
+        let recycler = Recycler::open(dir, recycle)?.map(Arc::new);
         sync_dir(dir)?;
         Ok(Self {
             queue,
             quarantine,
             mode,
             group: GroupSync::new(dir)?,
-            reaper: Reaper::new(mode == SyncMode::File)?,
+            reaper: Reaper::new(mode == SyncMode::File, recycler.clone())?,
+            recycler,
         })
     }
 
@@ -102,9 +121,15 @@ impl Spool {
     /// delivered.
     fn write_new(&self, store: Store, envelope: &QueuedMessage, message: &[u8]) -> io::Result<File> {
         let path = self.path(store, &envelope.id)?;
-        let bytes = encode(envelope, message)?;
+        let head = head(envelope, message)?;
+        let parts = [&head[..], message];
+        if let Some(recycler) = &self.recycler
+            && let Some(file) = recycler.write(&path, &parts)?
+        {
+            return Ok(file);
+        }
         let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        if let Err(e) = file.write_all(&bytes) {
+        if let Err(e) = write_parts(&mut file, &parts) {
             // A full disk: leave no partial file behind.
             drop(file);
             let _ = fs::remove_file(&path);
@@ -290,8 +315,16 @@ impl Spool {
                 // when it is delivered), its envelope kept.
                 let read = fs::read(&path).and_then(|bytes| {
                     let (_, envelope, _) = decode(&bytes)?;
-                    serde_json::from_slice::<QueuedMessage>(envelope)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                    let envelope = serde_json::from_slice::<QueuedMessage>(envelope)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    // A reused file renamed in before its new bytes reached the disk.
+                    if envelope.id != id {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("its envelope is of message {}", envelope.id),
+                        ));
+                    }
+                    Ok(envelope)
                 });
                 match read {
                     Ok(envelope) => envelopes.push(envelope),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::recycle::Recycler;
 use super::{lock, sync_dir};
 
 /// How long the unlinking thread lets removals gather between rounds.
@@ -24,8 +25,9 @@ pub(super) struct Reaper {
 }
 
 impl Reaper {
-    /// `sync_dirs`: sync each directory a round removed from (`file` mode).
-    pub(super) fn new(sync_dirs: bool) -> io::Result<Self> {
+    /// `sync_dirs`: sync each directory a round removed from (`file` mode); `recycler`: where
+    /// files are kept for new messages instead of being unlinked.
+    pub(super) fn new(sync_dirs: bool, recycler: Option<Arc<Recycler>>) -> io::Result<Self> {
         let (queue, work) = std::sync::mpsc::channel::<PathBuf>();
         let pending: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
         let thread = {
@@ -34,7 +36,14 @@ impl Reaper {
                 while let Ok(first) = work.recv() {
                     let mut dirs = HashSet::new();
                     for path in std::iter::once(first).chain(work.try_iter()) {
-                        match fs::remove_file(&path) {
+                        let kept = recycler.as_ref().is_some_and(|r| {
+                            r.keep(&path).unwrap_or_else(|e| {
+                                tracing::debug!(file = %path.display(), error = %e, "cannot keep a spool file");
+                                false
+                            })
+                        });
+                        let removed = if kept { Ok(()) } else { fs::remove_file(&path) };
+                        match removed {
                             Ok(()) if sync_dirs => dirs.extend(path.parent().map(Path::to_path_buf)),
                             Ok(()) => {}
                             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -10,6 +10,7 @@
 //! left out: they would teach the model the filter's own opinion.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 /// What the tokenizer reads of a message.
 #[derive(Debug, Default, Clone)]
@@ -79,6 +80,16 @@ impl Tokens {
         }
         if self.seen.insert(crate::model::hash(token.as_bytes())) {
             self.order.push(token);
+        }
+    }
+
+    /// [`Tokens::add`] of a borrowed token, copied only when it is new.
+    fn add_str(&mut self, token: &str) {
+        if self.order.len() >= self.max || token.is_empty() {
+            return;
+        }
+        if self.seen.insert(crate::model::hash(token.as_bytes())) {
+            self.order.push(token.to_string());
         }
     }
 
@@ -305,11 +316,14 @@ fn mime(input: &Input, tokens: &mut Tokens) {
 fn body(text: &str, tokens: &mut Tokens) {
     urls(text, tokens);
     let mut previous: Option<String> = None;
-    for raw in text.split_whitespace() {
+    // Each word's token is made here and copied only when it is new: most words of a long
+    // text are repeats.
+    let mut token = String::new();
+    for raw in body_words(text) {
         if tokens.full() {
             return;
         }
-        if raw.contains("://") || raw.starts_with("www.") {
+        if raw.starts_with("www.") || (raw.as_bytes().contains(&b':') && raw.contains("://")) {
             continue;
         }
         let word = raw.trim_matches(|c: char| !c.is_alphanumeric() && c != '$' && c != '%');
@@ -317,24 +331,70 @@ fn body(text: &str, tokens: &mut Tokens) {
             tokens.add(format!("email:{}", domain.to_ascii_lowercase()));
             continue;
         }
-        let length = word.chars().count();
+        let ascii = word.is_ascii();
+        let length = if ascii { word.len() } else { word.chars().count() };
         if length < 3 {
             continue;
         }
+        token.clear();
         if length > 12 {
             let first = word.chars().next().unwrap_or('?');
-            tokens.add(format!("skip:{first} {}", length / 10 * 10));
+            let _ = write!(token, "skip:{first} {}", length / 10 * 10);
+            tokens.add_str(&token);
             continue;
         }
-        let lower = word.to_lowercase();
-        if !lower.is_ascii() && lower.chars().filter(|c| !c.is_ascii()).count() * 2 > length {
-            tokens.add("8bit-word".into());
+        if ascii {
+            token.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            token.push_str(&word.to_lowercase());
+            if token.chars().filter(|c| !c.is_ascii()).count() * 2 > length {
+                tokens.add("8bit-word".into());
+            }
         }
-        if let Some(previous) = previous.take().filter(|_| tokens.bigrams) {
-            tokens.add(format!("{previous} {lower}"));
+        if tokens.bigrams {
+            if let Some(previous) = previous.take() {
+                tokens.add(format!("{previous} {token}"));
+            }
+            previous = Some(token.clone());
         }
-        tokens.add(lower.clone());
-        previous = Some(lower);
+        tokens.add_str(&token);
+    }
+}
+
+/// The words of `text` between white space (`str::split_whitespace`); an ASCII text is split
+/// a byte at a time, without decoding characters.
+fn body_words(text: &str) -> Words<'_> {
+    if text.is_ascii() { Words::Ascii { text, at: 0 } } else { Words::Unicode(text.split_whitespace()) }
+}
+
+enum Words<'a> {
+    Ascii { text: &'a str, at: usize },
+    Unicode(std::str::SplitWhitespace<'a>),
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            Words::Unicode(words) => words.next(),
+            Words::Ascii { text, at } => {
+                // The ASCII characters `char::is_whitespace` takes: tab to carriage return, space.
+                let space = |b: u8| matches!(b, b'\t'..=b'\r' | b' ');
+                let bytes = text.as_bytes();
+                while *at < bytes.len() && space(bytes[*at]) {
+                    *at += 1;
+                }
+                if *at == bytes.len() {
+                    return None;
+                }
+                let start = *at;
+                while *at < bytes.len() && !space(bytes[*at]) {
+                    *at += 1;
+                }
+                text.get(start..*at)
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! - `score.NAME`: override the score of symbol NAME (e.g. `score.HTML_ONLY = 0.5`).
 //! - `max_body_bytes`: how much of each body is examined (default 262144).
 
+pub mod ascii;
 pub mod rules;
 pub mod text;
 

@@ -795,14 +795,8 @@ fn displayed_domain(text: &str) -> Option<String> {
 }
 
 fn letters_caps_ratio(text: &str) -> (usize, f64) {
-    // One pass; ASCII (most of any text) without the Unicode tables.
-    // Without branches, so that the compiler can process several bytes at once.
-    let (mut letters, mut caps) = (0usize, 0usize);
-    for &b in text.as_bytes() {
-        let upper = b.is_ascii_uppercase();
-        letters += usize::from(upper | b.is_ascii_lowercase());
-        caps += usize::from(upper);
-    }
+    // ASCII (most of any text) eight bytes at a time, without the Unicode tables.
+    let (mut letters, mut caps) = crate::ascii::ascii_letters_and_capitals(text.as_bytes());
     if !text.is_ascii() {
         for c in text.chars().filter(|c| !c.is_ascii()) {
             letters += usize::from(c.is_alphabetic());
@@ -1118,7 +1112,7 @@ fn undeclared_8bit(input: &Input) -> bool {
         return false;
     }
     // A stray accented name is sloppiness; a body that is mostly 8-bit is another language.
-    let high = input.raw_body.iter().filter(|b| **b >= 0x80).count();
+    let high = crate::ascii::count_8bit(&input.raw_body);
     high > 20 && high * 10 > input.raw_body.len()
 }
 
@@ -1133,11 +1127,7 @@ const HASHBUSTER_LEN: usize = 22;
 fn hashbuster(visible: &str) -> Option<String> {
     // A candidate is a run of at least HASHBUSTER_LEN lower-case ASCII letters: most texts
     // have none, and are passed over in one pass over their bytes.
-    let mut run = 0;
-    if !visible.bytes().any(|b| {
-        run = if b.is_ascii_lowercase() { run + 1 } else { 0 };
-        run >= HASHBUSTER_LEN
-    }) {
+    if !crate::ascii::has_lowercase_run(visible.as_bytes(), HASHBUSTER_LEN) {
         return None;
     }
     visible

@@ -118,20 +118,30 @@ pub fn html_links(html: &str) -> Vec<Link> {
     links
 }
 
-/// URLs written out in plain text.
+/// URLs written out in plain text (`http://` or `https://`, any case), lower-cased, in the
+/// order they appear: one pass for `://` over the text, not a lower-cased copy of it and a
+/// pass per scheme.
 pub fn text_urls(text: &str) -> Vec<String> {
-    let lower = text.to_ascii_lowercase();
+    let bytes = text.as_bytes();
     let mut urls = Vec::new();
-    for scheme in ["http://", "https://"] {
-        let mut from = 0;
-        while let Some(pos) = memmem::find(&lower.as_bytes()[from..], scheme.as_bytes()) {
-            let start = from + pos;
-            let end = lower[start..]
-                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ']'))
-                .map_or(lower.len(), |e| start + e);
-            urls.push(lower[start..end].to_string());
-            from = end;
-        }
+    let mut from = 0;
+    while let Some(pos) = memmem::find(&bytes[from..], b"://") {
+        let colon = from + pos;
+        let scheme =
+            |name: &[u8]| colon >= name.len() && bytes[colon - name.len()..colon].eq_ignore_ascii_case(name);
+        let start = if scheme(b"https") {
+            colon - 5
+        } else if scheme(b"http") {
+            colon - 4
+        } else {
+            from = colon + 3;
+            continue;
+        };
+        let end = text[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ']'))
+            .map_or(text.len(), |e| start + e);
+        urls.push(text[start..end].to_ascii_lowercase());
+        from = end;
     }
     urls
 }
@@ -236,6 +246,10 @@ mod tests {
         assert_eq!(
             text_urls("go to http://a.example/x, or https://b.example."),
             vec!["http://a.example/x,", "https://b.example."]
+        );
+        assert_eq!(
+            text_urls("HTTPS://C.Example/Y and ftp://d.example, xhttp://e.example) ://f"),
+            vec!["https://c.example/y", "http://e.example"]
         );
         assert_eq!(url_host("http://user@www.Bank.com:80/x"), Some("www.bank.com".into()));
         assert_eq!(url_host("mailto:x@y"), None);
