@@ -2,13 +2,15 @@
 """Memory per idle connection: Sluice's resident memory with 1,000 and 10,000 open, idle SMTP
 sessions.
 
-Usage: python3 bench/idle.py [--counts 1000,10000] [--sluice PATH] [--ehlo] [--chain data|all] [--keep]
+Usage: python3 bench/idle.py [--counts 1000,10000] [--sluice PATH] [--ehlo] [--chain data|all|edge] [--keep]
 
 Builds Sluice in release mode unless --sluice names a binary (and the shipped Rust policies),
 starts `sluice serve` on loopback with one tenant and limits raised to 12,000 connections —
 its chain the spam-heuristics policy (--chain data, the default: no hook before DATA, so an
-idle session holds no policy instance) or all five shipped Rust policies (--chain all: dnsbl
-hooks connect, so every idle session holds its instance) — then opens connections from this
+idle session holds no policy instance), all five shipped Rust policies (--chain all: a
+tenant's connect hooks run at its first recipient, so an idle session holds none of them
+either) or spam-heuristics with dnsbl in the edge chain (--chain edge: the edge runs at
+connect for every session, so every idle session holds dnsbl's instance) — then opens connections from this
 process in batches, reads each one's 220 greeting (and, with --ehlo, sends EHLO and reads the reply), and
 leaves them idle. For each count it prints the relay's RSS (VmRSS of /proc/PID/status) before
 the first connection and with every connection open, the peak (VmHWM), the difference per
@@ -69,7 +71,7 @@ def main():
     ap.add_argument("--counts", default="1000,10000")
     ap.add_argument("--sluice", help="the sluice binary (default: build target/release/sluice)")
     ap.add_argument("--ehlo", action="store_true", help="send EHLO on each connection before leaving it idle")
-    ap.add_argument("--chain", choices=["data", "all"], default="data")
+    ap.add_argument("--chain", choices=["data", "all", "edge"], default="data")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -81,18 +83,19 @@ def main():
     if args.sluice is None:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")
-    names = ["spam-heuristics"] if args.chain == "data" else SHIPPED
+    names = SHIPPED if args.chain == "all" else ["spam-heuristics"]
     build = ["cargo", "build", "--release", "--target", "wasm32-wasip2"]
-    subprocess.run(build + [arg for name in names for arg in ("-p", name)], cwd=ROOT, check=True)
+    subprocess.run(build + [arg for name in names + ["dnsbl"] for arg in ("-p", name)], cwd=ROOT, check=True)
     configs = {"sender-guard": 'config = { domains = "example.com" }\n'}
     chain = "".join(f'[[tenant.policy]]\npath = "{os.path.join(WASM, name.replace("-", "_"))}.wasm"\n'
                     + configs.get(name, "") for name in names)
+    edge = f'[[edge.policy]]\npath = "{os.path.join(WASM, "dnsbl")}.wasm"\n' if args.chain == "edge" else ""
 
     print(f"{'connections':>11} {'RSS before':>11} {'RSS open':>10} {'peak':>10} {'per connection':>15} {'private':>10}")
     for count in counts:
         work = tempfile.mkdtemp(prefix="sluice-idle-")
         port, sink = free_ports(2)
-        config = server_config(port, 12000) + f"""[[tenant]]
+        config = server_config(port, 12000) + edge + f"""[[tenant]]
 name = "idle"
 domains = ["example.com"]
 next_hop = "smtp:127.0.0.1:{sink}"
