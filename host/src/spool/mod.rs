@@ -77,15 +77,19 @@ pub struct Spool {
 pub const RECYCLE_FILES: usize = 256;
 
 impl Spool {
-    /// Open (creating) the spool under `dir`, removing delivered messages' files (no
-    /// recycling: for the command line's queue tools).
+    /// Open (creating) the spool under `dir`, removing delivered messages' files and leaving
+    /// `free/` alone (the command line's queue tools).
     pub fn open(dir: &Path, mode: SyncMode) -> io::Result<Self> {
-        Self::open_recycling(dir, mode, 0)
+        Self::open_with(dir, mode, None)
     }
 
     /// Open (creating) the spool under `dir`, keeping up to `recycle` delivered messages'
-    /// files in `free/` for new messages (0: unlink them).
+    /// files in `free/` for new messages (0: unlink them, and empty `free/`).
     pub fn open_recycling(dir: &Path, mode: SyncMode, recycle: usize) -> io::Result<Self> {
+        Self::open_with(dir, mode, Some(recycle))
+    }
+
+    fn open_with(dir: &Path, mode: SyncMode, recycle: Option<usize>) -> io::Result<Self> {
         let queue = dir.join("queue");
         let quarantine = dir.join("quarantine");
         fs::create_dir_all(&queue)?;

@@ -34,8 +34,11 @@ pub(super) struct Recycler {
 impl Recycler {
     /// The recycler of the spool under `spool_dir`, holding the free files a previous run left
     /// (up to `cap`; the rest are removed). `cap` 0: none (any free files are removed).
-    pub(super) fn open(spool_dir: &Path, cap: usize) -> io::Result<Option<Self>> {
+    /// `None` for `cap` as well: the free folder is left alone (the command line's queue tools,
+    /// which may run beside a relay using it).
+    pub(super) fn open(spool_dir: &Path, cap: Option<usize>) -> io::Result<Option<Self>> {
         let dir = spool_dir.join(FREE_DIR);
+        let Some(cap) = cap else { return Ok(None) };
         if cap == 0 && !dir.exists() {
             return Ok(None);
         }
