@@ -388,7 +388,8 @@ def main():
 
         cases = [(int(size), conn) for size in args.sizes.split(",") for conn in args.connections.split(",")]
         print(f"{args.messages} messages per run, {args.sessions} sessions, median of {args.runs} runs "
-              f"(set-ups alternating); {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+              f"(set-ups alternating); {os.cpu_count()} CPUs; name server: {resolver.kind}; "
+              f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
         results = {}
         for size, conn in cases:
             for run in range(args.runs):

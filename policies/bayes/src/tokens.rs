@@ -75,22 +75,24 @@ struct Tokens {
 
 impl Tokens {
     fn add(&mut self, token: String) {
-        if self.order.len() >= self.max || token.is_empty() {
-            return;
-        }
-        if self.seen.insert(crate::model::hash(token.as_bytes())) {
+        if self.admits(&token) {
             self.order.push(token);
         }
     }
 
     /// [`Tokens::add`] of a borrowed token, copied only when it is new.
     fn add_str(&mut self, token: &str) {
-        if self.order.len() >= self.max || token.is_empty() {
-            return;
-        }
-        if self.seen.insert(crate::model::hash(token.as_bytes())) {
+        if self.admits(token) {
             self.order.push(token.to_string());
         }
+    }
+
+    /// Whether `token` is to be taken: there is room, and it is not empty nor seen before
+    /// (it counts as seen from now on).
+    fn admits(&mut self, token: &str) -> bool {
+        self.order.len() < self.max
+            && !token.is_empty()
+            && self.seen.insert(crate::model::hash(token.as_bytes()))
     }
 
     fn full(&self) -> bool {
