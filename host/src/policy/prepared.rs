@@ -131,8 +131,11 @@ impl Prepared {
 
     /// Retired (replaced by a reload): drop what is ready and make no more.
     pub(crate) fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
-        let drained: Vec<PolicyInstance> = lock(&self.ready).drain(..).collect();
+        let drained: Vec<PolicyInstance> = {
+            let mut ready = lock(&self.ready);
+            self.retired.store(true, Ordering::Release);
+            ready.drain(..).collect()
+        };
         self.budget.release(drained.len());
         for instance in drained {
             reap(instance);
@@ -194,12 +197,17 @@ async fn refill_task(policy: Weak<LoadedPolicy>) {
             return;
         }
         match policy.instantiate().await {
-            Ok(instance) if !prepared.retired.load(Ordering::Acquire) => {
-                lock(&prepared.ready).push_back(instance)
-            }
             Ok(instance) => {
-                prepared.budget.release(1);
-                reap(instance);
+                // Checked under the lock `retire` drains with: an instance pushed here is
+                // either drained by it or never pushed.
+                let mut ready = lock(&prepared.ready);
+                if prepared.retired.load(Ordering::Acquire) {
+                    drop(ready);
+                    prepared.budget.release(1);
+                    reap(instance);
+                } else {
+                    ready.push_back(instance);
+                }
             }
             Err(fault) => {
                 prepared.budget.release(1);
