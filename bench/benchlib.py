@@ -106,9 +106,23 @@ class Sink:
         counts = [int(part.split("=")[1]) for part in tail.replace("\r", "\n").split() if part.startswith("mesg=")]
         return counts[-1] if counts else 0
 
+    def cpu_seconds(self):
+        """User and system CPU time of smtp-sink so far."""
+        return process_cpu_seconds(self.proc.pid)
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
+
+
+def process_cpu_seconds(pid):
+    """User and system CPU time of process `pid` so far, all its threads (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Resolver:

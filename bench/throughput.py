@@ -53,13 +53,16 @@ ends when the sink has received them all; the figure is messages / (first connec
 delivery). Runs alternate between set-ups; each waits for the relays' queues to be empty. The
 table gives the median of --runs, the ratio to Postfix, the share of the direct rate, and
 messages lost (sent but not received at the sink, summed over the runs; must be 0),
-duplicates (received twice: allowed, counted) and, for Sluice, the relay process's CPU time
-(user and system, all threads) per message over the run, median of the runs.
+duplicates (received twice: allowed, counted), for Sluice the relay process's CPU time (user
+and system, all threads) per message over the run, and the load generator's (smtp-source and
+smtp-sink together), medians of the runs. The two CPU figures bound the rate on this machine:
+no set-up can pass (CPUs x 1,000,000) / (relay + generator microseconds) messages a second.
 
 --tiny: 40 messages, 1 run, 4 KiB, new connections (CI checks that the script still starts).
 """
 import argparse
 import os
+import resource
 import shutil
 import signal
 import smtplib
@@ -72,7 +75,8 @@ import tempfile
 import threading
 import time
 
-from benchlib import ROOT, Resolver, Sink, finish, free_ports, need_postfix_tools, server_config, start_sluice, wait_port
+from benchlib import (ROOT, Resolver, Sink, finish, free_ports, need_postfix_tools, process_cpu_seconds, server_config,
+                      start_sluice, wait_port)
 
 RELEASE_WASM = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
 SHIPPED_RUST = ["sender-guard", "rate-limit", "greylist", "dnsbl", "spam-heuristics", "dmarc", "bayes"]
@@ -220,9 +224,7 @@ next_hop = "smtp:127.0.0.1:{sink_port}"
 
     def cpu_seconds(self):
         """User and system CPU time of the relay process so far, all its threads."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     def queued(self):
         queue = os.path.join(self.base, "spool", "queue")
@@ -274,7 +276,8 @@ def warm_up(port):
 
 
 def one_run(relay, sink, args, size, reuse):
-    """Throughput of one run (msg/s) and messages lost (negative: duplicates)."""
+    """Throughput of one run (msg/s), messages lost (negative: duplicates) and the load
+    generator's CPU time per message (smtp-source and smtp-sink, microseconds)."""
     deadline = time.time() + 600
     while relay is not None and relay.queued() > 0 and time.time() < deadline:
         time.sleep(0.2)
@@ -282,14 +285,19 @@ def one_run(relay, sink, args, size, reuse):
     port = relay.port if relay is not None else sink.port
     before = sink.count()
     started = time.time()
+    generator = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sink_cpu = sink.cpu_seconds()
     out = smtp_source(port, args.messages, args.sessions, size, reuse)
+    source = resource.getrusage(resource.RUSAGE_CHILDREN)
+    source_cpu = source.ru_utime + source.ru_stime - generator.ru_utime - generator.ru_stime
     if out.returncode != 0:
         print(f"  smtp-source exited {out.returncode}: {out.stderr.decode(errors='replace')[-300:]}", file=sys.stderr)
     deadline = time.time() + 600
     while sink.count() - before < args.messages and time.time() < deadline:
         time.sleep(0.02)
     got = sink.count() - before
-    return got / (time.time() - started), args.messages - got
+    generator_cpu = 1e6 * (source_cpu + sink.cpu_seconds() - sink_cpu) / args.messages
+    return got / (time.time() - started), args.messages - got, generator_cpu
 
 
 def main():
@@ -396,28 +404,29 @@ def main():
                 for setup in setups:
                     relay = relays[setup]
                     cpu = relay.cpu_seconds() if isinstance(relay, Sluice) else None
-                    rate, lost = one_run(relay, sinks[setup], args, size, conn == "reuse")
+                    rate, lost, generator = one_run(relay, sinks[setup], args, size, conn == "reuse")
                     if cpu is not None:
                         cpu = 1e6 * (relay.cpu_seconds() - cpu) / args.messages
-                    results.setdefault((size, conn, setup), []).append((rate, lost, cpu))
+                    results.setdefault((size, conn, setup), []).append((rate, lost, cpu, generator))
                     print(f"  {size // 1024} KiB {conn:<5} run {run + 1} {setup:<16} {rate:8.1f} msg/s"
                           + (f"  LOST {lost}" if lost > 0 else f"  duplicates {-lost}" if lost else ""),
                           file=sys.stderr, flush=True)
 
         print(f"\n{'size':>7} {'connection':<10} {'set-up':<16} {'msg/s':>8} {'min':>8} {'max':>8} "
-              f"{'x Postfix':>9} {'of direct':>9} {'lost':>5} {'dup':>4} {'CPU us/msg':>10}")
+              f"{'x Postfix':>9} {'of direct':>9} {'lost':>5} {'dup':>4} {'CPU us/msg':>10} {'gen us/msg':>10}")
         for size, conn in cases:
-            med = {s: statistics.median(r for r, _, _ in results[(size, conn, s)]) for s in setups}
+            med = {s: statistics.median(r for r, _, _, _ in results[(size, conn, s)]) for s in setups}
             for setup in setups:
-                rates = [r for r, _, _ in results[(size, conn, setup)]]
-                lost = sum(max(n, 0) for _, n, _ in results[(size, conn, setup)])
-                dup = sum(max(-n, 0) for _, n, _ in results[(size, conn, setup)])
-                cpus = [c for _, _, c in results[(size, conn, setup)] if c is not None]
+                rates = [r for r, _, _, _ in results[(size, conn, setup)]]
+                lost = sum(max(n, 0) for _, n, _, _ in results[(size, conn, setup)])
+                dup = sum(max(-n, 0) for _, n, _, _ in results[(size, conn, setup)])
+                cpus = [c for _, _, c, _ in results[(size, conn, setup)] if c is not None]
                 cpu = f"{statistics.median(cpus):.0f}" if cpus else "-"
+                generator = f"{statistics.median(g for _, _, _, g in results[(size, conn, setup)]):.0f}"
                 ratio = f"{med[setup] / med['postfix']:.2f}" if "postfix" in med else "-"
                 direct = f"{100 * med[setup] / med['direct']:.0f}%" if "direct" in med else "-"
                 print(f"{size // 1024:>4} KiB {conn:<10} {setup:<16} {med[setup]:8.1f} {min(rates):8.1f} "
-                      f"{max(rates):8.1f} {ratio:>9} {direct:>9} {lost:>5} {dup:>4} {cpu:>10}")
+                      f"{max(rates):8.1f} {ratio:>9} {direct:>9} {lost:>5} {dup:>4} {cpu:>10} {generator:>10}")
             if "sluice+rust" in med and "sluice+rust+bayes" in med:
                 print(f"{'':>7} {'':<10} bayes (trained) after the Rust chain: "
                       f"{100 * (1 - med['sluice+rust+bayes'] / med['sluice+rust']):.1f}% of its throughput")
@@ -426,7 +435,7 @@ def main():
                       "of the no-policy throughput"
                       + (f"; warm instances: {100 * (1 - med['sluice+rust-warm'] / med['sluice']):.1f}%"
                          if "sluice+rust-warm" in med else ""))
-        if any(n > 0 for rs in results.values() for _, n, _ in rs):
+        if any(n > 0 for rs in results.values() for _, n, _, _ in rs):
             sys.exit("messages were lost")
     finally:
         for s in reversed(stoppers):

@@ -3,7 +3,9 @@
 //! hand the instances to the reaper) per message, against a fresh instance made while the
 //! session waits; and the total CPU per message, background instantiation and teardown
 //! included. Run with `cargo bench -p sluice --bench critical_path` (`-- --quick`: fewer
-//! messages, to check that it runs).
+//! messages, to check that it runs; `-- --stores`: a store per policy against one store for
+//! the chain; `-- --only prepared|fresh|warm|total-prepared|total-fresh`: one mode in a loop
+//! and nothing printed, for `perf record`).
 
 mod common;
 
@@ -89,6 +91,11 @@ fn main() {
     let warm = chain_of(&rt, &fresh_engine, 1_000_000);
     let policies = prepared.policies.len() as f64;
 
+    if std::env::args().any(|a| a == "--stores") {
+        stores(&rt, &fresh, rounds);
+        return;
+    }
+
     // Warm-up: every policy's demand seen, its pool sized, code paged in.
     for _ in 0..200 {
         for chain in [&prepared, &fresh] {
@@ -97,6 +104,10 @@ fn main() {
         }
     }
 
+    if let Some(only) = std::env::args().skip_while(|a| a != "--only").nth(1) {
+        loop_for_a_profiler(&rt, &only, [&prepared, &fresh, &warm], &message, batch);
+        return;
+    }
     // Critical path: batches of messages whose instances are all ready when they start; the
     // session's own thread's CPU time (the background refill runs on the runtime's workers).
     let (mut with_pool, mut without, mut wall_pool, mut wall_fresh) =
@@ -154,5 +165,67 @@ fn main() {
             per / policies,
             wall.elapsed().as_secs_f64() * 1e6 / messages as f64
         );
+    }
+}
+
+/// A store per policy against one store for the chain: the CPU time of instantiating the
+/// chain's policies and dropping them, alternating, medians of `rounds` batches of 50.
+fn stores(rt: &tokio::runtime::Runtime, chain: &Chain, rounds: usize) {
+    use sluice::policy::store_cost::{instances_apart, instances_together};
+    let policies = &chain.policies;
+    let (mut apart, mut together) = (Vec::new(), Vec::new());
+    for round in 0..rounds + 20 {
+        for (together_now, samples) in [(false, &mut apart), (true, &mut together)] {
+            let on_cpu = thread_cpu();
+            for _ in 0..50 {
+                let made = match together_now {
+                    true => rt.block_on(instances_together(policies)),
+                    false => rt.block_on(instances_apart(policies)),
+                };
+                made.expect("instantiate");
+            }
+            if round >= 20 {
+                samples.push((thread_cpu() - on_cpu).as_secs_f64() * 1e6 / 50.0);
+            }
+        }
+    }
+    let n = policies.len() as f64;
+    let (a, t) = (median(apart), median(together));
+    println!(
+        "instantiate and drop the chain's {n} policies (CPU per chain; median of {rounds} batches of 50):"
+    );
+    println!("  a store per policy: {a:7.1} us ({:.1} us per policy)", a / n);
+    println!("  one store:          {t:7.1} us ({:.1} us per policy)", t / n);
+}
+
+/// One mode in a loop for a profiler: `prepared`, `fresh` or `warm` as the critical path
+/// measures them (32,000 sessions, in batches that start with instances ready), or
+/// `total-prepared` and `total-fresh` as the total CPU does (30,000 sessions in a row).
+fn loop_for_a_profiler(
+    rt: &tokio::runtime::Runtime,
+    only: &str,
+    [prepared, fresh, warm]: [&Arc<Chain>; 3],
+    message: &Arc<ParsedMessage>,
+    batch: usize,
+) {
+    let chain = match only.trim_start_matches("total-") {
+        "prepared" => prepared,
+        "fresh" => fresh,
+        "warm" => warm,
+        other => panic!("--only {other}: prepared, fresh, warm, total-prepared or total-fresh"),
+    };
+    if only.starts_with("total-") {
+        for _ in 0..30_000 {
+            rt.block_on(common::one_message(chain, message));
+        }
+        return;
+    }
+    for _ in 0..4000 {
+        if only == "prepared" {
+            wait_prepared(prepared, batch);
+        }
+        for _ in 0..batch {
+            rt.block_on(common::one_message(chain, message));
+        }
     }
 }

@@ -245,6 +245,17 @@ impl PolicyInstance {
         pre: &InstancePre<HostState>,
         io: Arc<PolicyIo>,
     ) -> Result<(Store<HostState>, Instance), Fault> {
+        let mut store = Self::new_store(engine, io);
+        let (wall, _running) = call_bounds(&store.data().io);
+        match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
+            Ok(Ok(instance)) => Ok((store, instance)),
+            Ok(Err(e)) => Err(classify(&e, store.data())),
+            Err(_) => Err(Fault::WallClock(wall)),
+        }
+    }
+
+    /// A store for instances of the policy `io` describes: its memory cap, its CPU deadline.
+    pub(crate) fn new_store(engine: &Engine, io: Arc<PolicyIo>) -> Store<HostState> {
         let output_cap = io.limits.output_bytes;
         let stdout = MemoryOutputPipe::new(output_cap);
         let stderr = MemoryOutputPipe::new(output_cap);
@@ -276,12 +287,7 @@ impl PolicyInstance {
             }
         });
         store.set_epoch_deadline(1);
-        let (wall, _running) = call_bounds(&store.data().io);
-        match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
-            Ok(Ok(instance)) => Ok((store, instance)),
-            Ok(Err(e)) => Err(classify(&e, store.data())),
-            Err(_) => Err(Fault::WallClock(wall)),
-        }
+        store
     }
 
     fn begin_call(&mut self) {

@@ -34,6 +34,7 @@ pub mod learn;
 pub mod loaded;
 pub mod message;
 pub mod prepared;
+pub mod store_cost;
 mod ticker;
 
 use std::sync::Arc;

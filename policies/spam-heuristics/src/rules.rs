@@ -732,7 +732,10 @@ fn count_phrases(haystack: &str, phrases: &[&str], index: &PhraseIndex) -> Vec<S
 
 /// Which of the `count` phrases (`phrase(i)`, indexed by `index`) occur in `haystack`:
 /// `str::contains` for each, in one pass over the haystack instead of one per phrase, each
-/// position compared only with the phrases that start with its byte.
+/// position compared only with the phrases that start with its byte. The positions are
+/// tested eight at a time against the index of first byte pairs (independent loads, one
+/// branch per eight: most positions of any text start no phrase), then the candidates one
+/// by one.
 fn present<'p, const N: usize>(
     haystack: &str,
     count: usize,
@@ -742,24 +745,39 @@ fn present<'p, const N: usize>(
     let mut found = vec![false; count];
     let mut missing = usize::from(index.start[256]);
     let bytes = haystack.as_bytes();
-    for at in 0..bytes.len() {
-        if !index.may_start(bytes, at) {
-            continue;
-        }
-        if missing == 0 {
-            break;
-        }
+    let mut check = |at: usize, missing: &mut usize| {
         let b = usize::from(bytes[at]);
         let (from, to) = (usize::from(index.start[b]), usize::from(index.start[b + 1]));
         let rest = &bytes[at..];
         for &i in &index.order[from..to] {
             let i = usize::from(i);
-            let p = phrase(i).as_bytes();
-            if !found[i] && rest.starts_with(p) {
+            if !found[i] && rest.starts_with(phrase(i).as_bytes()) {
                 found[i] = true;
-                missing -= 1;
+                *missing -= 1;
             }
         }
+    };
+    let mut at = 0;
+    // Eight positions need nine bytes: their pairs.
+    while missing > 0 && at + 9 <= bytes.len() {
+        let window: &[u8; 9] = bytes[at..at + 9].try_into().unwrap_or(&[0; 9]);
+        let mut candidates = 0u32;
+        for k in 0..8 {
+            let pair = usize::from(window[k]) << 8 | usize::from(window[k + 1]);
+            let bit = (index.pairs[pair >> 6] >> (pair & 63)) & 1;
+            candidates |= (bit as u32) << k;
+        }
+        while candidates != 0 && missing > 0 {
+            check(at + candidates.trailing_zeros() as usize, &mut missing);
+            candidates &= candidates - 1;
+        }
+        at += 8;
+    }
+    while missing > 0 && at < bytes.len() {
+        if index.may_start(bytes, at) {
+            check(at, &mut missing);
+        }
+        at += 1;
     }
     found
 }
