@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use sluice::cli::policy_test::{self, PolicyTestArgs};
-use sluice::cli::relay::{self, QueueCommand};
+use sluice::cli::queue::{self, QueueCommand};
+use sluice::cli::relay;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "SMTP relay with sandboxed WebAssembly policies")]
@@ -152,7 +153,7 @@ fn main() {
         }
         Command::Queue { config, command } => {
             init_logging("warn");
-            report("queue", relay::load_config(config.as_ref()).and_then(|c| relay::queue(&c, command)))
+            report("queue", relay::load_config(config.as_ref()).and_then(|c| queue::queue(&c, command)))
         }
         Command::Reload { config } => {
             init_logging("warn");

@@ -38,6 +38,8 @@ pub struct Relay {
     pub dns: Arc<DnsResolver>,
     /// The queue into delivery.
     pub delivery: mpsc::UnboundedSender<Queued>,
+    /// Operators' orders to delivery (flush, delete).
+    pub orders: mpsc::UnboundedSender<crate::delivery::orders::Order>,
     /// The `verify` probes of tenants' recipients, and their answers.
     pub verifier: Verifier,
     /// The sender checks (SPF, DKIM, DMARC, ARC) and their cache of parsed answers.
@@ -51,16 +53,38 @@ pub struct Relay {
 pub const AUTOLEARN_AT_ONCE: usize = 8;
 
 impl Relay {
-    /// Open the spool and load the edge's and every tenant's policies. Returns the relay and
-    /// what delivery needs to run (see [`crate::delivery::run`]). `config_path` is the file a
-    /// reload re-reads.
+    /// Open the spool (locking it: one spool, one relay — [`crate::spool::lock`]) and load the
+    /// edge's and every tenant's policies. Returns the relay and what delivery needs to run
+    /// (see [`crate::delivery::run`]). `config_path` is the file a reload re-reads.
     pub async fn build(
         config: Config,
         config_path: Option<PathBuf>,
     ) -> anyhow::Result<(Arc<Self>, Delivery)> {
+        Self::build_with(config, config_path, true).await
+    }
+
+    /// [`Self::build`] for `sluice check`, beside a relay that may be running on the same
+    /// spool: the spool is opened without its lock, and nothing may be delivered from it.
+    pub async fn build_to_check(config: Config) -> anyhow::Result<(Arc<Self>, Delivery)> {
+        Self::build_with(config, None, false).await
+    }
+
+    async fn build_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        own_spool: bool,
+    ) -> anyhow::Result<(Arc<Self>, Delivery)> {
         let spool_dir = config.resolve(&config.spool.dir);
-        let spool = Spool::open_recycling(&spool_dir, config.spool.sync, config.spool.recycle_files)
-            .map_err(|e| anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()))?;
+        let opened = match own_spool {
+            true => Spool::open_recycling(&spool_dir, config.spool.sync, config.spool.recycle_files),
+            false => Spool::open(&spool_dir, config.spool.sync),
+        };
+        let spool = opened.map_err(|e| {
+            match e.get_ref().and_then(|inner| inner.downcast_ref::<crate::spool::lock::LockError>()) {
+                Some(locked) => anyhow::anyhow!("{locked}"),
+                None => anyhow::anyhow!("spool {}: cannot open: {e}", spool_dir.display()),
+            }
+        })?;
         let dns =
             Arc::new(DnsResolver::new(&config.dns.nameservers).map_err(|e| anyhow::anyhow!("dns: {e}"))?);
         let engine = PolicyEngine::new(EngineOptions {
@@ -79,7 +103,12 @@ impl Relay {
             prepared_instances: config.server.prepared_instances,
             ..EngineOptions::default()
         })?;
-        let kv = open_state(&config)?;
+        // A check beside a running relay cannot open its embedded store (the relay holds it),
+        // and needs none: the policies' `init` gets one in memory.
+        let kv = match (own_spool, &config.state.backend) {
+            (false, Backend::Embedded) => Arc::new(MemoryKv::new(config.state.max_keys)),
+            _ => open_state(&config)?,
+        };
         let services = HostServices { kv, resolver: dns.clone(), clock: Clock::System };
         let tls_client = if config.delivery.starttls {
             Some(crate::delivery::client::tls_connector().map_err(anyhow::Error::msg)?)
@@ -95,7 +124,7 @@ impl Relay {
             Generations::start(Loader::new(engine, services), config, config_path, metrics.clone()).await?,
         );
         let spool = Arc::new(spool);
-        let (delivery, queue) =
+        let (delivery, queue, orders) =
             Delivery::new(generations.current(), spool.clone(), metrics.clone(), dns.clone(), tls_client);
         let relay = Relay {
             generations,
@@ -103,6 +132,7 @@ impl Relay {
             metrics,
             dns,
             delivery: queue,
+            orders,
             verifier: Verifier::default(),
             sender_checker,
             counters: Counters::default(),

@@ -1099,7 +1099,8 @@ fn quarantine_list_and_release() {
     let sink_port = free_port();
     let _sink = sink(sink_port, &dir.join("sink"), &[]);
     let body = format!(
-        "{}[[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"quarantine\" }}\n",
+        "[admin]\nlisten = \"127.0.0.1:{}\"\n{}[[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"quarantine\" }}\n",
+        free_port(),
         inbound(sink_port)
     );
     let r = relay(&dir, free_port(), &body);
@@ -1117,14 +1118,22 @@ fn quarantine_list_and_release() {
     assert!(ok && list.contains(&id) && list.contains("quarantine"), "{list}");
     let (ok, show) = sluice(&dir, &["queue", "show", &id]);
     assert!(
-        ok && show.contains("\"mail_from\": \"alice@remote.test\"") && show.contains("Subject: Lunch"),
+        ok && show.contains("from:         <alice@remote.test>") && show.contains("Subject: Lunch"),
         "{show}"
+    );
+    assert!(show.contains("store:        quarantine") && show.contains("next attempt: held"), "{show}");
+    let (ok, json) = sluice(&dir, &["queue", "show", &id, "--json"]);
+    assert!(
+        ok && json.contains("\"mail_from\": \"alice@remote.test\"")
+            && json.contains("\"store\": \"quarantine\""),
+        "{json}"
     );
     assert!(!sluice(&dir, &["queue", "show", "../../etc/passwd"]).0);
     std::thread::sleep(Duration::from_millis(300));
     assert!(files(&dir.join("sink"), ".eml").is_empty(), "quarantined mail was delivered");
+    // The relay holds the spool: the release goes through its admin API.
     let (ok, text) = sluice(&dir, &["queue", "release", &id]);
-    assert!(ok, "{text}");
+    assert!(ok && text.contains(&format!("{id} released into the queue")), "{text}");
     // The running relay picks the released message up.
     wait_for("delivery after release", Duration::from_secs(20), || {
         files(&dir.join("sink"), ".eml").len() == 1

@@ -15,12 +15,12 @@ use crate::tenants::Tenant;
 /// An answer: HTTP status and JSON body.
 pub type Answer = (&'static str, serde_json::Value);
 
-fn error(status: &'static str, message: impl Into<String>) -> Answer {
+pub(super) fn error(status: &'static str, message: impl Into<String>) -> Answer {
     (status, json!({ "error": message.into() }))
 }
 
 /// The value of `name` in a query string, percent-decoded.
-fn param(query: &str, name: &str) -> Option<String> {
+pub(super) fn param(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
         .find_map(|kv| kv.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))

@@ -12,10 +12,13 @@
 //!   learning policies the message in the body, or queued/quarantined message ID.
 //! - `POST /api/release?id=ID[&learn=ham]`: release a message from quarantine (see
 //!   [`learn`]).
+//! - `POST /api/queue/flush`, `POST /api/queue/delete?id=ID`: every queued message due now;
+//!   one message deleted from the queue or the quarantine (see [`queue`]).
 //!
 //! It has no authentication: bind it to loopback or a management network only.
 
 mod learn;
+mod queue;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -110,10 +113,18 @@ async fn route(relay: &Arc<Relay>, head: &str, body: Vec<u8>) -> (&'static str, 
             let (status, answer) = learn::release(relay, query).await;
             (status, JSON, answer.to_string())
         }
+        ("POST", "/api/queue/flush") => {
+            let (status, answer) = queue::flush(relay).await;
+            (status, JSON, answer.to_string())
+        }
+        ("POST", "/api/queue/delete") => {
+            let (status, answer) = queue::delete(relay, query).await;
+            (status, JSON, answer.to_string())
+        }
         (
             _,
             "/metrics" | "/api/policies" | "/api/tenants" | "/api/reload" | "/api/rollback" | "/api/learn"
-            | "/api/release",
+            | "/api/release" | "/api/queue/flush" | "/api/queue/delete",
         ) => ("405 Method Not Allowed", JSON, serde_json::json!({"error": "method not allowed"}).to_string()),
         _ => ("404 Not Found", JSON, serde_json::json!({"error": "no such endpoint"}).to_string()),
     }

@@ -3,4 +3,5 @@
 pub mod dkim;
 pub mod learn;
 pub mod policy_test;
+pub mod queue;
 pub mod relay;

@@ -1,4 +1,4 @@
-//! `sluice serve`, `sluice check` and `sluice queue`.
+//! `sluice serve`, `sluice check`, `sluice reload` and `sluice policy rollback`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::{Backend, Config};
 use crate::listener::Listeners;
 use crate::relay::Relay;
-use crate::spool::{self, Spool, Store};
+use crate::spool::Store;
 
 /// Load the configuration named on the command line, or the embedded default.
 pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -85,7 +85,7 @@ pub async fn check(config: Config) -> anyhow::Result<()> {
         Backend::Redis(url) => Some(url.clone()),
         _ => None,
     };
-    let (relay, _delivery) = Relay::build(config, None).await?;
+    let (relay, _delivery) = Relay::build_to_check(config).await?;
     for warning in &warnings {
         println!("warning: {warning}");
     }
@@ -116,16 +116,32 @@ pub async fn check(config: Config) -> anyhow::Result<()> {
 /// Send `method target` to the admin listener of the relay `config` describes; print the
 /// answer; an error unless it is 200.
 async fn admin_call(config: &Config, method: &str, target: &str) -> anyhow::Result<()> {
+    let answer = admin_json(config, method, target).await?;
+    println!("{answer}");
+    Ok(())
+}
+
+/// Send `method target` to the admin listener of the relay `config` describes; its JSON
+/// answer, or an error with the relay's own words unless it is 200.
+pub(crate) async fn admin_json(
+    config: &Config,
+    method: &str,
+    target: &str,
+) -> anyhow::Result<serde_json::Value> {
     let admin = config.admin.as_ref().ok_or_else(|| {
         anyhow::anyhow!("the configuration has no [admin] listen address to reach the relay")
     })?;
     let (status, body) =
         crate::admin::request(admin.listen, method, target).await.map_err(anyhow::Error::msg)?;
-    println!("{body}");
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| serde_json::Value::String(body.clone()));
     if status != 200 {
-        anyhow::bail!("the relay answered {status}");
+        match answer.get("error").and_then(|e| e.as_str()) {
+            Some(error) => anyhow::bail!("the relay answered {status}: {error}"),
+            None => anyhow::bail!("the relay answered {status}: {body}"),
+        }
     }
-    Ok(())
+    Ok(answer)
 }
 
 /// `sluice reload`.
@@ -146,99 +162,4 @@ pub async fn rollback(config: &Config, tenant: &str) -> anyhow::Result<()> {
         })
         .collect();
     admin_call(config, "POST", &format!("/api/rollback?tenant={encoded}")).await
-}
-
-/// What `sluice queue` does.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum QueueCommand {
-    /// List queued (and quarantined) messages.
-    List,
-    /// Show one message's envelope and headers.
-    Show {
-        /// Queue id.
-        id: String,
-    },
-    /// Make every queued message due now (a running relay picks them up within seconds).
-    Flush,
-    /// Delete a message from the queue or the quarantine.
-    Delete {
-        /// Queue id.
-        id: String,
-    },
-    /// Release a message from quarantine into the queue.
-    Release {
-        /// Queue id.
-        id: String,
-        /// Teach it to the tenant's learning policies as ham first, through the running
-        /// relay's admin API (which then releases it); it stays in quarantine if that fails.
-        #[arg(long)]
-        learn_ham: bool,
-    },
-}
-
-/// `sluice queue …`.
-pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
-    let spool = Spool::open(&config.resolve(&config.spool.dir), config.spool.sync)?;
-    let find = |id: &str| -> anyhow::Result<Store> {
-        if !spool::valid_id(id) {
-            anyhow::bail!("{id}: not a queue id");
-        }
-        for store in [Store::Queue, Store::Quarantine] {
-            if spool.envelope(store, id).is_ok() {
-                return Ok(store);
-            }
-        }
-        anyhow::bail!("{id}: no such message in the queue or the quarantine")
-    };
-    match command {
-        QueueCommand::List => {
-            for (store, name) in [(Store::Queue, "queue"), (Store::Quarantine, "quarantine")] {
-                for m in spool.list(store)? {
-                    let pending: Vec<&str> = m.pending().map(|r| r.address.as_str()).collect();
-                    println!(
-                        "{}  {name:10}  from <{}>  to {}  attempts {}  {}",
-                        m.id,
-                        m.mail_from,
-                        pending.join(", "),
-                        m.attempts,
-                        m.quarantine_reason.as_deref().unwrap_or("")
-                    );
-                }
-            }
-        }
-        QueueCommand::Show { id } => {
-            let store = find(&id)?;
-            let envelope = spool.envelope(store, &id)?;
-            println!("{}", serde_json::to_string_pretty(&envelope)?);
-            let message = spool.message(store, &id)?;
-            let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(message.len());
-            println!("{}", String::from_utf8_lossy(&message[..end]));
-        }
-        QueueCommand::Flush => {
-            let mut n = 0;
-            for mut m in spool.list(Store::Queue)? {
-                m.next_attempt = 0;
-                spool.update(Store::Queue, &m)?;
-                n += 1;
-            }
-            println!("{n} message(s) due now");
-        }
-        QueueCommand::Delete { id } => {
-            let store = find(&id)?;
-            spool.remove(store, &id)?;
-            println!("{id} deleted");
-        }
-        QueueCommand::Release { id, learn_ham: true } => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(admin_call(config, "POST", &format!("/api/release?id={id}&learn=ham")))?;
-        }
-        QueueCommand::Release { id, learn_ham: false } => {
-            if find(&id)? != Store::Quarantine {
-                anyhow::bail!("{id}: not in quarantine");
-            }
-            spool.release(&id)?;
-            println!("{id} released into the queue");
-        }
-    }
-    Ok(())
 }

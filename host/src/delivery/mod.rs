@@ -16,6 +16,7 @@ mod attempt;
 pub mod bounce;
 pub mod client;
 pub mod maildir;
+pub mod orders;
 mod route;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
+
+use orders::{Deleted, Order};
 
 use crate::dns::DnsResolver;
 use crate::metrics::Metrics;
@@ -63,27 +66,30 @@ pub struct Context {
     queue: mpsc::UnboundedSender<Queued>,
 }
 
-/// Delivery, ready to [`run`]: its context and the queue the relay feeds.
+/// Delivery, ready to [`run`]: its context, the queue the relay feeds and the operators'
+/// orders ([`orders`]).
 pub struct Delivery {
     context: Arc<Context>,
     queue: mpsc::UnboundedReceiver<Queued>,
+    orders: mpsc::UnboundedReceiver<Order>,
 }
 
 impl Delivery {
-    /// Delivery over `spool` with the routes of the snapshot in `current`; returns it and the
-    /// sender of its queue.
+    /// Delivery over `spool` with the routes of the snapshot in `current`; returns it, the
+    /// sender of its queue and the sender of orders.
     pub fn new(
         current: Arc<Current>,
         spool: Arc<Spool>,
         metrics: Arc<Metrics>,
         dns: Arc<DnsResolver>,
         tls: Option<tokio_rustls::TlsConnector>,
-    ) -> (Self, mpsc::UnboundedSender<Queued>) {
+    ) -> (Self, mpsc::UnboundedSender<Queued>, mpsc::UnboundedSender<Order>) {
         let (sender, queue) = mpsc::unbounded_channel();
+        let (order_sender, orders) = mpsc::unbounded_channel();
         let any_certificate = client::tls_connector().ok();
         let context =
             Arc::new(Context { current, spool, metrics, dns, tls, any_certificate, queue: sender.clone() });
-        (Self { context, queue }, sender)
+        (Self { context, queue, orders }, sender, order_sender)
     }
 }
 
@@ -117,10 +123,12 @@ impl Outbound {
 const LOADED_BUDGET: usize = 64 << 20;
 
 /// Run delivery until the process ends: everything in the spool at start, then each new
-/// message from the relay's queue, and a rescan of the spool every few seconds (which picks
-/// up `sluice queue flush` and messages released from quarantine).
+/// message from the relay's queue, operators' orders, and a rescan of the spool every few
+/// seconds.
 pub async fn run(delivery: Delivery) {
-    let Delivery { context, queue: mut new_ids } = delivery;
+    let Delivery { context, queue: mut new_ids, mut orders } = delivery;
+    // Deleted by an operator while an attempt was working on them: removed when it ends.
+    let mut doomed: BTreeSet<String> = BTreeSet::new();
     let outbound = Arc::new(Outbound::new(&context));
     let mut due: BTreeMap<(u64, String), ()> = BTreeMap::new();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
@@ -144,8 +152,40 @@ pub async fn run(delivery: Delivery) {
             }
             Some((id, next)) = done_rx.recv() => {
                 in_flight.remove(&id);
-                if let Some(at) = next { due.insert((at, id), ()); }
+                if doomed.remove(&id) {
+                    // Already gone if the attempt finished the message.
+                    let _ = orders::delete_now(&context.spool, &id);
+                } else if let Some(at) = next {
+                    due.insert((at, id), ());
+                }
             }
+            Some(order) = orders.recv() => match order {
+                Order::Flush(answer) => {
+                    let (spool, busy) = (context.spool.clone(), in_flight.clone());
+                    let flushed = tokio::task::spawn_blocking(move || orders::flush(&spool, &busy))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                    let answered = flushed.map(|ids| {
+                        let n = ids.len();
+                        due.extend(ids.into_iter().map(|id| ((0, id), ())));
+                        n
+                    });
+                    let _ = answer.send(answered);
+                }
+                Order::Delete { id, answer } => {
+                    let deleted = if in_flight.contains(&id) {
+                        doomed.insert(id.clone());
+                        Ok(Deleted { store: Store::Queue, after_attempt: true })
+                    } else {
+                        if let Some((_, message)) = loaded.remove(&id) {
+                            loaded_bytes -= message.len();
+                        }
+                        orders::delete_now(&context.spool, &id)
+                            .map(|store| Deleted { store, after_attempt: false })
+                    };
+                    let _ = answer.send(deleted);
+                }
+            },
             _ = rescan.tick() => {
                 let spool = context.spool.clone();
                 if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || spool.list(Store::Queue)).await {

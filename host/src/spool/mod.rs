@@ -27,11 +27,13 @@
 
 //!
 //! Inside: [`envelope`] (the envelope and queue ids), [`format`] (the file format), [`commit`]
-//! (group commit), [`reaper`] (removals), [`recycle`] (files used again).
+//! (group commit), [`reaper`] (removals), [`recycle`] (files used again), [`lock`] (one spool,
+//! one relay).
 
 mod commit;
 pub mod envelope;
 mod format;
+pub mod lock;
 mod reaper;
 mod recycle;
 
@@ -70,6 +72,8 @@ pub struct Spool {
     group: GroupSync,
     reaper: Reaper,
     recycler: Option<Arc<Recycler>>,
+    /// Held by a relay's spool for as long as it is open.
+    _lock: Option<lock::SpoolLock>,
 }
 
 /// How many delivered messages' files a relay keeps for new messages by default
@@ -85,8 +89,13 @@ impl Spool {
 
     /// Open (creating) the spool under `dir`, keeping up to `recycle` delivered messages'
     /// files in `free/` for new messages (0: unlink them, and empty `free/`).
+    /// This is the relay's open: it locks the spool ([`lock`]) until the `Spool` is dropped,
+    /// and fails with the [`lock::LockError`] inside when another process holds it.
     pub fn open_recycling(dir: &Path, mode: SyncMode, recycle: usize) -> io::Result<Self> {
-        Self::open_with(dir, mode, Some(recycle))
+        let lock = lock::SpoolLock::take(dir, lock::Holder::Relay).map_err(io::Error::other)?;
+        let mut spool = Self::open_with(dir, mode, Some(recycle))?;
+        spool._lock = Some(lock);
+        Ok(spool)
     }
 
     fn open_with(dir: &Path, mode: SyncMode, recycle: Option<usize>) -> io::Result<Self> {
@@ -103,6 +112,7 @@ impl Spool {
             group: GroupSync::new(dir)?,
             reaper: Reaper::new(mode == SyncMode::File, recycler.clone())?,
             recycler,
+            _lock: None,
         })
     }
 

@@ -1,0 +1,68 @@
+//! What an operator asks of a running relay's queue (the admin API's `/api/queue/…`, which
+//! `sluice queue` uses while a relay holds the spool). The delivery task carries the orders
+//! out itself, between its own steps: it alone knows which messages an attempt is working on,
+//! so an order never races an attempt's rewrite of the same file — a message being attempted
+//! is deleted when its attempt ends, and a flush leaves it to the attempt under way.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use tokio::sync::oneshot;
+
+use crate::spool::{Spool, Store};
+
+/// One order for the delivery task, with where its answer goes.
+pub enum Order {
+    /// Make every queued message due now; answers how many were made due (those an attempt
+    /// is working on are not counted: they are being tried already).
+    Flush(oneshot::Sender<io::Result<usize>>),
+    /// Delete one message from the queue or the quarantine.
+    Delete {
+        /// Queue id (checked by the caller).
+        id: String,
+        /// Where it was, and whether the deletion waits for an attempt under way.
+        answer: oneshot::Sender<io::Result<Deleted>>,
+    },
+}
+
+/// A message deleted on an operator's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    /// Where it was.
+    pub store: Store,
+    /// An attempt was delivering it: its file goes when that attempt ends (the attempt may
+    /// still have delivered it to some recipients).
+    pub after_attempt: bool,
+}
+
+/// Make every queued message that no attempt is working on due now, on disk too (a restart
+/// keeps the order); their ids.
+pub(super) fn flush(spool: &Spool, in_flight: &BTreeSet<String>) -> io::Result<Vec<String>> {
+    let mut flushed = Vec::new();
+    for mut message in spool.list(Store::Queue)? {
+        if in_flight.contains(&message.id) {
+            continue;
+        }
+        if message.next_attempt != 0 {
+            message.next_attempt = 0;
+            spool.update(Store::Queue, &message)?;
+        }
+        flushed.push(message.id);
+    }
+    Ok(flushed)
+}
+
+/// Delete `id` now (no attempt is working on it): from the queue, else from the quarantine.
+pub(super) fn delete_now(spool: &Spool, id: &str) -> io::Result<Store> {
+    for store in [Store::Queue, Store::Quarantine] {
+        match spool.remove(store, id) {
+            Ok(()) => return Ok(store),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{id}: no such message in the queue or the quarantine"),
+    ))
+}
