@@ -45,6 +45,7 @@ pub mod dns;
 pub mod listener;
 pub mod mail;
 pub mod metrics;
+pub mod panics;
 pub mod policy;
 pub mod recipients;
 pub mod relay;

@@ -127,6 +127,7 @@ fn report(command: &str, result: anyhow::Result<()>) -> i32 {
 }
 
 fn main() {
+    sluice::panics::install();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -253,7 +253,17 @@ impl Relay {
             return;
         }
         match j.stage {
-            Stage::Connect | Stage::Helo | Stage::Mail | Stage::Rcpt => {
+            // Its recipients were each logged as refused when they were.
+            Stage::Rcpt => tracing::debug!(
+                id = %record.id,
+                client = %record.client,
+                tenant = %record.tenant,
+                from = %record.from,
+                decided_by = j.decided_by.as_deref().unwrap_or(""),
+                reply = %record.reply,
+                "transaction refused: no recipient accepted"
+            ),
+            Stage::Connect | Stage::Helo | Stage::Mail => {
                 tracing::info!(
                     id = %record.id,
                     client = %record.client,

@@ -300,4 +300,17 @@ fn the_whole_corpus_runs_through_every_shipped_policy() {
         sluice(&["policy", "test", "--json", "--policy", PROBE, "--eml", mime9.to_str().expect("path")]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(json_lines(&out)[0]["final"], "accept");
+    // A contained panic is one warning line, never the panic message or a backtrace.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["policy", "test", "--json", "--policy", PROBE, "--eml", mime9.to_str().expect("path")])
+        .env("RUST_BACKTRACE", "1")
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .output()
+        .expect("sluice");
+    let text = stderr(&out);
+    assert!(out.status.success(), "{text}");
+    let warnings: Vec<&str> =
+        text.lines().filter(|l| l.contains("the MIME parser failed on this message (")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(!text.contains("panicked at") && !text.contains("stack backtrace"), "{text}");
 }

@@ -140,3 +140,36 @@ fn an_edge_policy_refusing_at_connect_refuses_everyone() {
     assert!(log.contains("connection refused by policy") && log.contains("tenant=edge"), "{log}");
     assert!(files(&dir.join("sink"), ".eml").is_empty());
 }
+
+#[test]
+fn a_recipient_refused_at_rcpt_is_logged_once_with_its_tenant_policy_and_reply() {
+    let dir = temp_dir("tenant-rcpt-log");
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let body = format!(
+        "[relay]\ntrusted_networks = []\n{}{}",
+        tenant("strict", sink_port, ", verdict = \"tempfail\", verdict_stage = \"rcpt\"", ""),
+        tenant("delta", sink_port, "", ""),
+    );
+    let r = relay(&dir, free_port(), &body);
+    let out = python(
+        r.port,
+        &format!(
+            "{SESSION}print(codes(['s@strict.test', 'd@delta.test']))\nprint(codes(['s2@strict.test']))\n"
+        ),
+    );
+    assert_eq!(out, "[250, 451, 250, 250]\n[250, 451]\n", "{}", log(&r.dir));
+    let log = log(&r.dir);
+    for recipient in ["s@strict.test", "s2@strict.test"] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("recipient refused") && l.contains(&format!("recipient={recipient}")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        for field in ["tenant=strict", "stage=rcpt", "policy=", "reply=451"] {
+            assert!(lines[0].contains(field), "{field}: {}", lines[0]);
+        }
+    }
+    // The transaction that accepted no recipient is not logged a second time at info level.
+    assert!(!log.lines().any(|l| l.contains("transaction refused") && l.contains("tenant=strict")), "{log}");
+}

@@ -325,6 +325,20 @@ impl Conversation {
         };
         let Some(refusal) = refusal else { return };
         let (answer, disconnect) = (verdict_reply(&refusal.verdict), refusal.disconnect);
+        if let (Then::Rcpt { to, .. }, Stage::Rcpt) = (&then, stage) {
+            // Each recipient a policy refuses at rcpt is logged here, once; a transaction
+            // that ends with none accepted is summed up at debug level (see `Relay::record`).
+            tracing::info!(
+                id = %self.id,
+                tenant = %self.snapshot.party(party).name,
+                client = %self.peer(),
+                recipient = %to.address,
+                stage = %stage,
+                policy = refusal.decided_by.as_deref().unwrap_or(""),
+                reply = %answer,
+                "recipient refused"
+            );
+        }
         match then {
             Then::Banner => {
                 self.session_refused(party);

@@ -3,7 +3,6 @@
 //! chain reads through the `message` resource; nothing is parsed again per policy.
 
 use std::borrow::Cow;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use mail_parser::{Address, HeaderValue, MessageParser, MessagePart, MimeHeaders};
@@ -144,16 +143,21 @@ impl ParsedMessage {
     /// headers only, and failing that, handed over unparsed.
     pub fn parse(raw: impl Into<Arc<[u8]>>) -> Self {
         let raw: Arc<[u8]> = raw.into();
-        let full = std::panic::catch_unwind(AssertUnwindSafe(|| Self::parse_with(raw.clone(), false)));
-        if let Ok(parsed) = full {
-            return parsed;
-        }
+        let why = match crate::panics::contain(|| Self::parse_with(raw.clone(), false)) {
+            Ok(parsed) => return parsed,
+            Err(why) => why,
+        };
         tracing::warn!(
             bytes = raw.len(),
-            "MIME parser failed on this message; giving policies its headers only"
+            "the MIME parser failed on this message ({why}); policies get its headers only"
         );
-        std::panic::catch_unwind(AssertUnwindSafe(|| Self::parse_with(raw.clone(), true)))
-            .unwrap_or_else(|_| Self::unparsed(raw))
+        crate::panics::contain(|| Self::parse_with(raw.clone(), true)).unwrap_or_else(|_| Self::unparsed(raw))
+    }
+
+    /// Parse only the header of `raw` (for its addresses), leniently, like [`Self::parse`].
+    pub fn parse_headers(raw: impl Into<Arc<[u8]>>) -> Self {
+        let raw: Arc<[u8]> = raw.into();
+        crate::panics::contain(|| Self::parse_with(raw.clone(), true)).unwrap_or_else(|_| Self::unparsed(raw))
     }
 
     fn unparsed(raw: Arc<[u8]>) -> Self {

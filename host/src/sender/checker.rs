@@ -319,11 +319,10 @@ enum Stop {
 
 /// One step of the checks, bounded by `deadline` and shielded from panics.
 async fn step<T>(deadline: Instant, future: impl std::future::Future<Output = T>) -> Result<T, Stop> {
-    use futures_util::FutureExt;
-    match tokio::time::timeout_at(deadline, std::panic::AssertUnwindSafe(future).catch_unwind()).await {
+    match tokio::time::timeout_at(deadline, crate::panics::Contained::new(future)).await {
         Ok(Ok(output)) => Ok(output),
-        Ok(Err(_)) => {
-            tracing::warn!("a sender check panicked on its input; taken as a permanent error");
+        Ok(Err(why)) => {
+            tracing::warn!("a sender check failed on its input ({why}); taken as a permanent error");
             Err(Stop::Panic)
         }
         Err(_) => Err(Stop::Timeout),

@@ -156,7 +156,8 @@ async fn run_case(
 ) -> Result<Vec<Simulation>, UsageError> {
     let raw = std::fs::read(&case.file).map_err(|e| UsageError(format!("{}: {e}", case.file.display())))?;
     let wire = script::wire_form(&raw);
-    let message = ParsedMessage::parse(wire.clone());
+    // Its addresses only: the session parses the whole message at DATA.
+    let message = ParsedMessage::parse_headers(wire.clone());
     let from = case
         .from
         .clone()
