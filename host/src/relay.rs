@@ -74,6 +74,8 @@ impl Relay {
         config_path: Option<PathBuf>,
         own_spool: bool,
     ) -> anyhow::Result<(Arc<Self>, Delivery)> {
+        // Before anything is created on disk: the files the configuration names.
+        config.check_files()?;
         let spool_dir = config.resolve(&config.spool.dir);
         let opened = match own_spool {
             true => Spool::open_recycling(&spool_dir, config.spool.sync, config.spool.recycle_files),

@@ -129,17 +129,26 @@ pub(crate) async fn admin_json(
     target: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let admin = config.admin.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("the configuration has no [admin] listen address to reach the relay")
+        anyhow::anyhow!(
+            "{}: no [admin] listen address; this command reaches the running relay through its \
+             admin API: give it the relay's configuration file with --config FILE",
+            config.source_name()
+        )
     })?;
-    let (status, body) =
-        crate::admin::request(admin.listen, method, target).await.map_err(anyhow::Error::msg)?;
+    let (status, body) = crate::admin::request(admin.listen, method, target)
+        .await
+        .map_err(|e| anyhow::anyhow!("the relay's admin API at {}: {e}", admin.listen))?;
     let answer: serde_json::Value =
         serde_json::from_str(&body).unwrap_or_else(|_| serde_json::Value::String(body.clone()));
     if status != 200 {
-        match answer.get("error").and_then(|e| e.as_str()) {
-            Some(error) => anyhow::bail!("the relay answered {status}: {error}"),
-            None => anyhow::bail!("the relay answered {status}: {body}"),
-        }
+        let errors: Vec<&str> = match (answer.get("error"), answer.get("errors")) {
+            (Some(error), _) => error.as_str().into_iter().collect(),
+            (None, Some(errors)) => {
+                errors.as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect()
+            }
+            (None, None) => vec![body.as_str()],
+        };
+        anyhow::bail!("the relay answered {status}: {}", errors.join("; "));
     }
     Ok(answer)
 }

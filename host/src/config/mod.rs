@@ -18,6 +18,7 @@ pub mod values;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -77,6 +78,9 @@ pub struct Config {
     /// SHA-256 of the text it was parsed from, hex (a reload skips an unchanged file).
     #[serde(skip)]
     pub text_hash: String,
+    /// Its name and text, to say where a later check's key is.
+    #[serde(skip)]
+    source: (String, Arc<str>),
 }
 
 impl Config {
@@ -100,11 +104,46 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError::toml(source_name, text, &e))?;
         config.base_dir = base_dir;
         config.text_hash = text_hash(text);
+        config.source = (source_name.to_string(), Arc::from(text));
         let mut edge = config.edge.take().unwrap_or_else(TenantConfig::empty_edge);
         edge.name = EDGE.into();
         config.edge = Some(edge);
         config.check().map_err(|(key, message)| ConfigError::at_key(source_name, text, key, message))?;
         Ok(config)
+    }
+
+    /// An error about `key` (such as `tenant[0] (example).policy[1].path`), located in the
+    /// file this configuration came from.
+    pub fn error_at(&self, key: String, message: String) -> ConfigError {
+        ConfigError::at_key(&self.source.0, &self.source.1, key, message)
+    }
+
+    /// Where it came from: the file's name, or `embedded default configuration`.
+    pub fn source_name(&self) -> &str {
+        &self.source.0
+    }
+
+    /// The key of policy `index` of `tenant` (the edge or one of the tenants), for messages.
+    pub fn policy_key(&self, tenant: &TenantConfig, index: usize) -> String {
+        match self.tenants.iter().position(|t| std::ptr::eq(t, tenant) || t.name == tenant.name) {
+            Some(i) if tenant.name != EDGE => format!("tenant[{i}] ({}).policy[{index}].path", tenant.name),
+            _ => format!("edge.policy[{index}].path"),
+        }
+    }
+
+    /// Every policy file the configuration names can be read and is a WebAssembly component:
+    /// checked before the relay creates anything on disk, each problem named with its line.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for tenant in std::iter::once(self.edge()).chain(&self.tenants) {
+            for (index, policy) in tenant.policies.iter().enumerate() {
+                let path = self.resolve(&policy.path);
+                if let Err(problem) = component_file(&path) {
+                    let key = self.policy_key(tenant, index);
+                    return Err(self.error_at(key, format!("{}: {problem}", path.display())));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The edge's chain, settings and limits (an empty chain when there is no `[edge]`).
@@ -337,6 +376,22 @@ fn check_chain(key: &str, t: &TenantConfig) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// Whether `path` can be read and starts like a WebAssembly component; what is wrong if not.
+pub fn component_file(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let n = file.read(&mut head).map_err(|e| format!("cannot read: {e}"))?;
+    match head {
+        _ if n < 8 || &head[..4] != b"\0asm" => Err("not WebAssembly (no `\\0asm` header)".into()),
+        [.., 1, 0, 0, 0] => Err("a core WebAssembly module, not a component: build the policy for \
+             wasm32-wasip2 (`cargo build --target wasm32-wasip2`), or make this module a component \
+             with `wasm-tools component new`"
+            .into()),
+        _ => Ok(()),
+    }
 }
 
 /// SHA-256 of configuration text, hex.

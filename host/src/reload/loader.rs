@@ -47,15 +47,11 @@ impl Loader {
         quickly: bool,
     ) -> Result<Arc<Tenant>, String> {
         let mut hashes = Vec::with_capacity(t.policies.len());
-        for p in &t.policies {
+        for (index, p) in t.policies.iter().enumerate() {
             let path = config.resolve(&p.path);
             let hash = file_hash(&path).await.map_err(|e| {
-                format!(
-                    "tenant {}: policy {}: {}: {e}",
-                    t.name,
-                    p.name.as_deref().unwrap_or("?"),
-                    path.display()
-                )
+                let key = config.policy_key(t, index);
+                config.error_at(key, format!("{}: cannot read: {e}", path.display())).to_string()
             })?;
             hashes.push(hash);
         }
