@@ -38,6 +38,9 @@ pub struct Relay {
     pub dns: Arc<DnsResolver>,
     /// The queue into delivery.
     pub delivery: mpsc::UnboundedSender<Queued>,
+    /// Set when a shutdown's grace period is over: sessions waiting for a command are closed
+    /// with `421 4.3.2` (see [`crate::listener::Listeners::shutdown`]).
+    pub closing: tokio::sync::watch::Sender<bool>,
     /// Operators' orders to delivery (flush, delete).
     pub orders: mpsc::UnboundedSender<crate::delivery::orders::Order>,
     /// The `verify` probes of tenants' recipients, and their answers.
@@ -134,6 +137,7 @@ impl Relay {
             metrics,
             dns,
             delivery: queue,
+            closing: tokio::sync::watch::Sender::new(false),
             orders,
             verifier: Verifier::default(),
             sender_checker,

@@ -323,14 +323,30 @@ fn malformed_mail_gets_a_verdict_and_is_delivered_intact() {
     assert!(!log(&dir).contains("panicked"), "{}", log(&dir));
 }
 
-/// SIGTERM: the relay stops accepting at once, lets the session in the middle of DATA finish
-/// (its message gets its 250 and is on disk), then exits; the message is in the spool.
+/// SIGTERM: the relay stops accepting at once; once the grace period is over a session
+/// waiting for a command gets `421 4.3.2` and is closed, while the session in the middle of
+/// DATA finishes (its message gets its 250 and is on disk); then the relay exits and the
+/// message is in the spool.
 #[test]
 fn sigterm_lets_a_session_in_data_finish_then_exits() {
     let dir = temp_dir("sigterm");
     // The next hop is down: the message waits in the spool.
     let port = free_port();
-    let r = relay(&dir, port, &inbound(free_port()));
+    let r = relay_with(&dir, port, "shutdown_grace_secs = 1\n", &inbound(free_port()));
+    let idle_ready = dir.join("idle");
+    let idle = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import socket\n\
+             a = socket.create_connection(('127.0.0.1', {port}), timeout=30)\nf = a.makefile('rb')\n\
+             f.readline()\na.sendall(b'EHLO idle.remote.test\\r\\n')\n\
+             while f.readline()[3:4] != b' ':\n    pass\n\
+             open({idle_ready:?}, 'w').write('1')\n\
+             print(f.readline().decode().strip())\nprint(f.readline() == b'')\n"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
     let (ready, go) = (dir.join("in-data"), dir.join("go"));
     let client = Command::new("python3")
         .arg("-c")
@@ -346,7 +362,9 @@ fn sigterm_lets_a_session_in_data_finish_then_exits() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
-    wait_for("the client in DATA", Duration::from_secs(20), || ready.exists());
+    wait_for("the clients in DATA and idle", Duration::from_secs(20), || {
+        ready.exists() && idle_ready.exists()
+    });
     let mut r = r;
     let pid = r.proc.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
@@ -355,10 +373,21 @@ fn sigterm_lets_a_session_in_data_finish_then_exits() {
         TcpStream::connect(("127.0.0.1", port)).is_err()
     });
     assert!(r.proc.0.try_wait().expect("status").is_none(), "the relay waits for the open session");
+    // The grace period over, the idle session is told and closed; the one in DATA goes on.
+    let told = idle.wait_with_output().expect("idle client");
+    assert_eq!(
+        String::from_utf8_lossy(&told.stdout).trim(),
+        "421 4.3.2 Service shutting down, try again later\nTrue",
+        "{}",
+        log(&r.dir)
+    );
+    assert!(r.proc.0.try_wait().expect("status").is_none(), "the relay waits for the session in DATA");
     std::fs::write(&go, "").expect("go");
     let out = client.wait_with_output().expect("client");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "250 221", "{}", log(&r.dir));
+    // Its message accepted, the session is back between commands: its QUIT is answered 421.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "250 421", "{}", log(&r.dir));
     wait_for("the relay to exit", Duration::from_secs(20), || r.proc.0.try_wait().expect("status").is_some());
     assert_eq!(files(&dir.join("spool/queue"), ".mail").len(), 1, "{}", log(&r.dir));
     assert!(log(&r.dir).contains("waiting for sessions in progress to end"), "{}", log(&r.dir));
+    assert!(log(&r.dir).contains("grace period over"), "{}", log(&r.dir));
 }

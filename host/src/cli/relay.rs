@@ -18,12 +18,14 @@ pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 /// `sluice serve`: run until SIGINT or SIGTERM. With a configuration file, changes to it
 /// and to the policy files are reloaded as they happen, and on SIGHUP. On SIGINT or SIGTERM
-/// the relay stops accepting, lets the sessions in progress finish (up to
-/// `server.shutdown_timeout_secs`) and exits; queued mail stays in the spool.
+/// the relay stops accepting; after `server.shutdown_grace_secs` sessions waiting for a
+/// command get `421 4.3.2`, those receiving a message finish (up to
+/// `server.shutdown_timeout_secs` in all), and it exits; queued mail stays in the spool.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let listen = config.server.listen.clone();
     let admin = config.admin.clone();
-    let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
+    let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let watching = config_path.is_some();
     let (relay, delivery) = Relay::build(config, config_path).await?;
     // Clean up after a crash before anything writes to the spool.
@@ -68,7 +70,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         }
     }
     tracing::info!("shutting down: no new connections; queued mail stays in the spool");
-    let open = listeners.shutdown(grace).await;
+    let open = listeners.shutdown(grace, timeout, &relay.closing).await;
     if open > 0 {
         tracing::warn!(sessions = open, "sessions still open at the end of the shutdown timeout are cut");
     }

@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// Seconds sessions in progress get to finish when the relay is asked to stop (SIGTERM,
     /// Ctrl-C); the relay stops accepting at once.
     pub shutdown_timeout_secs: u64,
+    /// Seconds into a shutdown after which a session waiting for a command gets `421 4.3.2`
+    /// and is closed; a session receiving or storing a message still finishes (up to
+    /// `shutdown_timeout_secs` in all).
+    pub shutdown_grace_secs: u64,
     /// Clients whose connections come through a proxy or load balancer (CIDR): each of their
     /// connections must begin with a PROXY protocol header (v1 or v2), whose source address
     /// then stands for the client everywhere. Empty (the default): no PROXY headers.
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             shutdown_timeout_secs: 30,
+            shutdown_grace_secs: 10,
             proxy_trusted_networks: Vec::new(),
             proxy_header_timeout_secs: 10,
             authserv_id: None,

@@ -335,6 +335,21 @@ impl Conversation {
         self.close();
     }
 
+    /// Whether the session is between commands (not in a message's data, not in the middle
+    /// of an AUTH exchange).
+    pub fn awaits_command(&self) -> bool {
+        matches!(self.input, Input::Commands)
+    }
+
+    /// The relay is shutting down and its grace period is over: a session between commands
+    /// gets `421 4.3.2` and is closed (one in a message's data is left to finish).
+    pub fn shutting_down(&mut self) {
+        if self.awaits_command() {
+            self.send(&reply::SHUTTING_DOWN);
+            self.close();
+        }
+    }
+
     /// The client closed the connection (or it broke).
     pub fn client_closed(&mut self) {
         self.close();

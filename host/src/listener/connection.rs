@@ -125,6 +125,7 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    let mut closing = relay.closing.subscribe();
     loop {
         match conversation.next_action() {
             Action::Send(bytes) => output.write_all(&bytes).await?,
@@ -132,7 +133,22 @@ where
                 input.set_bulk(bulk);
                 if input.buffer().is_empty() {
                     output.flush().await?;
-                    match tokio::time::timeout(timeout, input.fill_buf()).await {
+                    // A shutdown's grace period over: a session between commands is closed,
+                    // at once or as soon as it comes back to wait for one.
+                    let between_commands = conversation.awaits_command();
+                    if between_commands && *closing.borrow() {
+                        conversation.shutting_down();
+                        continue;
+                    }
+                    let read = tokio::time::timeout(timeout, input.fill_buf());
+                    let outcome = tokio::select! {
+                        outcome = read => outcome,
+                        Ok(_) = closing.wait_for(|closing| *closing), if between_commands => {
+                            conversation.shutting_down();
+                            continue;
+                        }
+                    };
+                    match outcome {
                         Err(_) => {
                             conversation.timed_out();
                             continue;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use crate::relay::Relay;
 use crate::sync::lock;
@@ -77,21 +78,33 @@ impl Listeners {
         errors
     }
 
-    /// Stop accepting, and wait up to `timeout` for the sessions in progress to end. Returns
-    /// how many were still open.
-    pub async fn shutdown(&self, timeout: Duration) -> usize {
+    /// Stop accepting, and wait up to `timeout` for the sessions in progress to end; after
+    /// `grace`, sessions between commands get `421 4.3.2` and are closed (`closing`), and
+    /// those receiving or storing a message finish. Returns how many were still open.
+    pub async fn shutdown(&self, grace: Duration, timeout: Duration, closing: &watch::Sender<bool>) -> usize {
         for (_, task) in lock(&self.accepting).drain() {
             task.abort();
         }
         let active = self.admission.active();
-        if active > 0 {
-            tracing::info!(
-                sessions = active,
-                seconds = timeout.as_secs(),
-                "waiting for sessions in progress to end"
-            );
+        if active == 0 {
+            return 0;
         }
-        if self.admission.drained(timeout).await { 0 } else { self.admission.active() }
+        let grace = grace.min(timeout);
+        tracing::info!(
+            sessions = active,
+            grace_seconds = grace.as_secs(),
+            seconds = timeout.as_secs(),
+            "waiting for sessions in progress to end"
+        );
+        if self.admission.drained(grace).await {
+            return 0;
+        }
+        tracing::info!(
+            sessions = self.admission.active(),
+            "grace period over: sessions waiting for a command get 421 4.3.2; messages being received finish"
+        );
+        closing.send_replace(true);
+        if self.admission.drained(timeout - grace).await { 0 } else { self.admission.active() }
     }
 }
 
