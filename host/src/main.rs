@@ -8,7 +8,17 @@ use sluice::cli::queue::{self, QueueCommand};
 use sluice::cli::relay;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "SMTP relay with sandboxed WebAssembly policies")]
+#[command(
+    name = "sluice",
+    version,
+    about = "SMTP relay with sandboxed WebAssembly policies",
+    long_about = "Sluice is an SMTP relay for a network's edge: it accepts mail, runs every connection \
+and message through each tenant's chain of policies — WebAssembly components under CPU and memory \
+limits, reloaded without a restart — and forwards what passes to the next hop. `sluice help \
+COMMAND` (or COMMAND --help) describes each command with examples.",
+    after_help = "Examples:\n  sluice serve --config /etc/sluice/sluice.toml\n  sluice check --config sluice.toml\n  \
+sluice policy test --policy spam_heuristics.wasm --eml message.eml\n  sluice queue list --config sluice.toml"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +27,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay (on the embedded default configuration without --config).
+    #[command(
+        long_about = "Run the relay: listen for SMTP, run the edge's and each tenant's policies, store \
+accepted mail in the spool (fsynced before the 250) and deliver it. Without --config it runs \
+the embedded default configuration (localhost only, loopback trusted to relay). Changes to the \
+configuration file and to policy files are reloaded as they happen, and on SIGHUP. SIGTERM or \
+Ctrl-C: no new connections; after server.shutdown_grace_secs idle sessions get 421 4.3.2, \
+messages being received finish. One relay per spool.",
+        after_help = "Examples:\n  sluice serve\n  sluice serve --config /etc/sluice/sluice.toml --log-format json\n  \
+SLUICE_LOG=debug sluice serve --config sluice.toml"
+    )]
     Serve {
         /// Configuration file (TOML).
         #[arg(long)]
@@ -26,12 +46,28 @@ enum Command {
         log_format: String,
     },
     /// Check a configuration and load every policy it names.
+    #[command(
+        long_about = "Check a configuration: parse it (every error names its line and key), check \
+that every policy file is a component, load and initialise every policy, and print warnings \
+(tenants without policies, unverified smarthost TLS, an unreachable Redis). Exit 0 when the \
+relay would start, 1 with the error. It runs beside a relay on the same spool.",
+        after_help = "Examples:\n  sluice check --config sluice.toml\n  sluice check"
+    )]
     Check {
         /// Configuration file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Manage the queue and the quarantine.
+    #[command(
+        long_about = "List, show, flush, delete and release queued and quarantined messages. Reading \
+works on the spool at any time; changes are made by the command itself when no relay runs, \
+else by the running relay through its admin API ([admin] listen), so they never race it.",
+        after_help = "Examples:\n  sluice queue list --config sluice.toml\n  \
+sluice queue list --config sluice.toml --tenant example --older-than 2h --json\n  \
+sluice queue show 0661CAC1A6F9940009 --config sluice.toml\n  sluice queue flush --config sluice.toml\n  \
+sluice queue release 0661CAC1A2B1D00004 --learn-ham --config sluice.toml"
+    )]
     Queue {
         /// Configuration file (TOML).
         #[arg(long, global = true)]
@@ -41,6 +77,13 @@ enum Command {
     },
     /// Make a running relay reload its configuration and policies now (through the admin
     /// listener of the configuration).
+    #[command(
+        long_about = "Make a running relay reload its configuration and policy files now, as it does \
+on its own when they change and on SIGHUP. It asks the relay through the admin API at the \
+[admin] listen address of the configuration given, and prints the relay's report: what \
+changed, or why nothing could (the running generation then stays).",
+        after_help = "Examples:\n  sluice reload --config /etc/sluice/sluice.toml"
+    )]
     Reload {
         /// Configuration file (TOML) of the running relay.
         #[arg(long)]
@@ -52,6 +95,14 @@ enum Command {
         command: PolicyCommand,
     },
     /// Teach a learning policy (such as bayes) spam and ham, or make it forget them.
+    #[command(
+        long_about = "Teach a tenant's learning policies (such as bayes) messages of a known class, \
+offline, into the key-value store a relay reads (its [state] path while it is stopped, or \
+Redis), or into a file for `policy test --state`. Messages already learned are not counted \
+twice.",
+        after_help = "Examples:\n  sluice learn --state model.redb --tenant example --policy bayes.wasm --spam spam/ --ham ham/\n  \
+sluice learn --config sluice.toml --tenant example --spam new-spam/"
+    )]
     Learn(Box<sluice::cli::learn::LearnArgs>),
     /// DKIM signing keys.
     Dkim {
@@ -63,6 +114,11 @@ enum Command {
 #[derive(Subcommand)]
 enum DkimCommand {
     /// Write a new signing key and print the DNS TXT record to publish for it.
+    #[command(
+        long_about = "Write a new DKIM signing key (RSA 2048 or Ed25519, PKCS#8 PEM, never \
+overwriting a file) and print the TXT record to publish at SELECTOR._domainkey.DOMAIN.",
+        after_help = "Examples:\n  sluice dkim keygen --domain example.com --selector s2026 --key /etc/sluice/dkim/example.com.pem"
+    )]
     Keygen {
         /// The signing domain (`d=`).
         #[arg(long)]
@@ -82,8 +138,24 @@ enum DkimCommand {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Run messages through a chain of policies offline and show each stage's verdicts.
+    #[command(
+        long_about = "Run messages through policies exactly as the relay would — the same SMTP \
+conversation, engine, chains and judge — without a server: each stage's verdicts, symbols, \
+score and the final outcome, as text or JSON. With --config, through the edge and tenants of a \
+relay configuration. --suite runs NAME.eml against NAME.expect files; --expect checks every \
+outcome (exit 1 on a mismatch).",
+        after_help = "Examples:\n  sluice policy test --policy spam_heuristics.wasm --eml message.eml\n  \
+sluice policy test --policy sender_guard.wasm --policy-config sender-guard.domains=example.com --eml mail/ --json\n  \
+sluice policy test --config sluice.toml --eml message.eml --to user@example.com\n  \
+sluice policy test --policy bayes.wasm --state model.redb --eml spam/ --expect reject"
+    )]
     Test(Box<PolicyTestArgs>),
     /// Put a tenant's previous generation of policies back in a running relay.
+    #[command(
+        long_about = "Put a tenant's previous generation of policies back in service in a running \
+relay (after a reload that went wrong), through its admin API. The edge is the tenant `edge`.",
+        after_help = "Examples:\n  sluice policy rollback --tenant example --config /etc/sluice/sluice.toml"
+    )]
     Rollback {
         /// The tenant.
         #[arg(long)]

@@ -61,3 +61,31 @@ fn reload_without_the_relay_s_configuration_says_what_to_give() {
         "{text}"
     );
 }
+
+#[test]
+fn every_command_s_help_has_a_description_and_examples() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["check"],
+        &["queue"],
+        &["reload"],
+        &["policy", "test"],
+        &["policy", "rollback"],
+        &["learn"],
+        &["dkim", "keygen"],
+    ];
+    for command in commands {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(*command)
+            .arg("--help")
+            .output()
+            .expect("sluice");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command:?}: {text}");
+        let examples = text.split_once("Examples:\n").map(|(_, e)| e).unwrap_or_default();
+        assert!(examples.lines().next().is_some_and(|l| l.starts_with("  sluice")), "{command:?}: {text}");
+        let description = text.lines().next().unwrap_or_default();
+        assert!(description.len() > 80, "{command:?}: a long description, not {description:?}");
+    }
+}
