@@ -2,7 +2,13 @@
 //! [`crate::admin`]).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::policy::chain::StageResult;
 use crate::policy::decision::Verdict;
@@ -40,6 +46,10 @@ pub struct Metrics {
     disagreements: Mutex<BTreeMap<(String, String), u64>>,
     /// (tenant, event) → how often an edge duty acted (see [`Metrics::event`]).
     events: Mutex<BTreeMap<(String, String), u64>>,
+    /// Tenant → when its oldest queued message was accepted (Unix seconds).
+    oldest: Mutex<BTreeMap<String, u64>>,
+    /// Instances made ahead of sessions, held at the last look.
+    prepared: AtomicU64,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -175,127 +185,281 @@ impl Metrics {
         *map.entry(tenant.to_string()).or_insert(0) += delta;
     }
 
-    /// Set the queue depth of every tenant from the tenants of the queued messages (after
-    /// scanning the spool).
-    pub fn set_queue<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
-        let mut map = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        map.values_mut().for_each(|n| *n = 0);
-        for tenant in tenants {
-            *map.entry(tenant.to_string()).or_insert(0) += 1;
+    /// The exposition in the OpenMetrics text format (which Prometheus reads), encoded by
+    /// `prometheus-client`: every family with its `# HELP` and `# TYPE`, label values escaped.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition(self.clone())));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+
+    /// The queue as a rescan of the spool found it: each message's tenant and when it was
+    /// accepted (Unix seconds), for the depth and the age of the oldest per tenant.
+    pub fn set_queue_ages<'a>(&self, messages: impl IntoIterator<Item = (&'a str, u64)>) {
+        let mut depth = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let mut oldest = self.oldest.lock().unwrap_or_else(|p| p.into_inner());
+        depth.values_mut().for_each(|n| *n = 0);
+        oldest.clear();
+        for (tenant, received_at) in messages {
+            *depth.entry(tenant.to_string()).or_insert(0) += 1;
+            let first = oldest.entry(tenant.to_string()).or_insert(received_at);
+            *first = (*first).min(received_at);
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ");
+    /// Instances made ahead of sessions and held now, all policies together.
+    pub fn set_prepared_instances(&self, held: usize) {
+        self.prepared.store(held as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What a scrape encodes: the counters as they are at that moment.
+#[derive(Debug)]
+struct Exposition(Arc<Metrics>);
+
+/// A label value as the text format needs it: the encoder writes values as they are, so a
+/// backslash, a double quote or a line break (in a tenant's or a policy's name) is escaped here.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Encode one family of `kind` from `rows` (label values, value).
+fn family<const N: usize, V>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    labels: [&str; N],
+    rows: impl IntoIterator<Item = ([String; N], V)>,
+) -> Result<(), std::fmt::Error>
+where
+    V: Into<f64>,
+{
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (values, value) in rows {
+        if N == 0 {
+            sample(&mut metric, kind, value.into())?;
+            continue;
+        }
+        let escaped: Vec<String> = values.iter().map(|v| escape(v)).collect();
+        let set: Vec<(&str, &str)> = labels.iter().copied().zip(escaped.iter().map(String::as_str)).collect();
+        sample(&mut metric.encode_family(&set)?, kind, value.into())?;
+    }
+    Ok(())
+}
+
+/// One sample: counters and whole numbers as integers.
+fn sample(encoder: &mut MetricEncoder<'_>, kind: MetricType, value: f64) -> Result<(), std::fmt::Error> {
+    let whole = value.fract() == 0.0;
+    match kind {
+        MetricType::Counter if whole && value >= 0.0 => {
+            encoder.encode_counter::<NoLabelSet, _, u64>(&(value as u64), None)
+        }
+        MetricType::Counter => encoder.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        _ if whole => encoder.encode_gauge(&(value as i64)),
+        _ => encoder.encode_gauge(&value),
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let m = &self.0;
+        let e = &mut encoder;
+        let pairs = |map: &Mutex<BTreeMap<(String, String), u64>>| -> Vec<([String; 2], f64)> {
+            let map = map.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|((a, b), n)| ([a.clone(), b.clone()], *n as f64)).collect()
+        };
+        let connections: Vec<(String, u64, i64)> = {
+            let map = m.connections.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(t, (total, active))| (t.clone(), *total, (*active).max(0))).collect()
+        };
+        family(
+            e,
+            "sluice_connections",
+            "SMTP connections accepted, by the tenant whose session it was (edge: no tenant claimed it)",
+            Counter,
+            ["tenant"],
+            connections.iter().map(|(t, total, _)| ([t.clone()], *total as f64)),
+        )?;
+        family(
+            e,
+            "sluice_connections_active",
+            "SMTP connections open now, by tenant",
+            Gauge,
+            ["tenant"],
+            connections.iter().map(|(t, _, active)| ([t.clone()], *active as f64)),
+        )?;
+        family(
+            e,
+            "sluice_transactions",
+            "Transactions by tenant and outcome (the verdict a tenant's chain gave: accept, reject, tempfail, quarantine, discard, or error when an accepted message could not be stored)",
+            Counter,
+            ["tenant", "outcome"],
+            pairs(&m.transactions),
+        )?;
+        let policies: Vec<([String; 3], u64, u64)> = {
+            let map = m.policies.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .map(|((t, p, v), (n, micros))| ([t.clone(), p.clone(), v.clone()], *n, *micros))
+                .collect()
+        };
+        family(
+            e,
+            "sluice_policy_calls",
+            "Policy hook calls by tenant, policy and verdict (fault for a trap, deadline, memory or output overrun)",
+            Counter,
+            ["tenant", "policy", "verdict"],
+            policies.iter().map(|(l, n, _)| (l.clone(), *n as f64)),
+        )?;
+        family(
+            e,
+            "sluice_policy_seconds",
+            "Time spent in policy hook calls, by tenant, policy and verdict",
+            Counter,
+            ["tenant", "policy", "verdict"],
+            policies.iter().map(|(l, _, micros)| (l.clone(), *micros as f64 / 1e6)),
+        )?;
         {
-            let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-            out.push_str("# TYPE sluice_connections_total counter\n");
-            for (tenant, (total, _)) in connections.iter() {
-                out.push_str(&format!("sluice_connections_total{{tenant=\"{}\"}} {total}\n", label(tenant)));
+            let latency = m.latency.lock().unwrap_or_else(|p| p.into_inner());
+            let mut metric = e.encode_descriptor(
+                "sluice_policy_duration_seconds",
+                "Duration of one policy's hook calls, by tenant and policy",
+                None,
+                MetricType::Histogram,
+            )?;
+            for ((tenant, policy), (counts, micros)) in latency.iter() {
+                let (tenant, policy) = (escape(tenant), escape(policy));
+                let set = [("tenant", tenant.as_str()), ("policy", policy.as_str())];
+                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MICROS
+                    .iter()
+                    .map(|b| *b as f64 / 1e6)
+                    .chain(std::iter::once(f64::MAX))
+                    .zip(counts.iter().copied())
+                    .collect();
+                let count = counts.iter().sum();
+                metric.encode_family(&set)?.encode_histogram::<NoLabelSet>(
+                    *micros as f64 / 1e6,
+                    count,
+                    &buckets,
+                    None,
+                )?;
             }
-            out.push_str("# TYPE sluice_connections_active gauge\n");
-            for (tenant, (_, active)) in connections.iter() {
-                out.push_str(&format!(
-                    "sluice_connections_active{{tenant=\"{}\"}} {}\n",
-                    label(tenant),
-                    active.max(&0)
-                ));
-            }
         }
-        out.push_str("# TYPE sluice_transactions_total counter\n");
-        for ((tenant, outcome), n) in self.transactions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!(
-                "sluice_transactions_total{{tenant=\"{}\",outcome=\"{}\"}} {n}\n",
-                label(tenant),
-                label(outcome)
-            ));
-        }
-        out.push_str(
-            "# TYPE sluice_policy_calls_total counter\n# TYPE sluice_policy_seconds_total counter\n",
-        );
-        for ((tenant, policy, verdict), (n, micros)) in
-            self.policies.lock().unwrap_or_else(|p| p.into_inner()).iter()
-        {
-            let labels = format!(
-                "tenant=\"{}\",policy=\"{}\",verdict=\"{}\"",
-                label(tenant),
-                label(policy),
-                label(verdict)
-            );
-            out.push_str(&format!("sluice_policy_calls_total{{{labels}}} {n}\n"));
-            out.push_str(&format!("sluice_policy_seconds_total{{{labels}}} {:.6}\n", *micros as f64 / 1e6));
-        }
-        out.push_str("# TYPE sluice_policy_duration_seconds histogram\n");
-        for ((tenant, policy), (buckets, micros)) in
-            self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter()
-        {
-            let labels = format!("tenant=\"{}\",policy=\"{}\"", label(tenant), label(policy));
-            let mut cumulative = 0;
-            for (bound, n) in LATENCY_BUCKETS_MICROS.iter().zip(buckets) {
-                cumulative += n;
-                let le = *bound as f64 / 1e6;
-                out.push_str(&format!(
-                    "sluice_policy_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}\n"
-                ));
-            }
-            cumulative += buckets[LATENCY_BUCKETS_MICROS.len()];
-            out.push_str(&format!(
-                "sluice_policy_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n"
-            ));
-            out.push_str(&format!(
-                "sluice_policy_duration_seconds_sum{{{labels}}} {:.6}\n",
-                *micros as f64 / 1e6
-            ));
-            out.push_str(&format!("sluice_policy_duration_seconds_count{{{labels}}} {cumulative}\n"));
-        }
-        out.push_str("# TYPE sluice_delivery_attempts_total counter\n");
-        for ((tenant, result), n) in self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!(
-                "sluice_delivery_attempts_total{{tenant=\"{}\",result=\"{}\"}} {n}\n",
-                label(tenant),
-                label(result)
-            ));
-        }
-        out.push_str("# TYPE sluice_queue_messages gauge\n");
-        for (tenant, n) in self.queued.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!("sluice_queue_messages{{tenant=\"{}\"}} {}\n", label(tenant), n.max(&0)));
-        }
-        out.push_str("# TYPE sluice_edge_events_total counter\n");
-        for ((tenant, event), n) in self.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!(
-                "sluice_edge_events_total{{tenant=\"{}\",event=\"{}\"}} {n}\n",
-                label(tenant),
-                label(event)
-            ));
-        }
-        out.push_str("# TYPE sluice_reloads_total counter\n");
-        for (result, n) in self.reloads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!("sluice_reloads_total{{result=\"{}\"}} {n}\n", label(result)));
-        }
-        out.push_str("# TYPE sluice_tenant_generation gauge\n");
-        for (tenant, generation) in self.generations.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!("sluice_tenant_generation{{tenant=\"{}\"}} {generation}\n", label(tenant)));
-        }
-        out.push_str("# TYPE sluice_shadow_verdicts_total counter\n");
-        for ((tenant, policy, verdict), n) in self.shadow.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!(
-                "sluice_shadow_verdicts_total{{tenant=\"{}\",policy=\"{}\",verdict=\"{}\"}} {n}\n",
-                label(tenant),
-                label(policy),
-                label(verdict)
-            ));
-        }
-        out.push_str("# TYPE sluice_shadow_disagreements_total counter\n");
-        for ((tenant, policy), n) in self.disagreements.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!(
-                "sluice_shadow_disagreements_total{{tenant=\"{}\",policy=\"{}\"}} {n}\n",
-                label(tenant),
-                label(policy)
-            ));
-        }
-        out
+        family(
+            e,
+            "sluice_delivery_attempts",
+            "Delivery attempts per recipient, by tenant and result (delivered, deferred, failed)",
+            Counter,
+            ["tenant", "result"],
+            pairs(&m.deliveries),
+        )?;
+        let depth: Vec<([String; 1], f64)> = m
+            .queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, n)| ([t.clone()], (*n).max(0) as f64))
+            .collect();
+        family(
+            e,
+            "sluice_queue_messages",
+            "Messages in the queue waiting for delivery, by tenant",
+            Gauge,
+            ["tenant"],
+            depth,
+        )?;
+        let now = crate::spool::now_secs();
+        let oldest: Vec<([String; 1], f64)> = m
+            .oldest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, at)| ([t.clone()], now.saturating_sub(*at) as f64))
+            .collect();
+        family(
+            e,
+            "sluice_queue_oldest_age_seconds",
+            "Age of the oldest message in the queue, by tenant (as of the last rescan of the spool)",
+            Gauge,
+            ["tenant"],
+            oldest,
+        )?;
+        family(
+            e,
+            "sluice_edge_events",
+            "Edge duties that acted, by tenant and event (recipient_unknown, mail_loop, bounce_sent, spf_pass, ...)",
+            Counter,
+            ["tenant", "event"],
+            pairs(&m.events),
+        )?;
+        let reloads: Vec<([String; 1], f64)> = m
+            .reloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(r, n)| ([r.clone()], *n as f64))
+            .collect();
+        family(
+            e,
+            "sluice_reloads",
+            "Reloads by result (applied, unchanged, failed, rollback)",
+            Counter,
+            ["result"],
+            reloads,
+        )?;
+        let generations: Vec<([String; 1], f64)> = m
+            .generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, g)| ([t.clone()], *g as f64))
+            .collect();
+        family(
+            e,
+            "sluice_tenant_generation",
+            "The generation of policies each tenant runs now",
+            Gauge,
+            ["tenant"],
+            generations,
+        )?;
+        let shadow: Vec<([String; 3], f64)> = m
+            .shadow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((t, p, v), n)| ([t.clone(), p.clone(), v.clone()], *n as f64))
+            .collect();
+        family(
+            e,
+            "sluice_shadow_verdicts",
+            "What shadow policies would have decided, by tenant, policy and verdict (never applied)",
+            Counter,
+            ["tenant", "policy", "verdict"],
+            shadow,
+        )?;
+        family(
+            e,
+            "sluice_shadow_disagreements",
+            "Shadow decisions that differ from the enforced chain's, by tenant and policy",
+            Counter,
+            ["tenant", "policy"],
+            pairs(&m.disagreements),
+        )?;
+        let held = m.prepared.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        family(
+            e,
+            "sluice_prepared_instances",
+            "Policy instances made ahead of sessions and held now ([server] prepared_instances)",
+            Gauge,
+            [],
+            [([], held)],
+        )?;
+        Ok(())
     }
 }
 
@@ -308,5 +472,31 @@ impl Drop for ActiveConnection<'_> {
         if let Some((_, active)) = map.get_mut(&self.1) {
             *active -= 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_type_and_label_values_are_escaped() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.transaction("a \"quoted\" \\ tenant\nwith a newline", "accept");
+        metrics.set_queue_ages([("example", 0)]);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "sluice_transactions_total{tenant=\"a \\\"quoted\\\" \\\\ tenant\\nwith a newline\",outcome=\"accept\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("sluice_queue_messages{tenant=\"example\"} 1"), "{text}");
+        assert!(text.contains("sluice_queue_oldest_age_seconds{tenant=\"example\"} "), "{text}");
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap_or_default();
+            assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

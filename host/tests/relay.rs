@@ -1010,9 +1010,16 @@ fn metrics_and_json_logs() {
         "sluice_connections_active{tenant=\"edge\"} 0",
         "sluice_transactions_total{tenant=\"example\",outcome=\"accept\"} 1",
         "sluice_policy_calls_total{tenant=\"example\",policy=\"probe\",verdict=\"continue\"}",
-        "sluice_policy_duration_seconds_bucket{tenant=\"example\",policy=\"probe\",le=\"+Inf\"}",
-        "sluice_policy_duration_seconds_count{tenant=\"example\",policy=\"probe\"}",
+        "sluice_policy_duration_seconds_bucket{le=\"+Inf\",tenant=\"example\",policy=\"probe\"} 5",
+        "sluice_policy_duration_seconds_count{tenant=\"example\",policy=\"probe\"} 5",
         "sluice_queue_messages{tenant=\"example\"} 0",
+        "sluice_prepared_instances 0",
+        // Every family says what it is (OpenMetrics text, encoded by prometheus-client).
+        "# HELP sluice_transactions Transactions by tenant and outcome",
+        "# TYPE sluice_transactions counter",
+        "# TYPE sluice_policy_duration_seconds histogram",
+        "# TYPE sluice_queue_oldest_age_seconds gauge",
+        "# EOF",
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }

@@ -1,6 +1,6 @@
 //! The admin listener (`[admin] listen`): a small HTTP/1.1 API for operators and scrapers.
 //!
-//! - `GET /metrics`: Prometheus text.
+//! - `GET /metrics`: the metrics, OpenMetrics text (see [`crate::metrics`]).
 //! - `GET /api/policies`: for the edge and per tenant, its generation and each policy's name,
 //!   version, content hash, mode, file and load time (JSON).
 //! - `GET /api/tenants`: each tenant (and the edge) with its domains, route, limits, chain and
@@ -86,7 +86,10 @@ async fn route(relay: &Arc<Relay>, head: &str, body: Vec<u8>) -> (&'static str, 
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     const JSON: &str = "application/json";
     match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", relay.metrics.render()),
+        ("GET", "/metrics") => {
+            relay.metrics.set_prepared_instances(relay.generations.loader.engine.prepared_instances());
+            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", relay.metrics.render())
+        }
         ("GET", "/api/policies") => ("200 OK", JSON, policies(relay).to_string()),
         ("GET", "/api/tenants") => ("200 OK", JSON, tenants(relay).await.to_string()),
         ("POST", "/api/reload") => {

@@ -55,7 +55,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", admin.listen))?;
         tokio::spawn(crate::admin::serve(relay.clone(), listener));
     }
-    relay.metrics.set_queue(queue.iter().map(|m| m.tenant.as_str()));
+    relay.metrics.set_queue_ages(queue.iter().map(|m| (m.tenant.as_str(), m.received_at)));
     tokio::spawn(crate::delivery::run(delivery));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

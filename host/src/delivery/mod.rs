@@ -189,7 +189,7 @@ pub async fn run(delivery: Delivery) {
             _ = rescan.tick() => {
                 let spool = context.spool.clone();
                 if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || spool.list(Store::Queue)).await {
-                    context.metrics.set_queue(all.iter().map(|m| m.tenant.as_str()));
+                    context.metrics.set_queue_ages(all.iter().map(|m| (m.tenant.as_str(), m.received_at)));
                     // Merged, not replaced: what arrived while the listing ran stays due. A
                     // stale entry (an older time of a message, one removed meanwhile) costs
                     // one look at the spool when it comes up.
