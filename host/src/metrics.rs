@@ -227,6 +227,11 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The rows of `map`, each made by `row`.
+fn rows<K, V, R>(map: &Mutex<BTreeMap<K, V>>, row: impl Fn(&K, &V) -> R) -> Vec<R> {
+    map.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| row(k, v)).collect()
+}
+
 /// Encode one family of `kind` from `rows` (label values, value).
 fn family<const N: usize, V>(
     encoder: &mut DescriptorEncoder<'_>,
@@ -270,10 +275,7 @@ impl Collector for Exposition {
         use MetricType::{Counter, Gauge};
         let m = &self.0;
         let e = &mut encoder;
-        let pairs = |map: &Mutex<BTreeMap<(String, String), u64>>| -> Vec<([String; 2], f64)> {
-            let map = map.lock().unwrap_or_else(|p| p.into_inner());
-            map.iter().map(|((a, b), n)| ([a.clone(), b.clone()], *n as f64)).collect()
-        };
+        let pairs = |map| rows(map, |(a, b): &(String, String), n: &u64| ([a.clone(), b.clone()], *n as f64));
         let connections: Vec<(String, u64, i64)> = {
             let map = m.connections.lock().unwrap_or_else(|p| p.into_inner());
             map.iter().map(|(t, (total, active))| (t.clone(), *total, (*active).max(0))).collect()
@@ -358,13 +360,7 @@ impl Collector for Exposition {
             ["tenant", "result"],
             pairs(&m.deliveries),
         )?;
-        let depth: Vec<([String; 1], f64)> = m
-            .queued
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(t, n)| ([t.clone()], (*n).max(0) as f64))
-            .collect();
+        let depth = rows(&m.queued, |t, n| ([t.clone()], (*n).max(0) as f64));
         family(
             e,
             "sluice_queue_messages",
@@ -374,13 +370,7 @@ impl Collector for Exposition {
             depth,
         )?;
         let now = crate::spool::now_secs();
-        let oldest: Vec<([String; 1], f64)> = m
-            .oldest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(t, at)| ([t.clone()], now.saturating_sub(*at) as f64))
-            .collect();
+        let oldest = rows(&m.oldest, |t, at| ([t.clone()], now.saturating_sub(*at) as f64));
         family(
             e,
             "sluice_queue_oldest_age_seconds",
@@ -397,13 +387,7 @@ impl Collector for Exposition {
             ["tenant", "event"],
             pairs(&m.events),
         )?;
-        let reloads: Vec<([String; 1], f64)> = m
-            .reloads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(r, n)| ([r.clone()], *n as f64))
-            .collect();
+        let reloads = rows(&m.reloads, |r, n| ([r.clone()], *n as f64));
         family(
             e,
             "sluice_reloads",
@@ -412,13 +396,7 @@ impl Collector for Exposition {
             ["result"],
             reloads,
         )?;
-        let generations: Vec<([String; 1], f64)> = m
-            .generations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(t, g)| ([t.clone()], *g as f64))
-            .collect();
+        let generations = rows(&m.generations, |t, g| ([t.clone()], *g as f64));
         family(
             e,
             "sluice_tenant_generation",
@@ -427,13 +405,7 @@ impl Collector for Exposition {
             ["tenant"],
             generations,
         )?;
-        let shadow: Vec<([String; 3], f64)> = m
-            .shadow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|((t, p, v), n)| ([t.clone(), p.clone(), v.clone()], *n as f64))
-            .collect();
+        let shadow = rows(&m.shadow, |(t, p, v), n| ([t.clone(), p.clone(), v.clone()], *n as f64));
         family(
             e,
             "sluice_shadow_verdicts",
