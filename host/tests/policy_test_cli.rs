@@ -314,3 +314,28 @@ fn the_whole_corpus_runs_through_every_shipped_policy() {
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(!text.contains("panicked at") && !text.contains("stack backtrace"), "{text}");
 }
+
+#[test]
+fn a_progress_bar_on_a_terminal_and_none_in_a_pipe() {
+    let suite = repo().join("policies/suite");
+    let command = format!(
+        "{} policy test --json --policy {PROBE} --eml {}",
+        env!("CARGO_BIN_EXE_sluice"),
+        suite.display()
+    );
+    // `script` gives the command a pseudo-terminal, as a user's shell would.
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
+        .output()
+        .expect("script (util-linux)");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("/7 messages, ") && seen.contains("] "), "no bar: {seen}");
+    // In a pipe: only the report, one JSON object per line.
+    let piped =
+        sluice(&["policy", "test", "--json", "--policy", PROBE, "--eml", suite.to_str().expect("path")]);
+    assert!(piped.status.success());
+    assert!(!stderr(&piped).contains("messages,"), "{}", stderr(&piped));
+    assert_eq!(json_lines(&piped).len(), 7);
+}

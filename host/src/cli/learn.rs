@@ -4,7 +4,6 @@
 //! `--state`, or the state backend of a relay configuration (`--config`, Redis included),
 //! under the policy's name in that tenant's chain.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -127,38 +126,6 @@ async fn load(args: &LearnArgs) -> Result<(Arc<LoadedPolicy>, Arc<dyn KvStore>),
     }
 }
 
-/// A progress bar on stderr when it is a terminal.
-struct Progress {
-    total: usize,
-    shown: bool,
-    started: Instant,
-}
-
-impl Progress {
-    fn update(&self, done: usize, failed: usize) {
-        if !self.shown {
-            return;
-        }
-        let width = 40;
-        let filled = (done * width).checked_div(self.total).unwrap_or(width);
-        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
-        eprint!(
-            "\r[{}{}] {done}/{} {rate:.0} msg/s{}",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            self.total,
-            if failed > 0 { format!(", {failed} failed") } else { String::new() }
-        );
-        let _ = std::io::stderr().flush();
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            eprintln!();
-        }
-    }
-}
-
 /// Run the command; returns the exit status (0: every message taken, 1: some failed).
 pub async fn run(args: LearnArgs) -> Result<i32, String> {
     let mut work: Vec<(PathBuf, Lesson)> = Vec::new();
@@ -176,14 +143,12 @@ pub async fn run(args: LearnArgs) -> Result<i32, String> {
     let (policy, kv) = load(&args).await?;
     let name = policy.name.clone();
     let mut learner = Learner::new(policy).map_err(|e| e.to_string())?;
-    let progress = Progress {
-        total: work.len(),
-        shown: !args.quiet && std::io::stderr().is_terminal(),
-        started: Instant::now(),
-    };
+    let started = Instant::now();
+    let mut progress = super::progress::Progress::new(work.len(), "messages", !args.quiet);
     let mut outcomes: std::collections::BTreeMap<(&'static str, &'static str), usize> = Default::default();
     let mut failed = 0usize;
-    for (done, (file, lesson)) in work.iter().enumerate() {
+    for (file, lesson) in &work {
+        let failed_before = failed;
         let too_large = std::fs::metadata(file).is_ok_and(|m| m.len() > MAX_LESSON_BYTES as u64);
         let result = if too_large {
             Err((format!("over {} MiB: not a message, left out", MAX_LESSON_BYTES >> 20), false))
@@ -202,24 +167,19 @@ pub async fn run(args: LearnArgs) -> Result<i32, String> {
             Ok(learned) => *outcomes.entry((lesson.as_str(), learned.as_str())).or_default() += 1,
             Err((why, stop)) => {
                 failed += 1;
-                if progress.shown {
-                    eprintln!();
-                }
-                eprintln!("{}: {why}", file.display());
+                progress.around(|| eprintln!("{}: {why}", file.display()));
                 if stop {
                     progress.finish();
                     return Err(why);
                 }
             }
         }
-        if done % 16 == 0 || done + 1 == work.len() {
-            progress.update(done + 1, failed);
-        }
+        progress.step(failed == failed_before);
     }
     progress.finish();
     drop(learner);
     drop(kv);
-    let elapsed = progress.started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
     let mut summary: Vec<String> = Vec::new();
     for lesson in [Lesson::Spam, Lesson::Ham, Lesson::Forget].map(Lesson::as_str) {
         let counts: Vec<String> = outcomes

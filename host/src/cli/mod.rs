@@ -3,5 +3,6 @@
 pub mod dkim;
 pub mod learn;
 pub mod policy_test;
+pub mod progress;
 pub mod queue;
 pub mod relay;

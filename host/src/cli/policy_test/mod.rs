@@ -316,35 +316,43 @@ pub async fn run(args: PolicyTestArgs) -> Result<i32, UsageError> {
     let show_tenant = args.config.is_some();
 
     let (mut passed, mut failed) = (0usize, 0usize);
+    // Over many messages, a bar on stderr (when it is a terminal) says how far it has come.
+    let mut progress = super::progress::Progress::new(cases.len(), "messages", cases.len() > 1);
     for case in &cases {
         let simulations = run_case(&snapshot, &checker, &args, case).await?;
         let mut problems = Vec::new();
-        for simulation in &simulations {
-            if args.json {
-                println!("{}", report::json(&case.file, simulation));
-            } else if args.suite.is_none() {
-                print!("{}", report::text(&case.file, simulation, show_tenant));
-            }
-            if let Some(expect) = &case.expect {
-                problems.extend(cases::problems(simulation, expect));
-            }
-        }
-        let Some(_) = &case.expect else { continue };
-        if problems.is_empty() {
-            passed += 1;
-            if args.suite.is_some() && !args.json {
-                println!("PASS {}", case.file.display());
-            }
-        } else {
-            failed += 1;
-            if args.suite.is_some() && !args.json {
-                for simulation in &simulations {
+        progress.around(|| {
+            for simulation in &simulations {
+                if args.json {
+                    println!("{}", report::json(&case.file, simulation));
+                } else if args.suite.is_none() {
                     print!("{}", report::text(&case.file, simulation, show_tenant));
                 }
+                if let Some(expect) = &case.expect {
+                    problems.extend(cases::problems(simulation, expect));
+                }
             }
-            eprintln!("FAIL {}: {}", case.file.display(), problems.join("; "));
-        }
+        });
+        progress.step(problems.is_empty());
+        let Some(_) = &case.expect else { continue };
+        progress.around(|| {
+            if problems.is_empty() {
+                passed += 1;
+                if args.suite.is_some() && !args.json {
+                    println!("PASS {}", case.file.display());
+                }
+            } else {
+                failed += 1;
+                if args.suite.is_some() && !args.json {
+                    for simulation in &simulations {
+                        print!("{}", report::text(&case.file, simulation, show_tenant));
+                    }
+                }
+                eprintln!("FAIL {}: {}", case.file.display(), problems.join("; "));
+            }
+        });
     }
+    progress.finish();
     if args.suite.is_some() || expect_all.is_some() {
         eprintln!("{passed} passed, {failed} failed");
     }
