@@ -15,8 +15,10 @@
 //! - `POST /api/queue/flush`, `POST /api/queue/delete?id=ID`: every queued message due now;
 //!   one message deleted from the queue or the quarantine (see [`queue`]).
 //!
-//! It has no authentication: bind it to loopback or a management network only.
+//! Every request carries `Authorization: Bearer TOKEN` when `[admin] token_file` is set
+//! (see [`auth`]); without it the API is open: bind it to loopback or a management network.
 
+pub mod auth;
 mod learn;
 mod queue;
 
@@ -29,15 +31,20 @@ use crate::relay::Relay;
 use crate::tenants::Tenant;
 
 /// Serve the admin API on `listener` until the task is dropped.
-pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
+pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener, tokens: auth::Tokens) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let relay = relay.clone();
+        let Ok((mut stream, peer)) = listener.accept().await else { continue };
+        let (relay, tokens) = (relay.clone(), tokens.clone());
         tokio::spawn(async move {
             let Some((head, body)) = read_request(&mut stream).await else { return };
-            let (status, content_type, body) = route(&relay, &head, body).await;
+            let (status, content_type, body) = match refusal(&tokens, &head, peer) {
+                Some(refused) => refused,
+                None => route(&relay, &head, body).await,
+            };
+            let challenge =
+                if status.starts_with("401") { "WWW-Authenticate: Bearer realm=\"sluice\"\r\n" } else { "" };
             let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\n{challenge}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;
@@ -78,6 +85,37 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec
     }
     body.truncate(length);
     Some((head, body))
+}
+
+/// The answer to a request its token does not allow (`401` without a valid token, `403` for
+/// a change asked with the read-only one), logged without the token; none when it may go on.
+fn refusal(
+    tokens: &auth::Tokens,
+    head: &str,
+    peer: std::net::SocketAddr,
+) -> Option<(&'static str, &'static str, String)> {
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let header = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v)
+    });
+    let needed = if method == "GET" { auth::Access::Read } else { auth::Access::Admin };
+    let error = |message: &str| serde_json::json!({ "error": message }).to_string();
+    match (tokens.access(header), needed) {
+        (auth::Access::Admin, _) | (auth::Access::Read, auth::Access::Read) => None,
+        (auth::Access::Read, _) => {
+            tracing::warn!(client = %peer, method, path, "admin API: a change asked with the read-only token; refused");
+            Some(("403 Forbidden", "application/json", error("the read-only token cannot change anything")))
+        }
+        (auth::Access::None, _) => {
+            let why = if header.is_some() { "a wrong token" } else { "no token" };
+            tracing::warn!(client = %peer, method, path, "admin API: request with {why}; refused");
+            Some(("401 Unauthorized", "application/json", error("Authorization: Bearer TOKEN required")))
+        }
+    }
 }
 
 async fn route(relay: &Arc<Relay>, head: &str, body: Vec<u8>) -> (&'static str, &'static str, String) {
@@ -270,13 +308,15 @@ pub async fn request(
     addr: std::net::SocketAddr,
     method: &str,
     target: &str,
+    token: Option<&str>,
 ) -> Result<(u16, String), String> {
     let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("{addr}: timed out connecting"))?
         .map_err(|e| format!("{addr}: cannot connect: {e} (is the relay running with [admin] listen?)"))?;
+    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("{addr}: {e}"))?;
     let mut response = Vec::new();

@@ -27,6 +27,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let watching = config_path.is_some();
+    // The admin tokens are read before anything starts: a bad one stops the relay here.
+    let tokens = crate::admin::auth::Tokens::load(&config).map_err(anyhow::Error::msg)?;
     let (relay, delivery) = Relay::build(config, config_path).await?;
     // Clean up after a crash before anything writes to the spool.
     let queue = relay.spool.recover(Store::Queue)?;
@@ -53,7 +55,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         let listener = tokio::net::TcpListener::bind(admin.listen)
             .await
             .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", admin.listen))?;
-        tokio::spawn(crate::admin::serve(relay.clone(), listener));
+        if !tokens.required() {
+            tracing::warn!(listen = %admin.listen, "admin API without admin.token_file: anyone who reaches it may read and change the relay");
+        }
+        tokio::spawn(crate::admin::serve(relay.clone(), listener, tokens));
     }
     relay.metrics.set_queue_ages(queue.iter().map(|m| (m.tenant.as_str(), m.received_at)));
     tokio::spawn(crate::delivery::run(delivery));
@@ -87,6 +92,7 @@ pub async fn check(config: Config) -> anyhow::Result<()> {
         Backend::Redis(url) => Some(url.clone()),
         _ => None,
     };
+    crate::admin::auth::Tokens::load(&config).map_err(anyhow::Error::msg)?;
     let (relay, _delivery) = Relay::build_to_check(config).await?;
     for warning in &warnings {
         println!("warning: {warning}");
@@ -137,7 +143,14 @@ pub(crate) async fn admin_json(
             config.source_name()
         )
     })?;
-    let (status, body) = crate::admin::request(admin.listen, method, target)
+    let token = match &admin.token_file {
+        Some(path) => Some(
+            crate::admin::auth::token_file("admin.token_file", &config.resolve(path))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let (status, body) = crate::admin::request(admin.listen, method, target, token.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("the relay's admin API at {}: {e}", admin.listen))?;
     let answer: serde_json::Value =

@@ -168,6 +168,15 @@ impl Config {
         if s.max_recipients < 1 {
             return fail("server.max_recipients", "must be at least 1");
         }
+        if let Some(admin) = &self.admin
+            && admin.read_token_file.is_some()
+            && admin.token_file.is_none()
+        {
+            return fail(
+                "admin.read_token_file",
+                "needs admin.token_file (without it the API is open to all)",
+            );
+        }
         if self.relay.auth_failures_per_ip < 1 {
             return fail("relay.auth_failures_per_ip", "must be at least 1");
         }

@@ -196,6 +196,13 @@ pub struct DnsConfig {
 pub struct AdminConfig {
     /// Address of the HTTP listener serving `GET /metrics`.
     pub listen: SocketAddr,
+    /// File holding the admin token (one line): `Authorization: Bearer TOKEN` on every
+    /// request. Without it the API is open to whoever reaches the listener.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// File holding a read-only token: the endpoints that only return data (`GET`).
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
 }
 
 /// `[tls]`: the certificate STARTTLS presents.
