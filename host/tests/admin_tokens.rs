@@ -66,33 +66,25 @@ fn tokens_decide_who_may_read_and_who_may_change() {
     );
 }
 
+/// `sluice check` of a configuration whose `[admin]` has `keys`.
+fn check_admin(dir: &std::path::Path, keys: &str) -> (bool, String) {
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"spool\"\n\
+         [admin]\nlisten = \"127.0.0.1:{}\"\n{keys}{}",
+        free_port(),
+        free_port(),
+        inbound(free_port())
+    );
+    std::fs::write(dir.join("sluice.toml"), config).expect("config");
+    sluice(dir, &["check"])
+}
+
 #[test]
 fn a_short_token_or_a_read_token_alone_is_a_configuration_error() {
     let dir = temp_dir("admin-token-short");
     std::fs::write(dir.join("admin.token"), "secret\n").expect("token");
-    let body = format!(
-        "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken_file = \"admin.token\"\n{}",
-        free_port(),
-        inbound(free_port())
-    );
-    std::fs::write(
-        dir.join("sluice.toml"),
-        format!("[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"spool\"\n{body}", free_port()),
-    )
-    .expect("config");
-    let (ok, text) = sluice(&dir, &["check"]);
+    let (ok, text) = check_admin(&dir, "token_file = \"admin.token\"\n");
     assert!(!ok && text.contains("admin.token_file") && text.contains("at least 16 characters"), "{text}");
-
-    let body = format!(
-        "[admin]\nlisten = \"127.0.0.1:{}\"\nread_token_file = \"admin.token\"\n{}",
-        free_port(),
-        inbound(free_port())
-    );
-    std::fs::write(
-        dir.join("sluice.toml"),
-        format!("[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"spool\"\n{body}", free_port()),
-    )
-    .expect("config");
-    let (ok, text) = sluice(&dir, &["check"]);
+    let (ok, text) = check_admin(&dir, "read_token_file = \"admin.token\"\n");
     assert!(!ok && text.contains("admin.read_token_file: needs admin.token_file"), "{text}");
 }
