@@ -248,18 +248,12 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
             }
             println!("\n{headers}");
         }
-        QueueCommand::Flush => {
-            let mut n = 0;
-            for mut m in spool.list(Store::Queue)? {
-                m.next_attempt = 0;
-                spool.update(Store::Queue, &m)?;
-                n += 1;
-            }
-            println!("{n} message(s) due now");
-        }
+        QueueCommand::Flush => println!("{} message(s) due now", spool.flush(|_| false)?.len()),
         QueueCommand::Delete { id } => {
-            let store = find(&id)?;
-            spool.remove(store, &id)?;
+            if !spool::valid_id(&id) {
+                anyhow::bail!("{id}: not a queue id");
+            }
+            spool.remove_anywhere(&id)?;
             println!("{id} deleted");
         }
         QueueCommand::Release { id, learn_ham: true } => {

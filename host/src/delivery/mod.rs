@@ -154,7 +154,7 @@ pub async fn run(delivery: Delivery) {
                 in_flight.remove(&id);
                 if doomed.remove(&id) {
                     // Already gone if the attempt finished the message.
-                    let _ = orders::delete_now(&context.spool, &id);
+                    let _ = context.spool.remove_anywhere(&id);
                 } else if let Some(at) = next {
                     due.insert((at, id), ());
                 }
@@ -162,7 +162,7 @@ pub async fn run(delivery: Delivery) {
             Some(order) = orders.recv() => match order {
                 Order::Flush(answer) => {
                     let (spool, busy) = (context.spool.clone(), in_flight.clone());
-                    let flushed = tokio::task::spawn_blocking(move || orders::flush(&spool, &busy))
+                    let flushed = tokio::task::spawn_blocking(move || spool.flush(|id| busy.contains(id)))
                         .await
                         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                     let answered = flushed.map(|ids| {
@@ -180,8 +180,7 @@ pub async fn run(delivery: Delivery) {
                         if let Some((_, message)) = loaded.remove(&id) {
                             loaded_bytes -= message.len();
                         }
-                        orders::delete_now(&context.spool, &id)
-                            .map(|store| Deleted { store, after_attempt: false })
+                        context.spool.remove_anywhere(&id).map(|store| Deleted { store, after_attempt: false })
                     };
                     let _ = answer.send(deleted);
                 }

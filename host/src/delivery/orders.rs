@@ -4,12 +4,11 @@
 //! so an order never races an attempt's rewrite of the same file — a message being attempted
 //! is deleted when its attempt ends, and a flush leaves it to the attempt under way.
 
-use std::collections::BTreeSet;
 use std::io;
 
 use tokio::sync::oneshot;
 
-use crate::spool::{Spool, Store};
+use crate::spool::Store;
 
 /// One order for the delivery task, with where its answer goes.
 pub enum Order {
@@ -33,36 +32,4 @@ pub struct Deleted {
     /// An attempt was delivering it: its file goes when that attempt ends (the attempt may
     /// still have delivered it to some recipients).
     pub after_attempt: bool,
-}
-
-/// Make every queued message that no attempt is working on due now, on disk too (a restart
-/// keeps the order); their ids.
-pub(super) fn flush(spool: &Spool, in_flight: &BTreeSet<String>) -> io::Result<Vec<String>> {
-    let mut flushed = Vec::new();
-    for mut message in spool.list(Store::Queue)? {
-        if in_flight.contains(&message.id) {
-            continue;
-        }
-        if message.next_attempt != 0 {
-            message.next_attempt = 0;
-            spool.update(Store::Queue, &message)?;
-        }
-        flushed.push(message.id);
-    }
-    Ok(flushed)
-}
-
-/// Delete `id` now (no attempt is working on it): from the queue, else from the quarantine.
-pub(super) fn delete_now(spool: &Spool, id: &str) -> io::Result<Store> {
-    for store in [Store::Queue, Store::Quarantine] {
-        match spool.remove(store, id) {
-            Ok(()) => return Ok(store),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{id}: no such message in the queue or the quarantine"),
-    ))
 }

@@ -241,6 +241,39 @@ impl Spool {
         self.live_path(store, id).is_ok_and(|path| path.exists())
     }
 
+    /// Remove `id` from the queue, else from the quarantine; where it was. `NotFound` (saying
+    /// so) when it is in neither.
+    pub fn remove_anywhere(&self, id: &str) -> io::Result<Store> {
+        for store in [Store::Queue, Store::Quarantine] {
+            match self.remove(store, id) {
+                Ok(()) => return Ok(store),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{id}: no such message in the queue or the quarantine"),
+        ))
+    }
+
+    /// Make every queued message due now, on disk (a restart keeps it), except those `skip`
+    /// names (an attempt is working on them); their ids.
+    pub fn flush(&self, skip: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
+        let mut flushed = Vec::new();
+        for mut message in self.list(Store::Queue)? {
+            if skip(&message.id) {
+                continue;
+            }
+            if message.next_attempt != 0 {
+                message.next_attempt = 0;
+                self.update(Store::Queue, &message)?;
+            }
+            flushed.push(message.id);
+        }
+        Ok(flushed)
+    }
+
     /// Remove a message.
     pub fn remove(&self, store: Store, id: &str) -> io::Result<()> {
         fs::remove_file(self.path(store, id)?)?;
