@@ -135,18 +135,16 @@ where
                     output.flush().await?;
                     // A shutdown's grace period over: a session between commands is closed,
                     // at once or as soon as it comes back to wait for one.
+                    // (Asked first: a shutdown already under way wins over waiting input.)
                     let between_commands = conversation.awaits_command();
-                    if between_commands && *closing.borrow() {
-                        conversation.shutting_down();
-                        continue;
-                    }
                     let read = tokio::time::timeout(timeout, input.fill_buf());
                     let outcome = tokio::select! {
-                        outcome = read => outcome,
+                        biased;
                         Ok(_) = closing.wait_for(|closing| *closing), if between_commands => {
                             conversation.shutting_down();
                             continue;
                         }
+                        outcome = read => outcome,
                     };
                     match outcome {
                         Err(_) => {
