@@ -21,9 +21,14 @@ fn envelope(id: &str) -> QueuedMessage {
     }
 }
 
+/// A folder of its own for a spool.
+fn spool_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("sluice-spool-{}", new_id()))
+}
+
 /// A new spool in a folder of its own.
 fn temp_spool(mode: SyncMode) -> (PathBuf, Spool) {
-    let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+    let dir = spool_dir();
     let spool = Spool::open(&dir, mode).unwrap();
     (dir, spool)
 }
@@ -202,7 +207,7 @@ fn free_files(dir: &Path) -> Vec<PathBuf> {
 fn delivered_files_are_reused() {
     use std::os::unix::fs::MetadataExt;
     for mode in [SyncMode::Group, SyncMode::File] {
-        let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+        let dir = spool_dir();
         let spool = Spool::open_recycling(&dir, mode, 3).unwrap();
         let long = vec![b'x'; 20_000];
         for _ in 0..5 {
@@ -247,7 +252,7 @@ fn delivered_files_are_reused() {
 /// rename reached the disk, the writes did not). Recovery removes it; nothing else goes.
 #[test]
 fn a_reused_file_with_old_bytes_is_not_delivered() {
-    let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+    let dir = spool_dir();
     let spool = Spool::open_recycling(&dir, SyncMode::Group, 8).unwrap();
     let kept = new_id();
     spool.store(Store::Queue, &envelope(&kept), b"Subject: k\r\n\r\nkept\r\n").unwrap();
@@ -265,7 +270,7 @@ fn a_reused_file_with_old_bytes_is_not_delivered() {
 /// kept files is emptied.
 #[test]
 fn kept_files_with_a_second_name_and_turning_recycling_off() {
-    let dir = std::env::temp_dir().join(format!("sluice-spool-{}", new_id()));
+    let dir = spool_dir();
     let spool = Spool::open_recycling(&dir, SyncMode::Group, 8).unwrap();
     let id = new_id();
     spool.store(Store::Queue, &envelope(&id), b"Subject: q\r\n\r\nqueued\r\n").unwrap();
