@@ -125,7 +125,7 @@ impl Config {
 
     /// The key of policy `index` of `tenant` (the edge or one of the tenants), for messages.
     pub fn policy_key(&self, tenant: &TenantConfig, index: usize) -> String {
-        match self.tenants.iter().position(|t| std::ptr::eq(t, tenant) || t.name == tenant.name) {
+        match self.tenants.iter().position(|t| t.name == tenant.name) {
             Some(i) if tenant.name != EDGE => format!("tenant[{i}] ({}).policy[{index}].path", tenant.name),
             _ => format!("edge.policy[{index}].path"),
         }
@@ -393,14 +393,20 @@ pub fn component_file(path: &Path) -> Result<(), String> {
     let mut head = [0u8; 8];
     let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     let n = file.read(&mut head).map_err(|e| format!("cannot read: {e}"))?;
-    match head {
-        _ if n < 8 || &head[..4] != b"\0asm" => Err("not WebAssembly (no `\\0asm` header)".into()),
-        [.., 1, 0, 0, 0] => Err("a core WebAssembly module, not a component: build the policy for \
-             wasm32-wasip2 (`cargo build --target wasm32-wasip2`), or make this module a component \
-             with `wasm-tools component new`"
-            .into()),
-        _ => Ok(()),
+    if n < 8 || &head[..4] != b"\0asm" {
+        return Err("not WebAssembly (no `\\0asm` header)".into());
     }
+    core_module(&head).map_or(Ok(()), |advice| Err(advice.into()))
+}
+
+/// What to say of a core WebAssembly module given where a component is needed, when `head`
+/// starts one.
+pub fn core_module(head: &[u8]) -> Option<&'static str> {
+    (head.get(..8) == Some(b"\0asm\x01\0\0\0")).then_some(
+        "a core WebAssembly module, not a component: build the policy for wasm32-wasip2 \
+         (`cargo build --target wasm32-wasip2`), or make this module a component with \
+         `wasm-tools component new`",
+    )
 }
 
 /// SHA-256 of configuration text, hex.

@@ -116,11 +116,8 @@ pub(crate) fn compile(
 /// Why `bytes` are not a component, on one line: what to do when they are a core module, else
 /// the compiler's causes joined.
 fn cause(bytes: &[u8], error: &wasmtime::Error) -> String {
-    if bytes.len() >= 8 && &bytes[..4] == b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
-        return "it is a core WebAssembly module, not a component: build the policy for wasm32-wasip2 \
-                (`cargo build --target wasm32-wasip2`), or make this module a component with \
-                `wasm-tools component new`"
-            .to_string();
+    if let Some(advice) = crate::config::core_module(bytes) {
+        return format!("it is {advice}");
     }
     let text = format!("{error:#}");
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
