@@ -396,17 +396,7 @@ pub fn component_file(path: &Path) -> Result<(), String> {
     if n < 8 || &head[..4] != b"\0asm" {
         return Err("not WebAssembly (no `\\0asm` header)".into());
     }
-    core_module(&head).map_or(Ok(()), |advice| Err(advice.into()))
-}
-
-/// What to say of a core WebAssembly module given where a component is needed, when `head`
-/// starts one.
-pub fn core_module(head: &[u8]) -> Option<&'static str> {
-    (head.get(..8) == Some(b"\0asm\x01\0\0\0")).then_some(
-        "a core WebAssembly module, not a component: build the policy for wasm32-wasip2 \
-         (`cargo build --target wasm32-wasip2`), or make this module a component with \
-         `wasm-tools component new`",
-    )
+    crate::policy::cache::core_module(&head).map_or(Ok(()), |advice| Err(advice.into()))
 }
 
 /// SHA-256 of configuration text, hex.

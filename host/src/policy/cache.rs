@@ -116,9 +116,19 @@ pub(crate) fn compile(
 /// Why `bytes` are not a component, on one line: what to do when they are a core module, else
 /// the compiler's causes joined.
 fn cause(bytes: &[u8], error: &wasmtime::Error) -> String {
-    if let Some(advice) = crate::config::core_module(bytes) {
+    if let Some(advice) = core_module(bytes) {
         return format!("it is {advice}");
     }
     let text = format!("{error:#}");
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// What to say of a core WebAssembly module given where a component is needed, when `head`
+/// starts one.
+pub fn core_module(head: &[u8]) -> Option<&'static str> {
+    (head.get(..8) == Some(b"\0asm\x01\0\0\0")).then_some(
+        "a core WebAssembly module, not a component: build the policy for wasm32-wasip2 \
+         (`cargo build --target wasm32-wasip2`), or make this module a component with \
+         `wasm-tools component new`",
+    )
 }
