@@ -17,7 +17,7 @@ if ! command -v swaks >/dev/null || ! swaks --support 2>/dev/null | grep -q "TLS
 fi
 # The shared-state tests run a real Redis server; the C policies need clang, lld,
 # wasi-libc and clang's wasm32 runtime; the JavaScript ones node and npm; the edge tests
-# HAProxy and Dovecot.
+# HAProxy and Dovecot; the console's test Chromium.
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 MISSING=()
@@ -36,6 +36,9 @@ command -v dovecot >/dev/null || MISSING+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || MISSING+=(dovecot-lmtpd)
 # The benchmarks' name server (bench/throughput.py --tiny runs below).
 command -v unbound >/dev/null || MISSING+=(unbound)
+# The console's browser test: Debian's Chromium and its WebDriver.
+command -v chromium >/dev/null || MISSING+=(chromium)
+command -v chromedriver >/dev/null || MISSING+=(chromium-driver)
 if [ ${#MISSING[@]} -gt 0 ]; then
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends "${MISSING[@]}"

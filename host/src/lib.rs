@@ -47,6 +47,7 @@ pub mod mail;
 pub mod metrics;
 pub mod panics;
 pub mod policy;
+pub mod recent;
 pub mod recipients;
 pub mod relay;
 pub mod reload;

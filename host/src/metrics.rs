@@ -111,6 +111,12 @@ impl Metrics {
         }
     }
 
+    /// How often `policy`, in shadow in `tenant`'s chain, decided otherwise than the chain.
+    pub fn disagreements(&self, tenant: &str, policy: &str) -> u64 {
+        let map = self.disagreements.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(tenant.to_string(), policy.to_string())).copied().unwrap_or(0)
+    }
+
     /// Every policy run of a stage.
     pub fn stage(&self, tenant: &str, result: &StageResult) {
         let mut map = self.policies.lock().unwrap_or_else(|p| p.into_inner());

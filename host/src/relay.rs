@@ -47,6 +47,8 @@ pub struct Relay {
     pub verifier: Verifier,
     /// The sender checks (SPF, DKIM, DMARC, ARC) and their cache of parsed answers.
     pub sender_checker: Checker,
+    /// The last transactions and mail per minute, for the console.
+    pub recent: crate::recent::Recent,
     counters: Counters,
     /// Lessons of autolearning under way, at most [`AUTOLEARN_AT_ONCE`].
     autolearning: Arc<tokio::sync::Semaphore>,
@@ -141,6 +143,7 @@ impl Relay {
             orders,
             verifier: Verifier::default(),
             sender_checker,
+            recent: crate::recent::Recent::default(),
             counters: Counters::default(),
             autolearning: Arc::new(tokio::sync::Semaphore::new(AUTOLEARN_AT_ONCE)),
         };
@@ -256,6 +259,7 @@ impl Relay {
                 reply = %record.reply,
                 "connection refused by policy"
             );
+            self.recent.add(record, j.outcome.as_str());
             return;
         }
         match j.stage {
@@ -303,6 +307,7 @@ impl Relay {
         let accepted = matches!(j.outcome, Outcome::Accept | Outcome::Quarantine | Outcome::Discard);
         let outcome = if accepted && record.reply.code >= 400 { "error" } else { j.outcome.as_str() };
         self.metrics.transaction(&record.tenant, outcome);
+        self.recent.add(record, outcome);
     }
 }
 

@@ -12,23 +12,49 @@ pub fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS client: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider, None)))
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// A TLS client that accepts exactly the server certificate that opens `cert_file` (PEM):
+/// how `sluice` commands reach their own relay's admin API over TLS, whatever name or
+/// address it is reached by and whoever signed its certificate.
+pub fn pinned_connector(cert_file: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let first = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", cert_file.display()))?
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider, Some(first.to_vec()))))
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Accepts any certificate, or (with the second field) only that one, by its bytes; the
+/// handshake's signatures are checked either way.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>, Option<Vec<u8>>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
         _intermediates: &[rustls::pki_types::CertificateDer<'_>],
         _server_name: &rustls::pki_types::ServerName<'_>,
         _ocsp_response: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.1.as_deref().is_some_and(|pinned| pinned != end_entity.as_ref()) {
+            return Err(rustls::Error::General("not the certificate of admin.tls_cert".into()));
+        }
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 

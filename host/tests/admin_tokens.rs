@@ -17,7 +17,11 @@ const READ: &str = "fedcba9876543210fedcba9876543210";
 fn http(port: u16, method: &str, path: &str, authorization: Option<&str>) -> (String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin");
     let header = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: x\r\n{header}Content-Length: 0\r\n\r\n").expect("send");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("answer");
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
@@ -38,7 +42,10 @@ fn tokens_decide_who_may_read_and_who_may_change() {
     let bearer = |t: &str| format!("Bearer {t}");
 
     let (head, _) = http(admin, "GET", "/metrics", None);
-    assert!(head.starts_with("HTTP/1.1 401") && head.contains("WWW-Authenticate: Bearer"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 401") && head.to_ascii_lowercase().contains("www-authenticate: bearer"),
+        "{head}"
+    );
     let (head, _) = http(admin, "GET", "/metrics", Some(&bearer("not-the-token-at-all-00000000")));
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     let (head, metrics) = http(admin, "GET", "/metrics", Some(&bearer(READ)));

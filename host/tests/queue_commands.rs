@@ -114,6 +114,26 @@ fn one_spool_one_relay_and_the_queue_commands_beside_it() {
     let (ok, unknown) = sluice(&dir, &["queue", "delete", "00000000000000000000"]);
     assert!(!ok && unknown.contains("404") && unknown.contains("no such message"), "{unknown}");
 
+    // Hold by filter, through the relay: into the quarantine until released.
+    let (ok, held) = sluice(&dir, &["queue", "hold", "--recipient", "carol@"]);
+    assert!(ok && held.contains("held (in the quarantine until released)"), "{held}");
+    let (_, json) = sluice(&dir, &["queue", "list", "--store", "quarantine", "--json"]);
+    assert!(
+        json.lines().count() == 1
+            && json.contains("carol@other.test")
+            && json.contains("held by an operator"),
+        "{json}"
+    );
+    let carol = ids(&dir, "quarantine");
+    let (ok, released) = sluice(&dir, &["queue", "release", &carol[0]]);
+    assert!(ok && released.contains("released into the queue"), "{released}");
+    assert!(ids(&dir, "quarantine").is_empty());
+    // A change to everything needs a filter or ids.
+    let (ok, refused) = sluice(&dir, &["queue", "delete"]);
+    assert!(!ok && refused.contains("say which messages"), "{refused}");
+    let (ok, none) = sluice(&dir, &["queue", "hold", "--tenant", "nobody"]);
+    assert!(ok && none.trim().is_empty(), "{none}");
+
     // With no relay, the command locks the spool and changes it itself.
     let _ = r.proc.0.kill();
     let _ = r.proc.0.wait();
@@ -122,6 +142,12 @@ fn one_spool_one_relay_and_the_queue_commands_beside_it() {
     let (ok, deleted) = sluice(&dir, &["queue", "delete", &queued[0]]);
     assert!(ok && deleted.contains(&format!("{} deleted", queued[0])), "{deleted}");
     assert_eq!(ids(&dir, "queue"), vec![queued[1].clone()]);
-    let (ok, flushed) = sluice(&dir, &["queue", "flush"]);
+    let (ok, flushed) = sluice(&dir, &["queue", "flush", "--tenant", "other"]);
     assert!(ok && flushed.contains("1 message(s) due now"), "{flushed}");
+    let (ok, held) = sluice(&dir, &["queue", "hold", &queued[1]]);
+    assert!(ok && held.contains("held"), "{held}");
+    assert_eq!(ids(&dir, "quarantine"), vec![queued[1].clone()]);
+    let (ok, deleted) = sluice(&dir, &["queue", "delete", "--store", "quarantine", "--tenant", "other"]);
+    assert!(ok && deleted.contains(&format!("{} deleted", queued[1])), "{deleted}");
+    assert!(ids(&dir, "quarantine").is_empty() && ids(&dir, "queue").is_empty());
 }

@@ -19,298 +19,315 @@
 //! (see [`auth`]); without it the API is open: bind it to loopback or a management network.
 
 pub mod auth;
+mod console;
 mod learn;
 mod queue;
+mod views;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
+use crate::config::AdminConfig;
 use crate::relay::Relay;
-use crate::tenants::Tenant;
 
-/// Serve the admin API on `listener` until the task is dropped.
-pub async fn serve(relay: Arc<Relay>, listener: tokio::net::TcpListener, tokens: auth::Tokens) {
+/// How long a client may take to send a request's line and headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request line and headers taken (a longer one gets `431`).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// What the admin listener serves with.
+struct Admin {
+    relay: Arc<Relay>,
+    tokens: auth::Tokens,
+    /// Largest request body taken (`413` beyond).
+    max_body: usize,
+    /// How long a request's body may take to arrive (`408` beyond).
+    body_timeout: Duration,
+}
+
+/// Serve the admin API on `listener` until the task is dropped: HTTP/1.1 (hyper), over TLS
+/// when `tls` is given, at most `settings.max_connections` connections at once (one more is
+/// answered `503` and closed).
+pub async fn serve(
+    relay: Arc<Relay>,
+    listener: tokio::net::TcpListener,
+    tokens: auth::Tokens,
+    settings: &AdminConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let admin = Arc::new(Admin {
+        relay,
+        tokens,
+        max_body: settings.max_request_bytes,
+        body_timeout: Duration::from_secs(settings.request_timeout_secs),
+    });
+    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     loop {
-        let Ok((mut stream, peer)) = listener.accept().await else { continue };
-        let (relay, tokens) = (relay.clone(), tokens.clone());
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, "admin API: too many connections; refused");
+            tokio::spawn(turn_away(stream));
+            continue;
+        };
+        let (admin, tls) = (admin.clone(), tls.clone());
         tokio::spawn(async move {
-            let Some((head, body)) = read_request(&mut stream).await else { return };
-            let (status, content_type, body) = match refusal(&tokens, &head, peer) {
-                Some(refused) => refused,
-                None => route(&relay, &head, body).await,
-            };
-            let challenge =
-                if status.starts_with("401") { "WWW-Authenticate: Bearer realm=\"sluice\"\r\n" } else { "" };
-            let response = format!(
-                "HTTP/1.1 {status}\r\n{challenge}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let _slot = slot;
+            match tls {
+                None => plain(admin, peer, stream).await,
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        if connection(admin, peer, stream).await {
+                            tracing::warn!(client = %peer, "admin API: request headers not sent in time; closed");
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "admin API: TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(client = %peer, "admin API: TLS handshake timed out"),
+                },
+            }
         });
     }
 }
 
-/// The request line and headers, and the body its `Content-Length` announces (bounded by
-/// [`crate::policy::learn::MAX_LESSON_BYTES`]; a longer one is cut, and the message learned is what came).
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    let end = loop {
-        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.ok()?.ok()?;
-        if n == 0 || data.len() > 16384 {
-            break data.len();
-        }
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..end]).into_owned();
-    let length = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-length")))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0)
-        .min(crate::policy::learn::MAX_LESSON_BYTES);
-    let mut body = data.split_off(end);
-    while body.len() < length {
-        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&buf[..n]);
+/// A plain connection; one whose request line and headers take longer than
+/// [`HEADER_TIMEOUT`] is answered `408` (through a second handle on the socket, hyper having
+/// closed its own) and closed.
+async fn plain(admin: Arc<Admin>, peer: SocketAddr, stream: tokio::net::TcpStream) {
+    let spare = stream.into_std().and_then(|s| Ok((s.try_clone()?, s)));
+    let Ok((spare, stream)) = spare else { return };
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
+    if connection(admin, peer, stream).await {
+        tracing::warn!(client = %peer, "admin API: request headers not sent within {}s; closed", HEADER_TIMEOUT.as_secs());
+        let Ok(mut spare) = tokio::net::TcpStream::from_std(spare) else { return };
+        let body = format!(
+            r#"{{"error":"the request headers did not arrive within {}s"}}"#,
+            HEADER_TIMEOUT.as_secs()
+        );
+        let answer = format!(
+            "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), spare.write_all(answer.as_bytes())).await;
+        let _ = spare.shutdown().await;
     }
-    body.truncate(length);
-    Some((head, body))
+}
+
+/// A connection over the cap: `503` and closed.
+async fn turn_away(mut stream: tokio::net::TcpStream) {
+    let body = r#"{"error":"too many connections to the admin API"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+/// One connection's request (one each: an idle connection never holds one of the
+/// `max_connections`); one whose headers take longer than [`HEADER_TIMEOUT`] is closed (and
+/// `true` returned).
+async fn connection<S>(admin: Arc<Admin>, peer: SocketAddr, stream: S) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(answer(&admin, peer, request).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    match served {
+        Ok(()) => false,
+        Err(e) if e.is_timeout() || e.to_string().contains("timeout") => true,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "admin API: connection ended");
+            false
+        }
+    }
+}
+
+/// A response: status, content type, body.
+type Reply = (StatusCode, &'static str, Bytes);
+
+const JSON: &str = "application/json";
+
+fn json_reply(status: &str, value: &serde_json::Value) -> Reply {
+    let code = status.get(..3).and_then(|c| c.parse().ok()).and_then(|c| StatusCode::from_u16(c).ok());
+    (code.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), JSON, Bytes::from(value.to_string()))
+}
+
+fn error_reply(status: StatusCode, message: &str) -> Reply {
+    (status, JSON, Bytes::from(serde_json::json!({ "error": message }).to_string()))
+}
+
+/// The answer to one request.
+async fn answer(admin: &Admin, peer: SocketAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let (status, content_type, body) = match (method.as_str(), path.as_str()) {
+        // The console's page holds no data: it asks for the token and sends it with each call.
+        ("GET" | "HEAD", "/" | "/index.html") => {
+            (StatusCode::OK, "text/html; charset=utf-8", console::page())
+        }
+        _ => {
+            let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            match refusal(&admin.tokens, &method, &path, header, peer) {
+                Some(refused) => refused,
+                None => match read_body(admin, request).await {
+                    Ok(body) => route(&admin.relay, &method, &path, &query, body).await,
+                    Err(refused) => {
+                        tracing::warn!(client = %peer, method, path, status = %refused.0, "admin API: request body refused");
+                        refused
+                    }
+                },
+            }
+        }
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\""));
+    }
+    if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The request's body: at most [`Admin::max_body`] bytes (`413`), within
+/// [`Admin::body_timeout`] (`408`).
+async fn read_body(admin: &Admin, request: Request<Incoming>) -> Result<Vec<u8>, Reply> {
+    let too_large = || {
+        error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over the {} bytes admin.max_request_bytes allows", admin.max_body),
+        )
+    };
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > admin.max_body as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(request.into_body(), admin.max_body);
+    match tokio::time::timeout(admin.body_timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(error_reply(StatusCode::BAD_REQUEST, &format!("the request body: {e}"))),
+        Err(_) => Err(error_reply(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {}s", admin.body_timeout.as_secs()),
+        )),
+    }
 }
 
 /// The answer to a request its token does not allow (`401` without a valid token, `403` for
 /// a change asked with the read-only one), logged without the token; none when it may go on.
 fn refusal(
     tokens: &auth::Tokens,
-    head: &str,
-    peer: std::net::SocketAddr,
-) -> Option<(&'static str, &'static str, String)> {
-    let mut words = head.split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let header = head.lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| v)
-    });
-    let needed = if method == "GET" { auth::Access::Read } else { auth::Access::Admin };
-    let error = |message: &str| serde_json::json!({ "error": message }).to_string();
+    method: &str,
+    path: &str,
+    header: Option<&str>,
+    peer: SocketAddr,
+) -> Option<Reply> {
+    let needed = if matches!(method, "GET" | "HEAD") { auth::Access::Read } else { auth::Access::Admin };
     match (tokens.access(header), needed) {
         (auth::Access::Admin, _) | (auth::Access::Read, auth::Access::Read) => None,
         (auth::Access::Read, _) => {
             tracing::warn!(client = %peer, method, path, "admin API: a change asked with the read-only token; refused");
-            Some(("403 Forbidden", "application/json", error("the read-only token cannot change anything")))
+            Some(error_reply(StatusCode::FORBIDDEN, "the read-only token cannot change anything"))
         }
         (auth::Access::None, _) => {
             let why = if header.is_some() { "a wrong token" } else { "no token" };
             tracing::warn!(client = %peer, method, path, "admin API: request with {why}; refused");
-            Some(("401 Unauthorized", "application/json", error("Authorization: Bearer TOKEN required")))
+            Some(error_reply(StatusCode::UNAUTHORIZED, "Authorization: Bearer TOKEN required"))
         }
     }
 }
 
-async fn route(relay: &Arc<Relay>, head: &str, body: Vec<u8>) -> (&'static str, &'static str, String) {
-    let mut words = head.split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    const JSON: &str = "application/json";
-    match (method, path) {
+async fn route(relay: &Arc<Relay>, method: &str, path: &str, query: &str, body: Vec<u8>) -> Reply {
+    let answer = match (method, path) {
         ("GET", "/metrics") => {
             relay.metrics.set_prepared_instances(relay.generations.loader.engine.prepared_instances());
-            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", relay.metrics.render())
+            let text = relay.metrics.render();
+            return (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                Bytes::from(text),
+            );
         }
-        ("GET", "/api/policies") => ("200 OK", JSON, policies(relay).to_string()),
-        ("GET", "/api/tenants") => ("200 OK", JSON, tenants(relay).await.to_string()),
+        ("GET", "/api/policies") => ("200 OK", views::policies(relay)),
+        ("GET", "/api/tenants") => ("200 OK", views::tenants(relay).await),
+        ("GET", "/api/transactions") => ("200 OK", relay.recent.to_json(query)),
+        ("GET", "/api/queue") => queue::list(relay, query).await,
+        ("GET", "/api/queue/message") => queue::message(relay, query).await,
         ("POST", "/api/reload") => {
             let report = relay.generations.reload("admin API").await;
             let status = if report.result == "failed" { "500 Internal Server Error" } else { "200 OK" };
-            (status, JSON, serde_json::to_string(&report).unwrap_or_default())
+            (status, serde_json::to_value(&report).unwrap_or_default())
         }
         ("POST", "/api/rollback") => {
-            let tenant = query.split('&').find_map(|kv| kv.strip_prefix("tenant=")).unwrap_or("");
-            match relay.generations.rollback(&percent_decode(tenant)).await {
-                Ok(generation) => (
-                    "200 OK",
-                    JSON,
-                    serde_json::json!({"tenant": tenant, "generation": generation}).to_string(),
-                ),
-                Err(e) => ("409 Conflict", JSON, serde_json::json!({"error": e}).to_string()),
+            let tenant = learn::param(query, "tenant").unwrap_or_default();
+            match relay.generations.rollback(&tenant).await {
+                Ok(generation) => ("200 OK", serde_json::json!({"tenant": tenant, "generation": generation})),
+                Err(e) => ("409 Conflict", serde_json::json!({"error": e})),
             }
         }
-        ("POST", "/api/learn") => {
-            let (status, answer) = learn::learn(relay, query, body).await;
-            (status, JSON, answer.to_string())
-        }
-        ("POST", "/api/release") => {
-            let (status, answer) = learn::release(relay, query).await;
-            (status, JSON, answer.to_string())
-        }
-        ("POST", "/api/queue/flush") => {
-            let (status, answer) = queue::flush(relay).await;
-            (status, JSON, answer.to_string())
-        }
-        ("POST", "/api/queue/delete") => {
-            let (status, answer) = queue::delete(relay, query).await;
-            (status, JSON, answer.to_string())
-        }
+        ("POST", "/api/learn") => learn::learn(relay, query, body).await,
+        ("POST", "/api/release") => learn::release(relay, query).await,
+        ("POST", "/api/queue/flush") => queue::flush(relay, query).await,
+        ("POST", "/api/queue/delete") => queue::delete(relay, query).await,
+        ("POST", "/api/queue/hold") => queue::hold(relay, query).await,
         (
             _,
-            "/metrics" | "/api/policies" | "/api/tenants" | "/api/reload" | "/api/rollback" | "/api/learn"
-            | "/api/release" | "/api/queue/flush" | "/api/queue/delete",
-        ) => ("405 Method Not Allowed", JSON, serde_json::json!({"error": "method not allowed"}).to_string()),
-        _ => ("404 Not Found", JSON, serde_json::json!({"error": "no such endpoint"}).to_string()),
-    }
-}
-
-/// `GET /api/tenants`: each tenant's domains, route, chain, generation and counters; the
-/// edge's chain and counters beside them.
-async fn tenants(relay: &Relay) -> serde_json::Value {
-    let snapshot = relay.snapshot();
-    let mut described = Vec::with_capacity(snapshot.tenants.len() + 1);
-    for tenant in snapshot.parties() {
-        let kv_usage = match relay.generations.loader.kv().usage(&tenant.name).await {
-            Ok(u) => serde_json::json!(u),
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
-        };
-        described.push(describe_tenant(relay, tenant, kv_usage));
-    }
-    let edge = described.remove(0);
-    serde_json::json!({ "edge": edge, "tenants": described })
-}
-
-fn describe_tenant(relay: &Relay, tenant: &Tenant, kv_usage: serde_json::Value) -> serde_json::Value {
-    use crate::policy::FailureMode;
-    let chain = &tenant.chain;
-    let failure_mode = match &chain.settings.failure_mode {
-        FailureMode::Tempfail(_) => "tempfail",
-        FailureMode::Continue => "continue",
+            "/metrics" | "/api/policies" | "/api/tenants" | "/api/transactions" | "/api/queue"
+            | "/api/queue/message" | "/api/reload" | "/api/rollback" | "/api/learn" | "/api/release"
+            | "/api/queue/flush" | "/api/queue/delete" | "/api/queue/hold",
+        ) => return error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => return error_reply(StatusCode::NOT_FOUND, "no such endpoint"),
     };
-    let thresholds = &chain.settings.thresholds;
-    serde_json::json!({
-        "tenant": tenant.name,
-        "domains": tenant.domains,
-        "next_hop": tenant.next_hop.as_ref().map(ToString::to_string),
-        "recipients": match &tenant.recipients {
-            crate::recipients::Rule::Any => serde_json::json!({ "check": "any" }),
-            crate::recipients::Rule::Verify => serde_json::json!({ "check": "verify" }),
-            crate::recipients::Rule::List(list) => serde_json::json!({
-                "check": "file",
-                "file": list.path.display().to_string(),
-                "entries": list.len(),
-                "invalid_lines": list.problems.len(),
-            }),
-        },
-        "authentication_results": tenant.authentication_results,
-        "dkim": tenant.dkim.as_ref().map(|key| serde_json::json!({ "domain": key.domain(), "selector": key.selector() })),
-        "reads_sender_checks": chain.reads_sender_checks(),
-        "autolearn": tenant.autolearn.map(|a| serde_json::json!({ "spam_score": a.spam_score, "ham_score": a.ham_score })),
-        "generation": tenant.generation,
-        "previous_generation": relay.generations.previous_generation(&tenant.name),
-        "failure_mode": failure_mode,
-        "limits": tenant.limits,
-        "kv_usage": kv_usage,
-        "thresholds": {
-            "add_header": thresholds.add_header,
-            "quarantine": thresholds.quarantine,
-            "reject": thresholds.reject,
-        },
-        "chain": chain
-            .policies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| serde_json::json!({
-                "name": p.name,
-                "version": p.version,
-                "mode": if chain.is_shadow(i) { "shadow" } else { "enforce" },
-            }))
-            .collect::<Vec<_>>(),
-        "counters": relay.metrics.tenant(&tenant.name),
-    })
+    json_reply(answer.0, &answer.1)
 }
 
-/// `GET /api/policies`: the edge's and each tenant's generation and policies.
-fn policies(relay: &Relay) -> serde_json::Value {
-    let snapshot = relay.snapshot();
-    let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut described: Vec<serde_json::Value> = snapshot
-        .parties()
-        .map(|tenant| {
-            let policies: Vec<serde_json::Value> = tenant
-                .chain
-                .policies
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    serde_json::json!({
-                        "name": p.name,
-                        "version": p.version,
-                        "hash": p.hash,
-                        "mode": if tenant.chain.is_shadow(i) { "shadow" } else { "enforce" },
-                        "file": p.file.display().to_string(),
-                        "generation": tenant.generation,
-                        "loaded_at": secs(p.loaded_at),
-                        "code": p.code.as_str(),
-                        "learns": p.learns,
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "tenant": tenant.name,
-                "generation": tenant.generation,
-                "loaded_at": secs(tenant.loaded_at),
-                "previous_generation": relay.generations.previous_generation(&tenant.name),
-                "domains": tenant.domains,
-                "policies": policies,
-            })
-        })
-        .collect();
-    let edge = described.remove(0);
-    serde_json::json!({ "edge": edge, "tenants": described })
-}
+pub(crate) use crate::spool::filter::decode as percent_decode;
 
-/// `text` with `%XX` escapes and `+` decoded.
-pub(crate) fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = bytes
-            .get(i + 1..i + 3)
-            .filter(|_| bytes[i] == b'%')
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match (escaped, bytes[i]) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-            (None, b'+') => out.push(b' '),
-            (None, b) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A request to a running relay's admin API (for `sluice reload` and `sluice policy
-/// rollback`): the status code and the body.
+/// A request to a running relay's admin API (for `sluice reload`, `policy rollback` and
+/// `queue`): the status code and the body. Over TLS when `pinned` names the certificate file
+/// the relay serves (its `[admin] tls_cert`), which is then the only one accepted.
 pub async fn request(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     method: &str,
     target: &str,
     token: Option<&str>,
+    pinned: Option<&std::path::Path>,
 ) -> Result<(u16, String), String> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("{addr}: timed out connecting"))?
         .map_err(|e| format!("{addr}: cannot connect: {e} (is the relay running with [admin] listen?)"))?;
@@ -318,26 +335,35 @@ pub async fn request(
     let request = format!(
         "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("{addr}: {e}"))?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut response))
-        .await
-        .map_err(|_| format!("{addr}: no answer"))?
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let response = match pinned {
+        None => exchange(stream, &request).await,
+        Some(cert) => {
+            let connector = crate::tls::pinned_connector(cert)?;
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, stream))
+                .await
+                .map_err(|_| format!("{addr}: TLS handshake timed out"))?
+                .map_err(|e| format!("{addr}: TLS: {e}"))?;
+            exchange(stream, &request).await
+        }
+    }
+    .map_err(|e| format!("{addr}: {e}"))?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((status, body.to_string()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn decodes_query_values() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
+/// Write `request`, read the answer to its end.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &str,
+) -> Result<Vec<u8>, String> {
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(response)
 }

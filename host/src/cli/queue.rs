@@ -6,6 +6,7 @@
 //! delivery task carries the change out between its own steps, so the two never race.
 
 use crate::config::Config;
+use crate::spool::filter::{self, store_name};
 use crate::spool::lock::{Holder, SpoolLock};
 use crate::spool::{self, Spool, Store};
 
@@ -35,12 +36,37 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Make every queued message due now (a running relay picks them up within seconds).
-    Flush,
-    /// Delete a message from the queue or the quarantine.
+    /// Make queued messages due now — all, or those the filter admits (a running relay
+    /// picks them up within seconds).
+    #[command(after_help = "Examples:\n  sluice queue flush\n  sluice queue flush --recipient @example.org")]
+    Flush {
+        /// Which messages.
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Delete messages from the queue or the quarantine: by id, or every one the filter
+    /// admits (at least one filter then).
+    #[command(
+        after_help = "Examples:\n  sluice queue delete 0005f3a1b2c3d4e5-0001\n  sluice queue delete --store quarantine --older-than 30d"
+    )]
     Delete {
-        /// Queue id.
-        id: String,
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Which messages, without ids.
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Hold queued messages: they move into the quarantine (reason "held by an operator")
+    /// and wait there for `release` or `delete`. By id, or every queued one the filter admits.
+    #[command(
+        after_help = "Examples:\n  sluice queue hold 0005f3a1b2c3d4e5-0001\n  sluice queue hold --sender @bulk.example"
+    )]
+    Hold {
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Which messages, without ids.
+        #[command(flatten)]
+        filter: Filter,
     },
     /// Release a message from quarantine into the queue.
     Release {
@@ -66,48 +92,23 @@ pub struct Filter {
     #[arg(long)]
     pub recipient: Option<String>,
     /// Only messages accepted at least this long ago: `90s`, `15m`, `2h`, `3d`.
-    #[arg(long, value_parser = parse_age)]
+    #[arg(long, value_parser = filter::parse_age)]
     pub older_than: Option<u64>,
     /// Only the queue or only the quarantine.
-    #[arg(long, value_parser = ["queue", "quarantine"])]
-    pub store: Option<String>,
+    #[arg(long, value_parser = filter::parse_store)]
+    pub store: Option<Store>,
 }
 
 impl Filter {
-    fn is_empty(&self) -> bool {
-        self.tenant.is_none()
-            && self.sender.is_none()
-            && self.recipient.is_none()
-            && self.older_than.is_none()
-            && self.store.is_none()
+    fn spool(&self) -> filter::Filter {
+        filter::Filter {
+            tenant: self.tenant.clone(),
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            older_than: self.older_than,
+            store: self.store,
+        }
     }
-
-    fn admits(&self, store: &str, m: &spool::QueuedMessage, now: u64) -> bool {
-        let contains = |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
-        self.store.as_deref().is_none_or(|s| s == store)
-            && self.tenant.as_deref().is_none_or(|t| m.tenant == t)
-            && self
-                .sender
-                .as_deref()
-                .is_none_or(|s| if s == "<>" { m.mail_from.is_empty() } else { contains(&m.mail_from, s) })
-            && self.recipient.as_deref().is_none_or(|r| m.pending().any(|p| contains(&p.address, r)))
-            && self.older_than.is_none_or(|age| now.saturating_sub(m.received_at) >= age)
-    }
-}
-
-/// `90s`, `15m`, `2h`, `3d` (or plain seconds) in seconds.
-fn parse_age(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{text}: an age such as 90s, 15m, 2h or 3d"))?;
-    let unit = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text}: an age such as 90s, 15m, 2h or 3d")),
-    };
-    Ok(n.saturating_mul(unit))
 }
 
 /// A span of seconds for people: `42s`, `7m`, `3h 5m`, `2d 4h`.
@@ -140,7 +141,10 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
     let dir = config.resolve(&config.spool.dir);
     let changes = matches!(
         command,
-        QueueCommand::Flush | QueueCommand::Delete { .. } | QueueCommand::Release { learn_ham: false, .. }
+        QueueCommand::Flush { .. }
+            | QueueCommand::Delete { .. }
+            | QueueCommand::Hold { .. }
+            | QueueCommand::Release { learn_ham: false, .. }
     );
     let _lock = match changes {
         false => None,
@@ -167,10 +171,11 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
     };
     match command {
         QueueCommand::List { filter, json } => {
-            let now = spool::now_secs();
+            let (now, filter) = (spool::now_secs(), filter.spool());
             let mut shown = 0;
-            for (store, name) in [(Store::Queue, "queue"), (Store::Quarantine, "quarantine")] {
-                for m in spool.list(store)?.into_iter().filter(|m| filter.admits(name, m, now)) {
+            for store in [Store::Queue, Store::Quarantine] {
+                let name = store_name(store);
+                for m in spool.list(store)?.into_iter().filter(|m| filter.admits(store, m, now)) {
                     if json {
                         let mut value = serde_json::to_value(&m)?;
                         value["store"] = name.into();
@@ -248,13 +253,28 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
             }
             println!("\n{headers}");
         }
-        QueueCommand::Flush => println!("{} message(s) due now", spool.flush(|_| false)?.len()),
-        QueueCommand::Delete { id } => {
-            if !spool::valid_id(&id) {
-                anyhow::bail!("{id}: not a queue id");
+        QueueCommand::Flush { filter } => {
+            let (now, filter) = (spool::now_secs(), filter.spool());
+            let flushed = spool.flush(|m| !filter.admits(Store::Queue, m, now))?;
+            println!("{} message(s) due now", flushed.len());
+        }
+        QueueCommand::Delete { ids, filter } => {
+            for id in targets(&spool, ids, filter.spool())? {
+                match spool.remove_anywhere(&id) {
+                    Ok(_) => println!("{id} deleted"),
+                    Err(e) => eprintln!("{e}"),
+                }
             }
-            spool.remove_anywhere(&id)?;
-            println!("{id} deleted");
+        }
+        QueueCommand::Hold { ids, filter } => {
+            let filter = filter::Filter { store: Some(Store::Queue), ..filter.spool() };
+            for id in targets(&spool, ids, filter)? {
+                match spool.hold(&id, crate::delivery::orders::HELD) {
+                    Ok(()) => println!("{id} held (in the quarantine until released)"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!("{id}: not in the queue"),
+                    Err(e) => eprintln!("{id}: {e}"),
+                }
+            }
         }
         QueueCommand::Release { id, learn_ham: true } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -273,31 +293,81 @@ pub fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ids a change names: those given, else every message `filter` admits (which must
+/// say something: a change to everything is asked with a filter, not by accident).
+fn targets(spool: &Spool, ids: Vec<String>, filter: filter::Filter) -> anyhow::Result<Vec<String>> {
+    if let Some(bad) = ids.iter().find(|id| !spool::valid_id(id)) {
+        anyhow::bail!("{bad}: not a queue id");
+    }
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    if filter.is_empty() {
+        anyhow::bail!(
+            "say which messages: their ids, or a filter (--tenant, --sender, --recipient, --older-than, --store)"
+        );
+    }
+    let now = spool::now_secs();
+    let mut found = Vec::new();
+    for store in [Store::Queue, Store::Quarantine] {
+        found.extend(spool.list(store)?.into_iter().filter(|m| filter.admits(store, m, now)).map(|m| m.id));
+    }
+    Ok(found)
+}
+
+/// The query naming `ids`, or the filter.
+fn which(ids: &[String], filter: &Filter) -> anyhow::Result<String> {
+    if let Some(bad) = ids.iter().find(|id| !spool::valid_id(id)) {
+        anyhow::bail!("{bad}: not a queue id");
+    }
+    if ids.is_empty() {
+        let query = filter.spool().to_query();
+        if query.is_empty() {
+            anyhow::bail!(
+                "say which messages: their ids, or a filter (--tenant, --sender, --recipient, --older-than, --store)"
+            );
+        }
+        return Ok(query);
+    }
+    Ok(ids.iter().map(|id| format!("id={id}")).collect::<Vec<_>>().join("&"))
+}
+
 /// A change asked of the relay that holds the spool, through its admin API.
 fn through_the_relay(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
     let target = match &command {
-        QueueCommand::Delete { id } | QueueCommand::Release { id, .. } if !spool::valid_id(id) => {
-            anyhow::bail!("{id}: not a queue id")
-        }
-        QueueCommand::Flush => "/api/queue/flush".to_string(),
-        QueueCommand::Delete { id } => format!("/api/queue/delete?id={id}"),
+        QueueCommand::Release { id, .. } if !spool::valid_id(id) => anyhow::bail!("{id}: not a queue id"),
+        QueueCommand::Flush { filter } => format!("/api/queue/flush?{}", filter.spool().to_query()),
+        QueueCommand::Delete { ids, filter } => format!("/api/queue/delete?{}", which(ids, filter)?),
+        QueueCommand::Hold { ids, filter } => format!("/api/queue/hold?{}", which(ids, filter)?),
         QueueCommand::Release { id, .. } => format!("/api/release?id={id}"),
         QueueCommand::List { .. } | QueueCommand::Show { .. } => anyhow::bail!("reading needs no relay"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = runtime.block_on(admin_json(config, "POST", &target))?;
-    let id = answer.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+    let done = |key: &str| answer.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value, key: &str| {
+        v.get(key).and_then(|x| x.as_str()).unwrap_or_default().to_string()
+    };
     match command {
-        QueueCommand::Flush => {
+        QueueCommand::Flush { .. } => {
             println!("{} message(s) due now", answer.get("due_now").and_then(|v| v.as_u64()).unwrap_or(0))
         }
-        QueueCommand::Delete { .. }
-            if answer.get("after_attempt").and_then(|v| v.as_bool()) == Some(true) =>
-        {
-            println!("{id} deleted when the delivery attempt under way ends")
+        QueueCommand::Delete { .. } | QueueCommand::Hold { .. } => {
+            let (key, verb) = if matches!(command, QueueCommand::Hold { .. }) {
+                ("held", "held (in the quarantine until released)")
+            } else {
+                ("deleted", "deleted")
+            };
+            for one in done(key) {
+                let later = one.get("after_attempt").and_then(|v| v.as_bool()) == Some(true);
+                let when = if later { " when the delivery attempt under way ends" } else { "" };
+                println!("{} {verb}{when}", text(&one, "id"));
+            }
+            for id in done("not_found") {
+                eprintln!("{}: no such message", id.as_str().unwrap_or_default());
+            }
         }
-        QueueCommand::Delete { .. } => println!("{id} deleted"),
-        _ => println!("{id} released into the queue"),
+        _ => println!("{} released into the queue", text(&answer, "id")),
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let watching = config_path.is_some();
     // The admin tokens are read before anything starts: a bad one stops the relay here.
     let tokens = crate::admin::auth::Tokens::load(&config).map_err(anyhow::Error::msg)?;
+    let admin_tls = admin_tls(&config)?;
     let (relay, delivery) = Relay::build(config, config_path).await?;
     // Clean up after a crash before anything writes to the spool.
     let queue = relay.spool.recover(Store::Queue)?;
@@ -58,7 +59,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         if !tokens.required() {
             tracing::warn!(listen = %admin.listen, "admin API without admin.token_file: anyone who reaches it may read and change the relay");
         }
-        tokio::spawn(crate::admin::serve(relay.clone(), listener, tokens));
+        let (relay, admin, tls) = (relay.clone(), admin.clone(), admin_tls.clone());
+        tokio::spawn(async move { crate::admin::serve(relay, listener, tokens, &admin, tls).await });
     }
     relay.metrics.set_queue_ages(queue.iter().map(|m| (m.tenant.as_str(), m.received_at)));
     tokio::spawn(crate::delivery::run(delivery));
@@ -82,6 +84,15 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     Ok(())
 }
 
+/// The admin listener's TLS, when `[admin] tls_cert` and `tls_key` are set.
+fn admin_tls(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let Some(admin) = &config.admin else { return Ok(None) };
+    let (Some(cert), Some(key)) = (&admin.tls_cert, &admin.tls_key) else { return Ok(None) };
+    crate::auth::tls_acceptor(&config.resolve(cert), &config.resolve(key))
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("admin.tls_cert / admin.tls_key: {e}"))
+}
+
 /// `sluice check`: validate the configuration and load every policy.
 pub async fn check(config: Config) -> anyhow::Result<()> {
     let tenants = config.tenants.len();
@@ -93,6 +104,7 @@ pub async fn check(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     crate::admin::auth::Tokens::load(&config).map_err(anyhow::Error::msg)?;
+    admin_tls(&config)?;
     let (relay, _delivery) = Relay::build_to_check(config).await?;
     for warning in &warnings {
         println!("warning: {warning}");
@@ -150,9 +162,11 @@ pub(crate) async fn admin_json(
         ),
         None => None,
     };
-    let (status, body) = crate::admin::request(admin.listen, method, target, token.as_deref())
-        .await
-        .map_err(|e| anyhow::anyhow!("the relay's admin API at {}: {e}", admin.listen))?;
+    let pinned = admin.tls_cert.as_ref().map(|cert| config.resolve(cert));
+    let (status, body) =
+        crate::admin::request(admin.listen, method, target, token.as_deref(), pinned.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("the relay's admin API at {}: {e}", admin.listen))?;
     let answer: serde_json::Value =
         serde_json::from_str(&body).unwrap_or_else(|_| serde_json::Value::String(body.clone()));
     if status != 200 {
@@ -175,15 +189,6 @@ pub async fn reload(config: &Config) -> anyhow::Result<()> {
 
 /// `sluice policy rollback --tenant T`.
 pub async fn rollback(config: &Config, tenant: &str) -> anyhow::Result<()> {
-    let encoded: String = tenant
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let encoded = crate::spool::filter::encode(tenant);
     admin_call(config, "POST", &format!("/api/rollback?tenant={encoded}")).await
 }

@@ -177,6 +177,16 @@ impl Config {
                 "needs admin.token_file (without it the API is open to all)",
             );
         }
+        if let Some(admin) = &self.admin
+            && admin.tls_cert.is_some() != admin.tls_key.is_some()
+        {
+            return fail("admin.tls_cert / admin.tls_key", "give both, or neither");
+        }
+        if let Some(admin) = &self.admin
+            && (admin.max_connections < 1 || admin.request_timeout_secs < 1)
+        {
+            return fail("admin.max_connections / admin.request_timeout_secs", "must be at least 1");
+        }
         if self.relay.auth_failures_per_ip < 1 {
             return fail("relay.auth_failures_per_ip", "must be at least 1");
         }

@@ -203,6 +203,35 @@ pub struct AdminConfig {
     /// File holding a read-only token: the endpoints that only return data (`GET`).
     #[serde(default)]
     pub read_token_file: Option<PathBuf>,
+    /// Connections served at once; one more gets `503` and is closed (default 64).
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
+    /// Largest request body taken, bytes (a message to learn; default 64 MiB): `413` beyond.
+    #[serde(default = "default_admin_body")]
+    pub max_request_bytes: usize,
+    /// Seconds a request's body may take to arrive (default 30): `408` beyond. The request
+    /// line and headers get 10 seconds.
+    #[serde(default = "default_admin_timeout")]
+    pub request_timeout_secs: u64,
+    /// Serve HTTPS: certificate chain (PEM), with `tls_key`. `sluice` commands then trust
+    /// exactly this certificate when they talk to the relay.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_admin_connections() -> usize {
+    64
+}
+
+fn default_admin_body() -> usize {
+    64 << 20
+}
+
+fn default_admin_timeout() -> u64 {
+    30
 }
 
 /// `[tls]`: the certificate STARTTLS presents.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use orders::{Deleted, Order};
+use orders::{Deleted, HELD, Held, Order};
 
 use crate::dns::DnsResolver;
 use crate::metrics::Metrics;
@@ -129,6 +129,8 @@ pub async fn run(delivery: Delivery) {
     let Delivery { context, queue: mut new_ids, mut orders } = delivery;
     // Deleted by an operator while an attempt was working on them: removed when it ends.
     let mut doomed: BTreeSet<String> = BTreeSet::new();
+    // Held by an operator while an attempt was working on them: held when it ends.
+    let mut to_hold: BTreeSet<String> = BTreeSet::new();
     let outbound = Arc::new(Outbound::new(&context));
     let mut due: BTreeMap<(u64, String), ()> = BTreeMap::new();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
@@ -155,14 +157,20 @@ pub async fn run(delivery: Delivery) {
                 if doomed.remove(&id) {
                     // Already gone if the attempt finished the message.
                     let _ = context.spool.remove_anywhere(&id);
+                } else if to_hold.remove(&id) && next.is_some() {
+                    if let Err(e) = context.spool.hold(&id, HELD) {
+                        tracing::warn!(id = %id, error = %e, "cannot hold the message after its attempt");
+                    }
                 } else if let Some(at) = next {
                     due.insert((at, id), ());
                 }
             }
             Some(order) = orders.recv() => match order {
-                Order::Flush(answer) => {
+                Order::Flush { filter, answer } => {
                     let (spool, busy) = (context.spool.clone(), in_flight.clone());
-                    let flushed = tokio::task::spawn_blocking(move || spool.flush(|id| busy.contains(id)))
+                    let now = spool::now_secs();
+                    let skip = move |m: &QueuedMessage| busy.contains(&m.id) || !filter.admits(Store::Queue, m, now);
+                    let flushed = tokio::task::spawn_blocking(move || spool.flush(skip))
                         .await
                         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                     let answered = flushed.map(|ids| {
@@ -183,6 +191,18 @@ pub async fn run(delivery: Delivery) {
                         context.spool.remove_anywhere(&id).map(|store| Deleted { store, after_attempt: false })
                     };
                     let _ = answer.send(deleted);
+                }
+                Order::Hold { id, answer } => {
+                    let held = if in_flight.contains(&id) {
+                        to_hold.insert(id.clone());
+                        Ok(Held { after_attempt: true })
+                    } else {
+                        if let Some((_, message)) = loaded.remove(&id) {
+                            loaded_bytes -= message.len();
+                        }
+                        context.spool.hold(&id, HELD).map(|()| Held { after_attempt: false })
+                    };
+                    let _ = answer.send(held);
                 }
             },
             _ = rescan.tick() => {

@@ -9,12 +9,18 @@ use std::io;
 use tokio::sync::oneshot;
 
 use crate::spool::Store;
+use crate::spool::filter::Filter;
 
 /// One order for the delivery task, with where its answer goes.
 pub enum Order {
     /// Make every queued message due now; answers how many were made due (those an attempt
     /// is working on are not counted: they are being tried already).
-    Flush(oneshot::Sender<io::Result<usize>>),
+    Flush {
+        /// Only the queued messages this filter admits.
+        filter: Filter,
+        /// How many were made due.
+        answer: oneshot::Sender<io::Result<usize>>,
+    },
     /// Delete one message from the queue or the quarantine.
     Delete {
         /// Queue id (checked by the caller).
@@ -22,6 +28,24 @@ pub enum Order {
         /// Where it was, and whether the deletion waits for an attempt under way.
         answer: oneshot::Sender<io::Result<Deleted>>,
     },
+    /// Hold one queued message (into the quarantine, until released).
+    Hold {
+        /// Queue id (checked by the caller).
+        id: String,
+        /// Whether the hold waits for an attempt under way (which may deliver it first).
+        answer: oneshot::Sender<io::Result<Held>>,
+    },
+}
+
+/// Why a held message sits in the quarantine.
+pub const HELD: &str = "held by an operator";
+
+/// A message held on an operator's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// An attempt was delivering it: it moves when that attempt ends, if it has recipients
+    /// left.
+    pub after_attempt: bool,
 }
 
 /// A message deleted on an operator's order.

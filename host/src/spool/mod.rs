@@ -32,6 +32,7 @@
 
 mod commit;
 pub mod envelope;
+pub mod filter;
 mod format;
 pub mod lock;
 mod reaper;
@@ -258,11 +259,11 @@ impl Spool {
     }
 
     /// Make every queued message due now, on disk (a restart keeps it), except those `skip`
-    /// names (an attempt is working on them); their ids.
-    pub fn flush(&self, skip: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
+    /// names (an attempt is working on them, or an operator's filter leaves them); their ids.
+    pub fn flush(&self, skip: impl Fn(&QueuedMessage) -> bool) -> io::Result<Vec<String>> {
         let mut flushed = Vec::new();
         for mut message in self.list(Store::Queue)? {
-            if skip(&message.id) {
+            if skip(&message) {
                 continue;
             }
             if message.next_attempt != 0 {
@@ -449,6 +450,14 @@ impl Spool {
         envelope.quarantine_reason = None;
         envelope.next_attempt = 0;
         self.transfer(Store::Quarantine, Store::Queue, &envelope)
+    }
+
+    /// Hold a queued message: into the quarantine, with `reason`, until an operator
+    /// releases it (`sluice queue release`) or deletes it.
+    pub fn hold(&self, id: &str, reason: &str) -> io::Result<()> {
+        let mut envelope = self.envelope(Store::Queue, id)?;
+        envelope.quarantine_reason = Some(reason.to_string());
+        self.transfer(Store::Queue, Store::Quarantine, &envelope)
     }
 
     /// Move a message between stores (quarantine release, a damaged file set aside). The
