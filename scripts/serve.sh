@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the relay on its embedded default configuration: installs the wasm32-wasip2 target if
-# missing, builds the shipped policies, then `sluice serve` from the repository root (the
-# default configuration names the policies and its spool and Maildir by relative paths).
+# missing, then `sluice serve` from the repository root (the shipped policies are built by the
+# relay's build script and embedded in the binary; the spool and the Maildir go to ./var).
 # Extra arguments go to `sluice serve` (e.g. --config FILE). The relay is built in the dev
 # profile the test suite shares (dependencies optimised); set PROFILE=release for a
 # production build.
@@ -11,8 +11,6 @@ cd "$(dirname "$0")/.."
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
-cargo build --release --target wasm32-wasip2 \
-    -p spam-heuristics -p dnsbl -p sender-guard -p rate-limit -p greylist
 if [ "${PROFILE:-dev}" = release ]; then
     exec cargo run --release -p sluice -- serve "$@"
 fi

@@ -37,6 +37,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod conversation;

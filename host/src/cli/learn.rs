@@ -20,8 +20,8 @@ use crate::state::redb_kv::RedbKv;
 /// Options of `sluice learn`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LearnArgs {
-    /// The learning policy component.
-    #[arg(long, value_name = "FILE.wasm")]
+    /// The learning policy component (`builtin:bayes` for the one built into sluice).
+    #[arg(long, value_name = "FILE.wasm", value_parser = crate::builtin::path_arg)]
     pub policy: PathBuf,
     /// Spam: message files, or directories of them (repeatable).
     #[arg(long, value_name = "PATH", num_args = 1..)]

@@ -109,7 +109,31 @@ impl Config {
         edge.name = EDGE.into();
         config.edge = Some(edge);
         config.check().map_err(|(key, message)| ConfigError::at_key(source_name, text, key, message))?;
+        config.builtins().map_err(|(key, message)| ConfigError::at_key(source_name, text, key, message))?;
         Ok(config)
+    }
+
+    /// Each policy given as `builtin:NAME`, its path made the file that holds it
+    /// ([`crate::builtin`]).
+    fn builtins(&mut self) -> Result<(), (String, String)> {
+        let parties = self.edge.iter_mut().map(|t| (None, t));
+        let parties = parties.chain(self.tenants.iter_mut().enumerate().map(|(i, t)| (Some(i), t)));
+        for (i, tenant) in parties {
+            for (j, policy) in tenant.policies.iter_mut().enumerate() {
+                let Some(name) = policy.path.to_str().and_then(|p| p.strip_prefix(crate::builtin::SCHEME))
+                else {
+                    continue;
+                };
+                policy.path = crate::builtin::materialize(name).map_err(|e| {
+                    let key = match i {
+                        Some(i) => format!("tenant[{i}] ({}).policy[{j}].path", tenant.name),
+                        None => format!("edge.policy[{j}].path"),
+                    };
+                    (key, e)
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// An error about `key` (such as `tenant[0] (example).policy[1].path`), located in the

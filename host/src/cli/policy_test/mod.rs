@@ -47,8 +47,9 @@ pub struct PolicyTestArgs {
         "quarantine_score", "reject_score", "cpu_deadline_ms", "memory_mib",
     ])]
     pub config: Option<PathBuf>,
-    /// A policy component, in chain order (repeat for a chain).
-    #[arg(long = "policy", value_name = "FILE.wasm", required_unless_present = "config")]
+    /// A policy component, in chain order (repeat for a chain); `builtin:NAME` for a shipped
+    /// one built into sluice (`builtin:spam-heuristics`).
+    #[arg(long = "policy", value_name = "FILE.wasm", required_unless_present = "config", value_parser = crate::builtin::path_arg)]
     pub policies: Vec<PathBuf>,
     /// Configuration for a policy: `NAME.key=value`, NAME being the policy's name or file stem.
     #[arg(long = "policy-config", value_name = "NAME.KEY=VALUE")]
