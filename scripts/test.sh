@@ -39,6 +39,8 @@ command -v unbound >/dev/null || MISSING+=(unbound)
 # The console's browser test: Debian's Chromium and its WebDriver.
 command -v chromium >/dev/null || MISSING+=(chromium)
 command -v chromedriver >/dev/null || MISSING+=(chromium-driver)
+# The release's package test: the unit checked by systemd-analyze.
+command -v systemd-analyze >/dev/null || MISSING+=(systemd)
 if [ ${#MISSING[@]} -gt 0 ]; then
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends "${MISSING[@]}"
@@ -77,6 +79,9 @@ echo "== policies in every language (policies/build.sh)"
 policies/build.sh --require-all js python c
 echo "== cargo test"
 cargo test --workspace
+echo "== the release tarball, tested away from the checkout (static binary, unit, relay)"
+PROFILE=serve ./scripts/release.sh
+./scripts/package-test.sh
 echo "== benchmark scripts start (tiny runs; figures come from full runs, see bench/README.md)"
 python3 bench/throughput.py --tiny --sluice target/debug/sluice
 python3 scripts/bayes-cv.py --folds 2 --sluice target/debug/sluice \

@@ -277,7 +277,7 @@ macro_rules! __export_hooks {
 pub mod __bindings {
     pub use wit_bindgen;
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "policy",
         pub_export_macro: true,
         export_macro_name: "__export_sluice_policy",

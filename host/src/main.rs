@@ -58,14 +58,27 @@ relay would start, 1 with the error. It runs beside a relay on the same spool.",
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Say whether the relay answers (for container health checks and monitors).
+    #[command(
+        long_about = "Connect to the relay's first listening address (loopback for a wildcard one), \
+wait up to five seconds for its 220 greeting and say QUIT. Exit 0 when it answers, 1 with the \
+reason otherwise. The container image's HEALTHCHECK runs it.",
+        after_help = "Examples:\n  sluice health --config /etc/sluice/sluice.toml\n  sluice health"
+    )]
+    Health {
+        /// Configuration file (TOML) of the relay.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Manage the queue and the quarantine.
     #[command(
-        long_about = "List, show, flush, delete and release queued and quarantined messages. Reading \
+        long_about = "List, show, flush, hold, release and delete queued and quarantined messages. Reading \
 works on the spool at any time; changes are made by the command itself when no relay runs, \
 else by the running relay through its admin API ([admin] listen), so they never race it.",
         after_help = "Examples:\n  sluice queue list --config sluice.toml\n  \
 sluice queue list --config sluice.toml --tenant example --older-than 2h --json\n  \
 sluice queue show 0661CAC1A6F9940009 --config sluice.toml\n  sluice queue flush --config sluice.toml\n  \
+sluice queue hold --sender @bulk.example --config sluice.toml\n  \
 sluice queue release 0661CAC1A2B1D00004 --learn-ham --config sluice.toml"
     )]
     Queue {
@@ -150,6 +163,31 @@ sluice policy test --config sluice.toml --eml message.eml --to user@example.com\
 sluice policy test --policy bayes.wasm --state model.redb --eml spam/ --expect reject"
     )]
     Test(Box<PolicyTestArgs>),
+    /// Start a policy in Rust, JavaScript, Python or C: a folder with a build script and a
+    /// golden suite.
+    #[command(
+        long_about = "Write a new policy folder (which must not exist, or be empty): the policy's \
+source — a working example that scores mail whose subject offers free money — a build.sh that \
+makes NAME.wasm, and a golden suite (suite/*.eml with *.expect) for `sluice policy test \
+--suite`. The folder is self-contained: the interface (WIT) or the C bindings come from this \
+binary; a Rust policy depends on the sluice-policy SDK (the checkout this binary was built \
+from, or --sdk PATH|GIT-URL). Each language's toolchain: Rust and the wasm32-wasip2 target; \
+Node.js and npm; componentize-py (pip); clang, lld and wasi-libc, with wasm-tools or Node.js.",
+        after_help = "Examples:\n  sluice policy new --lang rust no-shouting\n  \
+cd no-shouting && ./build.sh && sluice policy test --policy no-shouting.wasm --suite suite\n  \
+sluice policy new --lang js policies/link-check\n  \
+sluice policy new --lang rust my-policy --sdk ~/src/sluice/guest-sdk"
+    )]
+    New {
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: sluice::cli::scaffold::Lang,
+        /// The folder to write; its last part is the policy's name (lower case, digits, dashes).
+        path: PathBuf,
+        /// Rust only: the sluice-policy SDK, a path or a git URL.
+        #[arg(long)]
+        sdk: Option<String>,
+    },
     /// Put a tenant's previous generation of policies back in a running relay.
     #[command(
         long_about = "Put a tenant's previous generation of policies back in service in a running \
@@ -201,6 +239,7 @@ fn report(command: &str, result: anyhow::Result<()>) -> i32 {
 fn main() {
     sluice::panics::install();
     let cli = Cli::parse();
+    sluice::cli::progress::show_compiles();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -222,6 +261,13 @@ fn main() {
             report(
                 "check",
                 relay::load_config(config.as_ref()).and_then(|c| runtime.block_on(relay::check(c))),
+            )
+        }
+        Command::Health { config } => {
+            init_logging("warn");
+            report(
+                "health",
+                relay::load_config(config.as_ref()).and_then(|c| runtime.block_on(relay::health(&c))),
             )
         }
         Command::Queue { config, command } => {
@@ -262,6 +308,18 @@ fn main() {
                 Err(e) => {
                     eprintln!("sluice learn: {e}");
                     2
+                }
+            }
+        }
+        Command::Policy { command: PolicyCommand::New { lang, path, sdk } } => {
+            match sluice::cli::scaffold::new_policy(lang, &path, sdk.as_deref()) {
+                Ok(next) => {
+                    println!("{next}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("sluice policy new: {e:#}");
+                    1
                 }
             }
         }

@@ -94,4 +94,18 @@ fn a_short_token_or_a_read_token_alone_is_a_configuration_error() {
     assert!(!ok && text.contains("admin.token_file") && text.contains("at least 16 characters"), "{text}");
     let (ok, text) = check_admin(&dir, "read_token_file = \"admin.token\"\n");
     assert!(!ok && text.contains("admin.read_token_file: needs admin.token_file"), "{text}");
+    // Off loopback, an API without a token is refused.
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"spool\"\n\
+         [admin]\nlisten = \"0.0.0.0:{}\"\n{}",
+        free_port(),
+        free_port(),
+        inbound(free_port())
+    );
+    std::fs::write(dir.join("sluice.toml"), config).expect("config");
+    let (ok, text) = sluice(&dir, &["check"]);
+    assert!(
+        !ok && text.contains("admin.token_file: is required when admin.listen is not a loopback address"),
+        "{text}"
+    );
 }

@@ -218,3 +218,30 @@ fn sender_hook(readme: &str, language: &str) -> String {
     let block = &section[section.find(fence).expect("a block per language") + fence.len()..];
     block[..block.find("```").expect("end of block")].to_string()
 }
+
+/// A large component (JavaScript: 12 MiB) compiled on a terminal shows a spinner, then how
+/// long it took; once cached, nothing.
+#[test]
+fn a_large_compile_is_shown_on_a_terminal() {
+    let cache = temp_dir("large-compile-cache");
+    let command = format!(
+        "{} policy test --policy {} --eml {}",
+        env!("CARGO_BIN_EXE_sluice"),
+        component("js", "url-guard").display(),
+        repo().join("policies/js/url-guard/suite/clean.eml").display()
+    );
+    let run = || {
+        let out = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("SLUICE_CACHE_DIR", &cache)
+            .output()
+            .expect("script (util-linux)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run();
+    assert!(first.contains("compiling ") && first.contains("MiB, once: the result is cached"), "{first}");
+    assert!(first.contains("compiled ") && first.contains(" s\r\n"), "{first}");
+    let second = run();
+    assert!(!second.contains("compiling "), "{second}");
+}

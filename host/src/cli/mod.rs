@@ -6,3 +6,4 @@ pub mod policy_test;
 pub mod progress;
 pub mod queue;
 pub mod relay;
+pub mod scaffold;

@@ -49,3 +49,40 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 }
+
+/// On a terminal, a spinner for each large component being compiled (at start, on a reload,
+/// in `check` and `policy test`), replaced by a line with the time it took; elsewhere the
+/// engine logs each instead.
+pub fn show_compiles() {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use crate::policy::cache::Compiling;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let bars: Mutex<HashMap<PathBuf, ProgressBar>> = Mutex::new(HashMap::new());
+    crate::policy::cache::watch_compiles(move |event| {
+        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Compiling::Started(file, bytes) => {
+                let style = ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let bar = ProgressBar::new_spinner().with_style(style).with_message(format!(
+                    "compiling {} ({:.1} MiB, once: the result is cached)",
+                    file.display(),
+                    bytes as f64 / 1048576.0
+                ));
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                bars.insert(file.to_path_buf(), bar);
+            }
+            Compiling::Finished(file, secs) => {
+                if let Some(bar) = bars.remove(file) {
+                    bar.finish_and_clear();
+                    eprintln!("compiled {} in {secs:.1} s", file.display());
+                }
+            }
+        }
+    });
+}

@@ -192,3 +192,41 @@ pub async fn rollback(config: &Config, tenant: &str) -> anyhow::Result<()> {
     let encoded = crate::spool::filter::encode(tenant);
     admin_call(config, "POST", &format!("/api/rollback?tenant={encoded}")).await
 }
+
+/// `sluice health`: the relay answers on its first listening address — it connects (to
+/// loopback for a wildcard address; with `PROXY UNKNOWN` first when loopback is a trusted
+/// proxy), reads a `220` greeting within five seconds and says QUIT. For container health
+/// checks and monitors: exit 0 when it answers, 1 otherwise.
+pub async fn health(config: &Config) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut addr = *config.server.listen.first().ok_or_else(|| anyhow::anyhow!("server.listen is empty"))?;
+    if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        addr.set_ip(loopback);
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let local = stream.local_addr()?.ip();
+        if config.server.proxy_trusted_networks.iter().any(|n| n.contains(local)) {
+            stream.write_all(b"PROXY UNKNOWN\r\n").await?;
+        }
+        let (read, mut write) = stream.split();
+        let mut greeting = String::new();
+        tokio::io::BufReader::new(read).read_line(&mut greeting).await?;
+        let _ = write.write_all(b"QUIT\r\n").await;
+        Ok::<String, std::io::Error>(greeting)
+    };
+    let greeting = tokio::time::timeout(Duration::from_secs(5), check)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr}: no greeting within 5 seconds"))?
+        .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+    if !greeting.starts_with("220") {
+        anyhow::bail!("{addr}: answered {}", greeting.trim_end());
+    }
+    println!("ok: {addr} answered {}", greeting.trim_end());
+    Ok(())
+}

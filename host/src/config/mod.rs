@@ -202,6 +202,16 @@ impl Config {
             );
         }
         if let Some(admin) = &self.admin
+            && admin.token_file.is_none()
+            && !admin.listen.ip().is_loopback()
+        {
+            return fail(
+                "admin.token_file",
+                "is required when admin.listen is not a loopback address (the API would be open to the network); \
+                 e.g. `openssl rand -hex 32 > /etc/sluice/admin.token`",
+            );
+        }
+        if let Some(admin) = &self.admin
             && admin.tls_cert.is_some() != admin.tls_key.is_some()
         {
             return fail("admin.tls_cert / admin.tls_key", "give both, or neither");

@@ -71,6 +71,51 @@ pub(crate) fn cached_path(dir: &Path, engine: &Engine, content_hash: &str) -> Pa
 }
 
 /// Compile `bytes`, through the cache in `cache_dir` when one is configured.
+/// Components at least this large are announced while they compile (JavaScript and Python
+/// ones: 10 to 40 MiB, seconds to a minute of compiling on first load).
+pub const LARGE_COMPONENT_BYTES: usize = 2 << 20;
+
+/// A large component's compile, for whoever shows progress ([`watch_compiles`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Compiling<'a> {
+    /// Compiling began: the file and its size in bytes.
+    Started(&'a Path, usize),
+    /// It ended (compiled or not) after so many seconds.
+    Finished(&'a Path, f64),
+}
+
+type CompileWatcher = Box<dyn Fn(Compiling<'_>) + Send + Sync>;
+static WATCHER: std::sync::OnceLock<CompileWatcher> = std::sync::OnceLock::new();
+
+/// Have `watcher` told of each large component's compile (the command line draws a spinner
+/// on a terminal); the first call wins. Without one, each is logged.
+pub fn watch_compiles(watcher: impl Fn(Compiling<'_>) + Send + Sync + 'static) {
+    let _ = WATCHER.set(Box::new(watcher));
+}
+
+/// Compile `bytes`, telling the watcher (or the log) when the component is large.
+fn compile_watched(engine: &Engine, bytes: &[u8], file: &Path) -> wasmtime::Result<Component> {
+    if bytes.len() < LARGE_COMPONENT_BYTES {
+        return Component::new(engine, bytes);
+    }
+    let started = std::time::Instant::now();
+    match WATCHER.get() {
+        Some(watch) => watch(Compiling::Started(file, bytes.len())),
+        None => tracing::info!(
+            file = %file.display(),
+            mib = format!("{:.1}", bytes.len() as f64 / 1048576.0).as_str(),
+            "compiling a large component (once: the result is cached)"
+        ),
+    }
+    let compiled = Component::new(engine, bytes);
+    let secs = started.elapsed().as_secs_f64();
+    match WATCHER.get() {
+        Some(watch) => watch(Compiling::Finished(file, secs)),
+        None => tracing::info!(file = %file.display(), secs = format!("{secs:.1}").as_str(), "compiled"),
+    }
+    compiled
+}
+
 pub(crate) fn compile(
     engine: &Engine,
     cache_dir: Option<&Path>,
@@ -81,7 +126,7 @@ pub(crate) fn compile(
     let invalid =
         |e: wasmtime::Error| LoadError::Invalid { file: file.to_path_buf(), cause: cause(bytes, &e) };
     let Some(dir) = cache_dir else {
-        return Component::new(engine, bytes).map_err(invalid);
+        return compile_watched(engine, bytes, file).map_err(invalid);
     };
     let key = cache_key(engine, hash);
     let cached = cached_path(dir, engine, hash);
@@ -99,7 +144,7 @@ pub(crate) fn compile(
             }
         }
     }
-    let component = Component::new(engine, bytes).map_err(invalid)?;
+    let component = compile_watched(engine, bytes, file).map_err(invalid)?;
     if let Ok(serialized) = component.serialize() {
         let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let written = std::fs::create_dir_all(dir)
