@@ -409,3 +409,52 @@ fn shadow_decisions_are_logged_and_counted_but_never_applied() {
     assert_eq!(metric(admin, "sluice_shadow_disagreements_total{tenant=\"example\",policy=\"strict\"}"), 1);
     assert!(http(admin, "GET", "/api/policies").contains("\"mode\":\"shadow\""));
 }
+
+/// A configuration mounted the way Kubernetes mounts a ConfigMap — `sluice.toml` →
+/// `..data/sluice.toml`, `..data` → a timestamped folder, updated by renaming a new `..data`
+/// over the old one and removing the old folder — reloads once per update.
+#[test]
+fn a_kubernetes_style_symlink_swap_reloads_once() {
+    let dir = temp_dir("hot-k8s");
+    let (sink_port, admin, port) = (free_port(), free_port(), free_port());
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    std::fs::create_dir_all(dir.join("policies")).expect("policies dir");
+    std::fs::copy(PROBE, dir.join("policies/filter.wasm")).expect("copy policy");
+    let config = |domains: &str| {
+        format!(
+            "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\n[spool]\ndir = \"spool\"\n{}",
+            config_body(sink_port, admin, "", domains)
+        )
+    };
+    let version = |name: &str, domains: &str| {
+        std::fs::create_dir_all(dir.join(name)).expect("version dir");
+        std::fs::write(dir.join(name).join("sluice.toml"), config(domains)).expect("config");
+    };
+    version("..2026_12_04_10_00_00.1", "example.test");
+    std::os::unix::fs::symlink("..2026_12_04_10_00_00.1", dir.join("..data")).expect("link");
+    std::os::unix::fs::symlink("..data/sluice.toml", dir.join("sluice.toml")).expect("link");
+    let r = start(&dir, port);
+    let rcpt = |to: &str| {
+        python(
+            port,
+            &format!(
+                "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('c.remote.test')\ns.mail('a@remote.test')\n\
+                 print(s.rcpt('{to}')[0])"
+            ),
+        )
+        .trim()
+        .parse::<u16>()
+        .expect("code")
+    };
+    assert_eq!(rcpt("carol@new.test"), 554, "not a local domain yet");
+
+    // The update, as the kubelet makes it.
+    version("..2026_12_04_10_05_00.2", "example.test,new.test");
+    std::os::unix::fs::symlink("..2026_12_04_10_05_00.2", dir.join("..data_tmp")).expect("link");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap");
+    std::fs::remove_dir_all(dir.join("..2026_12_04_10_00_00.1")).expect("old version");
+    wait_for("the new domain", Duration::from_secs(20), || rcpt("carol@new.test") == 250);
+    std::thread::sleep(Duration::from_secs(1));
+    let reloads = log(&r.dir).lines().filter(|l| l.contains("reason=\"file change\"")).count();
+    assert_eq!(reloads, 1, "{}", log(&r.dir));
+}

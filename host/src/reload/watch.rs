@@ -1,6 +1,7 @@
 //! The file watcher: the configuration file, every policy file, the TLS certificate and key
 //! and the users file are watched through their directories (a watch on a file is lost when
-//! an editor or a deployment renames over it), and a change reloads.
+//! an editor or a deployment renames over it), and so is each symbolic link on the way to
+//! them (a Kubernetes volume swaps a link); a change reloads.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -83,8 +84,31 @@ impl Generations {
         }));
         files.extend(config.tenants.iter().filter_map(|t| t.dkim.as_ref().map(|d| config.resolve(&d.key))));
         files.extend(self.config_path.iter().cloned());
-        files.into_iter().filter_map(|f| std::path::absolute(f).ok()).collect()
+        files.into_iter().filter_map(|f| std::path::absolute(f).ok()).flat_map(|f| links_of(&f)).collect()
     }
+}
+
+/// `file`, and each symbolic link on the way to what it is: a change to any of them changes
+/// what is read. A Kubernetes volume (a ConfigMap or Secret) is `sluice.toml` →
+/// `..data/sluice.toml` with `..data` → `..2026_12_04_10_00_00.1234`, updated by renaming a
+/// new `..data` over the old one: only `..data` changes, never `sluice.toml` itself.
+fn links_of(file: &Path) -> Vec<PathBuf> {
+    let mut found = vec![file.to_path_buf()];
+    let mut current = file.to_path_buf();
+    // A bound, as the kernel has one: a loop of links ends here.
+    for _ in 0..16 {
+        let is_link = |p: &&Path| p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
+        let Some(link) = current.ancestors().find(is_link).map(Path::to_path_buf) else { break };
+        let Ok(target) = std::fs::read_link(&link) else { break };
+        let rest = current.strip_prefix(&link).map(Path::to_path_buf).unwrap_or_default();
+        let target = match link.parent() {
+            Some(parent) if target.is_relative() => parent.join(target),
+            _ => target,
+        };
+        found.push(link);
+        current = if rest.as_os_str().is_empty() { target } else { target.join(rest) };
+    }
+    found
 }
 
 /// How long files must be quiet before a change is taken.
@@ -129,4 +153,23 @@ fn sync_watches(
         }
     }
     *watched = dirs;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::links_of;
+
+    #[test]
+    fn a_kubernetes_volume_s_links_are_watched() {
+        let dir = std::env::temp_dir().join(format!("sluice-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("..2026_12_04_10_00_00.1")).expect("dir");
+        std::fs::write(dir.join("..2026_12_04_10_00_00.1/sluice.toml"), "").expect("file");
+        std::os::unix::fs::symlink("..2026_12_04_10_00_00.1", dir.join("..data")).expect("link");
+        std::os::unix::fs::symlink("..data/sluice.toml", dir.join("sluice.toml")).expect("link");
+        let links = links_of(&dir.join("sluice.toml"));
+        assert_eq!(links, vec![dir.join("sluice.toml"), dir.join("..data")]);
+        assert_eq!(links_of(&dir.join("..2026_12_04_10_00_00.1/sluice.toml")).len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

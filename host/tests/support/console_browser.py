@@ -7,8 +7,8 @@ Usage: console_browser.py SLUICE PROBE_WASM WORKDIR SCREENSHOT
 Starts a next hop (sink.py), a relay with an admin token and two tenants (`example`
 quarantines everything, `other` accepts), sends one message to each, then in the browser:
 signs in with the token, waits for both transactions and the quarantined message to show,
-saves a screenshot, releases the message (the next hop then receives it), checks the page
-on a phone-sized window, and restarts the relay under the open page, which must recover.
+saves a screenshot, releases the message (the next hop then receives it), reloads the
+policies (the outcome is shown), checks the page on a phone-sized window, and restarts the relay under the open page, which must recover.
 Exits non-zero, saying why, on the first failure.
 """
 import base64
@@ -189,6 +189,12 @@ next_hop = "smtp:127.0.0.1:{sink_port}"
         driver.js("document.querySelector('#queue-table tr[data-store=quarantine] button[data-action=release]').click()")
         wait("the released message at the next hop", lambda: len(sink_messages(sink_dir)) == 2)
         status = wait("the outcome shown", lambda: (lambda t: t if "done" in t else None)(
+            driver.js("return document.getElementById('status').textContent")))
+        print("status:", status)
+
+        # Reload from the console: the outcome is shown.
+        driver.click("#reload")
+        status = wait("the reload's outcome", lambda: (lambda t: t if t.startswith("Reload: done") else None)(
             driver.js("return document.getElementById('status').textContent")))
         print("status:", status)
 
