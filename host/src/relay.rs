@@ -22,7 +22,7 @@ use crate::smtp::reply::{self, Reply};
 use crate::spool::{self, Spool, Store};
 use crate::state::kv::{KvStore, MemoryKv};
 use crate::state::redb_kv::RedbKv;
-use crate::state::redis_kv::RedisKv;
+use crate::state::redis_kv::{RedisKv, RedisOptions};
 use crate::tenants::Snapshot;
 use crate::tenants::rates::Counters;
 
@@ -349,9 +349,24 @@ impl Gates for Relay {
 pub fn open_state(config: &Config) -> anyhow::Result<Arc<dyn KvStore>> {
     Ok(match &config.state.backend {
         Backend::Memory => Arc::new(MemoryKv::new(config.state.max_keys)),
-        Backend::Redis(url) => Arc::new(
-            RedisKv::new(url, &config.state.prefix).map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
-        ),
+        Backend::Redis(url) => {
+            let state = &config.state;
+            let tls_ca = match &state.tls_ca_file {
+                Some(path) => Some(std::fs::read(config.resolve(path)).map_err(|e| {
+                    anyhow::anyhow!("state.tls_ca_file: {}: {e}", config.resolve(path).display())
+                })?),
+                None => None,
+            };
+            let options = RedisOptions {
+                tls_ca,
+                sentinels: state.sentinels.clone(),
+                master: state.sentinel_master.clone(),
+            };
+            Arc::new(
+                RedisKv::new(url, &state.prefix, options)
+                    .map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
+            )
+        }
         Backend::Embedded => {
             let path = config.resolve(&config.state.path);
             Arc::new(

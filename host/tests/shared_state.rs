@@ -31,8 +31,12 @@ fn redis_backend_keeps_tenant_quotas() {
     let dir = temp_dir("redis-quotas");
     let port = free_port();
     let _server = redis(port, &dir);
-    let kv =
-        sluice::state::redis_kv::RedisKv::new(&format!("redis://127.0.0.1:{port}/0"), "quota:").expect("url");
+    let kv = sluice::state::redis_kv::RedisKv::new(
+        &format!("redis://127.0.0.1:{port}/0"),
+        "quota:",
+        Default::default(),
+    )
+    .expect("url");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(sluice::state::conformance::tenant_quotas(&kv));
     runtime.block_on(sluice::state::conformance::batches(&kv));

@@ -201,6 +201,16 @@ impl Config {
                 "needs admin.token_file (without it the API is open to all)",
             );
         }
+        let state = &self.state;
+        if state.sentinels.is_empty() != state.sentinel_master.is_none() {
+            return fail("state.sentinels / state.sentinel_master", "give both, or neither");
+        }
+        if !state.sentinels.is_empty() && !matches!(state.backend, Backend::Redis(_)) {
+            return fail(
+                "state.sentinels",
+                "needs a redis:// or rediss:// backend (its scheme, database and credentials)",
+            );
+        }
         if let Some(admin) = &self.admin
             && admin.token_file.is_none()
             && !admin.listen.ip().is_loopback()

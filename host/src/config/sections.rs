@@ -94,7 +94,7 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// `embedded` (a persistent file, the default), `memory` (lost at exit), or a Redis or
-    /// Valkey URL (`redis://host:port/db`; no TLS) shared by several relays.
+    /// Valkey URL (`redis://host:port/db`, `rediss://` for TLS) shared by several relays.
     pub backend: Backend,
     /// File of the embedded store.
     pub path: PathBuf,
@@ -103,6 +103,15 @@ pub struct StateConfig {
     pub max_keys: usize,
     /// Prefix of every key on a Redis server (relays sharing state use the same one).
     pub prefix: String,
+    /// Redis TLS (`rediss://`): the CA certificates (PEM) the server's certificate is checked
+    /// against, instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Redis Sentinel: the sentinels' addresses (`host:port`). The backend URL then gives the
+    /// scheme (`rediss://` for TLS to the servers), the database and the credentials; its
+    /// host is not used: the sentinels say which server is the master, again after a failover.
+    pub sentinels: Vec<String>,
+    /// Redis Sentinel: the name of the master the sentinels monitor.
+    pub sentinel_master: Option<String>,
 }
 
 impl Default for StateConfig {
@@ -112,6 +121,9 @@ impl Default for StateConfig {
             path: PathBuf::from("var/state/kv.redb"),
             max_keys: 1_000_000,
             prefix: "sluice:".into(),
+            tls_ca_file: None,
+            sentinels: Vec::new(),
+            sentinel_master: None,
         }
     }
 }

@@ -273,7 +273,7 @@ pub enum Backend {
     Embedded,
     /// In memory only, lost at exit.
     Memory,
-    /// A Redis or Valkey server, by URL, shared by relays.
+    /// A Redis or Valkey server, by URL (`rediss://` for TLS), shared by relays.
     Redis(String),
 }
 
@@ -284,11 +284,11 @@ impl TryFrom<String> for Backend {
         match text.as_str() {
             "embedded" => Ok(Self::Embedded),
             "memory" => Ok(Self::Memory),
-            url if url.starts_with("redis://") => {
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
                 redis::Client::open(url).map_err(|e| e.to_string())?;
                 Ok(Self::Redis(url.to_string()))
             }
-            _ => Err(format!("`embedded`, `memory` or a redis:// URL, not {text:?}")),
+            _ => Err(format!("`embedded`, `memory` or a redis:// or rediss:// URL, not {text:?}")),
         }
     }
 }

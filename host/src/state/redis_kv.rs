@@ -124,9 +124,28 @@ if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
 account(ttl)
 return {0, value}";
 
+/// Where the server is.
+enum Source {
+    /// One server, by URL.
+    Direct(redis::Client),
+    /// The master the sentinels name (asked again after the connection fails: a failover).
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+/// How to reach the server besides its URL (`[state]`).
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// CA certificates (PEM) for `rediss://`, instead of the system's roots.
+    pub tls_ca: Option<Vec<u8>>,
+    /// The sentinels (`host:port`); empty: the URL's server itself.
+    pub sentinels: Vec<String>,
+    /// The master's name the sentinels know.
+    pub master: Option<String>,
+}
+
 /// A store on a Redis or Valkey server.
 pub struct RedisKv {
-    client: redis::Client,
+    source: Source,
     /// Key prefix: the namespace of this relay's keys on a shared server.
     prefix: String,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
@@ -162,12 +181,53 @@ fn script_error(e: redis::RedisError) -> KvError {
 }
 
 impl RedisKv {
-    /// A store on the server at `url` (`redis://host:port/db`; this build has no TLS client
-    /// for Redis). Nothing is connected yet; the URL is checked.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+    /// A store on the server at `url` (`redis://host:port/db`, `rediss://` for TLS), or on
+    /// the master `options`' sentinels name. Nothing is connected yet; the URL is checked.
+    pub fn new(url: &str, prefix: &str, options: RedisOptions) -> Result<Self, String> {
+        use redis::IntoConnectionInfo;
+        let certificates =
+            |ca: &Option<Vec<u8>>| redis::TlsCertificates { client_tls: None, root_cert: ca.clone() };
+        let bad = |e: redis::RedisError| format!("{url}: {e}");
+        let source = if options.sentinels.is_empty() {
+            Source::Direct(match &options.tls_ca {
+                Some(_) => redis::Client::build_with_tls(url, certificates(&options.tls_ca)).map_err(bad)?,
+                None => redis::Client::open(url).map_err(bad)?,
+            })
+        } else {
+            let info = url.into_connection_info().map_err(bad)?;
+            let settings = info.redis_settings();
+            let mut sentinels = Vec::new();
+            for address in &options.sentinels {
+                let (host, port) = address
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| format!("state.sentinels: {address}: not host:port"))?;
+                sentinels.push(redis::ConnectionAddr::Tcp(host, port));
+            }
+            let master = options.master.clone().unwrap_or_default();
+            let mut builder = redis::sentinel::SentinelClientBuilder::new(
+                sentinels,
+                master,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(bad)?
+            .set_client_to_redis_db(settings.db());
+            if let Some(user) = settings.username() {
+                builder = builder.set_client_to_redis_username(user);
+            }
+            if let Some(password) = settings.password() {
+                builder = builder.set_client_to_redis_password(password);
+            }
+            if url.starts_with("rediss://") {
+                builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                if options.tls_ca.is_some() {
+                    builder = builder.set_client_to_redis_certificates(certificates(&options.tls_ca));
+                }
+            }
+            Source::Sentinel(tokio::sync::Mutex::new(builder.build().map_err(bad)?))
+        };
         Ok(Self {
-            client,
+            source,
             prefix: prefix.to_string(),
             connection: tokio::sync::Mutex::new(None),
             failed_at: Mutex::new(None),
@@ -197,8 +257,14 @@ impl RedisKv {
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1);
-        let attempt =
-            tokio::time::timeout(TIMEOUT, self.client.get_connection_manager_with_config(config)).await;
+        let attempt = tokio::time::timeout(TIMEOUT, async {
+            let client = match &self.source {
+                Source::Direct(client) => client.clone(),
+                Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+            };
+            client.get_connection_manager_with_config(config).await
+        })
+        .await;
         match attempt {
             Ok(Ok(connection)) => {
                 *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -213,6 +279,16 @@ impl RedisKv {
                 })
             }
         }
+    }
+
+    /// After a request failed for want of the server: with sentinels, the connection is
+    /// dropped, so that the next request asks them where the master is now (after a
+    /// failover the old one is gone, or a replica that refuses writes).
+    async fn failed<T>(&self, result: Result<T, KvError>) -> Result<T, KvError> {
+        if matches!(result, Err(KvError::Unavailable(_))) && matches!(self.source, Source::Sentinel(_)) {
+            *self.connection.lock().await = None;
+        }
+        result
     }
 
     /// The script's KEYS for `key` (namespaced, without the prefix): the key itself, and its
@@ -250,7 +326,10 @@ impl RedisKv {
             .arg(ttl)
             .arg(arg);
         let mut connection = self.connection().await?;
-        answer(invocation.invoke_async::<Vec<i64>>(&mut connection)).await?.map_err(script_error)
+        let result = answer(invocation.invoke_async::<Vec<i64>>(&mut connection))
+            .await
+            .and_then(|r| r.map_err(script_error));
+        self.failed(result).await
     }
 }
 
@@ -259,7 +338,10 @@ impl KvStore for RedisKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let key = format!("{}{key}", self.prefix);
         let mut connection = self.connection().await?;
-        answer(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?.map_err(unavailable)
+        let result = answer(redis::cmd("GET").arg(&key).query_async(&mut connection))
+            .await
+            .and_then(|r| r.map_err(unavailable));
+        self.failed(result).await
     }
 
     async fn set(
@@ -298,7 +380,8 @@ impl KvStore for RedisKv {
             command.arg(format!("{}{key}", self.prefix));
         }
         let mut connection = self.connection().await?;
-        answer(command.query_async(&mut connection)).await?.map_err(unavailable)
+        let result = answer(command.query_async(&mut connection)).await.and_then(|r| r.map_err(unavailable));
+        self.failed(result).await
     }
 
     /// One pipeline: the script is loaded first (the server runs a pipeline in order), then
@@ -333,8 +416,8 @@ impl KvStore for RedisKv {
                 .arg(delta);
         }
         let mut connection = self.connection().await?;
-        let answers: Vec<Vec<i64>> =
-            answer(pipe.query_async(&mut connection)).await?.map_err(script_error)?;
+        let result = answer(pipe.query_async(&mut connection)).await.and_then(|r| r.map_err(script_error));
+        let answers: Vec<Vec<i64>> = self.failed(result).await?;
         Ok(answers
             .into_iter()
             .map(|a| match a[..] {

@@ -1,0 +1,187 @@
+//! Redis as production runs it, with real `redis-server` processes: TLS (`rediss://`, the
+//! server's certificate checked against `state.tls_ca_file`), and Sentinel — the relay asks
+//! the sentinels for the master, and after the master is killed and a replica promoted it
+//! finds the new one: mail flows again without a restart, and every message that got a 250
+//! reaches the next hop.
+
+mod relay_common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_common::*;
+use sluice_test_artifacts::RATE_LIMIT;
+
+fn support() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
+}
+
+/// A Redis-family process (`redis-server ARGS`), waited for on `port`.
+fn server(port: u16, args: &[String]) -> Proc {
+    let child = Command::new("redis-server").args(args).stdout(Stdio::null()).spawn().expect("redis-server");
+    wait_for("redis-server", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Proc(child)
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out =
+        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The reply to one message's RCPT and DATA ("code text" of the last), in a new session.
+fn send(port: u16) -> String {
+    python(
+        port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT, timeout=30)\ns.ehlo('c.remote.test')\ns.mail('a@remote.test')\n\
+             code, text = s.rcpt('bob@example.test')\n\
+             if code == 250:\n    code, text = s.data('{MESSAGE}')\nprint(code, text.decode())\ns.quit()"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+fn body(state: &str, sink_port: u16, messages: u32) -> String {
+    format!(
+        "[state]\n{state}prefix = \"prod{}:\"\n{}\
+         [[tenant.policy]]\npath = \"{RATE_LIMIT}\"\nconfig = {{ messages = \"{messages}\", by = \"ip\" }}\n",
+        std::process::id(),
+        inbound(sink_port)
+    )
+}
+
+#[test]
+fn rediss_checks_the_server_certificate() {
+    let dir = temp_dir("redis-tls");
+    let tls = free_port();
+    // A certificate for 127.0.0.1 signed by the test CA.
+    let (cert, key, ca) =
+        (support().join("hop-cert.pem"), support().join("hop-key.pem"), support().join("ca-cert.pem"));
+    let _redis = server(
+        tls,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &tls.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from),
+    );
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let state = format!("backend = \"rediss://127.0.0.1:{tls}/0\"\ntls_ca_file = \"{}\"\n", ca.display());
+    let r = relay(&dir, free_port(), &body(&state, sink_port, 2));
+    // The counter is on the server, over TLS: the third message is over the limit of two.
+    let replies: Vec<String> = (0..3).map(|_| send(r.port)).collect();
+    assert!(replies[0].starts_with("250") && replies[1].starts_with("250"), "{replies:?}\n{}", log(&r.dir));
+    assert!(replies[2].starts_with("451") && replies[2].contains("Rate limit"), "{replies:?}");
+
+    // A certificate the CA file does not vouch for: the store is away, the tenant's failure
+    // mode answers (tempfail), nothing is accepted unchecked.
+    let other = temp_dir("redis-tls-other");
+    let state = format!(
+        "backend = \"rediss://127.0.0.1:{tls}/0\"\ntls_ca_file = \"{}\"\n",
+        support().join("relay-cert.pem").display()
+    );
+    let r = relay(&other, free_port(), &body(&state, sink_port, 2));
+    let reply = send(r.port);
+    assert!(reply.starts_with("451 4.3.0"), "{reply}\n{}", log(&r.dir));
+}
+
+#[test]
+fn a_sentinel_failover_while_mail_flows() {
+    let dir = temp_dir("redis-sentinel");
+    let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
+    let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from);
+    let mut master =
+        server(master_port, &[&["--port".to_string(), master_port.to_string()][..], &common].concat());
+    let _replica = server(
+        replica_port,
+        &[
+            &[
+                "--port".to_string(),
+                replica_port.to_string(),
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master_port.to_string(),
+            ][..],
+            &common,
+        ]
+        .concat(),
+    );
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 3000\n"
+        ),
+    )
+    .expect("sentinel.conf");
+    let _sentinel = server(sentinel_port, &[conf.display().to_string(), "--sentinel".into()]);
+    wait_for("the sentinel to know the replica", Duration::from_secs(30), || {
+        cli(sentinel_port, &["sentinel", "replicas", "main"]).contains(&replica_port.to_string())
+    });
+
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    // The URL's host is not used: the sentinels name the master.
+    let state = format!(
+        "backend = \"redis://127.0.0.1:1/0\"\nsentinels = [\"127.0.0.1:{sentinel_port}\"]\nsentinel_master = \"main\"\n"
+    );
+    let r = relay(&dir, free_port(), &body(&state, sink_port, 100_000));
+    let mut accepted = 0;
+    for _ in 0..3 {
+        let reply = send(r.port);
+        assert!(reply.starts_with("250"), "{reply}\n{}", log(&r.dir));
+        accepted += 1;
+    }
+    assert!(!cli(master_port, &["--scan"]).is_empty(), "the counters are on the master");
+
+    // The master dies; the sentinel promotes the replica; the relay finds it.
+    let killed = Instant::now();
+    let _ = master.0.kill();
+    let _ = master.0.wait();
+    let mut refused = 0;
+    loop {
+        let reply = send(r.port);
+        if reply.starts_with("250") {
+            accepted += 1;
+            break;
+        }
+        assert!(reply.starts_with("451"), "a failover answers 4xx, never 5xx: {reply}");
+        refused += 1;
+        assert!(killed.elapsed() < Duration::from_secs(60), "no master after a minute\n{}", log(&r.dir));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let failover = killed.elapsed();
+    for _ in 0..3 {
+        let reply = send(r.port);
+        assert!(reply.starts_with("250"), "{reply}");
+        accepted += 1;
+    }
+    assert!(cli(replica_port, &["role"]).starts_with("master"), "the replica was promoted");
+    assert!(!cli(replica_port, &["--scan"]).is_empty(), "the counters go to the new master");
+    eprintln!("failover: mail flowed again after {failover:?} ({refused} sessions answered 4xx meanwhile)");
+    // Nothing acknowledged is lost: every 250 reaches the next hop.
+    wait_for("every accepted message at the next hop", Duration::from_secs(30), || {
+        files(&dir.join("sink"), ".eml").len() == accepted
+    });
+}
