@@ -39,6 +39,8 @@ command -v unbound >/dev/null || MISSING+=(unbound)
 # The console's browser test: Debian's Chromium and its WebDriver.
 command -v chromium >/dev/null || MISSING+=(chromium)
 command -v chromedriver >/dev/null || MISSING+=(chromium-driver)
+# Policies from an OCI registry: a real registry on loopback (the CNCF distribution server).
+command -v docker-registry >/dev/null || MISSING+=(docker-registry)
 # The release's package test: the unit checked by systemd-analyze.
 command -v systemd-analyze >/dev/null || MISSING+=(systemd)
 if [ ${#MISSING[@]} -gt 0 ]; then

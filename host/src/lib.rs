@@ -46,6 +46,7 @@ pub mod dns;
 pub mod listener;
 pub mod mail;
 pub mod metrics;
+pub mod oci;
 pub mod panics;
 pub mod policy;
 pub mod recent;

@@ -5,5 +5,6 @@ pub mod learn;
 pub mod policy_test;
 pub mod progress;
 pub mod queue;
+pub mod registry;
 pub mod relay;
 pub mod scaffold;

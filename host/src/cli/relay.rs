@@ -21,7 +21,8 @@ pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 /// the relay stops accepting; after `server.shutdown_grace_secs` sessions waiting for a
 /// command get `421 4.3.2`, those receiving a message finish (up to
 /// `server.shutdown_timeout_secs` in all), and it exits; queued mail stays in the spool.
-pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    crate::oci::resolve(&mut config).await?;
     let listen = config.server.listen.clone();
     let admin = config.admin.clone();
     let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
@@ -94,7 +95,8 @@ fn admin_tls(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor
 }
 
 /// `sluice check`: validate the configuration and load every policy.
-pub async fn check(config: Config) -> anyhow::Result<()> {
+pub async fn check(mut config: Config) -> anyhow::Result<()> {
+    crate::oci::resolve(&mut config).await?;
     let tenants = config.tenants.len();
     let policies: usize =
         config.edge().policies.len() + config.tenants.iter().map(|t| t.policies.len()).sum::<usize>();

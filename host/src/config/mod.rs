@@ -24,7 +24,8 @@ use serde::Deserialize;
 
 pub use error::ConfigError;
 pub use sections::{
-    AdminConfig, DeliveryConfig, DnsConfig, RelayConfig, ServerConfig, SpoolConfig, StateConfig, TlsConfig,
+    AdminConfig, DeliveryConfig, DnsConfig, OciConfig, RelayConfig, ServerConfig, SpoolConfig, StateConfig,
+    TlsConfig,
 };
 pub use tenant::{DkimConfig, EDGE, PolicyConfig, TenantConfig};
 pub use values::{
@@ -54,6 +55,9 @@ pub struct Config {
     /// The admin listener (Prometheus `/metrics`).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Policies from OCI registries (`path = "oci://…"`).
+    #[serde(default)]
+    pub oci: OciConfig,
     /// DNS.
     #[serde(default)]
     pub dns: DnsConfig,
@@ -116,24 +120,29 @@ impl Config {
     /// Each policy given as `builtin:NAME`, its path made the file that holds it
     /// ([`crate::builtin`]).
     fn builtins(&mut self) -> Result<(), (String, String)> {
-        let parties = self.edge.iter_mut().map(|t| (None, t));
-        let parties = parties.chain(self.tenants.iter_mut().enumerate().map(|(i, t)| (Some(i), t)));
-        for (i, tenant) in parties {
-            for (j, policy) in tenant.policies.iter_mut().enumerate() {
-                let Some(name) = policy.path.to_str().and_then(|p| p.strip_prefix(crate::builtin::SCHEME))
-                else {
-                    continue;
-                };
-                policy.path = crate::builtin::materialize(name).map_err(|e| {
-                    let key = match i {
-                        Some(i) => format!("tenant[{i}] ({}).policy[{j}].path", tenant.name),
-                        None => format!("edge.policy[{j}].path"),
-                    };
-                    (key, e)
-                })?;
-            }
+        for (key, policy) in self.policies_mut() {
+            let Some(name) = policy.path.to_str().and_then(|p| p.strip_prefix(crate::builtin::SCHEME)) else {
+                continue;
+            };
+            let file = crate::builtin::materialize(name).map_err(|e| (key, e))?;
+            policy.origin = Some(policy.path.display().to_string());
+            policy.path = file;
         }
         Ok(())
+    }
+
+    /// Every policy of the edge and the tenants, with its key (`tenant[0] (example).policy[1].path`).
+    pub fn policies_mut(&mut self) -> Vec<(String, &mut PolicyConfig)> {
+        let mut all = Vec::new();
+        for (j, policy) in self.edge.iter_mut().flat_map(|t| t.policies.iter_mut()).enumerate() {
+            all.push((format!("edge.policy[{j}].path"), policy));
+        }
+        for (i, tenant) in self.tenants.iter_mut().enumerate() {
+            for (j, policy) in tenant.policies.iter_mut().enumerate() {
+                all.push((format!("tenant[{i}] ({}).policy[{j}].path", tenant.name), policy));
+            }
+        }
+        all
     }
 
     /// An error about `key` (such as `tenant[0] (example).policy[1].path`), located in the

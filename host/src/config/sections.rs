@@ -246,6 +246,21 @@ fn default_admin_timeout() -> u64 {
     30
 }
 
+/// `[oci]`: policies from OCI registries (`path = "oci://REGISTRY/REPOSITORY:TAG"` or
+/// `@sha256:DIGEST`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OciConfig {
+    /// Registries (`host:port`) spoken to over plain HTTP: one on this machine or a trusted
+    /// network. The others over HTTPS, their certificates checked against the system's roots.
+    pub insecure_registries: Vec<String>,
+    /// Ed25519 public keys (base64: the 32 bytes, or the SPKI DER `openssl pkey -pubout`
+    /// writes). When any is given, every pulled policy must carry a signature by one of them
+    /// (`sluice policy push --sign-key`), so that a registry's compromise cannot put code into
+    /// the relay.
+    pub public_keys: Vec<String>,
+}
+
 /// `[tls]`: the certificate STARTTLS presents.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -270,6 +270,10 @@ pub struct PolicyConfig {
     /// never apply them.
     #[serde(default)]
     pub mode: PolicyMode,
+    /// The path as written when it named no file (`builtin:NAME`, `oci://…`): `path` is then
+    /// the file that holds the component.
+    #[serde(skip)]
+    pub origin: Option<String>,
 }
 
 impl PolicyConfig {

@@ -53,7 +53,9 @@ fn errors_name_the_key_and_line() {
     let e = parse("[state]\nbackend = \"postgres\"\n[[tenant]]\nname = \"a\"\nnext_hop = \"maildir:x\"\n")
         .unwrap_err();
     assert!(
-        e.to_string().contains("line 2, column 11: state.backend: `embedded`, `memory` or a redis:// or rediss:// URL"),
+        e.to_string().contains(
+            "line 2, column 11: state.backend: `embedded`, `memory` or a redis:// or rediss:// URL"
+        ),
         "{e}"
     );
     // A tenant without a next hop; a tenant named like the edge; the edge with a domain.

@@ -131,16 +131,21 @@ impl Generations {
         report
     }
 
-    /// The configuration to reload: the running one when the file did not change.
-    fn read_config(&self, current: &Snapshot) -> Result<Arc<Config>, String> {
+    /// The configuration to reload: the running one when the file did not change (and names
+    /// no policy by an OCI tag, which is resolved again: the registry may have moved it).
+    async fn read_config(&self, current: &Snapshot) -> Result<Arc<Config>, String> {
         let Some(path) = &self.config_path else { return Ok(current.config.clone()) };
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        if crate::config::text_hash(&text) == current.config.text_hash {
+        if crate::config::text_hash(&text) == current.config.text_hash
+            && !crate::oci::has_tags(&current.config)
+        {
             return Ok(current.config.clone());
         }
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let config = Config::parse(&text, &path.display().to_string(), base).map_err(|e| e.to_string())?;
+        let mut config =
+            Config::parse(&text, &path.display().to_string(), base).map_err(|e| e.to_string())?;
+        crate::oci::resolve(&mut config).await.map_err(|e| e.to_string())?;
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
@@ -150,7 +155,7 @@ impl Generations {
     async fn reload_locked(self: &Arc<Self>) -> ReloadReport {
         let failed = |errors: Vec<String>| ReloadReport { result: "failed", changed: Vec::new(), errors };
         let current = self.snapshot();
-        let config = match self.read_config(&current) {
+        let config = match self.read_config(&current).await {
             Ok(config) => config,
             Err(e) => return failed(vec![e]),
         };
