@@ -361,6 +361,7 @@ pub fn open_state(config: &Config) -> anyhow::Result<Arc<dyn KvStore>> {
                 tls_ca,
                 sentinels: state.sentinels.clone(),
                 master: state.sentinel_master.clone(),
+                cluster: state.cluster.clone(),
             };
             Arc::new(
                 RedisKv::new(url, &state.prefix, options)

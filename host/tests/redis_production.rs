@@ -185,3 +185,62 @@ fn a_sentinel_failover_while_mail_flows() {
         files(&dir.join("sink"), ".eml").len() == accepted
     });
 }
+
+#[test]
+fn a_redis_cluster_keeps_a_tenants_keys_in_one_slot() {
+    let dir = temp_dir("redis-cluster");
+    let ports = [free_port(), free_port(), free_port()];
+    let _nodes: Vec<Proc> = ports
+        .iter()
+        .map(|port| {
+            let data = dir.join(port.to_string());
+            std::fs::create_dir_all(&data).expect("node dir");
+            let args = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--dir",
+                &data.display().to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .map(String::from);
+            server(*port, &args)
+        })
+        .collect();
+    let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+    wait_for("the cluster", Duration::from_secs(30), || {
+        ports.iter().all(|p| cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+    });
+
+    let sink_port = free_port();
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    let state = format!("backend = \"redis://127.0.0.1:1/0\"\ncluster = [\"{}\"]\n", addresses[0]);
+    let r = relay(&dir, free_port(), &body(&state, sink_port, 2));
+    let replies: Vec<String> = (0..3).map(|_| send(r.port)).collect();
+    assert!(replies[0].starts_with("250") && replies[1].starts_with("250"), "{replies:?}\n{}", log(&r.dir));
+    assert!(replies[2].starts_with("451") && replies[2].contains("Rate limit"), "{replies:?}");
+    // The tenant's counter, usage and expiries: on one node (one slot, by the hash tag).
+    let holding: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|p| cli(*p, &["--scan"]).lines().any(|k| k.contains("{example}")))
+        .collect();
+    assert_eq!(holding.len(), 1, "the tenant's keys are on {holding:?}");
+    let keys = cli(holding[0], &["--scan"]);
+    assert!(keys.lines().filter(|k| k.contains("{example}")).count() >= 3, "{keys}");
+}

@@ -81,7 +81,8 @@ async fn load(args: &LearnArgs) -> Result<(Arc<LoadedPolicy>, Arc<dyn KvStore>),
     };
     match (&args.config, &args.state) {
         (Some(path), _) => {
-            let config = Config::from_file(path).map_err(|e| e.to_string())?;
+            let mut config = Config::from_file(path).map_err(|e| e.to_string())?;
+            crate::oci::resolve(&mut config).await.map_err(|e| e.to_string())?;
             let tenant = std::iter::once(config.edge())
                 .chain(&config.tenants)
                 .find(|t| t.name == args.tenant)

@@ -112,6 +112,9 @@ pub struct StateConfig {
     pub sentinels: Vec<String>,
     /// Redis Sentinel: the name of the master the sentinels monitor.
     pub sentinel_master: Option<String>,
+    /// Redis Cluster: some of its nodes (`host:port`). The backend URL then gives the scheme
+    /// and the credentials; keys carry their tenant as a hash tag.
+    pub cluster: Vec<String>,
 }
 
 impl Default for StateConfig {
@@ -124,6 +127,7 @@ impl Default for StateConfig {
             tls_ca_file: None,
             sentinels: Vec::new(),
             sentinel_master: None,
+            cluster: Vec::new(),
         }
     }
 }

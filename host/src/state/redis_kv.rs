@@ -130,6 +130,43 @@ enum Source {
     Direct(redis::Client),
     /// The master the sentinels name (asked again after the connection fails: a failover).
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    /// A Redis Cluster, by some of its nodes: each key goes to its slot's node.
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to one server (kept up by a manager) or to a cluster.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// How to reach the server besides its URL (`[state]`).
@@ -141,6 +178,10 @@ pub struct RedisOptions {
     pub sentinels: Vec<String>,
     /// The master's name the sentinels know.
     pub master: Option<String>,
+    /// Redis Cluster nodes (`host:port`, some of them); the URL then gives scheme and
+    /// credentials. Keys are then hash-tagged by tenant (`PREFIX{tenant}…`), so that what
+    /// one operation touches is in one slot.
+    pub cluster: Vec<String>,
 }
 
 /// A store on a Redis or Valkey server.
@@ -148,7 +189,7 @@ pub struct RedisKv {
     source: Source,
     /// Key prefix: the namespace of this relay's keys on a shared server.
     prefix: String,
-    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    connection: tokio::sync::Mutex<Option<Connection>>,
     /// When the last attempt to connect failed.
     failed_at: Mutex<Option<Instant>>,
     script: redis::Script,
@@ -188,7 +229,25 @@ impl RedisKv {
         let certificates =
             |ca: &Option<Vec<u8>>| redis::TlsCertificates { client_tls: None, root_cert: ca.clone() };
         let bad = |e: redis::RedisError| format!("{url}: {e}");
-        let source = if options.sentinels.is_empty() {
+        let source = if !options.cluster.is_empty() {
+            let scheme = if url.starts_with("rediss://") { "rediss" } else { "redis" };
+            let info = url.into_connection_info().map_err(bad)?;
+            let settings = info.redis_settings();
+            let auth = match (settings.username(), settings.password()) {
+                (Some(user), Some(password)) => format!("{user}:{password}@"),
+                (None, Some(password)) => format!(":{password}@"),
+                _ => String::new(),
+            };
+            let nodes: Vec<String> =
+                options.cluster.iter().map(|n| format!("{scheme}://{auth}{n}")).collect();
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(TIMEOUT)
+                .response_timeout(TIMEOUT);
+            if options.tls_ca.is_some() {
+                builder = builder.certs(certificates(&options.tls_ca));
+            }
+            Source::Cluster(builder.build().map_err(bad)?)
+        } else if options.sentinels.is_empty() {
             Source::Direct(match &options.tls_ca {
                 Some(_) => redis::Client::build_with_tls(url, certificates(&options.tls_ca)).map_err(bad)?,
                 None => redis::Client::open(url).map_err(bad)?,
@@ -240,7 +299,7 @@ impl RedisKv {
         failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, KvError> {
+    async fn connection(&self) -> Result<Connection, KvError> {
         let down = || KvError::Unavailable("no connection to the key-value server".into());
         if self.recently_failed() {
             return Err(down());
@@ -261,8 +320,11 @@ impl RedisKv {
             let client = match &self.source {
                 Source::Direct(client) => client.clone(),
                 Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+                Source::Cluster(cluster) => {
+                    return cluster.get_async_connection().await.map(Connection::Cluster);
+                }
             };
-            client.get_connection_manager_with_config(config).await
+            client.get_connection_manager_with_config(config).await.map(Connection::Single)
         })
         .await;
         match attempt {
@@ -285,16 +347,25 @@ impl RedisKv {
     /// dropped, so that the next request asks them where the master is now (after a
     /// failover the old one is gone, or a replica that refuses writes).
     async fn failed<T>(&self, result: Result<T, KvError>) -> Result<T, KvError> {
-        if matches!(result, Err(KvError::Unavailable(_))) && matches!(self.source, Source::Sentinel(_)) {
+        if matches!(result, Err(KvError::Unavailable(_))) && !matches!(self.source, Source::Direct(_)) {
             *self.connection.lock().await = None;
         }
         result
     }
 
+    /// What goes before a namespaced key on the server: the prefix, and on a cluster the
+    /// key's tenant as a hash tag (its data, usage and expiries share a slot).
+    fn key_prefix(&self, key: &str) -> String {
+        match self.source {
+            Source::Cluster(_) => format!("{}{{{}}}", self.prefix, tenant_of(key)),
+            _ => self.prefix.clone(),
+        }
+    }
+
     /// The script's KEYS for `key` (namespaced, without the prefix): the key itself, and its
     /// tenant's usage hash, sizes hash and expiry set.
     fn script_keys(&self, key: &str) -> [String; 4] {
-        let (p, tenant) = (&self.prefix, tenant_of(key));
+        let (p, tenant) = (self.key_prefix(key), tenant_of(key));
         [
             format!("{p}{key}"),
             format!("{p}q:usage:{tenant}"),
@@ -336,7 +407,7 @@ impl RedisKv {
 #[async_trait::async_trait]
 impl KvStore for RedisKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let key = format!("{}{key}", self.prefix);
+        let key = format!("{}{key}", self.key_prefix(key));
         let mut connection = self.connection().await?;
         let result = answer(redis::cmd("GET").arg(&key).query_async(&mut connection))
             .await
@@ -377,7 +448,7 @@ impl KvStore for RedisKv {
         }
         let mut command = redis::cmd("MGET");
         for key in keys {
-            command.arg(format!("{}{key}", self.prefix));
+            command.arg(format!("{}{key}", self.key_prefix(key)));
         }
         let mut connection = self.connection().await?;
         let result = answer(command.query_async(&mut connection)).await.and_then(|r| r.map_err(unavailable));
@@ -399,6 +470,19 @@ impl KvStore for RedisKv {
             Some(ttl) => ("incr-touch", millis(ttl)),
             None => ("incr", 0),
         };
+        if matches!(self.source, Source::Cluster(_)) {
+            // A pipeline goes to one node; the script is loaded on each node as it is used.
+            let mut values = Vec::with_capacity(deltas.len());
+            for (key, delta) in deltas {
+                let size = key.len() as u64 + COUNTER_BYTES;
+                let answer = self.invoke(op, key, quota, size, ttl, delta.to_string().as_bytes()).await?;
+                values.push(match answer[..] {
+                    [0, value] => Some(value),
+                    _ => None,
+                });
+            }
+            return Ok(values);
+        }
         let now = now_millis();
         let mut pipe = redis::pipe();
         pipe.cmd("SCRIPT").arg("LOAD").arg(SCRIPT).ignore();

@@ -260,7 +260,8 @@ async fn build_chain(args: &PolicyTestArgs, services: HostServices) -> Result<Ar
 /// The edge and tenants of a relay configuration, loaded with an in-memory key-value store,
 /// the DNS fixture and the clock the arguments give.
 async fn snapshot_of(path: &Path, services: HostServices) -> Result<Arc<Snapshot>, UsageError> {
-    let config = Config::from_file(path).map_err(|e| UsageError(e.to_string()))?;
+    let mut config = Config::from_file(path).map_err(|e| UsageError(e.to_string()))?;
+    crate::oci::resolve(&mut config).await.map_err(|e| UsageError(e.to_string()))?;
     let engine = PolicyEngine::new(EngineOptions { max_instances: 256, ..EngineOptions::default() })
         .map_err(|e| UsageError(format!("{e:#}")))?;
     let loader = Loader::new(engine, services);
