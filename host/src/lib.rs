@@ -43,6 +43,7 @@ pub mod config;
 pub mod conversation;
 pub mod delivery;
 pub mod dns;
+pub mod fleet;
 pub mod listener;
 pub mod mail;
 pub mod metrics;

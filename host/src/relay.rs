@@ -49,6 +49,8 @@ pub struct Relay {
     pub sender_checker: Checker,
     /// The last transactions and mail per minute, for the console.
     pub recent: crate::recent::Recent,
+    /// This node's part in a fleet (`[fleet] node`), once `serve` has started it.
+    pub fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
     counters: Counters,
     /// Lessons of autolearning under way, at most [`AUTOLEARN_AT_ONCE`].
     autolearning: Arc<tokio::sync::Semaphore>,
@@ -144,6 +146,7 @@ impl Relay {
             verifier: Verifier::default(),
             sender_checker,
             recent: crate::recent::Recent::default(),
+            fleet: std::sync::OnceLock::new(),
             counters: Counters::default(),
             autolearning: Arc::new(tokio::sync::Semaphore::new(AUTOLEARN_AT_ONCE)),
         };
@@ -349,25 +352,10 @@ impl Gates for Relay {
 pub fn open_state(config: &Config) -> anyhow::Result<Arc<dyn KvStore>> {
     Ok(match &config.state.backend {
         Backend::Memory => Arc::new(MemoryKv::new(config.state.max_keys)),
-        Backend::Redis(url) => {
-            let state = &config.state;
-            let tls_ca = match &state.tls_ca_file {
-                Some(path) => Some(std::fs::read(config.resolve(path)).map_err(|e| {
-                    anyhow::anyhow!("state.tls_ca_file: {}: {e}", config.resolve(path).display())
-                })?),
-                None => None,
-            };
-            let options = RedisOptions {
-                tls_ca,
-                sentinels: state.sentinels.clone(),
-                master: state.sentinel_master.clone(),
-                cluster: state.cluster.clone(),
-            };
-            Arc::new(
-                RedisKv::new(url, &state.prefix, options)
-                    .map_err(|e| anyhow::anyhow!("state.backend: {e}"))?,
-            )
-        }
+        Backend::Redis(_) => match redis_store(config)? {
+            Some(store) => Arc::new(store),
+            None => anyhow::bail!("state.backend: not a Redis URL"),
+        },
         Backend::Embedded => {
             let path = config.resolve(&config.state.path);
             Arc::new(
@@ -376,4 +364,24 @@ pub fn open_state(config: &Config) -> anyhow::Result<Arc<dyn KvStore>> {
             )
         }
     })
+}
+
+/// A client of the Redis `[state]` names (none for the other backends).
+pub fn redis_store(config: &Config) -> anyhow::Result<Option<RedisKv>> {
+    let Backend::Redis(url) = &config.state.backend else { return Ok(None) };
+    let state = &config.state;
+    let tls_ca = match &state.tls_ca_file {
+        Some(path) => Some(
+            std::fs::read(config.resolve(path))
+                .map_err(|e| anyhow::anyhow!("state.tls_ca_file: {}: {e}", config.resolve(path).display()))?,
+        ),
+        None => None,
+    };
+    let options = RedisOptions {
+        tls_ca,
+        sentinels: state.sentinels.clone(),
+        master: state.sentinel_master.clone(),
+        cluster: state.cluster.clone(),
+    };
+    RedisKv::new(url, &state.prefix, options).map(Some).map_err(|e| anyhow::anyhow!("state.backend: {e}"))
 }

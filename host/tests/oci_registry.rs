@@ -7,32 +7,9 @@
 mod relay_common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use relay_common::*;
 use sluice_test_artifacts::{PROBE, RATE_LIMIT};
-
-fn registry(dir: &std::path::Path, port: u16) -> Proc {
-    std::fs::write(
-        dir.join("registry.yml"),
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n",
-            dir.join("registry").display()
-        ),
-    )
-    .expect("registry config");
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.join("registry.yml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("docker-registry (Debian package docker-registry) must be installed");
-    wait_for("the registry", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Proc(child)
-}
 
 /// `sluice ARGS` in `dir` without a configuration: (ok, stdout and stderr).
 fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String) {

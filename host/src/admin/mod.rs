@@ -287,15 +287,38 @@ async fn route(relay: &Arc<Relay>, method: &str, path: &str, query: &str, body: 
         ("GET", "/api/transactions") => ("200 OK", relay.recent.to_json(query)),
         ("GET", "/api/queue") => queue::list(relay, query).await,
         ("GET", "/api/queue/message") => queue::message(relay, query).await,
+        ("GET", "/api/fleet") => match relay.fleet.get() {
+            Some(fleet) => match fleet.describe().await {
+                Ok(described) => ("200 OK", described),
+                Err(e) => (
+                    "503 Service Unavailable",
+                    serde_json::json!({ "error": format!("the fleet's store: {e}") }),
+                ),
+            },
+            None => (
+                "404 Not Found",
+                serde_json::json!({ "error": "this relay is not a fleet node ([fleet] node)" }),
+            ),
+        },
         ("POST", "/api/reload") => {
             let report = relay.generations.reload("admin API").await;
             let status = if report.result == "failed" { "500 Internal Server Error" } else { "200 OK" };
-            (status, serde_json::to_value(&report).unwrap_or_default())
+            let mut answer = serde_json::to_value(&report).unwrap_or_default();
+            if let Some(fleet) = relay.fleet.get() {
+                answer["fleet"] = announced(fleet.announce("reload", None).await);
+            }
+            (status, answer)
         }
         ("POST", "/api/rollback") => {
             let tenant = learn::param(query, "tenant").unwrap_or_default();
             match relay.generations.rollback(&tenant).await {
-                Ok(generation) => ("200 OK", serde_json::json!({"tenant": tenant, "generation": generation})),
+                Ok(generation) => {
+                    let mut answer = serde_json::json!({"tenant": tenant, "generation": generation});
+                    if let Some(fleet) = relay.fleet.get() {
+                        answer["fleet"] = announced(fleet.announce("rollback", Some(&tenant)).await);
+                    }
+                    ("200 OK", answer)
+                }
                 Err(e) => ("409 Conflict", serde_json::json!({"error": e})),
             }
         }
@@ -306,13 +329,21 @@ async fn route(relay: &Arc<Relay>, method: &str, path: &str, query: &str, body: 
         ("POST", "/api/queue/hold") => queue::hold(relay, query).await,
         (
             _,
-            "/metrics" | "/api/policies" | "/api/tenants" | "/api/transactions" | "/api/queue"
+            "/metrics" | "/api/policies" | "/api/tenants" | "/api/transactions" | "/api/queue" | "/api/fleet"
             | "/api/queue/message" | "/api/reload" | "/api/rollback" | "/api/learn" | "/api/release"
             | "/api/queue/flush" | "/api/queue/delete" | "/api/queue/hold",
         ) => return error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => return error_reply(StatusCode::NOT_FOUND, "no such endpoint"),
     };
     json_reply(answer.0, &answer.1)
+}
+
+/// What announcing a change to the fleet came to, for the answer.
+fn announced(result: Result<i64, String>) -> serde_json::Value {
+    match result {
+        Ok(seq) => serde_json::json!({ "announced": seq }),
+        Err(e) => serde_json::json!({ "error": format!("not announced to the fleet: {e}") }),
+    }
 }
 
 pub(crate) use crate::spool::filter::decode as percent_decode;

@@ -1,6 +1,7 @@
 //! `sluice serve`, `sluice check`, `sluice reload` and `sluice policy rollback`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Backend, Config};
@@ -31,7 +32,17 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
     // The admin tokens are read before anything starts: a bad one stops the relay here.
     let tokens = crate::admin::auth::Tokens::load(&config).map_err(anyhow::Error::msg)?;
     let admin_tls = admin_tls(&config)?;
+    let fleet = match (&config.fleet, crate::relay::redis_store(&config)?) {
+        (Some(fleet), Some(store)) => Some((fleet.node.clone(), Arc::new(store))),
+        _ => None,
+    };
     let (relay, delivery) = Relay::build(config, config_path).await?;
+    if let Some((node, store)) = fleet {
+        let fleet = crate::fleet::Fleet::new(&node, store, relay.generations.clone());
+        let _ = relay.fleet.set(fleet.clone());
+        tokio::spawn(fleet.run());
+        tracing::info!(node = %node, "fleet: this relay is a node; reloads and rollbacks are announced to the others");
+    }
     // Clean up after a crash before anything writes to the spool.
     let queue = relay.spool.recover(Store::Queue)?;
     let queued = queue.len();

@@ -24,8 +24,8 @@ use serde::Deserialize;
 
 pub use error::ConfigError;
 pub use sections::{
-    AdminConfig, DeliveryConfig, DnsConfig, OciConfig, RelayConfig, ServerConfig, SpoolConfig, StateConfig,
-    TlsConfig,
+    AdminConfig, DeliveryConfig, DnsConfig, FleetConfig, OciConfig, RelayConfig, ServerConfig, SpoolConfig,
+    StateConfig, TlsConfig,
 };
 pub use tenant::{DkimConfig, EDGE, PolicyConfig, TenantConfig};
 pub use values::{
@@ -58,6 +58,9 @@ pub struct Config {
     /// Policies from OCI registries (`path = "oci://…"`).
     #[serde(default)]
     pub oci: OciConfig,
+    /// This relay as a node of a fleet (over the `[state]` Redis).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
     /// DNS.
     #[serde(default)]
     pub dns: DnsConfig,
@@ -219,6 +222,16 @@ impl Config {
                 "state.sentinels",
                 "needs a redis:// or rediss:// backend (its scheme, database and credentials)",
             );
+        }
+        if !state.cluster.is_empty()
+            && (!state.sentinels.is_empty() || !matches!(state.backend, Backend::Redis(_)))
+        {
+            return fail("state.cluster", "needs a redis:// or rediss:// backend, and no sentinels");
+        }
+        if let Some(fleet) = &self.fleet
+            && (fleet.node.trim().is_empty() || !matches!(state.backend, Backend::Redis(_)))
+        {
+            return fail("fleet.node", "needs a name, and a Redis [state] backend the nodes share");
         }
         if let Some(admin) = &self.admin
             && admin.token_file.is_none()

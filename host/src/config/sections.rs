@@ -265,6 +265,14 @@ pub struct OciConfig {
     pub public_keys: Vec<String>,
 }
 
+/// `[fleet]`: this relay as one node of several sharing the `[state]` Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// This node's name, unique in the fleet.
+    pub node: String,
+}
+
 /// `[tls]`: the certificate STARTTLS presents.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -105,7 +105,9 @@ fn links_of(file: &Path) -> Vec<PathBuf> {
             Some(parent) if target.is_relative() => parent.join(target),
             _ => target,
         };
-        found.push(link);
+        if !found.contains(&link) {
+            found.push(link);
+        }
         current = if rest.as_os_str().is_empty() { target } else { target.join(rest) };
     }
     found

@@ -353,6 +353,19 @@ impl RedisKv {
         result
     }
 
+    /// Run `command` (whose keys the caller prefixed with [`RedisKv::prefix`]), as the store's
+    /// own operations run: bounded in time, unavailable when the server is away.
+    pub async fn command<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, KvError> {
+        let mut connection = self.connection().await?;
+        let result = answer(command.query_async(&mut connection)).await.and_then(|r| r.map_err(unavailable));
+        self.failed(result).await
+    }
+
+    /// The prefix of this relay's keys on the server.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// What goes before a namespaced key on the server: the prefix, and on a cluster the
     /// key's tenant as a hash tag (its data, usage and expiries share a slot).
     fn key_prefix(&self, key: &str) -> String {

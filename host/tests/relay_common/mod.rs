@@ -204,3 +204,26 @@ pub fn redis(port: u16, dir: &Path) -> Proc {
     }
     Proc(child)
 }
+
+/// Debian's `docker-registry` (the CNCF distribution server) on loopback, storing in `dir`.
+pub fn registry(dir: &std::path::Path, port: u16) -> Proc {
+    std::fs::write(
+        dir.join("registry.yml"),
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n",
+            dir.join("registry").display()
+        ),
+    )
+    .expect("registry config");
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("registry.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry (Debian package docker-registry) must be installed");
+    wait_for("the registry", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Proc(child)
+}
