@@ -51,6 +51,9 @@ pub struct Relay {
     pub recent: crate::recent::Recent,
     /// This node's part in a fleet (`[fleet] node`), once `serve` has started it.
     pub fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
+    /// The Redis `[state]` names, where tenants' message rates are counted for every relay
+    /// sharing it (set by `serve`); without it they are counted here alone.
+    pub shared_limits: std::sync::OnceLock<Arc<RedisKv>>,
     counters: Counters,
     /// Lessons of autolearning under way, at most [`AUTOLEARN_AT_ONCE`].
     autolearning: Arc<tokio::sync::Semaphore>,
@@ -147,6 +150,7 @@ impl Relay {
             sender_checker,
             recent: crate::recent::Recent::default(),
             fleet: std::sync::OnceLock::new(),
+            shared_limits: std::sync::OnceLock::new(),
             counters: Counters::default(),
             autolearning: Arc::new(tokio::sync::Semaphore::new(AUTOLEARN_AT_ONCE)),
         };
@@ -332,7 +336,22 @@ impl Gates for Relay {
     }
 
     fn message_rate(&self, tenant: &str, per_minute: u32, take: bool) -> bool {
+        if take && let Some(store) = self.shared_limits.get() {
+            // Counted in the shared store too, without the session waiting for it.
+            let (store, key) = (store.clone(), rate_key(store, tenant));
+            tokio::spawn(async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("INCR").arg(&key).ignore().cmd("EXPIRE").arg(&key).arg(120).ignore();
+                if let Err(e) = store.pipeline(pipe).await {
+                    tracing::debug!(error = %e, "shared message rate not counted");
+                }
+            });
+        }
         self.counters.message_rate(tenant, per_minute, take)
+    }
+
+    fn shared_rates(&self) -> bool {
+        self.shared_limits.get().is_some()
     }
 
     fn auth_locked(&self, ip: IpAddr, limit: u32, window: Duration) -> bool {
@@ -364,6 +383,29 @@ pub fn open_state(config: &Config) -> anyhow::Result<Arc<dyn KvStore>> {
             )
         }
     })
+}
+
+/// The shared store's key counting `tenant`'s transactions this minute.
+fn rate_key(store: &RedisKv, tenant: &str) -> String {
+    let minute = crate::spool::now_secs() / 60;
+    format!("{}limits:{{{tenant}}}:rate:{minute}", store.prefix())
+}
+
+impl Relay {
+    /// Whether `tenant` may take one more transaction this minute, counted across every relay
+    /// sharing the store; while the store is away, this relay's own count decides.
+    pub async fn shared_message_rate(&self, tenant: &str, per_minute: u32) -> bool {
+        let Some(store) = self.shared_limits.get() else {
+            return self.counters.message_rate(tenant, per_minute, false);
+        };
+        match store.command::<Option<u32>>(redis::cmd("GET").arg(rate_key(store, tenant)).clone()).await {
+            Ok(count) => count.unwrap_or(0) < per_minute,
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "shared message rate unavailable: this relay's own count applies");
+                self.counters.message_rate(tenant, per_minute, false)
+            }
+        }
+    }
 }
 
 /// A client of the Redis `[state]` names (none for the other backends).

@@ -111,3 +111,49 @@ fn three_relays_converge_on_one_generation() {
             .any(|n| n["node"] == "c" && n["alive"] == false)
     });
 }
+
+/// A tenant's `max_messages_per_minute` counted across three relays sharing one Redis: N
+/// messages a minute in all, not N per relay; with the store gone, each relay's own count
+/// applies.
+#[test]
+fn a_message_rate_holds_across_the_fleet() {
+    let dir = temp_dir("fleet-rate");
+    let (redis_port, sink_port) = (free_port(), free_port());
+    let store = redis(redis_port, &dir);
+    let _sink = sink(sink_port, &dir.join("sink"), &[]);
+    // A minute's count must not be cut by the minute's end.
+    let second =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs() % 60;
+    if second > 40 {
+        std::thread::sleep(Duration::from_secs(61 - second));
+    }
+    let relays: Vec<Relay> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let node_dir = dir.join(name);
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let body = format!(
+                "[state]\nbackend = \"redis://127.0.0.1:{redis_port}/0\"\nprefix = \"rate{}:\"\n{}max_messages_per_minute = 4\n",
+                std::process::id(),
+                inbound(sink_port)
+            );
+            relay(&node_dir, free_port(), &body)
+        })
+        .collect();
+    let rcpt = |port: u16| {
+        python(
+            port,
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('c.remote.test')\ns.mail('a@remote.test')\nprint(s.rcpt('bob@example.test')[0])",
+        )
+        .trim()
+        .to_string()
+    };
+    let codes: Vec<String> = (0..9).map(|i| rcpt(relays[i % 3].port)).collect();
+    assert_eq!(codes.iter().filter(|c| *c == "250").count(), 4, "{codes:?}");
+    assert!(codes[4..].iter().all(|c| c == "451"), "{codes:?}");
+
+    // The store goes away: each relay's own count decides (here 1 or 2 of 4 taken).
+    drop(store);
+    assert_eq!(rcpt(relays[2].port), "250", "{}", log(&relays[2].dir));
+    assert!(log(&relays[2].dir).contains("shared message rate unavailable: this relay's own count applies"));
+}

@@ -32,11 +32,15 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
     // The admin tokens are read before anything starts: a bad one stops the relay here.
     let tokens = crate::admin::auth::Tokens::load(&config).map_err(anyhow::Error::msg)?;
     let admin_tls = admin_tls(&config)?;
-    let fleet = match (&config.fleet, crate::relay::redis_store(&config)?) {
-        (Some(fleet), Some(store)) => Some((fleet.node.clone(), Arc::new(store))),
+    let shared = crate::relay::redis_store(&config)?.map(Arc::new);
+    let fleet = match (&config.fleet, &shared) {
+        (Some(fleet), Some(store)) => Some((fleet.node.clone(), store.clone())),
         _ => None,
     };
     let (relay, delivery) = Relay::build(config, config_path).await?;
+    if let Some(store) = shared {
+        let _ = relay.shared_limits.set(store);
+    }
     if let Some((node, store)) = fleet {
         let fleet = crate::fleet::Fleet::new(&node, store, relay.generations.clone());
         let _ = relay.fleet.set(fleet.clone());

@@ -24,6 +24,11 @@ pub trait Gates: Send + Sync {
     fn auth_failed(&self, ip: IpAddr, window: Duration);
     /// Count an edge duty's act for `tenant` (see [`crate::metrics::Metrics::event`]).
     fn event(&self, _tenant: &str, _event: &str) {}
+    /// Whether message rates are counted in a store the fleet shares: the conversation then
+    /// asks with [`Action::CheckRate`] instead of [`Gates::message_rate`] without `take`.
+    fn shared_rates(&self) -> bool {
+        false
+    }
 }
 
 /// Gates that never close: no spool to fill, no rates, no lockouts.
@@ -103,6 +108,15 @@ pub enum Action {
     /// Check the sender of a message from the internet (SPF, DKIM, DMARC, ARC); answer with
     /// [`Conversation::sender_checked`].
     CheckSender(Box<super::SenderRequest>),
+    /// Ask the store the fleet shares whether `tenant` may take one more transaction this
+    /// minute under `per_minute` (see [`Gates::shared_rates`]); answer with
+    /// [`Conversation::rate_checked`].
+    CheckRate {
+        /// The tenant's name.
+        tenant: String,
+        /// Its limit.
+        per_minute: u32,
+    },
     /// Wait this long before the next action (after a failed AUTH).
     Pause(Duration),
     /// Send what is held, drop whatever the client sent after STARTTLS, and start TLS; answer

@@ -157,18 +157,46 @@ impl Conversation {
             return;
         }
         let first = self.transaction.party.is_none();
-        if first
-            && let Some(per_minute) = owner.limits.max_messages_per_minute
-            && !self.gates.message_rate(&owner.name, per_minute, false)
-        {
-            tracing::info!(
-                tenant = %owner.name,
-                client = %self.peer(),
-                "recipient deferred: the tenant's message rate is used up for this minute"
-            );
-            self.send(&reply::RATE_EXCEEDED);
-            return;
+        if first && let Some(per_minute) = owner.limits.max_messages_per_minute {
+            if self.gates.shared_rates() {
+                // Counted across the fleet: the store is asked, the recipient waits.
+                self.rating = Some((to, destination, party));
+                let action = Action::CheckRate { tenant: owner.name.clone(), per_minute };
+                self.wait(action, Waiting::Rate);
+                return;
+            }
+            if !self.gates.message_rate(&owner.name, per_minute, false) {
+                self.rate_exceeded(&owner.name);
+                return;
+            }
         }
+        self.rcpt_admitted(to, destination, party, first);
+    }
+
+    fn rate_exceeded(&mut self, tenant: &str) {
+        tracing::info!(
+            tenant = %tenant,
+            client = %self.peer(),
+            "recipient deferred: the tenant's message rate is used up for this minute"
+        );
+        self.send(&reply::RATE_EXCEEDED);
+    }
+
+    /// The fleet's store answered about the first recipient's tenant's message rate.
+    pub(super) fn rate_done(&mut self, ok: bool) {
+        let Some((to, destination, party)) = self.rating.take() else { return };
+        if ok {
+            self.rcpt_admitted(to, destination, party, true);
+        } else {
+            let tenant = self.snapshot.party(party).name.clone();
+            self.rate_exceeded(&tenant);
+        }
+    }
+
+    /// A recipient past the transaction's and the tenant's limits: refused by a stage that
+    /// already refused, checked for existence, then judged by the rcpt stage.
+    fn rcpt_admitted(&mut self, to: EnvelopeAddress, destination: Destination, party: Party, first: bool) {
+        let owner = self.snapshot.party(party).clone();
         if let Some(refusal) = self.state(party).refusal() {
             let (answer, disconnect) = (verdict_reply(&refusal.verdict), refusal.disconnect);
             self.recipient_refused(party, &to, answer, disconnect);

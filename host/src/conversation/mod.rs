@@ -71,6 +71,7 @@ enum Waiting {
     Tls,
     Recipient,
     Sender,
+    Rate,
 }
 
 /// Where the client's next bytes go.
@@ -145,6 +146,8 @@ pub struct Conversation {
     opened: bool,
     /// The recipient whose existence the next hop is being asked about.
     verifying: Option<recipients::PendingRcpt>,
+    /// The first recipient whose tenant's fleet-wide message rate is being asked about.
+    rating: Option<(crate::smtp::EnvelopeAddress, crate::smtp::session::Destination, Party)>,
     /// Check the senders of clients that may relay too.
     check_every_sender: bool,
 }
@@ -208,6 +211,7 @@ impl Conversation {
             started: false,
             opened: false,
             verifying: None,
+            rating: None,
             check_every_sender: false,
         }
     }
@@ -377,6 +381,14 @@ impl Conversation {
             return;
         }
         self.verify_done(answer);
+    }
+
+    /// Whether the tenant's fleet-wide message rate has room for one more transaction.
+    pub fn rate_checked(&mut self, ok: bool) {
+        if self.waiting.take() != Some(Waiting::Rate) {
+            return;
+        }
+        self.rate_done(ok);
     }
 
     /// Whether the password asked about is the user's.

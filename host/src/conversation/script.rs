@@ -239,6 +239,7 @@ impl Session<'_> {
                     self.conversation.sender_checked(checks);
                 }
                 Action::Pause(_) => {}
+                Action::CheckRate { .. } => self.conversation.rate_checked(true),
                 // The script never asks for TLS.
                 Action::StartTls => self.conversation.client_closed(),
                 Action::Finished(record) => self.records.push(*record),

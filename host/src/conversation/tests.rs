@@ -94,6 +94,7 @@ fn drive(conversation: &mut Conversation, input: &[u8], piece: usize) -> Seen {
                 conversation.password_checked(ok);
             }
             Action::Pause(_) => seen.paused = true,
+            Action::CheckRate { .. } => conversation.rate_checked(true),
             // Every sender passes SPF for its own domain.
             Action::CheckSender(request) => {
                 use crate::sender::{DmarcCheck, SenderChecks, SpfCheck, Verdict};

@@ -188,6 +188,10 @@ where
                 let checks = relay.check_sender(&snapshot, &request).await;
                 conversation.sender_checked(checks);
             }
+            Action::CheckRate { tenant, per_minute } => {
+                let ok = relay.shared_message_rate(&tenant, per_minute).await;
+                conversation.rate_checked(ok);
+            }
             Action::Pause(pause) => tokio::time::sleep(pause).await,
             Action::StartTls => {
                 output.flush().await?;

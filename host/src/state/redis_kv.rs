@@ -361,6 +361,14 @@ impl RedisKv {
         self.failed(result).await
     }
 
+    /// Run `pipeline` (keys prefixed by the caller; on a cluster, all in one slot).
+    pub async fn pipeline(&self, pipeline: redis::Pipeline) -> Result<(), KvError> {
+        let mut connection = self.connection().await?;
+        let result =
+            answer(pipeline.query_async::<()>(&mut connection)).await.and_then(|r| r.map_err(unavailable));
+        self.failed(result).await
+    }
+
     /// The prefix of this relay's keys on the server.
     pub fn prefix(&self) -> &str {
         &self.prefix
