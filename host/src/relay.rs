@@ -350,7 +350,7 @@ impl Gates for Relay {
         self.counters.message_rate(tenant, per_minute, take)
     }
 
-    fn shared_rates(&self) -> bool {
+    fn shared_limits(&self) -> bool {
         self.shared_limits.get().is_some()
     }
 
@@ -359,6 +359,17 @@ impl Gates for Relay {
     }
 
     fn auth_failed(&self, ip: IpAddr, window: Duration) {
+        if let Some(store) = self.shared_limits.get() {
+            let (store, key) = (store.clone(), auth_key(store, ip));
+            let seconds = window.as_secs().max(1);
+            tokio::spawn(async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("INCR").arg(&key).ignore().cmd("EXPIRE").arg(&key).arg(seconds).ignore();
+                if let Err(e) = store.pipeline(pipe).await {
+                    tracing::debug!(error = %e, "shared AUTH failure not counted");
+                }
+            });
+        }
         self.counters.auth_failed(ip, window);
     }
 
@@ -391,7 +402,67 @@ fn rate_key(store: &RedisKv, tenant: &str) -> String {
     format!("{}limits:{{{tenant}}}:rate:{minute}", store.prefix())
 }
 
+/// The shared store's key counting `ip`'s recent AUTH failures (each failure restarts the
+/// window, as the node's own count does).
+fn auth_key(store: &RedisKv, ip: IpAddr) -> String {
+    format!("{}limits:{{auth}}:{ip}", store.prefix())
+}
+
+/// The shared store's key counting `ip`'s open sessions on all relays.
+fn connections_key(store: &RedisKv, ip: IpAddr) -> String {
+    format!("{}limits:{{conn}}:{ip}", store.prefix())
+}
+
+/// How long a shared connection count lives without a new connection from its address: a
+/// relay killed with sessions open leaves its counts behind at most this long.
+const CONNECTIONS_TTL_SECS: u64 = 600;
+
 impl Relay {
+    /// Count a session from `ip` across the fleet: whether it stays under `limit` there (true
+    /// without a shared store, or while it is away: this relay's own count has admitted it).
+    pub async fn shared_connection_opened(&self, ip: IpAddr, limit: usize) -> bool {
+        let Some(store) = self.shared_limits.get() else { return true };
+        let key = connections_key(store, ip);
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR").arg(&key).cmd("EXPIRE").arg(&key).arg(CONNECTIONS_TTL_SECS).ignore();
+        match store.query_pipeline::<(u64,)>(pipe).await {
+            Ok((open,)) if open as usize > limit => {
+                self.shared_connection_closed(ip);
+                tracing::info!(client = %ip, open, limit, "connection refused: too many from this address across the fleet");
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "shared connection count unavailable: this relay's own count applies");
+                true
+            }
+        }
+    }
+
+    /// A session from `ip` counted by [`Relay::shared_connection_opened`] ended.
+    pub fn shared_connection_closed(&self, ip: IpAddr) {
+        let Some(store) = self.shared_limits.get() else { return };
+        let (store, key) = (store.clone(), connections_key(store, ip));
+        tokio::spawn(async move {
+            let _ = store.command::<i64>(redis::cmd("DECR").arg(&key).clone()).await;
+        });
+    }
+
+    /// Whether `ip` failed AUTH `limit` times within `window` on any relay sharing the store;
+    /// while the store is away, this relay's own count decides.
+    pub async fn shared_auth_locked(&self, ip: IpAddr, limit: u32, window: Duration) -> bool {
+        let Some(store) = self.shared_limits.get() else {
+            return self.counters.auth_locked(ip, limit, window);
+        };
+        match store.command::<Option<u32>>(redis::cmd("GET").arg(auth_key(store, ip)).clone()).await {
+            Ok(failures) => failures.unwrap_or(0) >= limit,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared AUTH failures unavailable: this relay's own count applies");
+                self.counters.auth_locked(ip, limit, window)
+            }
+        }
+    }
+
     /// Whether `tenant` may take one more transaction this minute, counted across every relay
     /// sharing the store; while the store is away, this relay's own count decides.
     pub async fn shared_message_rate(&self, tenant: &str, per_minute: u32) -> bool {

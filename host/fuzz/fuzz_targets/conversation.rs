@@ -112,6 +112,7 @@ fuzz_target!(|data: &[u8]| {
             Action::CheckPassword { password, .. } => conversation.password_checked(password == "secret"),
             Action::Pause(_) => {}
             Action::CheckRate { .. } => conversation.rate_checked(true),
+            Action::CheckAuthLock { .. } => conversation.auth_lock_checked(false),
             Action::CheckSender(_) => conversation.sender_checked(sluice::sender::SenderChecks::default()),
             Action::VerifyRecipient { .. } => {
                 use sluice::recipients::verify::Answer;

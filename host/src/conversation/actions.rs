@@ -24,9 +24,10 @@ pub trait Gates: Send + Sync {
     fn auth_failed(&self, ip: IpAddr, window: Duration);
     /// Count an edge duty's act for `tenant` (see [`crate::metrics::Metrics::event`]).
     fn event(&self, _tenant: &str, _event: &str) {}
-    /// Whether message rates are counted in a store the fleet shares: the conversation then
-    /// asks with [`Action::CheckRate`] instead of [`Gates::message_rate`] without `take`.
-    fn shared_rates(&self) -> bool {
+    /// Whether message rates and AUTH failures are counted in a store the fleet shares: the
+    /// conversation then asks with [`Action::CheckRate`] and [`Action::CheckAuthLock`] instead
+    /// of [`Gates::message_rate`] without `take` and [`Gates::auth_locked`].
+    fn shared_limits(&self) -> bool {
         false
     }
 }
@@ -109,13 +110,23 @@ pub enum Action {
     /// [`Conversation::sender_checked`].
     CheckSender(Box<super::SenderRequest>),
     /// Ask the store the fleet shares whether `tenant` may take one more transaction this
-    /// minute under `per_minute` (see [`Gates::shared_rates`]); answer with
+    /// minute under `per_minute` (see [`Gates::shared_limits`]); answer with
     /// [`Conversation::rate_checked`].
     CheckRate {
         /// The tenant's name.
         tenant: String,
         /// Its limit.
         per_minute: u32,
+    },
+    /// Ask the store the fleet shares whether `ip` failed AUTH `limit` times within `window`
+    /// (see [`Gates::shared_limits`]); answer with [`Conversation::auth_lock_checked`].
+    CheckAuthLock {
+        /// The client's address.
+        ip: IpAddr,
+        /// Failures that lock it out.
+        limit: u32,
+        /// How long failures count.
+        window: Duration,
     },
     /// Wait this long before the next action (after a failed AUTH).
     Pause(Duration),

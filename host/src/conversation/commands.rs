@@ -158,7 +158,7 @@ impl Conversation {
         }
         let first = self.transaction.party.is_none();
         if first && let Some(per_minute) = owner.limits.max_messages_per_minute {
-            if self.gates.shared_rates() {
+            if self.gates.shared_limits() {
                 // Counted across the fleet: the store is asked, the recipient waits.
                 self.rating = Some((to, destination, party));
                 let action = Action::CheckRate { tenant: owner.name.clone(), per_minute };
@@ -413,7 +413,25 @@ impl Conversation {
     fn auth(&mut self, mechanism: &str, initial: Option<String>) {
         let relay = &self.snapshot.config.relay;
         let (limit, window) = (relay.auth_failures_per_ip, Duration::from_secs(relay.auth_lockout_secs));
-        if self.gates.auth_locked(self.peer().ip(), limit, window) {
+        if self.gates.shared_limits() {
+            // Failures are counted across the fleet: the store is asked first.
+            self.auth_asked = Some((mechanism.to_string(), initial));
+            let action = Action::CheckAuthLock { ip: self.peer().ip(), limit, window };
+            self.wait(action, Waiting::AuthLock);
+            return;
+        }
+        let locked = self.gates.auth_locked(self.peer().ip(), limit, window);
+        self.auth_lock_done_with(locked, mechanism, initial);
+    }
+
+    /// The fleet's store answered whether the client is locked out of AUTH.
+    pub(super) fn auth_lock_done(&mut self, locked: bool) {
+        let Some((mechanism, initial)) = self.auth_asked.take() else { return };
+        self.auth_lock_done_with(locked, &mechanism, initial);
+    }
+
+    fn auth_lock_done_with(&mut self, locked: bool, mechanism: &str, initial: Option<String>) {
+        if locked {
             tracing::warn!(client = %self.peer(), "AUTH refused: too many failures from this address");
             self.send(&reply::AUTH_LOCKED_OUT);
             self.close();

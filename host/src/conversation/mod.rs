@@ -72,6 +72,7 @@ enum Waiting {
     Recipient,
     Sender,
     Rate,
+    AuthLock,
 }
 
 /// Where the client's next bytes go.
@@ -146,6 +147,8 @@ pub struct Conversation {
     opened: bool,
     /// The recipient whose existence the next hop is being asked about.
     verifying: Option<recipients::PendingRcpt>,
+    /// The AUTH command (mechanism, initial response) waiting for the fleet's lockout check.
+    auth_asked: Option<(String, Option<String>)>,
     /// The first recipient whose tenant's fleet-wide message rate is being asked about.
     rating: Option<(crate::smtp::EnvelopeAddress, crate::smtp::session::Destination, Party)>,
     /// Check the senders of clients that may relay too.
@@ -212,6 +215,7 @@ impl Conversation {
             opened: false,
             verifying: None,
             rating: None,
+            auth_asked: None,
             check_every_sender: false,
         }
     }
@@ -389,6 +393,14 @@ impl Conversation {
             return;
         }
         self.rate_done(ok);
+    }
+
+    /// Whether the client's address is locked out of AUTH across the fleet.
+    pub fn auth_lock_checked(&mut self, locked: bool) {
+        if self.waiting.take() != Some(Waiting::AuthLock) {
+            return;
+        }
+        self.auth_lock_done(locked);
     }
 
     /// Whether the password asked about is the user's.

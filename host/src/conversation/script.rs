@@ -240,6 +240,7 @@ impl Session<'_> {
                 }
                 Action::Pause(_) => {}
                 Action::CheckRate { .. } => self.conversation.rate_checked(true),
+                Action::CheckAuthLock { .. } => self.conversation.auth_lock_checked(false),
                 // The script never asks for TLS.
                 Action::StartTls => self.conversation.client_closed(),
                 Action::Finished(record) => self.records.push(*record),

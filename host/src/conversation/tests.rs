@@ -95,6 +95,7 @@ fn drive(conversation: &mut Conversation, input: &[u8], piece: usize) -> Seen {
             }
             Action::Pause(_) => seen.paused = true,
             Action::CheckRate { .. } => conversation.rate_checked(true),
+            Action::CheckAuthLock { .. } => conversation.auth_lock_checked(false),
             // Every sender passes SPF for its own domain.
             Action::CheckSender(request) => {
                 use crate::sender::{DmarcCheck, SenderChecks, SpfCheck, Verdict};

@@ -192,6 +192,10 @@ where
                 let ok = relay.shared_message_rate(&tenant, per_minute).await;
                 conversation.rate_checked(ok);
             }
+            Action::CheckAuthLock { ip, limit, window } => {
+                let locked = relay.shared_auth_locked(ip, limit, window).await;
+                conversation.auth_lock_checked(locked);
+            }
             Action::Pause(pause) => tokio::time::sleep(pause).await,
             Action::StartTls => {
                 output.flush().await?;

@@ -175,7 +175,15 @@ async fn admit(
     match admission.admit(arrival.peer.ip(), per_ip) {
         Ok(admitted) => {
             tokio::spawn(async move {
-                connection::serve(relay, stream, arrival).await;
+                // Counted across the fleet too, when the relays share a store.
+                let ip = arrival.peer.ip();
+                if !relay.shared_connection_opened(ip, per_ip).await {
+                    let _ =
+                        stream.write_all(&crate::smtp::reply::TOO_MANY_CONNECTIONS_FROM_YOU.render()).await;
+                    return;
+                }
+                connection::serve(relay.clone(), stream, arrival).await;
+                relay.shared_connection_closed(ip);
                 drop(admitted);
             });
         }

@@ -369,6 +369,17 @@ impl RedisKv {
         self.failed(result).await
     }
 
+    /// Run `pipeline` and return its answers (those not ignored).
+    pub async fn query_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipeline: redis::Pipeline,
+    ) -> Result<T, KvError> {
+        let mut connection = self.connection().await?;
+        let result =
+            answer(pipeline.query_async::<T>(&mut connection)).await.and_then(|r| r.map_err(unavailable));
+        self.failed(result).await
+    }
+
     /// The prefix of this relay's keys on the server.
     pub fn prefix(&self) -> &str {
         &self.prefix
