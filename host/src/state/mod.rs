@@ -5,3 +5,4 @@ pub mod conformance;
 pub mod kv;
 pub mod redb_kv;
 pub mod redis_kv;
+mod redis_source;

@@ -11,12 +11,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 use super::kv::{COUNTER_BYTES, KvError, KvStore, Quota, Usage, entry_bytes, now_millis, tenant_of};
+pub use super::redis_source::RedisOptions;
+use super::redis_source::{Connection, Source};
 
 /// How long to wait for a connection or an answer.
-const TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(1);
 /// After a failed attempt to connect, operations fail at once for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -124,66 +124,6 @@ if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
 account(ttl)
 return {0, value}";
 
-/// Where the server is.
-enum Source {
-    /// One server, by URL.
-    Direct(redis::Client),
-    /// The master the sentinels name (asked again after the connection fails: a failover).
-    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
-    /// A Redis Cluster, by some of its nodes: each key goes to its slot's node.
-    Cluster(redis::cluster::ClusterClient),
-}
-
-/// A connection to one server (kept up by a manager) or to a cluster.
-#[derive(Clone)]
-enum Connection {
-    Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// How to reach the server besides its URL (`[state]`).
-#[derive(Debug, Clone, Default)]
-pub struct RedisOptions {
-    /// CA certificates (PEM) for `rediss://`, instead of the system's roots.
-    pub tls_ca: Option<Vec<u8>>,
-    /// The sentinels (`host:port`); empty: the URL's server itself.
-    pub sentinels: Vec<String>,
-    /// The master's name the sentinels know.
-    pub master: Option<String>,
-    /// Redis Cluster nodes (`host:port`, some of them); the URL then gives scheme and
-    /// credentials. Keys are then hash-tagged by tenant (`PREFIX{tenant}…`), so that what
-    /// one operation touches is in one slot.
-    pub cluster: Vec<String>,
-}
-
 /// A store on a Redis or Valkey server.
 pub struct RedisKv {
     source: Source,
@@ -225,66 +165,7 @@ impl RedisKv {
     /// A store on the server at `url` (`redis://host:port/db`, `rediss://` for TLS), or on
     /// the master `options`' sentinels name. Nothing is connected yet; the URL is checked.
     pub fn new(url: &str, prefix: &str, options: RedisOptions) -> Result<Self, String> {
-        use redis::IntoConnectionInfo;
-        let certificates =
-            |ca: &Option<Vec<u8>>| redis::TlsCertificates { client_tls: None, root_cert: ca.clone() };
-        let bad = |e: redis::RedisError| format!("{url}: {e}");
-        let source = if !options.cluster.is_empty() {
-            let scheme = if url.starts_with("rediss://") { "rediss" } else { "redis" };
-            let info = url.into_connection_info().map_err(bad)?;
-            let settings = info.redis_settings();
-            let auth = match (settings.username(), settings.password()) {
-                (Some(user), Some(password)) => format!("{user}:{password}@"),
-                (None, Some(password)) => format!(":{password}@"),
-                _ => String::new(),
-            };
-            let nodes: Vec<String> =
-                options.cluster.iter().map(|n| format!("{scheme}://{auth}{n}")).collect();
-            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
-                .connection_timeout(TIMEOUT)
-                .response_timeout(TIMEOUT);
-            if options.tls_ca.is_some() {
-                builder = builder.certs(certificates(&options.tls_ca));
-            }
-            Source::Cluster(builder.build().map_err(bad)?)
-        } else if options.sentinels.is_empty() {
-            Source::Direct(match &options.tls_ca {
-                Some(_) => redis::Client::build_with_tls(url, certificates(&options.tls_ca)).map_err(bad)?,
-                None => redis::Client::open(url).map_err(bad)?,
-            })
-        } else {
-            let info = url.into_connection_info().map_err(bad)?;
-            let settings = info.redis_settings();
-            let mut sentinels = Vec::new();
-            for address in &options.sentinels {
-                let (host, port) = address
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().ok()?)))
-                    .ok_or_else(|| format!("state.sentinels: {address}: not host:port"))?;
-                sentinels.push(redis::ConnectionAddr::Tcp(host, port));
-            }
-            let master = options.master.clone().unwrap_or_default();
-            let mut builder = redis::sentinel::SentinelClientBuilder::new(
-                sentinels,
-                master,
-                redis::sentinel::SentinelServerType::Master,
-            )
-            .map_err(bad)?
-            .set_client_to_redis_db(settings.db());
-            if let Some(user) = settings.username() {
-                builder = builder.set_client_to_redis_username(user);
-            }
-            if let Some(password) = settings.password() {
-                builder = builder.set_client_to_redis_password(password);
-            }
-            if url.starts_with("rediss://") {
-                builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-                if options.tls_ca.is_some() {
-                    builder = builder.set_client_to_redis_certificates(certificates(&options.tls_ca));
-                }
-            }
-            Source::Sentinel(tokio::sync::Mutex::new(builder.build().map_err(bad)?))
-        };
+        let source = Source::new(url, &options)?;
         Ok(Self {
             source,
             prefix: prefix.to_string(),
@@ -312,21 +193,7 @@ impl RedisKv {
         if self.recently_failed() {
             return Err(down());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let attempt = tokio::time::timeout(TIMEOUT, async {
-            let client = match &self.source {
-                Source::Direct(client) => client.clone(),
-                Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
-                Source::Cluster(cluster) => {
-                    return cluster.get_async_connection().await.map(Connection::Cluster);
-                }
-            };
-            client.get_connection_manager_with_config(config).await.map(Connection::Single)
-        })
-        .await;
+        let attempt = tokio::time::timeout(TIMEOUT, self.source.connect()).await;
         match attempt {
             Ok(Ok(connection)) => {
                 *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
