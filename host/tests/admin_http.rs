@@ -97,6 +97,10 @@ fn limits_the_console_page_and_recent_transactions() {
     assert!(recent.contains("\"per_minute\""), "{recent}");
     let unknown = get(admin, "/api/queue/message?id=00000000000000000000");
     assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    let listed = get(admin, "/api/queue?limit=1");
+    assert!(listed.starts_with("HTTP/1.1 200") && listed.contains("\"total\":"), "{listed}");
+    let bad = get(admin, "/api/queue?limit=many");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     let bad = get(admin, "/api/queue?older_than=soon");
     assert!(bad.starts_with("HTTP/1.1 400") && bad.contains("an age such as"), "{bad}");
 

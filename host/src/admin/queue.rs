@@ -1,7 +1,8 @@
 //! The admin API's queue endpoints, which the console and `sluice queue` use while a relay
 //! holds the spool:
 //!
-//! - `GET /api/queue[?FILTER]`: the queued and quarantined messages the filter admits.
+//! - `GET /api/queue[?FILTER][&limit=N]`: the queued and quarantined messages the filter
+//!   admits (the oldest 500 unless `limit` says otherwise), and their number.
 //! - `GET /api/queue/message?id=ID`: one message's envelope, headers and text.
 //! - `POST /api/queue/flush[?FILTER]`, `POST /api/queue/delete?id=ID[&id=…]|FILTER`,
 //!   `POST /api/queue/hold?id=ID[&id=…]|FILTER`: changes, carried out by the relay's delivery
@@ -52,23 +53,34 @@ async fn matching(relay: &Relay, filter: Filter) -> Result<Vec<(Store, QueuedMes
     }
 }
 
-/// `GET /api/queue[?FILTER]`.
+/// Messages `GET /api/queue` returns unless asked for another `limit`.
+const LISTED: usize = 500;
+
+/// `GET /api/queue[?FILTER][&limit=N]`: the oldest `limit` (default [`LISTED`]) of the
+/// messages the filter admits, and how many it admits in all (`total`).
 pub async fn list(relay: &Relay, query: &str) -> Answer {
+    let limit = match param(query, "limit").map(|n| n.parse::<usize>()) {
+        None => LISTED,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return error("400 Bad Request", "limit: a number of messages"),
+    };
     let all = match filter(query) {
         Ok(filter) => matching(relay, filter).await,
         Err(answer) => return answer,
     };
     match all {
         Ok(all) => {
+            let total = all.len();
             let messages: Vec<serde_json::Value> = all
                 .into_iter()
+                .take(limit)
                 .map(|(store, m)| {
                     let mut value = serde_json::to_value(&m).unwrap_or_default();
                     value["store"] = store_name(store).into();
                     value
                 })
                 .collect();
-            ("200 OK", json!({ "now": spool::now_secs(), "messages": messages }))
+            ("200 OK", json!({ "now": spool::now_secs(), "total": total, "messages": messages }))
         }
         Err(answer) => answer,
     }
