@@ -197,6 +197,17 @@ fn connection_caps_and_auth_lockouts_hold_across_the_fleet() {
         .expect("greeting");
         (stream, line)
     };
+    // The relays' own start-up probes are sessions too: wait until they are counted out.
+    let settled = || {
+        let key = format!("limits{}:limits:{{conn}}:127.0.0.1", std::process::id());
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis_port.to_string(), "GET", &key])
+            .output()
+            .expect("redis-cli");
+        let count = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        count.is_empty() || count == "0"
+    };
+    wait_for("no session counted", Duration::from_secs(10), settled);
     // Two sessions open on a: the address's third, on b, is refused.
     let (first, line) = greeting(relays[0].port);
     assert!(line.starts_with("220"), "{line}");
@@ -208,6 +219,7 @@ fn connection_caps_and_auth_lockouts_hold_across_the_fleet() {
     drop(first);
     wait_for("a place on b", Duration::from_secs(10), || greeting(relays[1].port).1.starts_with("220"));
     drop(_second);
+    wait_for("no session counted", Duration::from_secs(10), settled);
 
     // Two failed AUTHs on a (smtplib's login tries PLAIN, then LOGIN: two failures) lock the
     // address out of b.
