@@ -338,21 +338,23 @@ fn bad_files_and_configs_keep_the_running_generation() {
     assert!(out.contains("\"result\""), "{out}");
 }
 
+/// The reply code to `RCPT TO:<to>` in a new session.
+fn rcpt(port: u16, to: &str) -> u16 {
+    python(
+        port,
+        &format!(
+            "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('c.remote.test')\ns.mail('a@remote.test')\n\
+             print(s.rcpt('{to}')[0])"
+        ),
+    )
+    .trim()
+    .parse::<u16>()
+    .expect("code")
+}
+
 #[test]
 fn a_config_reload_changes_domains_and_listeners() {
     let (r, admin, _filter, sink) = setup("hot-config", PROBE, "");
-    let rcpt = |port: u16, to: &str| {
-        python(
-            port,
-            &format!(
-                "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('c.remote.test')\ns.mail('a@remote.test')\n\
-                 print(s.rcpt('{to}')[0])"
-            ),
-        )
-        .trim()
-        .parse::<u16>()
-        .expect("code")
-    };
     assert_eq!(rcpt(r.port, "carol@new.test"), 554, "not a local domain yet");
     let second = free_port();
     let sink_port = {
@@ -434,26 +436,14 @@ fn a_kubernetes_style_symlink_swap_reloads_once() {
     std::os::unix::fs::symlink("..2026_12_04_10_00_00.1", dir.join("..data")).expect("link");
     std::os::unix::fs::symlink("..data/sluice.toml", dir.join("sluice.toml")).expect("link");
     let r = start(&dir, port);
-    let rcpt = |to: &str| {
-        python(
-            port,
-            &format!(
-                "s = smtplib.SMTP('127.0.0.1', PORT)\ns.ehlo('c.remote.test')\ns.mail('a@remote.test')\n\
-                 print(s.rcpt('{to}')[0])"
-            ),
-        )
-        .trim()
-        .parse::<u16>()
-        .expect("code")
-    };
-    assert_eq!(rcpt("carol@new.test"), 554, "not a local domain yet");
+    assert_eq!(rcpt(port, "carol@new.test"), 554, "not a local domain yet");
 
     // The update, as the kubelet makes it.
     version("..2026_12_04_10_05_00.2", "example.test,new.test");
     std::os::unix::fs::symlink("..2026_12_04_10_05_00.2", dir.join("..data_tmp")).expect("link");
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap");
     std::fs::remove_dir_all(dir.join("..2026_12_04_10_00_00.1")).expect("old version");
-    wait_for("the new domain", Duration::from_secs(20), || rcpt("carol@new.test") == 250);
+    wait_for("the new domain", Duration::from_secs(20), || rcpt(port, "carol@new.test") == 250);
     std::thread::sleep(Duration::from_secs(1));
     let reloads = log(&r.dir).lines().filter(|l| l.contains("reason=\"file change\"")).count();
     assert_eq!(reloads, 1, "{}", log(&r.dir));
