@@ -1,116 +1,13 @@
-//! Three relays as one fleet (`[fleet] node`), one Redis, one registry, all on loopback: each
-//! node's policy is the same OCI tag; the tag moves, a reload is asked of one node, and every
-//! node runs the new generation within a second or so (`GET /api/fleet` says so); a node
-//! killed with `kill -9` stops heart-beating and the others keep serving.
+//! Limits that hold across a fleet of relays sharing one Redis: a tenant's message rate,
+//! per-address connection caps and AUTH lockouts, and what applies while Redis is away. The
+//! fleet's generations, a failover and a crash together: `fleet_scenario.rs`.
 
 mod relay_common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use relay_common::*;
-use sluice_test_artifacts::{PROBE, RATE_LIMIT};
-
-fn fleet(admin: u16) -> serde_json::Value {
-    let out = python(
-        admin,
-        "import urllib.request\nprint(urllib.request.urlopen(f'http://127.0.0.1:{PORT}/api/fleet').read().decode())",
-    );
-    serde_json::from_str(out.trim()).expect("json")
-}
-
-fn generations(view: &serde_json::Value) -> Vec<String> {
-    let mut names: Vec<String> = view["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["alive"] == true)
-        .map(|n| n["generation"].as_str().unwrap_or("").to_string())
-        .collect();
-    names.sort();
-    names
-}
-
-#[test]
-fn three_relays_converge_on_one_generation() {
-    let dir = temp_dir("fleet");
-    let (redis_port, registry_port, sink_port) = (free_port(), free_port(), free_port());
-    let _redis = redis(redis_port, &dir);
-    let _registry = registry(&dir, registry_port);
-    let _sink = sink(sink_port, &dir.join("sink"), &[]);
-    let target = format!("oci://127.0.0.1:{registry_port}/policies/filter:prod");
-    let push = |file: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["policy", "push", file, &target, "--insecure"])
-            .output()
-            .expect("push");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    push(PROBE);
-
-    let mut nodes = Vec::new();
-    for name in ["a", "b", "c"] {
-        let node_dir = dir.join(name);
-        std::fs::create_dir_all(&node_dir).expect("node dir");
-        let admin = free_port();
-        let body = format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[fleet]\nnode = \"{name}\"\n\
-             [state]\nbackend = \"redis://127.0.0.1:{redis_port}/0\"\nprefix = \"fleet{}:\"\n\
-             [oci]\ninsecure_registries = [\"127.0.0.1:{registry_port}\"]\n{}\
-             [[tenant.policy]]\npath = \"{target}\"\n",
-            std::process::id(),
-            inbound(sink_port)
-        );
-        nodes.push((relay(&node_dir, free_port(), &body), admin));
-    }
-    let admins: Vec<u16> = nodes.iter().map(|(_, a)| *a).collect();
-    wait_for("three nodes on one generation", Duration::from_secs(20), || {
-        let view = fleet(admins[0]);
-        let names = generations(&view);
-        names.len() == 3 && view["converged"] == true
-    });
-    let before = generations(&fleet(admins[0]))[0].clone();
-
-    // The tag moves; a reload asked of node a reaches b and c.
-    push(RATE_LIMIT);
-    let asked = Instant::now();
-    let out = python(
-        admins[0],
-        "import urllib.request\nreq = urllib.request.Request(f'http://127.0.0.1:{PORT}/api/reload', method='POST')\nprint(urllib.request.urlopen(req).read().decode())",
-    );
-    assert!(out.contains("\"applied\"") && out.contains("\"announced\""), "{out}");
-    wait_for("every node on the new generation", Duration::from_secs(10), || {
-        let names = generations(&fleet(admins[1]));
-        names.len() == 3 && names.iter().all(|n| *n != before) && names.windows(2).all(|w| w[0] == w[1])
-    });
-    let took = asked.elapsed();
-    eprintln!("fleet: all three nodes on the new generation {took:?} after the reload was asked of one");
-    assert!(took < Duration::from_secs(3), "convergence took {took:?}");
-    for (r, _) in &nodes {
-        assert!(log(&r.dir).contains("policy pulled from its registry"), "{}", log(&r.dir));
-    }
-
-    // A node dies: the others keep serving, and the fleet view says it is gone.
-    let (mut dead, _) = nodes.remove(2);
-    let _ = dead.proc.0.kill();
-    let _ = dead.proc.0.wait();
-    for (r, _) in &nodes {
-        let out = python(
-            r.port,
-            &format!(
-                "s = smtplib.SMTP('127.0.0.1', PORT)\nprint(s.sendmail('a@remote.test', ['bob@example.test'], '{MESSAGE}'))"
-            ),
-        );
-        assert_eq!(out.trim(), "{}");
-    }
-    wait_for("node c marked gone", Duration::from_secs(20), || {
-        fleet(admins[0])["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["node"] == "c" && n["alive"] == false)
-    });
-}
 
 /// A tenant's `max_messages_per_minute` counted across three relays sharing one Redis: N
 /// messages a minute in all, not N per relay; with the store gone, each relay's own count

@@ -7,7 +7,7 @@
 mod relay_common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use relay_common::*;
@@ -15,21 +15,6 @@ use sluice_test_artifacts::RATE_LIMIT;
 
 fn support() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
-}
-
-/// A Redis-family process (`redis-server ARGS`), waited for on `port`.
-fn server(port: u16, args: &[String]) -> Proc {
-    let child = Command::new("redis-server").args(args).stdout(Stdio::null()).spawn().expect("redis-server");
-    wait_for("redis-server", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Proc(child)
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out =
-        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The reply to one message's RCPT and DATA ("code text" of the last), in a new session.
@@ -62,7 +47,7 @@ fn rediss_checks_the_server_certificate() {
     // A certificate for 127.0.0.1 signed by the test CA.
     let (cert, key, ca) =
         (support().join("hop-cert.pem"), support().join("hop-key.pem"), support().join("ca-cert.pem"));
-    let _redis = server(
+    let _redis = redis_server(
         tls,
         &[
             "--port",
@@ -108,38 +93,14 @@ fn rediss_checks_the_server_certificate() {
 #[test]
 fn a_sentinel_failover_while_mail_flows() {
     let dir = temp_dir("redis-sentinel");
-    let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
-    let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from);
-    let mut master =
-        server(master_port, &[&["--port".to_string(), master_port.to_string()][..], &common].concat());
-    let _replica = server(
+    let Sentinels {
+        mut master,
+        master_port,
         replica_port,
-        &[
-            &[
-                "--port".to_string(),
-                replica_port.to_string(),
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                master_port.to_string(),
-            ][..],
-            &common,
-        ]
-        .concat(),
-    );
-    let conf = dir.join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {master_port} 1\n\
-             sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 3000\n"
-        ),
-    )
-    .expect("sentinel.conf");
-    let _sentinel = server(sentinel_port, &[conf.display().to_string(), "--sentinel".into()]);
-    wait_for("the sentinel to know the replica", Duration::from_secs(30), || {
-        cli(sentinel_port, &["sentinel", "replicas", "main"]).contains(&replica_port.to_string())
-    });
-
+        sentinel_port,
+        replica: _replica,
+        sentinel: _sentinel,
+    } = sentinels(&dir);
     let sink_port = free_port();
     let _sink = sink(sink_port, &dir.join("sink"), &[]);
     // The URL's host is not used: the sentinels name the master.
@@ -153,7 +114,7 @@ fn a_sentinel_failover_while_mail_flows() {
         assert!(reply.starts_with("250"), "{reply}\n{}", log(&r.dir));
         accepted += 1;
     }
-    assert!(!cli(master_port, &["--scan"]).is_empty(), "the counters are on the master");
+    assert!(!redis_cli(master_port, &["--scan"]).is_empty(), "the counters are on the master");
 
     // The master dies; the sentinel promotes the replica; the relay finds it.
     let killed = Instant::now();
@@ -177,8 +138,8 @@ fn a_sentinel_failover_while_mail_flows() {
         assert!(reply.starts_with("250"), "{reply}");
         accepted += 1;
     }
-    assert!(cli(replica_port, &["role"]).starts_with("master"), "the replica was promoted");
-    assert!(!cli(replica_port, &["--scan"]).is_empty(), "the counters go to the new master");
+    assert!(redis_cli(replica_port, &["role"]).starts_with("master"), "the replica was promoted");
+    assert!(!redis_cli(replica_port, &["--scan"]).is_empty(), "the counters go to the new master");
     eprintln!("failover: mail flowed again after {failover:?} ({refused} sessions answered 4xx meanwhile)");
     // Nothing acknowledged is lost: every 250 reaches the next hop.
     wait_for("every accepted message at the next hop", Duration::from_secs(30), || {
@@ -212,7 +173,7 @@ fn a_redis_cluster_keeps_a_tenants_keys_in_one_slot() {
                 "no",
             ]
             .map(String::from);
-            server(*port, &args)
+            redis_server(*port, &args)
         })
         .collect();
     let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -224,7 +185,7 @@ fn a_redis_cluster_keeps_a_tenants_keys_in_one_slot() {
         .expect("redis-cli --cluster create");
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
     wait_for("the cluster", Duration::from_secs(30), || {
-        ports.iter().all(|p| cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+        ports.iter().all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
     });
 
     let sink_port = free_port();
@@ -238,9 +199,9 @@ fn a_redis_cluster_keeps_a_tenants_keys_in_one_slot() {
     let holding: Vec<u16> = ports
         .iter()
         .copied()
-        .filter(|p| cli(*p, &["--scan"]).lines().any(|k| k.contains("{example}")))
+        .filter(|p| redis_cli(*p, &["--scan"]).lines().any(|k| k.contains("{example}")))
         .collect();
     assert_eq!(holding.len(), 1, "the tenant's keys are on {holding:?}");
-    let keys = cli(holding[0], &["--scan"]);
+    let keys = redis_cli(holding[0], &["--scan"]);
     assert!(keys.lines().filter(|k| k.contains("{example}")).count() >= 3, "{keys}");
 }

@@ -87,8 +87,16 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hangup.recv() => {
-                let generations = relay.generations.clone();
-                tokio::spawn(async move { generations.reload("SIGHUP").await });
+                // An operator's reload of one node is the fleet's (as through the admin API).
+                let relay = relay.clone();
+                tokio::spawn(async move {
+                    relay.generations.reload("SIGHUP").await;
+                    if let Some(fleet) = relay.fleet.get()
+                        && let Err(e) = fleet.announce("reload", None).await
+                    {
+                        tracing::warn!(error = %e, "fleet: the reload was not announced to the other nodes");
+                    }
+                });
             }
         }
     }
@@ -117,7 +125,15 @@ pub async fn check(mut config: Config) -> anyhow::Result<()> {
         config.edge().policies.len() + config.tenants.iter().map(|t| t.policies.len()).sum::<usize>();
     let warnings = config.warnings();
     let shared = match &config.state.backend {
-        Backend::Redis(url) => Some(url.clone()),
+        Backend::Redis(_) if !config.state.sentinels.is_empty() => Some(format!(
+            "state.sentinels: {} (master {})",
+            config.state.sentinels.join(", "),
+            config.state.sentinel_master.as_deref().unwrap_or_default()
+        )),
+        Backend::Redis(_) if !config.state.cluster.is_empty() => {
+            Some(format!("state.cluster: {}", config.state.cluster.join(", ")))
+        }
+        Backend::Redis(url) => Some(format!("state.backend: {url}")),
         _ => None,
     };
     crate::admin::auth::Tokens::load(&config).map_err(anyhow::Error::msg)?;
@@ -142,7 +158,7 @@ pub async fn check(mut config: Config) -> anyhow::Result<()> {
         && let Err(e) = relay.generations.loader.kv().usage("").await
     {
         println!(
-            "warning: state.backend: {url}: {e} (until it is reachable, policies that use the store \
+            "warning: {url}: {e} (until it is reachable, policies that use the store \
              fail into their tenant's failure mode)"
         );
     }

@@ -115,6 +115,9 @@ impl Config {
         let mut edge = config.edge.take().unwrap_or_else(TenantConfig::empty_edge);
         edge.name = EDGE.into();
         config.edge = Some(edge);
+        if let Some(fleet) = &mut config.fleet {
+            fleet.resolve().map_err(|m| ConfigError::at_key(source_name, text, "fleet.node".into(), m))?;
+        }
         config.check().map_err(|(key, message)| ConfigError::at_key(source_name, text, key, message))?;
         config.builtins().map_err(|(key, message)| ConfigError::at_key(source_name, text, key, message))?;
         Ok(config)

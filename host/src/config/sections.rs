@@ -266,11 +266,52 @@ pub struct OciConfig {
 }
 
 /// `[fleet]`: this relay as one node of several sharing the `[state]` Redis.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
-    /// This node's name, unique in the fleet.
+    /// This node's name, unique in the fleet. `${VAR}` is replaced by the environment
+    /// variable (`"${POD_NAME}"`, so that one configuration serves every pod); without a
+    /// name, the machine's host name.
     pub node: String,
+}
+
+impl FleetConfig {
+    /// The node's name made final: environment variables replaced, the host name when none
+    /// is given.
+    pub fn resolve(&mut self) -> Result<(), String> {
+        let mut name = String::new();
+        let mut rest = self.node.as_str();
+        while let Some(start) = rest.find("${") {
+            name.push_str(&rest[..start]);
+            let Some(end) = rest[start..].find('}') else {
+                return Err("an unclosed ${ in the name".into());
+            };
+            let var = &rest[start + 2..start + end];
+            match std::env::var(var) {
+                Ok(value) if !value.trim().is_empty() => name.push_str(value.trim()),
+                _ => return Err(format!("the environment variable {var} is not set")),
+            }
+            rest = &rest[start + end + 1..];
+        }
+        name.push_str(rest);
+        if name.trim().is_empty() {
+            name = host_name().ok_or("no name given and the host name is unknown")?;
+        }
+        if name.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{name:?}: a node name has no spaces"));
+        }
+        self.node = name;
+        Ok(())
+    }
+}
+
+/// The machine's host name (in a Kubernetes pod, the pod's name).
+fn host_name() -> Option<String> {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    from_kernel
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
 }
 
 /// `[tls]`: the certificate STARTTLS presents.

@@ -100,3 +100,16 @@ fn the_readme_configurations_are_valid() {
         }
     }
 }
+
+#[test]
+fn a_fleet_node_is_named_from_the_environment_or_the_host() {
+    let redis = "[state]\nbackend = \"redis://127.0.0.1:6379/0\"\n[[tenant]]\nname = \"t\"\ndomains = [\"t.test\"]\nnext_hop = \"smtp:127.0.0.1:25\"\n";
+    let named = |node: &str| parse(&format!("[fleet]\n{node}{redis}"));
+    assert_eq!(named("node = \"mx1\"\n").unwrap().fleet.unwrap().node, "mx1");
+    let e = named("node = \"mx-${SLUICE_NO_SUCH_VARIABLE}\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("fleet.node"), "{e}");
+    assert!(e.to_string().contains("SLUICE_NO_SUCH_VARIABLE is not set"), "{e}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(named("").unwrap().fleet.unwrap().node, host.trim());
+    assert!(named("node = \"a b\"\n").is_err());
+}

@@ -58,12 +58,17 @@ pub fn relay(dir: &Path, port: u16, body: &str) -> Relay {
 
 /// [`relay`] with more `[server]` keys.
 pub fn relay_with(dir: &Path, port: u16, server: &str, body: &str) -> Relay {
+    write_config(dir, port, server, body);
+    start(dir, port)
+}
+
+/// `DIR/sluice.toml`: a relay on `port` spooling to `DIR/spool`, then `body`.
+pub fn write_config(dir: &Path, port: u16, server: &str, body: &str) {
     let config = format!(
         "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\nmax_message_bytes = 100000\n\
          {server}[spool]\ndir = \"spool\"\n{body}"
     );
     std::fs::write(dir.join("sluice.toml"), config).expect("config");
-    start(dir, port)
 }
 
 pub fn start(dir: &Path, port: u16) -> Relay {
@@ -71,10 +76,16 @@ pub fn start(dir: &Path, port: u16) -> Relay {
 }
 
 pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Relay {
+    start_env(dir, port, extra, &[])
+}
+
+/// [`start_with`] with more environment variables.
+pub fn start_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Relay {
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--config"])
         .arg(dir.join("sluice.toml"))
         .args(extra)
+        .envs(env.iter().copied())
         .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache"))
         .env("SLUICE_LOG", "info")
         .stderr(std::fs::File::create(dir.join("relay.log")).expect("log"))
@@ -226,4 +237,98 @@ pub fn registry(dir: &std::path::Path, port: u16) -> Proc {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     Proc(child)
+}
+
+/// A Redis-family process (`redis-server ARGS`), waited for on `port`.
+pub fn redis_server(port: u16, args: &[String]) -> Proc {
+    let child = Command::new("redis-server").args(args).stdout(Stdio::null()).spawn().expect("redis-server");
+    wait_for("redis-server", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    Proc(child)
+}
+
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out =
+        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A master, its replica and one sentinel watching them as `main` (the master declared down
+/// after a second).
+pub struct Sentinels {
+    pub master: Proc,
+    pub replica: Proc,
+    pub sentinel: Proc,
+    pub master_port: u16,
+    pub replica_port: u16,
+    pub sentinel_port: u16,
+}
+
+impl Sentinels {
+    /// The `[state]` keys that reach the master through the sentinel (the URL's host is
+    /// not used).
+    pub fn state(&self) -> String {
+        format!(
+            "backend = \"redis://127.0.0.1:1/0\"\nsentinels = [\"127.0.0.1:{}\"]\nsentinel_master = \"main\"\n",
+            self.sentinel_port
+        )
+    }
+}
+
+pub fn sentinels(dir: &Path) -> Sentinels {
+    let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
+    let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from);
+    // Each its own folder: a replica's first sync writes a dump.
+    let own = |name: &str, port: u16| {
+        let own = dir.join(name);
+        std::fs::create_dir_all(&own).expect("redis dir");
+        ["--port".to_string(), port.to_string(), "--dir".to_string(), own.display().to_string()]
+    };
+    let master = redis_server(master_port, &[&own("master", master_port)[..], &common].concat());
+    let replica_of = ["--replicaof".to_string(), "127.0.0.1".into(), master_port.to_string()];
+    let replica =
+        redis_server(replica_port, &[&own("replica", replica_port)[..], &replica_of, &common].concat());
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 3000\n"
+        ),
+    )
+    .expect("sentinel.conf");
+    let sentinel = redis_server(sentinel_port, &[conf.display().to_string(), "--sentinel".into()]);
+    wait_for("the sentinel to know the replica", Duration::from_secs(30), || {
+        redis_cli(sentinel_port, &["sentinel", "replicas", "main"]).contains(&replica_port.to_string())
+    });
+    Sentinels { master, replica, sentinel, master_port, replica_port, sentinel_port }
+}
+
+/// One admin API request over a plain socket (fast enough to time a convergence closely).
+pub fn admin_api(port: u16, method: &str, path: &str) -> serde_json::Value {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return serde_json::Value::Null;
+    };
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
+    let mut text = String::new();
+    if std::io::Write::write_all(&mut stream, request.as_bytes()).is_err()
+        || std::io::Read::read_to_string(&mut stream, &mut text).is_err()
+    {
+        return serde_json::Value::Null;
+    }
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// The generations of the nodes `GET /api/fleet` shows alive, sorted.
+pub fn fleet_generations(port: u16) -> Vec<String> {
+    let view = admin_api(port, "GET", "/api/fleet");
+    let mut names: Vec<String> = view["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["alive"] == true)
+        .map(|n| n["generation"].as_str().unwrap_or("").to_string())
+        .collect();
+    names.sort();
+    names
 }
