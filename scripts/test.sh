@@ -54,9 +54,10 @@ if ! command -v componentize-py >/dev/null || [ "$(componentize-py --version 2>/
     command -v pyenv >/dev/null && pyenv rehash
 fi
 # The sender-check tests: dkimpy (with Ed25519 and ARC) makes and checks signatures, PyYAML
-# reads the RFC 7208 SPF suite (fetched from PyPI, pyspf's source distribution, on first use).
-if ! python3 -c "import dkim, nacl, authres, yaml, dns.resolver" 2>/dev/null; then
-    python3 -m pip install --quiet dkimpy pynacl authres pyyaml dnspython
+# reads the RFC 7208 SPF suite (fetched from PyPI, pyspf's source distribution, on first use);
+# the registry tests' token service signs its tokens with cryptography.
+if ! python3 -c "import dkim, nacl, authres, yaml, dns.resolver, cryptography" 2>/dev/null; then
+    python3 -m pip install --quiet dkimpy pynacl authres pyyaml dnspython cryptography
 fi
 if [ ! -d ../shared/corpus ]; then
     echo "scripts/test.sh: ../shared/corpus is missing; the tests read the shared mail corpus beside the repository" >&2

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use sluice::cli::policy_test::{self, PolicyTestArgs};
 use sluice::cli::queue::{self, QueueCommand};
+use sluice::cli::registry::Access;
 use sluice::cli::relay;
 
 #[derive(Parser)]
@@ -194,7 +195,9 @@ sluice policy new --lang rust my-policy --sdk ~/src/sluice/guest-sdk"
 layer), under a tag; print the reference pinned by the manifest's digest. With --sign-key (an \
 Ed25519 key in PKCS#8 PEM: openssl genpkey -algorithm ed25519 -out KEY.pem) the manifest carries \
 a signature of the component's digest, and the public key to list in [oci] public_keys is \
-printed. --insecure speaks plain HTTP to the registry (one on this machine or network).",
+printed. --insecure speaks plain HTTP to the registry (one on this machine or network). A \
+registry that asks for credentials gets those of --auth-file, $REGISTRY_AUTH_FILE or \
+~/.docker/config.json (what docker, podman or oras login write).",
         after_help = "Examples:\n  sluice policy push greylist.wasm oci://registry.example/policies/greylist:1.2\n  \
 sluice policy push filter.wasm oci://127.0.0.1:5000/acme/filter:prod --insecure --sign-key policy-key.pem"
     )]
@@ -209,6 +212,9 @@ sluice policy push filter.wasm oci://127.0.0.1:5000/acme/filter:prod --insecure 
         /// Sign with this Ed25519 private key (PKCS#8 PEM).
         #[arg(long)]
         sign_key: Option<PathBuf>,
+        /// Registry credentials: an auth file as docker/podman/oras login write it.
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
     },
     /// Pull a policy component from an OCI registry, checking its digests.
     #[command(
@@ -228,6 +234,9 @@ digest (when pinned with @sha256:…) and the component's; with --public-key, it
         /// Require a signature by this Ed25519 public key (base64; repeatable).
         #[arg(long)]
         public_key: Vec<String>,
+        /// Registry credentials: an auth file as docker/podman/oras login write it.
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
     },
     /// Put a tenant's previous generation of policies back in a running relay.
     #[command(
@@ -364,14 +373,17 @@ fn main() {
                 }
             }
         }
-        Command::Policy { command: PolicyCommand::Push { file, target, insecure, sign_key } } => {
+        Command::Policy { command: PolicyCommand::Push { file, target, insecure, sign_key, auth_file } } => {
+            let access = Access { insecure, public_keys: &[], auth_file: auth_file.as_deref() };
             let pushed =
-                runtime.block_on(sluice::cli::registry::push(&file, &target, insecure, sign_key.as_deref()));
+                runtime.block_on(sluice::cli::registry::push(&file, &target, &access, sign_key.as_deref()));
             report("policy push", pushed.map_err(anyhow::Error::msg))
         }
-        Command::Policy { command: PolicyCommand::Pull { source, output, insecure, public_key } } => {
-            let pulled =
-                runtime.block_on(sluice::cli::registry::pull(&source, &output, insecure, &public_key));
+        Command::Policy {
+            command: PolicyCommand::Pull { source, output, insecure, public_key, auth_file },
+        } => {
+            let access = Access { insecure, public_keys: &public_key, auth_file: auth_file.as_deref() };
+            let pulled = runtime.block_on(sluice::cli::registry::pull(&source, &output, &access));
             report("policy pull", pulled.map_err(anyhow::Error::msg))
         }
         Command::Policy { command: PolicyCommand::Test(args) } => {

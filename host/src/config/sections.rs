@@ -263,6 +263,11 @@ pub struct OciConfig {
     /// (`sluice policy push --sign-key`), so that a registry's compromise cannot put code into
     /// the relay.
     pub public_keys: Vec<String>,
+    /// Credentials for registries that ask for them: an auth file as `docker login`,
+    /// `podman login` or `oras login` writes it (`{"auths": {"REGISTRY": {"auth":
+    /// "BASE64(USER:PASSWORD)"}}}`). Without one, registries are read anonymously (with the
+    /// anonymous token public registries hand out).
+    pub auth_file: Option<PathBuf>,
 }
 
 /// `[fleet]`: this relay as one node of several sharing the `[state]` Redis.

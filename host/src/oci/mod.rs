@@ -11,7 +11,10 @@
 //! network. With `[oci] public_keys`, a manifest must carry an Ed25519 signature of its
 //! layer's digest by one of the keys (`sluice policy push --sign-key`).
 
+mod auth;
 mod http;
+
+pub use auth::Auth;
 
 use std::path::PathBuf;
 
@@ -100,13 +103,19 @@ pub struct Settings {
     pub insecure: Vec<String>,
     /// Ed25519 keys one of which must have signed a pulled component (none: no check).
     pub public_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// Credentials, and the tokens registries gave.
+    pub auth: Auth,
 }
 
 impl Settings {
     /// From `[oci]`.
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let keys = config.oci.public_keys.iter().map(|k| public_key(k)).collect::<Result<_, _>>()?;
-        Ok(Self { insecure: config.oci.insecure_registries.clone(), public_keys: keys })
+        let auth = match &config.oci.auth_file {
+            Some(file) => Auth::from_file(&config.resolve(file))?,
+            None => Auth::default(),
+        };
+        Ok(Self { insecure: config.oci.insecure_registries.clone(), public_keys: keys, auth })
     }
 
     fn plain(&self, registry: &str) -> bool {
@@ -183,7 +192,9 @@ pub async fn pull(reference: &Reference, settings: &Settings) -> Result<Pulled, 
     let base = reference.base(settings);
     let plain = settings.plain(&reference.registry);
     let url = format!("{base}/manifests/{}", reference.manifest_name());
-    let answer = http::request("GET", &url, &[("accept", MANIFEST)], Vec::new(), plain).await?;
+    let registry = reference.registry.as_str();
+    let answer =
+        settings.auth.send(registry, "GET", &url, &[("accept", MANIFEST)], Vec::new(), plain).await?;
     if answer.status != 200 {
         return Err(failed(&answer, &url));
     }
@@ -206,7 +217,7 @@ pub async fn pull(reference: &Reference, settings: &Settings) -> Result<Pulled, 
         verify(&settings.public_keys, &layer_digest, signature).map_err(|e| format!("{url}: {e}"))?;
     }
     let blob = format!("{base}/blobs/{layer_digest}");
-    let answer = http::request("GET", &blob, &[], Vec::new(), plain).await?;
+    let answer = settings.auth.send(registry, "GET", &blob, &[], Vec::new(), plain).await?;
     if answer.status != 200 {
         return Err(failed(&answer, &blob));
     }
@@ -247,8 +258,8 @@ pub async fn push(
     let base = reference.base(settings);
     let plain = settings.plain(&reference.registry);
     let config = b"{}".to_vec();
-    let config_digest = upload(&base, &config, plain).await?;
-    let layer_digest = upload(&base, component, plain).await?;
+    let config_digest = upload(settings, reference, &config).await?;
+    let layer_digest = upload(settings, reference, component).await?;
     let mut annotations = serde_json::Map::new();
     if let Some(key) = key {
         let signature = key.sign(format!("{SIGNED_PREFIX}{layer_digest}").as_bytes());
@@ -267,7 +278,8 @@ pub async fn push(
     let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
     let digest = sha256(&body);
     let url = format!("{base}/manifests/{tag}");
-    let answer = http::request("PUT", &url, &[("content-type", MANIFEST)], body, plain).await?;
+    let headers = [("content-type", MANIFEST)];
+    let answer = settings.auth.send(&reference.registry, "PUT", &url, &headers, body, plain).await?;
     if answer.status != 201 {
         return Err(failed(&answer, &url));
     }
@@ -275,27 +287,32 @@ pub async fn push(
 }
 
 /// Upload a blob unless the registry has it; its digest.
-async fn upload(base: &str, bytes: &[u8], plain: bool) -> Result<String, String> {
+async fn upload(settings: &Settings, reference: &Reference, bytes: &[u8]) -> Result<String, String> {
+    let (base, plain, registry) =
+        (reference.base(settings), settings.plain(&reference.registry), reference.registry.as_str());
+    let send = |method: &'static str, url: String, headers: &'static [(&'static str, &'static str)], body| {
+        let auth = settings.auth.clone();
+        async move { auth.send(registry, method, &url, headers, body, plain).await }
+    };
     let digest = sha256(bytes);
-    let head = http::request("HEAD", &format!("{base}/blobs/{digest}"), &[], Vec::new(), plain).await?;
+    let head = send("HEAD", format!("{base}/blobs/{digest}"), &[], Vec::new()).await?;
     if head.status == 200 {
         return Ok(digest);
     }
     let start = format!("{base}/blobs/uploads/");
-    let answer = http::request("POST", &start, &[], Vec::new(), plain).await?;
+    let answer = send("POST", start.clone(), &[], Vec::new()).await?;
     let location =
         answer.header("location").filter(|_| answer.status == 202).ok_or_else(|| failed(&answer, &start))?;
     // The location may be a path on the registry, or a whole URL.
     let location = if location.starts_with('/') {
-        let origin = base.split("/v2/").next().unwrap_or(base);
+        let origin = base.split("/v2/").next().unwrap_or(&base);
         format!("{origin}{location}")
     } else {
         location.to_string()
     };
     let separator = if location.contains('?') { '&' } else { '?' };
     let url = format!("{location}{separator}digest={digest}");
-    let headers = [("content-type", "application/octet-stream")];
-    let answer = http::request("PUT", &url, &headers, bytes.to_vec(), plain).await?;
+    let answer = send("PUT", url, &[("content-type", "application/octet-stream")], bytes.to_vec()).await?;
     if answer.status != 201 {
         return Err(failed(&answer, &start));
     }

@@ -218,10 +218,15 @@ pub fn redis(port: u16, dir: &Path) -> Proc {
 
 /// Debian's `docker-registry` (the CNCF distribution server) on loopback, storing in `dir`.
 pub fn registry(dir: &std::path::Path, port: u16) -> Proc {
+    registry_with(dir, port, "")
+}
+
+/// [`registry`] with more of its configuration (YAML, e.g. an `auth:` section).
+pub fn registry_with(dir: &std::path::Path, port: u16, extra: &str) -> Proc {
     std::fs::write(
         dir.join("registry.yml"),
         format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n{extra}",
             dir.join("registry").display()
         ),
     )
