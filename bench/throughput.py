@@ -37,6 +37,8 @@ Set-ups, each on its own loopback port and delivering to its own smtp-sink:
   sluice+js      Sluice with the JavaScript url-guard policy (warm instances, 100 sessions each)
   sluice+python  Sluice with the Python rules policy (warm instances, 100 sessions each)
   postfix+rspamd Postfix with rspamd as its milter, when rspamd is installed (skipped otherwise)
+  postfix+sluice Postfix with Sluice as its milter ([milter] listen, no SMTP listener),
+                 running the shipped Rust chain as sluice+rust does
   SETUP@baseline with --baseline PATH: the sluice set-up SETUP run by another (earlier) build,
                  alternating with this one in the same run (default: sluice@baseline and
                  sluice+rust@baseline are added)
@@ -139,7 +141,8 @@ class Postfix:
             "maillog_file": os.path.join(base, "maillog"), "maillog_file_prefixes": f"/var, /dev/stdout, {base}",
         }
         if milter:
-            settings.update({"smtpd_milters": milter, "milter_default_action": "accept",
+            # A milter that fails defers the message: a failure is never counted as throughput.
+            settings.update({"smtpd_milters": milter, "milter_default_action": "tempfail",
                              "milter_protocol": "6"})
         with open(os.path.join(self.conf, "main.cf"), "w") as f:
             f.write("# Private instance of bench/throughput.py: loopback only, relays to the sink.\n")
@@ -195,11 +198,17 @@ class Rspamd:
 class Sluice:
     """`sluice serve` in its own folder with `policies` (a TOML fragment) for its one tenant."""
 
-    def __init__(self, binary, base, port, sink_port, dns_port, policies, sync, learn=None, inbound=False):
+    def __init__(self, binary, base, port, sink_port, dns_port, policies, sync, learn=None, inbound=False,
+                 milter=False):
         os.makedirs(base, exist_ok=True)
         self.base = base
         self.port = port
         config = server_config(port, 4000, server="max_message_bytes = 10485760\n", spool=f'sync = "{sync}"\n')
+        if milter:
+            # Only a milter server on `port`, for the Postfix in front.
+            config = config.replace(f'listen = ["127.0.0.1:{port}"]', "listen = []")
+            config += f'[milter]\nlisten = "127.0.0.1:{port}"\nmax_connections = 4000\n'
+
         if inbound:
             # The loopback client is not a trusted network: its mail is mail from the internet,
             # whose sender the relay checks (SPF, DKIM, DMARC) for the policies that read it.
@@ -308,7 +317,7 @@ def main():
     ap.add_argument("--sizes", default="4096,102400")
     ap.add_argument("--connections", default="new,reuse")
     ap.add_argument("--setups",
-                    default="direct,postfix,postfix+rspamd,sluice,sluice+rust,sluice+rust+bayes,"
+                    default="direct,postfix,postfix+rspamd,postfix+sluice,sluice,sluice+rust,sluice+rust+bayes,"
                             "sluice+rust+dmarc+bayes,sluice+rust-warm,"
                             "sluice+js,sluice+python")
     ap.add_argument("--sluice", help="the sluice binary (default: build target/release/sluice)")
@@ -330,7 +339,7 @@ def main():
     if args.sluice is None:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")
-    if any(s.startswith("sluice+rust") for s in setups):
+    if any(s.startswith("sluice+rust") or s == "postfix+sluice" for s in setups):
         build = ["cargo", "build", "--release", "--target", "wasm32-wasip2"]
         for name in SHIPPED_RUST:
             build += ["-p", name]
@@ -369,6 +378,11 @@ def main():
             elif setup == "postfix+rspamd":
                 milter_port = free_ports(1)[0]
                 stoppers.append(Rspamd(base + "-rspamd", milter_port))
+                relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")
+            elif setup == "postfix+sluice":
+                milter_port = free_ports(1)[0]
+                stoppers.append(Sluice(args.sluice, base + "-sluice", milter_port, sink_port, dns_port, rust_chain(),
+                                       args.spool_sync, milter=True))
                 relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")
             else:
                 setup_name, _, which = setup.partition("@")

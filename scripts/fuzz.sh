@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(conversation proxy_header smtp_command data_receiver address config message sender)
+[ ${#targets[@]} -gt 0 ] || targets=(conversation proxy_header smtp_command data_receiver address config message sender milter_codec)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 if rustup toolchain list | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz)

@@ -43,9 +43,13 @@ command -v chromedriver >/dev/null || MISSING+=(chromium-driver)
 command -v docker-registry >/dev/null || MISSING+=(docker-registry)
 # The release's package test: the unit checked by systemd-analyze.
 command -v systemd-analyze >/dev/null || MISSING+=(systemd)
+# Sluice inside Postfix (milter, policy delegation): a private Postfix instance per test.
+command -v postfix >/dev/null || MISSING+=(postfix)
 if [ ${#MISSING[@]} -gt 0 ]; then
+    # Postfix without a system configuration: nothing of it runs until a test starts its own.
+    echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
     $SUDO apt-get update
-    $SUDO apt-get install -y --no-install-recommends "${MISSING[@]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${MISSING[@]}"
 fi
 # The Python policies: componentize-py (pinned; the version policies/README.md documents).
 if ! command -v componentize-py >/dev/null || [ "$(componentize-py --version 2>/dev/null)" != "componentize-py 0.25.1" ]; then

@@ -50,6 +50,8 @@ pub struct Metrics {
     oldest: Mutex<BTreeMap<String, u64>>,
     /// Instances made ahead of sessions, held at the last look.
     prepared: AtomicU64,
+    /// Server of an MTA in front (`milter`, `policy_delegation`) → (connections, open).
+    fronts: Mutex<BTreeMap<String, (u64, i64)>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -163,6 +165,21 @@ impl Metrics {
     /// `dmarc_RESULT`.
     pub fn event(&self, tenant: &str, event: &str) {
         bump_pair(&self.events, tenant, event);
+    }
+
+    /// A connection from an MTA in front opened (`delta` 1) or closed (-1) on `server`.
+    pub fn front(&self, server: &str, delta: i64) {
+        let mut map = self.fronts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, open) = map.entry(server.to_string()).or_default();
+        if delta > 0 {
+            *total += 1;
+        }
+        *open += delta;
+    }
+
+    /// Connections from MTAs in front by server: (since start, open now).
+    pub fn fronts(&self) -> BTreeMap<String, (u64, i64)> {
+        self.fronts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A connection from a trusted proxy came without a valid PROXY header.
@@ -392,6 +409,25 @@ impl Collector for Exposition {
             Counter,
             ["tenant", "event"],
             pairs(&m.events),
+        )?;
+        let fronts = m.fronts();
+        let total = fronts.iter().map(|(s, (n, _))| ([s.clone()], *n as f64)).collect::<Vec<_>>();
+        family(
+            e,
+            "sluice_mta_connections",
+            "Connections from MTAs in front, by server (milter, policy_delegation)",
+            Counter,
+            ["server"],
+            total,
+        )?;
+        let open = fronts.iter().map(|(s, (_, n))| ([s.clone()], *n as f64)).collect::<Vec<_>>();
+        family(
+            e,
+            "sluice_mta_connections_open",
+            "Connections from MTAs in front open now, by server",
+            Gauge,
+            ["server"],
+            open,
         )?;
         let reloads = rows(&m.reloads, |r, n| ([r.clone()], *n as f64));
         family(

@@ -283,6 +283,7 @@ async fn route(relay: &Arc<Relay>, method: &str, path: &str, query: &str, body: 
             );
         }
         ("GET", "/api/policies") => ("200 OK", views::policies(relay)),
+        ("GET", "/api/listeners") => ("200 OK", views::listeners(relay)),
         ("GET", "/api/tenants") => ("200 OK", views::tenants(relay).await),
         ("GET", "/api/transactions") => ("200 OK", relay.recent.to_json(query)),
         ("GET", "/api/queue") => queue::list(relay, query).await,
@@ -329,9 +330,9 @@ async fn route(relay: &Arc<Relay>, method: &str, path: &str, query: &str, body: 
         ("POST", "/api/queue/hold") => queue::hold(relay, query).await,
         (
             _,
-            "/metrics" | "/api/policies" | "/api/tenants" | "/api/transactions" | "/api/queue" | "/api/fleet"
-            | "/api/queue/message" | "/api/reload" | "/api/rollback" | "/api/learn" | "/api/release"
-            | "/api/queue/flush" | "/api/queue/delete" | "/api/queue/hold",
+            "/metrics" | "/api/policies" | "/api/listeners" | "/api/tenants" | "/api/transactions"
+            | "/api/queue" | "/api/fleet" | "/api/queue/message" | "/api/reload" | "/api/rollback"
+            | "/api/learn" | "/api/release" | "/api/queue/flush" | "/api/queue/delete" | "/api/queue/hold",
         ) => return error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => return error_reply(StatusCode::NOT_FOUND, "no such endpoint"),
     };

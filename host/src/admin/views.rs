@@ -111,3 +111,28 @@ pub fn policies(relay: &Relay) -> serde_json::Value {
     let edge = described.remove(0);
     serde_json::json!({ "edge": edge, "tenants": described })
 }
+
+/// `GET /api/listeners`: where the relay listens — SMTP, and the servers for an MTA in front
+/// (milter, policy delegation) with their connections since start and open now.
+pub fn listeners(relay: &Relay) -> serde_json::Value {
+    let snapshot = relay.snapshot();
+    let config = &snapshot.config;
+    let fronts = relay.metrics.fronts();
+    let front = |server: &str, settings: &Option<crate::config::MtaServerConfig>| {
+        settings.as_ref().map(|s| {
+            let (total, open) = fronts.get(server).copied().unwrap_or_default();
+            serde_json::json!({
+                "listen": s.listen.to_string(),
+                "max_connections": s.max_connections,
+                "connections": total,
+                "open": open,
+            })
+        })
+    };
+    serde_json::json!({
+        "smtp": config.server.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "milter": front("milter", &config.milter),
+        "policy_delegation": front("policy_delegation", &config.policy_delegation),
+        "admin": config.admin.as_ref().map(|a| a.listen.to_string()),
+    })
+}

@@ -26,6 +26,7 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
     crate::oci::resolve(&mut config).await?;
     let listen = config.server.listen.clone();
     let admin = config.admin.clone();
+    let (milter, delegation) = (config.milter.clone(), config.policy_delegation.clone());
     let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let watching = config_path.is_some();
@@ -68,6 +69,18 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
         quarantined,
         "sluice is ready"
     );
+    for (key, settings) in [("milter", &milter), ("policy_delegation", &delegation)] {
+        let Some(settings) = settings.clone() else { continue };
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("{key}.listen: cannot listen on {}: {e}", settings.listen))?;
+        tracing::info!(listen = %settings.listen, "{key} server listening");
+        let relay = relay.clone();
+        match key {
+            "milter" => tokio::spawn(crate::milter::serve(relay, listener, settings)),
+            _ => tokio::spawn(crate::delegation::serve(relay, listener, settings)),
+        };
+    }
     if let Some(admin) = &admin {
         let listener = tokio::net::TcpListener::bind(admin.listen)
             .await
@@ -124,6 +137,10 @@ pub async fn check(mut config: Config) -> anyhow::Result<()> {
     let policies: usize =
         config.edge().policies.len() + config.tenants.iter().map(|t| t.policies.len()).sum::<usize>();
     let warnings = config.warnings();
+    let fronts: Vec<String> = [("milter", &config.milter), ("policy_delegation", &config.policy_delegation)]
+        .into_iter()
+        .filter_map(|(key, settings)| settings.as_ref().map(|s| format!("{key} on {}", s.listen)))
+        .collect();
     let shared = match &config.state.backend {
         Backend::Redis(_) if !config.state.sentinels.is_empty() => Some(format!(
             "state.sentinels: {} (master {})",
@@ -163,6 +180,9 @@ pub async fn check(mut config: Config) -> anyhow::Result<()> {
         );
     }
     println!("configuration ok: {tenants} tenant(s), {policies} policy component(s) loaded");
+    if !fronts.is_empty() {
+        println!("for an MTA in front: {}", fronts.join(", "));
+    }
     Ok(())
 }
 

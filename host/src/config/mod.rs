@@ -24,8 +24,8 @@ use serde::Deserialize;
 
 pub use error::ConfigError;
 pub use sections::{
-    AdminConfig, DeliveryConfig, DnsConfig, FleetConfig, OciConfig, RelayConfig, ServerConfig, SpoolConfig,
-    StateConfig, TlsConfig,
+    AdminConfig, DeliveryConfig, DnsConfig, FleetConfig, MtaServerConfig, OciConfig, RelayConfig,
+    ServerConfig, SpoolConfig, StateConfig, TlsConfig,
 };
 pub use tenant::{DkimConfig, EDGE, PolicyConfig, TenantConfig};
 pub use values::{
@@ -61,6 +61,12 @@ pub struct Config {
     /// This relay as a node of a fleet (over the `[state]` Redis).
     #[serde(default)]
     pub fleet: Option<FleetConfig>,
+    /// A milter server for an MTA in front (Postfix `smtpd_milters`, Sendmail `INPUT_MAIL_FILTER`).
+    #[serde(default)]
+    pub milter: Option<MtaServerConfig>,
+    /// A Postfix SMTP access policy delegation server (`check_policy_service`).
+    #[serde(default)]
+    pub policy_delegation: Option<MtaServerConfig>,
     /// DNS.
     #[serde(default)]
     pub dns: DnsConfig,
@@ -198,8 +204,11 @@ impl Config {
         if s.hostname.trim().is_empty() || s.hostname.contains(char::is_whitespace) {
             return fail("server.hostname", "must be a host name without spaces");
         }
-        if s.listen.is_empty() {
-            return fail("server.listen", "at least one address is required");
+        if s.listen.is_empty() && self.milter.is_none() && self.policy_delegation.is_none() {
+            return fail(
+                "server.listen",
+                "at least one address is required (or a [milter] or [policy_delegation] listener)",
+            );
         }
         if s.max_line_bytes < 512 {
             return fail("server.max_line_bytes", "must be at least 512 (RFC 5321 §4.5.3.1.4)");

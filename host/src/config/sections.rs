@@ -270,6 +270,30 @@ pub struct OciConfig {
     pub auth_file: Option<PathBuf>,
 }
 
+/// `[milter]` and `[policy_delegation]`: servers for an MTA in front (Postfix's
+/// `smtpd_milters` and `check_policy_service`) running the tenants' chains.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtaServerConfig {
+    /// Address to listen on (`127.0.0.1:8891`).
+    pub listen: SocketAddr,
+    /// Connections served at once (default 512): one more is closed at once (the MTA then
+    /// applies its default action, `milter_default_action` or a `451`).
+    #[serde(default = "default_mta_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection may stay silent between commands (default 600).
+    #[serde(default = "default_mta_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_mta_connections() -> usize {
+    512
+}
+
+fn default_mta_idle() -> u64 {
+    600
+}
+
 /// `[fleet]`: this relay as one node of several sharing the `[state]` Redis.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

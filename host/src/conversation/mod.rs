@@ -425,6 +425,20 @@ impl Conversation {
         }
     }
 
+    /// A session an MTA in front holds with the client (the milter and policy-delegation
+    /// servers): the MTA decided where mail may go, so recipients of no tenant are the
+    /// edge's and never refused as relaying.
+    pub fn behind_mta(mut self) -> Self {
+        self.core.mta_decides_relaying();
+        self
+    }
+
+    /// The client's TLS with the MTA in front, as it reported it (before the greeting).
+    pub fn tls_in_front(&mut self, tls: TlsInfo) {
+        self.core.tls_in_front();
+        self.tls = Some(tls);
+    }
+
     /// What `sluice policy test --auth-user` asks for: the session as if `user` had
     /// authenticated (the same state a successful AUTH leaves).
     pub fn assume_authenticated(&mut self, user: &str) {

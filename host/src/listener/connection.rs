@@ -127,7 +127,9 @@ where
 {
     let mut closing = relay.closing.subscribe();
     loop {
-        match conversation.next_action() {
+        let action = conversation.next_action();
+        let Some(action) = work(relay, conversation, stages, action).await else { continue };
+        match action {
             Action::Send(bytes) => output.write_all(&bytes).await?,
             Action::Read { timeout, bulk } => {
                 input.set_bulk(bulk);
@@ -161,48 +163,23 @@ where
                 let used = conversation.receive(input.buffer());
                 input.consume(used);
             }
-            Action::Stage(request) => {
-                let result = stages.run(&request).await;
-                relay.metrics.stage(&conversation.snapshot().party(request.party).name, &result);
-                conversation.stage_done(result);
-            }
             Action::Store(request) => {
                 let outcome = relay.store(*request).await;
                 conversation.stored(outcome);
             }
-            Action::CheckPassword { user, password } => {
-                let users = conversation.snapshot().users.clone();
-                let ok =
-                    tokio::task::spawn_blocking(move || users.is_some_and(|u| u.verify(&user, &password)))
-                        .await
-                        .unwrap_or(false);
-                conversation.password_checked(ok);
-            }
-            Action::VerifyRecipient { tenant, address } => {
-                let snapshot = conversation.snapshot().clone();
-                let answer = relay.verify_recipient(&snapshot, tenant, &address).await;
-                conversation.recipient_verified(answer);
-            }
-            Action::CheckSender(request) => {
-                let snapshot = conversation.snapshot().clone();
-                let checks = relay.check_sender(&snapshot, &request).await;
-                conversation.sender_checked(checks);
-            }
-            Action::CheckRate { tenant, per_minute } => {
-                let ok = relay.shared_message_rate(&tenant, per_minute).await;
-                conversation.rate_checked(ok);
-            }
-            Action::CheckAuthLock { ip, limit, window } => {
-                let locked = relay.shared_auth_locked(ip, limit, window).await;
-                conversation.auth_lock_checked(locked);
-            }
             Action::Pause(pause) => tokio::time::sleep(pause).await,
+            Action::Stage(_)
+            | Action::CheckPassword { .. }
+            | Action::VerifyRecipient { .. }
+            | Action::CheckSender(_)
+            | Action::CheckRate { .. }
+            | Action::CheckAuthLock { .. }
+            | Action::Finished(_)
+            | Action::Learn(_) => {} // done by `work`
             Action::StartTls => {
                 output.flush().await?;
                 return Ok(Ended::StartTls);
             }
-            Action::Finished(record) => relay.record(&record),
-            Action::Learn(request) => relay.autolearn(*request),
             Action::Close => {
                 output.flush().await?;
                 let _ = output.shutdown().await;
@@ -210,4 +187,52 @@ where
             }
         }
     }
+}
+
+/// Carry out the actions that are work for the relay and the same whoever drives the
+/// conversation (the SMTP listener, the milter and policy-delegation servers): stages,
+/// passwords, recipients' and senders' checks, the fleet's limits, records and learning.
+/// The others (replies, reads, storing, TLS, closing) are the driver's: returned.
+pub async fn work(
+    relay: &Arc<Relay>,
+    conversation: &mut Conversation,
+    stages: &mut Stages,
+    action: Action,
+) -> Option<Action> {
+    match action {
+        Action::Stage(request) => {
+            let result = stages.run(&request).await;
+            relay.metrics.stage(&conversation.snapshot().party(request.party).name, &result);
+            conversation.stage_done(result);
+        }
+        Action::CheckPassword { user, password } => {
+            let users = conversation.snapshot().users.clone();
+            let ok = tokio::task::spawn_blocking(move || users.is_some_and(|u| u.verify(&user, &password)))
+                .await
+                .unwrap_or(false);
+            conversation.password_checked(ok);
+        }
+        Action::VerifyRecipient { tenant, address } => {
+            let snapshot = conversation.snapshot().clone();
+            let answer = relay.verify_recipient(&snapshot, tenant, &address).await;
+            conversation.recipient_verified(answer);
+        }
+        Action::CheckSender(request) => {
+            let snapshot = conversation.snapshot().clone();
+            let checks = relay.check_sender(&snapshot, &request).await;
+            conversation.sender_checked(checks);
+        }
+        Action::CheckRate { tenant, per_minute } => {
+            let ok = relay.shared_message_rate(&tenant, per_minute).await;
+            conversation.rate_checked(ok);
+        }
+        Action::CheckAuthLock { ip, limit, window } => {
+            let locked = relay.shared_auth_locked(ip, limit, window).await;
+            conversation.auth_lock_checked(locked);
+        }
+        Action::Finished(record) => relay.record(&record),
+        Action::Learn(request) => relay.autolearn(*request),
+        other => return Some(other),
+    }
+    None
 }

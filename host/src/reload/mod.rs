@@ -342,7 +342,9 @@ impl Generations {
 /// Settings read once at start, by name, that differ between `old` and `new`.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.delivery, &new.delivery);
-    let pairs: [(&'static str, bool); 11] = [
+    let pairs: [(&'static str, bool); 13] = [
+        ("milter", old.milter != new.milter),
+        ("policy_delegation", old.policy_delegation != new.policy_delegation),
         ("spool.dir", old.spool.dir != new.spool.dir),
         ("admin.listen", old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen)),
         ("dns.nameservers", old.dns.nameservers != new.dns.nameservers),

@@ -337,3 +337,70 @@ pub fn fleet_generations(port: u16) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A private Postfix instance (configuration and queue under `dir`), listening on `port`,
+/// relaying `example.test`, `faulty.test` and `closed.test` from anyone to the next hop on
+/// `next_hop`; `main` adds `main.cf` settings. Stopped on drop.
+pub struct Postfix {
+    pub conf: PathBuf,
+    pub port: u16,
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix").arg("-c").arg(&self.conf).arg("stop").output();
+    }
+}
+
+impl Postfix {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.conf.parent().expect("dir").join("maillog")).unwrap_or_default()
+    }
+}
+
+pub fn postfix(dir: &Path, port: u16, next_hop: u16, main: &[&str]) -> Postfix {
+    let (conf, spool, data) = (dir.join("etc"), dir.join("spool"), dir.join("data"));
+    for d in [&conf, &spool, &data] {
+        std::fs::create_dir_all(d).expect("postfix dir");
+    }
+    let _ = Command::new("chown").arg("postfix").arg(&data).status();
+    std::fs::copy("/etc/postfix/master.cf", conf.join("master.cf"))
+        .expect("/etc/postfix/master.cf (Debian package postfix) must be installed");
+    let _ = std::fs::copy("/etc/postfix/dynamicmaps.cf", conf.join("dynamicmaps.cf"));
+    let hop = format!("[127.0.0.1]:{next_hop}");
+    let mut text = format!(
+        "compatibility_level = 3.6\nconfig_directory = {conf}\nqueue_directory = {spool}\ndata_directory = {data}\n\
+         myhostname = mx.test\nmydomain = mx.test\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n\
+         mynetworks = 127.0.0.2/32\nmydestination =\nlocal_recipient_maps =\nalias_maps =\nalias_database =\n\
+         relay_domains = example.test, faulty.test, closed.test\nrelay_transport = smtp:{hop}\nrelayhost = {hop}\n\
+         smtp_dns_support_level = disabled\nsmtp_host_lookup = native\n\
+         smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+         queue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n\
+         biff = no\nnotify_classes =\nmaillog_file = {log}\nmaillog_file_prefixes = /var, /dev/stdout, {dir}\n",
+        conf = conf.display(),
+        spool = spool.display(),
+        data = data.display(),
+        log = dir.join("maillog").display(),
+        dir = dir.display(),
+    );
+    for line in main {
+        text.push_str(line);
+        text.push('\n');
+    }
+    std::fs::write(conf.join("main.cf"), text).expect("main.cf");
+    let postconf = |args: &[&str]| {
+        let out = Command::new("postconf").arg("-c").arg(&conf).args(args).output().expect("postconf");
+        assert!(out.status.success(), "postconf {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let _ = Command::new("postconf").arg("-c").arg(&conf).args(["-M#", "smtp/inet"]).output();
+    postconf(&["-Me", &format!("127.0.0.1:{port}/inet=127.0.0.1:{port} inet n - n - - smtpd")]);
+    postconf(&["-F", "*/*/chroot = n"]);
+    let started = Command::new("postfix").arg("-c").arg(&conf).arg("start").output().expect("postfix");
+    assert!(started.status.success(), "postfix start: {}", String::from_utf8_lossy(&started.stderr));
+    let instance = Postfix { conf, port };
+    wait_for("postfix to listen", Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    instance
+}

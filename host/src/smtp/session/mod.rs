@@ -104,6 +104,9 @@ pub struct Session {
     limits: SessionLimits,
     /// May relay to any domain (trusted network or authenticated).
     relay_allowed: bool,
+    /// An MTA in front decided where mail may go (a milter or policy-delegation session):
+    /// recipients of no tenant are the edge's, never refused as relaying.
+    mta_relays: bool,
     helo: Option<String>,
     extended: bool,
     mail_from: Option<EnvelopeAddress>,
@@ -128,6 +131,7 @@ impl Session {
         Self {
             limits,
             relay_allowed,
+            mta_relays: false,
             helo: None,
             extended: false,
             mail_from: None,
@@ -165,6 +169,17 @@ impl Session {
         self.helo = None;
         self.extended = false;
         self.reset();
+    }
+
+    /// An MTA in front decides where mail may go (see `mta_relays`).
+    pub fn mta_decides_relaying(&mut self) {
+        self.mta_relays = true;
+    }
+
+    /// TLS is on between the client and an MTA in front.
+    pub fn tls_in_front(&mut self) {
+        self.tls_active = true;
+        self.tls_offered = false;
     }
 
     /// AUTH succeeded: the client may relay.
@@ -408,7 +423,7 @@ impl Session {
         } else {
             match parse_mailbox(&path) {
                 Ok(m) => m,
-                Err(PathError::IpLiteral) if self.relay_allowed => {
+                Err(PathError::IpLiteral) if self.relay_allowed || self.mta_relays => {
                     return Step::Rcpt(EnvelopeAddress { address: path, params }, Destination::Relay);
                 }
                 Err(e @ (PathError::Routing | PathError::SourceRoute | PathError::IpLiteral)) => {
@@ -419,7 +434,7 @@ impl Session {
         };
         let destination = match domains.tenant_of(&mailbox.domain) {
             Some(tenant) => Destination::Local(tenant),
-            None if self.relay_allowed => Destination::Relay,
+            None if self.relay_allowed || self.mta_relays => Destination::Relay,
             None => return self.error(reply::RELAYING_DENIED),
         };
         Step::Rcpt(EnvelopeAddress { address: mailbox.address(), params }, destination)

@@ -7,7 +7,8 @@
 //! - `refuse_init`: a message; `init` refuses the configuration with it.
 //! - `verdict` at `verdict_stage` (default `data`): `accept`, `reject`, `tempfail`, `discard`,
 //!   `quarantine`, with `disconnect = true` to ask for the connection to close.
-//! - `symbol` (`NAME=SCORE`) and `header` (`Name: value`) at data.
+//! - `symbol` (`NAME=SCORE`), `header` (`Name: value`), `add_recipient` and
+//!   `remove_recipient` (an address) at data.
 //! - `kv_set` (`key=value`) and `kv_get` (`key`) at data: the value read comes back as the
 //!   symbol `KV_<value>` or `KV_NONE`.
 //! - `kv_fill` (any value): at rcpt, writes one key per recipient and tempfails with
@@ -150,6 +151,12 @@ impl Policy for Probe {
         }
         if let Some((name, value)) = self.config.get("header").and_then(|h| h.split_once(':')) {
             decision = decision.add_header(name.trim(), value.trim());
+        }
+        if let Some(address) = self.config.get("add_recipient") {
+            decision = decision.add_recipient(address);
+        }
+        if let Some(address) = self.config.get("remove_recipient") {
+            decision = decision.remove_recipient(address);
         }
         if let Some((key, value)) = self.config.get("kv_set").and_then(|s| s.split_once('='))
             && let Err(e) = kv::set(key, value.as_bytes(), None)
