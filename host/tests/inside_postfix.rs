@@ -64,7 +64,7 @@ fn config(milter: u16, delegation: u16, admin: u16, sink_port: u16, header: &str
          [[tenant]]\nname = \"faulty\"\ndomains = [\"faulty.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
          [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ fault = \"trap\" }}\n\
          [[tenant]]\nname = \"closed\"\ndomains = [\"closed.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
-         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"reject\", verdict_stage = \"rcpt\" }}\n"
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"reject\", verdict_stage = \"rcpt\", disconnect = \"true\" }}\n"
     )
 }
 
@@ -150,6 +150,15 @@ fn a_postfix_with_sluice_as_its_milter() {
     wait_for("twenty messages at the next hop", Duration::from_secs(60), || {
         (0..10).all(|n| (0..2).all(|m| delivered(sink_dir, &format!("many-{n}-{m}")).is_some()))
     });
+
+    // A refusal that ends the session (the policy asks to disconnect): every later command
+    // of that session is refused too, whatever its recipient.
+    let out = python(
+        postfix_port,
+        "s = smtplib.SMTP('127.0.0.1', PORT, timeout=60)\ns.ehlo('c.remote.test')\ns.mail('alice@remote.test')\n\
+         print(s.rcpt('dave@closed.test')[0], s.rcpt('bob@example.test')[0])",
+    );
+    assert_eq!(out.trim(), "550 550", "{}", mta.log());
 
     // A trapping policy: its tenant's failure mode (tempfail), never a 250.
     let reply = send(postfix_port, &["carol@faulty.test"], "faulty", "Hello.");

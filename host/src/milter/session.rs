@@ -69,12 +69,15 @@ pub struct MilterSession {
     /// Macros the MTA sent, by name, for the session so far.
     macros: HashMap<String, String>,
     smtp: Option<Smtp>,
+    /// The conversation ended the session (a refusal with disconnect, too many errors): what
+    /// every later event of it gets.
+    ended: Option<Response>,
 }
 
 impl MilterSession {
     /// A connection from the MTA to the milter listener `listener`.
     pub fn new(relay: Arc<Relay>, listener: String) -> Self {
-        Self { relay, listener, leading_space: false, macros: HashMap::new(), smtp: None }
+        Self { relay, listener, leading_space: false, macros: HashMap::new(), smtp: None, ended: None }
     }
 
     /// Answer one command: the responses to send, in order (none for those the protocol
@@ -153,6 +156,7 @@ impl MilterSession {
             }
             Command::Quit | Command::QuitNewConnection => {
                 self.smtp = None;
+                self.ended = None;
                 self.macros.clear();
                 Vec::new()
             }
@@ -182,6 +186,7 @@ impl MilterSession {
             anonymous: false,
         };
         let conversation = Conversation::new(snapshot.clone(), self.relay.clone(), client).behind_mta();
+        self.ended = None;
         self.smtp = Some(Smtp {
             conversation,
             stages: Stages::new(snapshot),
@@ -208,7 +213,7 @@ impl MilterSession {
     /// One SMTP command line: the conversation's reply as the milter's.
     async fn command(&mut self, line: String) -> Response {
         if self.smtp.is_none() {
-            return Response::Continue;
+            return self.ended.clone().unwrap_or(Response::Continue);
         }
         let exchange = self.exchange(line.as_bytes()).await;
         let answer = response(&exchange);
@@ -272,14 +277,16 @@ impl MilterSession {
     /// The end of the message: the judgement, and the modifications that make the MTA's
     /// message the relay's.
     async fn end_of_message(&mut self) -> Vec<Response> {
-        let Some(smtp) = &mut self.smtp else { return vec![Response::Continue] };
+        let Some(smtp) = &mut self.smtp else {
+            return vec![self.ended.clone().unwrap_or(Response::Continue)];
+        };
         if !smtp.in_data {
             return vec![Response::ReplyCode("554 5.5.1 Error: no valid recipients".into())];
         }
         smtp.in_data = false;
         let end: &[u8] = if smtp.line_start { b".\r\n" } else { b"\r\n.\r\n" };
         let exchange = self.exchange(end).await;
-        let Some(smtp) = &mut self.smtp else { return vec![Response::Continue] };
+        let Some(smtp) = &mut self.smtp else { return vec![response(&exchange)] };
         let mut responses = Vec::new();
         if let Some(stored) = &exchange.stored {
             responses.extend(super::edits::headers(&smtp.headers, &stored.message, self.leading_space));
@@ -324,8 +331,12 @@ impl MilterSession {
         };
         let exchange = drive(&self.relay, &mut smtp.conversation, &mut smtp.stages, input).await;
         if exchange.closed {
-            // What follows gets the same refusal from the MTA; nothing more to drive.
+            // Nothing more to drive: every later event of the session gets this refusal.
             self.smtp = None;
+            self.ended = Some(match response(&exchange) {
+                Response::Continue => Response::ReplyCode("421 4.3.0 Session ended".into()),
+                refusal => refusal,
+            });
         }
         exchange
     }
