@@ -56,7 +56,8 @@ delivery). Runs alternate between set-ups; each waits for the relays' queues to 
 table gives the median of --runs, the ratio to Postfix, the share of the direct rate, and
 messages lost (sent but not received at the sink, summed over the runs; must be 0),
 duplicates (received twice: allowed, counted), for Sluice the relay process's CPU time (user
-and system, all threads) per message over the run, and the load generator's (smtp-source and
+and system, all threads) per message over the run (for Postfix with a milter, the milter's:
+Sluice's process, or rspamd's main process and workers), and the load generator's (smtp-source and
 smtp-sink together), medians of the runs. The two CPU figures bound the rate on this machine:
 no set-up can pass (CPUs x 1,000,000) / (relay + generator microseconds) messages a second.
 
@@ -178,17 +179,31 @@ class Postfix:
 class Rspamd:
     """rspamd with its packaged rules, a private run folder, and a milter proxy on `port`."""
 
-    def __init__(self, base, port):
+    def __init__(self, base, port, dns_port):
         os.makedirs(os.path.join(base, "local.d"), exist_ok=True)
         with open(os.path.join(base, "local.d", "worker-proxy.inc"), "w") as f:
             f.write(f'bind_socket = "127.0.0.1:{port}";\nmilter = yes;\nupstream "local" {{ default = yes; self_scan = yes; }}\n')
         with open(os.path.join(base, "local.d", "options.inc"), "w") as f:
-            f.write('dns { nameserver = ["127.0.0.1:1"]; timeout = 0.1s; retransmits = 0; }\n')
+            # The benchmark's name server, as Sluice's: NXDOMAIN at once for the lists it asks.
+            f.write(f'dns {{ nameserver = ["127.0.0.1:{dns_port}"]; timeout = 1s; retransmits = 1; }}\n')
         self.proc = subprocess.Popen(
             ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", "/etc/rspamd/rspamd.conf",
              "--var", f"LOCAL_CONFDIR={base}", "--var", f"DBDIR={base}", "--var", f"RUNDIR={base}"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(base, "rspamd.log"), "wb"))
         wait_port(port, process=self.proc)
+
+    def cpu_seconds(self):
+        """CPU time of rspamd's main process and its workers so far."""
+        pids = [self.proc.pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                            pids.append(int(entry))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return sum(process_cpu_seconds(pid) for pid in pids)
 
     def stop(self):
         self.proc.terminate()
@@ -377,13 +392,17 @@ def main():
                 relays[setup] = Postfix(base, port, sink_port)
             elif setup == "postfix+rspamd":
                 milter_port = free_ports(1)[0]
-                stoppers.append(Rspamd(base + "-rspamd", milter_port))
+                rspamd = Rspamd(base + "-rspamd", milter_port, dns_port)
+                stoppers.append(rspamd)
                 relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")
+                relays[setup].filter = rspamd
             elif setup == "postfix+sluice":
                 milter_port = free_ports(1)[0]
-                stoppers.append(Sluice(args.sluice, base + "-sluice", milter_port, sink_port, dns_port, rust_chain(),
-                                       args.spool_sync, milter=True))
+                milter = Sluice(args.sluice, base + "-sluice", milter_port, sink_port, dns_port, rust_chain(),
+                                args.spool_sync, milter=True)
+                stoppers.append(milter)
                 relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")
+                relays[setup].filter = milter
             else:
                 setup_name, _, which = setup.partition("@")
                 binary = args.baseline if which == "baseline" else args.sluice
@@ -417,10 +436,12 @@ def main():
             for run in range(args.runs):
                 for setup in setups:
                     relay = relays[setup]
-                    cpu = relay.cpu_seconds() if isinstance(relay, Sluice) else None
+                    # Sluice's CPU, or for Postfix with a milter the milter's.
+                    meter = relay if isinstance(relay, Sluice) else getattr(relay, "filter", None)
+                    cpu = meter.cpu_seconds() if meter is not None else None
                     rate, lost, generator = one_run(relay, sinks[setup], args, size, conn == "reuse")
                     if cpu is not None:
-                        cpu = 1e6 * (relay.cpu_seconds() - cpu) / args.messages
+                        cpu = 1e6 * (meter.cpu_seconds() - cpu) / args.messages
                     results.setdefault((size, conn, setup), []).append((rate, lost, cpu, generator))
                     print(f"  {size // 1024} KiB {conn:<5} run {run + 1} {setup:<16} {rate:8.1f} msg/s"
                           + (f"  LOST {lost}" if lost > 0 else f"  duplicates {-lost}" if lost else ""),
