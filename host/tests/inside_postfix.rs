@@ -64,7 +64,11 @@ fn config(milter: u16, delegation: u16, admin: u16, sink_port: u16, header: &str
          [[tenant]]\nname = \"faulty\"\ndomains = [\"faulty.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
          [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ fault = \"trap\" }}\n\
          [[tenant]]\nname = \"closed\"\ndomains = [\"closed.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
-         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"reject\", verdict_stage = \"rcpt\", disconnect = \"true\" }}\n"
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"reject\", verdict_stage = \"rcpt\", disconnect = \"true\" }}\n\
+         [[tenant]]\nname = \"held\"\ndomains = [\"held.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"quarantine\" }}\n\
+         [[tenant]]\nname = \"dropped\"\ndomains = [\"dropped.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
+         [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ verdict = \"discard\" }}\n"
     )
 }
 
@@ -160,6 +164,22 @@ fn a_postfix_with_sluice_as_its_milter() {
     );
     assert_eq!(out.trim(), "550 550", "{}", mta.log());
 
+    // Quarantine: Postfix puts the message on hold; discard: accepted and dropped.
+    assert!(send(postfix_port, &["erin@held.test"], "held", "Hello.").starts_with("250"));
+    assert!(send(postfix_port, &["fred@dropped.test"], "dropped", "Hello.").starts_with("250"));
+    wait_for("the hold and the discard in Postfix's log", Duration::from_secs(30), || {
+        let log = mta.log();
+        log.contains("milter triggers HOLD action") && log.contains("milter triggers DISCARD action")
+    });
+    let held = std::process::Command::new("postqueue")
+        .arg("-c")
+        .arg(&mta.conf)
+        .arg("-j")
+        .output()
+        .expect("postqueue");
+    let held = String::from_utf8_lossy(&held.stdout);
+    assert!(held.contains("\"queue_name\": \"hold\"") && held.contains("erin@held.test"), "{held}");
+
     // A trapping policy: its tenant's failure mode (tempfail), never a 250.
     let reply = send(postfix_port, &["carol@faulty.test"], "faulty", "Hello.");
     assert!(reply.starts_with("451"), "{reply}");
@@ -233,8 +253,11 @@ fn a_broken_milter_connection_is_closed_and_the_server_goes_on() {
     use std::io::{Read, Write};
     let dir = temp_dir("inside-postfix-broken");
     let (milter, delegation, admin, sink_port) = (free_port(), free_port(), free_port(), free_port());
-    std::fs::write(dir.join("sluice.toml"), config(milter, delegation, admin, sink_port, "X-A: b"))
-        .expect("config");
+    let text = config(milter, delegation, admin, sink_port, "X-A: b").replace(
+        &format!("listen = \"127.0.0.1:{milter}\"\n"),
+        &format!("listen = \"127.0.0.1:{milter}\"\nidle_timeout_secs = 1\n"),
+    );
+    std::fs::write(dir.join("sluice.toml"), text).expect("config");
     let _relay = start(&dir, milter);
     for garbage in [&[0x7f, 0, 0, 0, b'B'][..], &[0, 0, 0, 1, b'Z'], &[0, 0, 0, 0]] {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", milter)).expect("connect");
@@ -243,6 +266,14 @@ fn a_broken_milter_connection_is_closed_and_the_server_goes_on() {
         let mut rest = Vec::new();
         assert_eq!(stream.read_to_end(&mut rest).expect("closed, not timed out"), 0, "{garbage:?}");
     }
+    // A connection silent past idle_timeout_secs (1 here) is closed.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", milter)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut rest = Vec::new();
+    let waited = std::time::Instant::now();
+    assert_eq!(stream.read_to_end(&mut rest).expect("closed, not timed out"), 0);
+    assert!(waited.elapsed() < Duration::from_secs(5), "{:?}", waited.elapsed());
+
     // A negotiation as Postfix opens it.
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", milter)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

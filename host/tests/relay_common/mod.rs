@@ -339,7 +339,7 @@ pub fn fleet_generations(port: u16) -> Vec<String> {
 }
 
 /// A private Postfix instance (configuration and queue under `dir`), listening on `port`,
-/// relaying `example.test`, `faulty.test` and `closed.test` from anyone to the next hop on
+/// relaying `example.test`, `faulty.test`, `closed.test`, `held.test` and `dropped.test` from anyone to the next hop on
 /// `next_hop`; `main` adds `main.cf` settings. Stopped on drop.
 pub struct Postfix {
     pub conf: PathBuf,
@@ -373,7 +373,7 @@ pub fn postfix(dir: &Path, port: u16, next_hop: u16, main: &[&str]) -> Postfix {
         "compatibility_level = 3.6\nconfig_directory = {conf}\nqueue_directory = {spool}\ndata_directory = {data}\n\
          myhostname = mx.test\nmydomain = mx.test\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n\
          mynetworks = 127.0.0.2/32\nmydestination =\nlocal_recipient_maps =\nalias_maps =\nalias_database =\n\
-         relay_domains = example.test, faulty.test, closed.test\nrelay_transport = smtp:{hop}\nrelayhost = {hop}\n\
+         relay_domains = example.test, faulty.test, closed.test, held.test, dropped.test\nrelay_transport = smtp:{hop}\nrelayhost = {hop}\n\
          smtp_dns_support_level = disabled\nsmtp_host_lookup = native\n\
          smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
          queue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n\
