@@ -245,6 +245,29 @@ fn a_postfix_with_sluice_as_its_policy_service() {
     });
     let (text, _) = delivered(sink_dir, "rate0").expect("delivered");
     assert!(!text.contains("X-Sluice-Probe"), "{text}");
+
+    // A reload that moves the policy server: the new address answers, the old one is closed.
+    let moved = free_port();
+    let config = relay.dir.join("sluice.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let old = format!("127.0.0.1:{}", site.delegation);
+    std::fs::write(&config, text.replace(&old, &format!("127.0.0.1:{moved}"))).expect("config");
+    wait_for("the policy server on its new address", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", moved)).is_ok()
+    });
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", moved)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let request = "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+                   client_address=192.0.2.7\nclient_name=unknown\nhelo_name=c.remote.test\n\
+                   sender=alice@remote.test\nrecipient=dave@closed.test\ninstance=1.2.3\n\n";
+    std::io::Write::write_all(&mut stream, request.as_bytes()).expect("request");
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut answer).expect("answer");
+    assert_eq!(answer.trim(), "action=550 5.7.1 probe rejects");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", site.delegation)).is_err(),
+        "the old address still accepts"
+    );
 }
 
 /// Bytes that are not the milter protocol close that connection, and only it.

@@ -1,6 +1,7 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
 pub mod dkim;
+pub mod fronts;
 pub mod learn;
 pub mod policy_test;
 pub mod progress;

@@ -26,7 +26,6 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
     crate::oci::resolve(&mut config).await?;
     let listen = config.server.listen.clone();
     let admin = config.admin.clone();
-    let (milter, delegation) = (config.milter.clone(), config.policy_delegation.clone());
     let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let watching = config_path.is_some();
@@ -56,9 +55,10 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
     if watching && let Err(e) = relay.generations.watch() {
         tracing::warn!(error = %e, "files are not watched; reload with SIGHUP or sluice reload");
     }
-    let listeners = Listeners::new(relay.clone());
+    let listeners = super::fronts::AllListeners::new(relay.clone(), Listeners::new(relay.clone()));
     relay.generations.set_listen(listeners.clone());
-    let errors = listeners.apply(&listen).await;
+    let mut errors = listeners.smtp.apply(&listen).await;
+    errors.extend(listeners.apply_fronts(&relay.snapshot().config).await);
     if let Some(error) = errors.first() {
         anyhow::bail!("{error}");
     }
@@ -69,18 +69,6 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
         quarantined,
         "sluice is ready"
     );
-    for (key, settings) in [("milter", &milter), ("policy_delegation", &delegation)] {
-        let Some(settings) = settings.clone() else { continue };
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("{key}.listen: cannot listen on {}: {e}", settings.listen))?;
-        tracing::info!(listen = %settings.listen, "{key} server listening");
-        let relay = relay.clone();
-        match key {
-            "milter" => tokio::spawn(crate::milter::serve(relay, listener, settings)),
-            _ => tokio::spawn(crate::delegation::serve(relay, listener, settings)),
-        };
-    }
     if let Some(admin) = &admin {
         let listener = tokio::net::TcpListener::bind(admin.listen)
             .await
@@ -114,7 +102,7 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
         }
     }
     tracing::info!("shutting down: no new connections; queued mail stays in the spool");
-    let open = listeners.shutdown(grace, timeout, &relay.closing).await;
+    let open = listeners.smtp.shutdown(grace, timeout, &relay.closing).await;
     if open > 0 {
         tracing::warn!(sessions = open, "sessions still open at the end of the shutdown timeout are cut");
     }

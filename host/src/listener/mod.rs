@@ -197,7 +197,7 @@ async fn admit(
 
 #[async_trait::async_trait]
 impl crate::reload::Listen for Listeners {
-    async fn listen(&self, addrs: &[SocketAddr]) -> Vec<String> {
-        self.apply(addrs).await
+    async fn listen(&self, config: &crate::config::Config) -> Vec<String> {
+        self.apply(&config.server.listen).await
     }
 }

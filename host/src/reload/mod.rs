@@ -15,7 +15,6 @@ pub mod loader;
 pub mod watch;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -32,8 +31,9 @@ pub use loader::Loader;
 /// listener room, which binds and unbinds; a reload waits for it before it reports.
 #[async_trait::async_trait]
 pub trait Listen: Send + Sync {
-    /// Listen on exactly `addrs`; returns the addresses that could not be bound, as errors.
-    async fn listen(&self, addrs: &[SocketAddr]) -> Vec<String>;
+    /// Listen as `config` says (`server.listen`, and the servers for an MTA in front);
+    /// returns the addresses that could not be bound, as errors.
+    async fn listen(&self, config: &Config) -> Vec<String>;
 }
 
 /// What a reload did.
@@ -213,7 +213,7 @@ impl Generations {
         self.swap(Snapshot::assemble(config.clone(), edge, tenants, tls, users));
         if config_changed {
             if let Some(listen) = self.listen.get() {
-                listen.listen(&config.server.listen).await;
+                listen.listen(&config).await;
             }
             for key in restart_only_changes(&current.config, &config) {
                 tracing::warn!(key, "this setting changed but takes effect only after a restart");
@@ -342,9 +342,7 @@ impl Generations {
 /// Settings read once at start, by name, that differ between `old` and `new`.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.delivery, &new.delivery);
-    let pairs: [(&'static str, bool); 13] = [
-        ("milter", old.milter != new.milter),
-        ("policy_delegation", old.policy_delegation != new.policy_delegation),
+    let pairs: [(&'static str, bool); 11] = [
         ("spool.dir", old.spool.dir != new.spool.dir),
         ("admin.listen", old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen)),
         ("dns.nameservers", old.dns.nameservers != new.dns.nameservers),
