@@ -390,6 +390,15 @@ impl Config {
     /// on reload.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        for (key, server) in [("milter", &self.milter), ("policy_delegation", &self.policy_delegation)] {
+            if let Some(server) = server.as_ref().filter(|s| !s.listen.ip().is_loopback()) {
+                warnings.push(format!(
+                    "{key}.listen: {} is not a loopback address, and the protocol has no authentication: \
+                     let only the MTA reach it (firewall)",
+                    server.listen
+                ));
+            }
+        }
         if let Some(hop) = self.delivery.smarthost.as_ref().filter(|h| h.is_server())
             && self.delivery.smarthost_tls != TlsMode::Verify
         {

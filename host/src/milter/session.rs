@@ -108,7 +108,7 @@ impl MilterSession {
                 {
                     smtp.conversation.tls_in_front(tls);
                 }
-                vec![self.command(format!("EHLO {name}\r\n")).await]
+                vec![self.command(format!("EHLO {}\r\n", one_line(&name))).await]
             }
             Command::Mail(args) => {
                 if let Some(smtp) = &mut self.smtp {
@@ -122,10 +122,10 @@ impl MilterSession {
                 {
                     smtp.conversation.assume_authenticated(&user);
                 }
-                vec![self.command(format!("MAIL FROM:{}\r\n", args.join(" "))).await]
+                vec![self.command(format!("MAIL FROM:{}\r\n", one_line(&args.join(" ")))).await]
             }
             Command::Rcpt(args) => {
-                let response = self.command(format!("RCPT TO:{}\r\n", args.join(" "))).await;
+                let response = self.command(format!("RCPT TO:{}\r\n", one_line(&args.join(" ")))).await;
                 if response == Response::Continue
                     && let (Some(smtp), Some(rcpt)) = (&mut self.smtp, args.first())
                 {
@@ -235,7 +235,7 @@ impl MilterSession {
 
     async fn header(&mut self, name: String, value: Vec<u8>) {
         let separator: &[u8] = if self.leading_space { b":" } else { b": " };
-        let mut field = name.as_bytes().to_vec();
+        let mut field = one_line(&name).replace(' ', "").into_bytes();
         field.extend_from_slice(separator);
         field.extend_from_slice(&crlf(&value));
         field.extend_from_slice(b"\r\n");
@@ -387,6 +387,12 @@ pub(crate) async fn drive(
     exchange
 }
 
+/// An argument from the MTA as one command line: line breaks in it would be further
+/// commands to the conversation.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
 /// Lone LFs as CRLF (folded header values as some MTAs send them).
 fn crlf(value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len() + 4);
@@ -407,7 +413,7 @@ pub(crate) fn response(exchange: &Exchange) -> Response {
     let Some(last) = text.split("\r\n").filter(|l| l.len() >= 3).last() else {
         return if exchange.closed { Response::Tempfail } else { Response::Continue };
     };
-    let code = &last[..3];
+    let Some(code) = last.get(..3) else { return Response::Continue };
     if !code.starts_with(['4', '5']) || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Response::Continue;
     }
@@ -438,5 +444,7 @@ mod tests {
         assert_eq!(replied("451 Try later\r\n"), Response::ReplyCode("451 4.0.0 Try later".into()));
         assert_eq!(replied("250-a\r\n250 b\r\n"), Response::Continue);
         assert_eq!(crlf(b" a\n\tb\r\n\tc"), b" a\r\n\tb\r\n\tc".to_vec());
+        assert_eq!(replied("\u{e9}\u{e9}x\r\n"), Response::Continue);
+        assert_eq!(one_line("<a@b>\r\nRCPT TO:<c@d>"), "<a@b>  RCPT TO:<c@d>");
     }
 }
