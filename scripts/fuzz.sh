@@ -17,7 +17,10 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(conversation proxy_header smtp_command data_receiver address config message sender milter_codec)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-if rustup toolchain list | grep -q '^nightly'; then
+# The relay's build embeds the shipped policies, built for wasm32-wasip2 by the same
+# toolchain: nightly (with AddressSanitizer) only where it has that target.
+if rustup toolchain list | grep -q '^nightly' &&
+    rustup target list --toolchain nightly --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     fuzz=(cargo +nightly fuzz)
     flags=()
 else

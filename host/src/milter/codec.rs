@@ -197,8 +197,9 @@ impl Decoder {
         if self.buffer.len() < 4 + length {
             return Ok(None);
         }
-        let packet: Vec<u8> = self.buffer.drain(..4 + length).skip(4).collect();
-        parse(packet[0], &packet[1..]).map(Some)
+        let parsed = parse(self.buffer[4], &self.buffer[5..4 + length]);
+        self.buffer.drain(..4 + length);
+        parsed.map(Some)
     }
 }
 

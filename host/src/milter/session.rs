@@ -256,14 +256,8 @@ impl MilterSession {
         if !smtp.in_data || chunk.is_empty() {
             return;
         }
-        let mut stuffed = Vec::with_capacity(chunk.len() + 8);
-        for &byte in chunk {
-            if smtp.line_start && byte == b'.' {
-                stuffed.push(b'.');
-            }
-            stuffed.push(byte);
-            smtp.line_start = byte == b'\n';
-        }
+        let stuffed = stuff(chunk, smtp.line_start);
+        smtp.line_start = chunk.ends_with(b"\n");
         let exchange = self.exchange(&stuffed).await;
         if !exchange.sent.is_empty()
             && let Some(smtp) = &mut self.smtp
@@ -387,6 +381,28 @@ pub(crate) async fn drive(
     exchange
 }
 
+/// `chunk` dot-stuffed (a line beginning with `.` gets another), `line_start`: the chunk
+/// begins a line.
+fn stuff(chunk: &[u8], line_start: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunk.len() + 16);
+    if line_start && chunk.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    let mut from = 0;
+    let mut at = 0;
+    while let Some(offset) = memchr::memchr(b'\n', &chunk[at..]) {
+        let end = at + offset + 1;
+        if chunk.get(end) == Some(&b'.') {
+            out.extend_from_slice(&chunk[from..end]);
+            out.push(b'.');
+            from = end;
+        }
+        at = end;
+    }
+    out.extend_from_slice(&chunk[from..]);
+    out
+}
+
 /// An argument from the MTA as one command line: line breaks in it would be further
 /// commands to the conversation.
 fn one_line(text: &str) -> String {
@@ -445,6 +461,8 @@ mod tests {
         assert_eq!(replied("250-a\r\n250 b\r\n"), Response::Continue);
         assert_eq!(crlf(b" a\n\tb\r\n\tc"), b" a\r\n\tb\r\n\tc".to_vec());
         assert_eq!(replied("\u{e9}\u{e9}x\r\n"), Response::Continue);
+        assert_eq!(stuff(b".a\r\n.b\r\nc.\r\n.", true), b"..a\r\n..b\r\nc.\r\n..".to_vec());
+        assert_eq!(stuff(b".a\n", false), b".a\n".to_vec());
         assert_eq!(one_line("<a@b>\r\nRCPT TO:<c@d>"), "<a@b>  RCPT TO:<c@d>");
     }
 }
