@@ -114,14 +114,9 @@ impl Auth {
         plain: bool,
     ) -> Result<Answer, String> {
         let known = self.headers.lock().map(|h| h.get(registry).cloned()).unwrap_or_default();
-        let with = |authorization: &Option<String>| {
-            let mut all: Vec<(&str, &str)> = headers.to_vec();
-            if let Some(value) = authorization {
-                all.push(("authorization", value.as_str()));
-            }
-            all.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect::<Vec<_>>()
-        };
-        let answer = send_owned(method, url, &with(&known), body.clone(), plain).await?;
+        let answer =
+            http::request(method, url, &with_authorization(headers, known.as_deref()), body.clone(), plain)
+                .await?;
         if answer.status != 401 {
             return Ok(answer);
         }
@@ -133,7 +128,9 @@ impl Auth {
         let Some(authorization) = authorization else {
             return Err(format!("{url}: the registry asks for credentials, and {}", self.none_for(registry)));
         };
-        let retried = send_owned(method, url, &with(&Some(authorization.clone())), body, plain).await?;
+        let retried =
+            http::request(method, url, &with_authorization(headers, Some(&authorization)), body, plain)
+                .await?;
         if retried.status == 401 || retried.status == 403 {
             let who = match self.credential(registry) {
                 Some(c) => format!("as {}", c.user),
@@ -176,11 +173,9 @@ impl Auth {
                 let separator = if realm.contains('?') { '&' } else { '?' };
                 let url = format!("{realm}{separator}{}", query.join("&"));
                 let basic = credential.map(Credential::basic);
-                let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-                if let Some(basic) = &basic {
-                    headers.push(("authorization".into(), basic.clone()));
-                }
-                let answer = send_owned("GET", &url, &headers, Vec::new(), realm_plain).await?;
+                let mut headers = vec![("accept", "application/json")];
+                headers.extend(basic.as_deref().map(|value| ("authorization", value)));
+                let answer = http::request("GET", &url, &headers, Vec::new(), realm_plain).await?;
                 if answer.status == 401 || answer.status == 403 {
                     return match credential {
                         Some(c) => Err(format!("the token service {realm} refused {}", c.user)),
@@ -204,15 +199,14 @@ impl Auth {
     }
 }
 
-async fn send_owned(
-    method: &str,
-    url: &str,
-    headers: &[(String, String)],
-    body: Vec<u8>,
-    plain: bool,
-) -> Result<Answer, String> {
-    let borrowed: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    http::request(method, url, &borrowed, body, plain).await
+/// `headers` and, when given, `Authorization: authorization`.
+fn with_authorization<'a>(
+    headers: &[(&'a str, &'a str)],
+    authorization: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut all = headers.to_vec();
+    all.extend(authorization.map(|value| ("authorization", value)));
+    all
 }
 
 /// The registry an auth file's key names: `https://index.docker.io/v1/` is Docker Hub
