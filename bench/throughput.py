@@ -39,6 +39,9 @@ Set-ups, each on its own loopback port and delivering to its own smtp-sink:
   postfix+rspamd Postfix with rspamd as its milter, when rspamd is installed (skipped otherwise)
   postfix+sluice Postfix with Sluice as its milter ([milter] listen, no SMTP listener),
                  running the shipped Rust chain as sluice+rust does
+  postfix+sluice-warm the same with warm instances, as sluice+rust-warm
+  postfix+sluice-bare the same with no policies: what the milter protocol and Sluice's
+                 conversation cost Postfix and Sluice before any policy runs
   SETUP@baseline with --baseline PATH: the sluice set-up SETUP run by another (earlier) build,
                  alternating with this one in the same run (default: sluice@baseline and
                  sluice+rust@baseline are added)
@@ -354,7 +357,7 @@ def main():
     if args.sluice is None:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
         args.sluice = os.path.join(ROOT, "target", "release", "sluice")
-    if any(s.startswith("sluice+rust") or s == "postfix+sluice" for s in setups):
+    if any(s.startswith("sluice+rust") or s.startswith("postfix+sluice") for s in setups):
         build = ["cargo", "build", "--release", "--target", "wasm32-wasip2"]
         for name in SHIPPED_RUST:
             build += ["-p", name]
@@ -396,9 +399,11 @@ def main():
                 stoppers.append(rspamd)
                 relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")
                 relays[setup].filter = rspamd
-            elif setup == "postfix+sluice":
+            elif setup in ("postfix+sluice", "postfix+sluice-warm", "postfix+sluice-bare"):
                 milter_port = free_ports(1)[0]
-                milter = Sluice(args.sluice, base + "-sluice", milter_port, sink_port, dns_port, rust_chain(),
+                chain = {"postfix+sluice": rust_chain(), "postfix+sluice-warm": rust_chain("sessions_per_instance = 100\n"),
+                         "postfix+sluice-bare": ""}[setup]
+                milter = Sluice(args.sluice, base + "-sluice", milter_port, sink_port, dns_port, chain,
                                 args.spool_sync, milter=True)
                 stoppers.append(milter)
                 relays[setup] = Postfix(base, port, sink_port, milter=f"inet:127.0.0.1:{milter_port}")

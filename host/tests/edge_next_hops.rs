@@ -16,7 +16,7 @@ fn support_file(name: &str) -> PathBuf {
 /// Dovecot in the foreground, LMTP only, on `port` and `DIR/run/lmtp`; its users are
 /// `users` (full addresses, each perhaps followed by a space and userdb extra fields), their
 /// Maildirs under `DIR/mail`, with the quota plugin on.
-fn dovecot(dir: &Path, port: u16, users: &[&str]) -> Proc {
+fn dovecot_lmtp(dir: &Path, port: u16, users: &[&str]) -> Proc {
     for sub in ["run", "state", "mail"] {
         std::fs::create_dir_all(dir.join(sub)).expect("dovecot dirs");
     }
@@ -41,19 +41,9 @@ fn dovecot(dir: &Path, port: u16, users: &[&str]) -> Proc {
          \x20 unix_listener lmtp {{\n    mode = 0666\n  }}\n}}\n\
          service anvil {{\n  chroot =\n}}\n"
     );
-    std::fs::write(dir.join("dovecot.conf"), config).expect("dovecot.conf");
-    let child = std::process::Command::new("dovecot")
-        .args(["-F", "-c"])
-        .arg(dir.join("dovecot.conf"))
-        .stdout(std::fs::File::create(dir.join("dovecot.out")).expect("out"))
-        .stderr(std::fs::File::create(dir.join("dovecot.err")).expect("err"))
-        .spawn()
-        .expect("dovecot (Debian packages dovecot-core and dovecot-lmtpd; scripts/test.sh installs them)");
-    let proc = Proc(child);
-    wait_for("dovecot", Duration::from_secs(20), || {
+    dovecot(dir, &config, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && dir.join("run/lmtp").exists()
-    });
-    proc
+    })
 }
 
 /// Messages in a Dovecot user's inbox.
@@ -70,7 +60,7 @@ fn dovecot_lmtp_gets_each_recipient_and_answers_each() {
     let lmtp = free_port();
     let dv = dir.join("dovecot");
     // `full` has a 10-byte quota: LMTP refuses the message for it alone, after the data.
-    let _dovecot = dovecot(
+    let _dovecot = dovecot_lmtp(
         &dv,
         lmtp,
         &[

@@ -60,7 +60,8 @@ fn config(milter: u16, delegation: u16, admin: u16, sink_port: u16, header: &str
          max_messages_per_minute = 1000\n\
          [[tenant.policy]]\npath = \"builtin:spam-heuristics\"\n\
          [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ header = \"{header}\", add_recipient = \"archive@example.test\", \
-         remove_recipient = \"drop@example.test\" }}\n\
+         remove_recipient = \"drop@example.test\", \
+         session_header = \"X-Probe-Session\" }}\n\
          [[tenant]]\nname = \"faulty\"\ndomains = [\"faulty.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
          [[tenant.policy]]\npath = \"{PROBE}\"\nconfig = {{ fault = \"trap\" }}\n\
          [[tenant]]\nname = \"closed\"\ndomains = [\"closed.test\"]\nnext_hop = \"smtp:127.0.0.1:{sink_port}\"\n\
@@ -216,6 +217,88 @@ fn a_postfix_with_sluice_as_its_milter() {
     drop(site.relay.take());
     let reply = send(postfix_port, &["bob@example.test"], "away", "Hello.");
     assert!(reply.starts_with("451 4.7.1"), "{reply}");
+}
+
+/// Dovecot's authentication service alone on `port` (Postfix's `smtpd_sasl_type = dovecot`),
+/// one user `user` with the password `password`.
+fn dovecot_auth(dir: &Path, port: u16, user: &str, password: &str) -> Proc {
+    for sub in ["run", "state"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("dovecot dirs");
+    }
+    std::fs::write(dir.join("users"), format!("{user}:{{PLAIN}}{password}::::::\n")).expect("users");
+    let d = dir.display();
+    let config = format!(
+        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = none\n\
+         listen = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
+         passdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
+         userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home=/nonexistent\n}}\n\
+         service auth {{\n  inet_listener {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n\
+         service anvil {{\n  chroot =\n}}\n"
+    );
+    dovecot(dir, &config, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+}
+
+/// The client's TLS and SMTP AUTH at Postfix reach the policies through the milter's macros
+/// (`{tls_version}`, `{cipher}`, `{auth_authen}`): Postfix with a certificate and Dovecot's
+/// authentication; one message in the clear, one over STARTTLS with AUTH.
+#[test]
+fn tls_and_auth_at_postfix_reach_the_policies() {
+    let dir = temp_dir("inside-postfix-tls-auth");
+    let auth_port = free_port();
+    let _auth = dovecot_auth(&dir.join("dovecot"), auth_port, "alice", "secret");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mx.test",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let site = site("inside-postfix-tls-auth-site", 1000, |milter, _| {
+        format!(
+            "smtpd_milters = inet:127.0.0.1:{milter}\nmilter_default_action = tempfail\n\
+             smtpd_tls_cert_file = {cert}\nsmtpd_tls_key_file = {key}\nsmtpd_tls_security_level = may\n\
+             smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = dovecot\nsmtpd_sasl_path = inet:127.0.0.1:{auth_port}",
+            cert = cert.display(),
+            key = key.display()
+        )
+    });
+    let Site { postfix_port, ref sink_dir, ref mta, .. } = site;
+    let relay = site.relay.as_ref().expect("relay");
+
+    assert!(send(postfix_port, &["bob@example.test"], "clear", "Hello.").starts_with("250"));
+    let out = python(
+        postfix_port,
+        "import ssl\ns = smtplib.SMTP('127.0.0.1', PORT, timeout=60)\ns.ehlo('client.remote.test')\n\
+         s.starttls(context=ssl._create_unverified_context())\ns.ehlo('client.remote.test')\n\
+         s.login('alice', 'secret')\n\
+         msg = 'From: alice@remote.test\\r\\nTo: bob@example.test\\r\\nSubject: sealed\\r\\n\\r\\nHello.\\r\\n'\n\
+         print(s.sendmail('alice@remote.test', ['bob@example.test'], msg))\ns.quit()",
+    );
+    assert_eq!(out.trim(), "{}", "{}\n{}", mta.log(), log(&relay.dir));
+    let mut got = None;
+    wait_for("both messages at the next hop", Duration::from_secs(30), || {
+        got = delivered(sink_dir, "clear").zip(delivered(sink_dir, "sealed"));
+        got.is_some()
+    });
+    let ((clear, _), (sealed, _)) = got.expect("delivered");
+    assert!(clear.contains("X-Probe-Session: tls=none; user=none\r\n"), "{clear}");
+    assert!(sealed.contains("X-Probe-Session: tls=TLSv1."), "{sealed}");
+    assert!(sealed.contains("; user=alice\r\n"), "{sealed}");
+    // The relay's record of the transaction names the user, as for its own AUTH.
+    assert!(log(&relay.dir).contains("user=\"alice\""), "{}", log(&relay.dir));
 }
 
 #[test]

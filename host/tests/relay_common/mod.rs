@@ -404,3 +404,18 @@ pub fn postfix(dir: &Path, port: u16, next_hop: u16, main: &[&str]) -> Postfix {
     });
     instance
 }
+
+/// Dovecot in the foreground with `config` (written to `DIR/dovecot.conf`), once `ready`.
+pub fn dovecot(dir: &Path, config: &str, ready: impl FnMut() -> bool) -> Proc {
+    std::fs::write(dir.join("dovecot.conf"), config).expect("dovecot.conf");
+    let child = Command::new("dovecot")
+        .args(["-F", "-c"])
+        .arg(dir.join("dovecot.conf"))
+        .stdout(std::fs::File::create(dir.join("dovecot.out")).expect("out"))
+        .stderr(std::fs::File::create(dir.join("dovecot.err")).expect("err"))
+        .spawn()
+        .expect("dovecot (Debian packages dovecot-core and dovecot-lmtpd; scripts/test.sh installs them)");
+    let proc = Proc(child);
+    wait_for("dovecot", Duration::from_secs(20), ready);
+    proc
+}

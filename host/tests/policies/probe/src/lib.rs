@@ -9,6 +9,8 @@
 //!   `quarantine`, with `disconnect = true` to ask for the connection to close.
 //! - `symbol` (`NAME=SCORE`), `header` (`Name: value`), `add_recipient` and
 //!   `remove_recipient` (an address) at data.
+//! - `session_header` (a field name): at data, that field with `tls=VERSION CIPHER; user=USER`
+//!   (`none` for either missing): what the policy was told of the client's session.
 //! - `kv_set` (`key=value`) and `kv_get` (`key`) at data: the value read comes back as the
 //!   symbol `KV_<value>` or `KV_NONE`.
 //! - `kv_fill` (any value): at rcpt, writes one key per recipient and tempfails with
@@ -141,8 +143,16 @@ impl Policy for Probe {
         self.at(Stage::Rcpt)
     }
 
-    fn on_data(&mut self, _ctx: &Context, message: &Message) -> Decision {
+    fn on_data(&mut self, ctx: &Context, message: &Message) -> Decision {
         let mut decision = self.at(Stage::Data);
+        if let Some(name) = self.config.get("session_header") {
+            // What the policy was told of the client's session: its TLS and its AUTH user.
+            let client = &ctx.client;
+            let tls =
+                client.tls.as_ref().map_or("none".to_string(), |t| format!("{} {}", t.version, t.cipher));
+            let user = client.authenticated_user.as_deref().unwrap_or("none");
+            decision = decision.add_header(name, &format!("tls={tls}; user={user}"));
+        }
         if self.config.get("calls").is_some() {
             decision = decision.symbol(&format!("CALLS_{}", self.calls), 0.0, None);
         }
