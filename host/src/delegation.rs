@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::MtaServerConfig;
 use crate::conversation::{Client, Conversation, Stages};
 use crate::milter::codec::Response;
-use crate::milter::session::{drive, response};
+use crate::milter::session::{self, Exchange, drive};
 use crate::policy::TlsInfo;
 use crate::relay::Relay;
 
@@ -172,11 +172,10 @@ async fn decide(
     transaction.refusal.clone().unwrap_or_else(|| "DUNNO".into())
 }
 
-/// A 4xx or 5xx reply, as Postfix's action (`550 5.7.1 text`).
-fn refusal(exchange: &crate::milter::session::Exchange) -> Option<String> {
-    match response(exchange) {
-        Response::ReplyCode(reply) => Some(reply.replace("%%", "%")),
-        Response::Tempfail => Some("451 4.3.0 Session ended".into()),
-        _ => None,
-    }
+/// A 4xx or 5xx reply, as Postfix's action (`550 5.7.1 text`); a session the conversation
+/// ended without one, a tempfail.
+fn refusal(exchange: &Exchange) -> Option<String> {
+    session::refusal(exchange).or_else(|| {
+        (session::response(exchange) == Response::Tempfail).then(|| "451 4.3.0 Session ended".into())
+    })
 }

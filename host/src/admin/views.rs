@@ -118,8 +118,12 @@ pub fn listeners(relay: &Relay) -> serde_json::Value {
     let snapshot = relay.snapshot();
     let config = &snapshot.config;
     let fronts = relay.metrics.fronts();
-    let front = |server: &str, settings: &Option<crate::config::MtaServerConfig>| {
-        settings.as_ref().map(|s| {
+    let mut view = serde_json::json!({
+        "smtp": config.server.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "admin": config.admin.as_ref().map(|a| a.listen.to_string()),
+    });
+    for (server, settings) in config.mta_servers() {
+        view[server] = settings.map_or(serde_json::Value::Null, |s| {
             let (total, open) = fronts.get(server).copied().unwrap_or_default();
             serde_json::json!({
                 "listen": s.listen.to_string(),
@@ -127,12 +131,7 @@ pub fn listeners(relay: &Relay) -> serde_json::Value {
                 "connections": total,
                 "open": open,
             })
-        })
-    };
-    serde_json::json!({
-        "smtp": config.server.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "milter": front("milter", &config.milter),
-        "policy_delegation": front("policy_delegation", &config.policy_delegation),
-        "admin": config.admin.as_ref().map(|a| a.listen.to_string()),
-    })
+        });
+    }
+    view
 }

@@ -29,10 +29,10 @@ impl AllListeners {
     /// be bound.
     pub async fn apply_fronts(&self, config: &Config) -> Vec<String> {
         let mut errors = Vec::new();
-        for (key, wanted) in [("milter", &config.milter), ("policy_delegation", &config.policy_delegation)] {
+        for (key, wanted) in config.mta_servers() {
             let running =
                 self.fronts.lock().unwrap_or_else(|p| p.into_inner()).get(key).map(|(s, _)| s.clone());
-            if running.as_ref() == wanted.as_ref() {
+            if running.as_ref() == wanted {
                 continue;
             }
             if let Some((settings, task)) = self.fronts.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
@@ -40,7 +40,7 @@ impl AllListeners {
                 task.abort();
                 tracing::info!(listen = %settings.listen, "{key} server stopped accepting");
             }
-            let Some(settings) = wanted.clone() else { continue };
+            let Some(settings) = wanted.cloned() else { continue };
             let listener = match tokio::net::TcpListener::bind(settings.listen).await {
                 Ok(listener) => listener,
                 Err(e) => {

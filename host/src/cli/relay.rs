@@ -125,9 +125,10 @@ pub async fn check(mut config: Config) -> anyhow::Result<()> {
     let policies: usize =
         config.edge().policies.len() + config.tenants.iter().map(|t| t.policies.len()).sum::<usize>();
     let warnings = config.warnings();
-    let fronts: Vec<String> = [("milter", &config.milter), ("policy_delegation", &config.policy_delegation)]
+    let fronts: Vec<String> = config
+        .mta_servers()
         .into_iter()
-        .filter_map(|(key, settings)| settings.as_ref().map(|s| format!("{key} on {}", s.listen)))
+        .filter_map(|(key, settings)| settings.map(|s| format!("{key} on {}", s.listen)))
         .collect();
     let shared = match &config.state.backend {
         Backend::Redis(_) if !config.state.sentinels.is_empty() => Some(format!(

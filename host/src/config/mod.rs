@@ -191,6 +191,12 @@ impl Config {
         Ok(())
     }
 
+    /// The servers for an MTA in front, by their section's name (`milter`,
+    /// `policy_delegation`): the settings of those configured.
+    pub fn mta_servers(&self) -> [(&'static str, Option<&MtaServerConfig>); 2] {
+        [("milter", self.milter.as_ref()), ("policy_delegation", self.policy_delegation.as_ref())]
+    }
+
     /// The edge's chain, settings and limits (an empty chain when there is no `[edge]`).
     pub fn edge(&self) -> &TenantConfig {
         static EMPTY: std::sync::OnceLock<TenantConfig> = std::sync::OnceLock::new();
@@ -390,8 +396,8 @@ impl Config {
     /// on reload.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        for (key, server) in [("milter", &self.milter), ("policy_delegation", &self.policy_delegation)] {
-            if let Some(server) = server.as_ref().filter(|s| !s.listen.ip().is_loopback()) {
+        for (key, server) in self.mta_servers() {
+            if let Some(server) = server.filter(|s| !s.listen.ip().is_loopback()) {
                 warnings.push(format!(
                     "{key}.listen: {} is not a loopback address, and the protocol has no authentication: \
                      let only the MTA reach it (firewall)",

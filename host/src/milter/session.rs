@@ -422,16 +422,29 @@ fn crlf(value: &[u8]) -> Vec<u8> {
 }
 
 /// The conversation's last reply as the milter's response: a 2xx or 3xx goes on; a 4xx or
-/// 5xx is the reply the MTA gives (with an enhanced status code, which Postfix requires, and
-/// `%` doubled, which it undoes).
+/// 5xx is the reply the MTA gives ([`refusal`], with `%` doubled, which Postfix undoes); a
+/// session ended without a reply is a tempfail.
 pub(crate) fn response(exchange: &Exchange) -> Response {
+    match refusal(exchange) {
+        Some(reply) => Response::ReplyCode(reply.replace('%', "%%")),
+        None if exchange.closed && last_reply(exchange).is_none() => Response::Tempfail,
+        None => Response::Continue,
+    }
+}
+
+/// The last line the conversation sent, if it sent one.
+fn last_reply(exchange: &Exchange) -> Option<String> {
     let text = String::from_utf8_lossy(&exchange.sent);
-    let Some(last) = text.split("\r\n").filter(|l| l.len() >= 3).last() else {
-        return if exchange.closed { Response::Tempfail } else { Response::Continue };
-    };
-    let Some(code) = last.get(..3) else { return Response::Continue };
+    text.split("\r\n").filter(|l| l.len() >= 3).last().map(str::to_string)
+}
+
+/// The conversation's last reply when it is a 4xx or 5xx, as one line with an enhanced status
+/// code (added when missing: Postfix requires one), e.g. `550 5.7.1 text`.
+pub(crate) fn refusal(exchange: &Exchange) -> Option<String> {
+    let last = last_reply(exchange)?;
+    let code = last.get(..3)?;
     if !code.starts_with(['4', '5']) || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Response::Continue;
+        return None;
     }
     let rest = last.get(4..).unwrap_or("").trim();
     let class = &code[..1];
@@ -440,8 +453,7 @@ pub(crate) fn response(exchange: &Exchange) -> Response {
             && w.split('.').count() == 3
             && w.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     });
-    let reply = if has_enhanced { format!("{code} {rest}") } else { format!("{code} {class}.0.0 {rest}") };
-    Response::ReplyCode(reply.replace('%', "%%"))
+    Some(if has_enhanced { format!("{code} {rest}") } else { format!("{code} {class}.0.0 {rest}") })
 }
 
 #[cfg(test)]
