@@ -27,7 +27,7 @@ impl AllListeners {
 
     /// The servers for an MTA in front as `config` says; the errors of those that could not
     /// be bound.
-    pub async fn apply_fronts(&self, config: &Config) -> Vec<String> {
+    async fn apply_fronts(&self, config: &Config) -> Vec<String> {
         let mut errors = Vec::new();
         for (key, wanted) in config.mta_servers() {
             let running =

@@ -57,8 +57,8 @@ pub async fn serve(mut config: Config, config_path: Option<PathBuf>) -> anyhow::
     }
     let listeners = super::fronts::AllListeners::new(relay.clone(), Listeners::new(relay.clone()));
     relay.generations.set_listen(listeners.clone());
-    let mut errors = listeners.smtp.apply(&listen).await;
-    errors.extend(listeners.apply_fronts(&relay.snapshot().config).await);
+    // Bound as a reload binds them: the SMTP listeners and the servers for an MTA in front.
+    let errors = crate::reload::Listen::listen(&*listeners, &relay.snapshot().config).await;
     if let Some(error) = errors.first() {
         anyhow::bail!("{error}");
     }
