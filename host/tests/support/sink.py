@@ -202,6 +202,11 @@ class Handler(socketserver.StreamRequestHandler):
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    # socketserver's default backlog is 5. A relay starting with a full queue opens
+    # destination_concurrency connections at once; beyond the backlog the kernel drops the
+    # handshake's last ACK, and a connection the client believes open waits for a greeting
+    # that never comes (SMTP: the server speaks first) until the client's timeout.
+    request_queue_size = 256
 
 
 with Server(("127.0.0.1", PORT), Handler) as server:
