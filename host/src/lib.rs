@@ -26,7 +26,8 @@
 //!   delivery) and what they ask of it.
 //! - [`spool`]: the durable queue; [`delivery`]: taking it to the next hops, retries, bounces.
 //! - [`reload`]: generations, rollback and the file watcher.
-//! - [`tls`]: the TLS clients towards next hops.
+//! - [`tls`]: the TLS clients towards next hops; [`net`]: the TCP connections to them
+//!   (keepalive).
 //! - [`config`]: the TOML configuration, parsed once into typed values, and its embedded
 //!   default.
 //! - [`state`]: the key-value store behind policies; [`dns`]: resolvers; [`auth`]: AUTH users
@@ -49,6 +50,7 @@ pub mod listener;
 pub mod mail;
 pub mod metrics;
 pub mod milter;
+pub mod net;
 pub mod oci;
 pub mod panics;
 pub mod policy;

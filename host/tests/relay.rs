@@ -492,11 +492,13 @@ fn policy_state_survives_a_restart_on_the_embedded_store() {
     }
 }
 
-#[test]
-fn a_temporary_failure_is_retried() {
-    let dir = temp_dir("retry");
+/// One message through a relay whose next hop is the test sink with `fault`: deferred (with
+/// `reply` in the log), then delivered by a retry within `within`, the spool empty after;
+/// how long it took from the end of the client's session.
+fn delivered_by_a_retry(name: &str, fault: &[&str], reply: &str, within: Duration) -> Duration {
+    let dir = temp_dir(name);
     let sink_port = free_port();
-    let _sink = sink(sink_port, &dir.join("sink"), &["--tempfail-first", "1"]);
+    let _sink = sink(sink_port, &dir.join("sink"), fault);
     let r = relay(&dir, free_port(), &inbound(sink_port));
     python(
         r.port,
@@ -504,14 +506,25 @@ fn a_temporary_failure_is_retried() {
             "s = smtplib.SMTP('127.0.0.1', PORT)\ns.sendmail('alice@remote.test', ['bob@example.test'], '{MESSAGE}')\ns.quit()"
         ),
     );
-    wait_for("delivery after the retry", Duration::from_secs(30), || {
-        files(&dir.join("sink"), ".eml").len() == 1
-    });
+    let sent = std::time::Instant::now();
+    wait_for("delivery after the retry", within, || files(&dir.join("sink"), ".eml").len() == 1);
+    let took = sent.elapsed();
     let log = log(&r.dir);
-    assert!(log.contains("delivery deferred") && log.contains("451 4.3.0 try again later"), "{log}");
+    assert!(log.contains("delivery deferred") && log.contains(reply), "{log}");
     wait_for("spool empty", Duration::from_secs(10), || {
         files(&r.dir.join("spool/queue"), ".mail").is_empty()
     });
+    took
+}
+
+#[test]
+fn a_temporary_failure_is_retried() {
+    delivered_by_a_retry(
+        "retry",
+        &["--tempfail-first", "1"],
+        "451 4.3.0 try again later",
+        Duration::from_secs(30),
+    );
 }
 
 #[test]
@@ -913,6 +926,21 @@ fn a_next_hop_that_hangs_or_resets_keeps_the_mail_queued() {
         let envelope = std::fs::read_to_string(&queued[0]).expect("spool file");
         assert!(envelope.contains("\"status\":\"pending\""), "{envelope}");
     }
+}
+
+/// A next hop that forgets the relay's connection without a word — neither FIN nor RST, as a
+/// busy server does when its accept queue drops the handshake's last ACK — while the relay
+/// waits for its greeting: TCP keepalive's first probe (after 15 s) draws a reset, the attempt
+/// is deferred and the retry delivers, instead of waiting out the 5-minute greeting timeout.
+#[test]
+fn a_connection_the_next_hop_forgot_is_noticed_by_keepalive() {
+    let took = delivered_by_a_retry(
+        "hop-forgets",
+        &["--forget-first", "1"],
+        "reset by peer",
+        Duration::from_secs(60),
+    );
+    assert!(took >= Duration::from_secs(14), "delivered before any probe: {took:?}");
 }
 
 /// A next hop that resets the connection in the middle of DATA, twice, and answers slowly

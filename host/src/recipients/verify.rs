@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use std::path::PathBuf;
 
@@ -222,10 +221,9 @@ impl Probe {
     async fn open(settings: &Settings, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Probe, String> {
         let wire: Box<dyn Wire> = match &settings.endpoint {
             Endpoint::Tcp { host, port } => {
-                let tcp = TcpStream::connect((host.as_str(), *port))
+                let tcp = crate::net::connect_tcp(host, *port)
                     .await
                     .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-                let _ = tcp.set_nodelay(true);
                 Box::new(tcp)
             }
             Endpoint::Unix(path) => Box::new(

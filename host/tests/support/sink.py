@@ -3,7 +3,7 @@
 
 Usage: sink.py PORT DIR [--tempfail-first N] [--reject-rcpt SUBSTRING] [--hang | --reset]
                 [--tls CERT KEY | --broken-tls] [--delay SECONDS] [--no-pipelining]
-                [--close-after N] [--reset-in-data N] [--auth USER:PASSWORD]
+                [--close-after N] [--reset-in-data N] [--auth USER:PASSWORD] [--forget-first N]
 
 Each accepted message is written to DIR/<n>.eml with the envelope in DIR/<n>.env (JSON; "pipelined"
 says whether RCPT commands were already waiting when MAIL was read). DIR/stats.json counts
@@ -18,7 +18,10 @@ connections, transactions and the most connections open at once.
 --close-after N drops each connection, without a word, N seconds after its last transaction;
 --reset-in-data N resets the connection (RST) in the middle of the first N messages' data;
 --auth U:P offers AUTH PLAIN LOGIN once TLS is on, takes only U:P, and refuses MAIL before it
-(the envelope file then says "auth": U).
+(the envelope file then says "auth": U);
+--forget-first N drops the first N connections without a word, neither FIN nor RST (TCP_REPAIR,
+which needs CAP_NET_ADMIN): the client believes them open, as when a busy server's accept queue
+lost the handshake's last ACK.
 """
 import base64
 import json
@@ -44,6 +47,8 @@ PIPELINING = "--no-pipelining" not in args
 AUTH = args[args.index("--auth") + 1] if "--auth" in args else None
 CLOSE_AFTER = float(args[args.index("--close-after") + 1]) if "--close-after" in args else None
 RESET_IN_DATA = int(args[args.index("--reset-in-data") + 1]) if "--reset-in-data" in args else 0
+FORGET = int(args[args.index("--forget-first") + 1]) if "--forget-first" in args else 0
+TCP_REPAIR = 19  # linux/tcp.h
 TLS = None
 if "--tls" in args:
     i = args.index("--tls")
@@ -78,6 +83,16 @@ class Handler(socketserver.StreamRequestHandler):
 
     def handle(self):
         if RESET:
+            return
+        with lock:
+            forget = state.get("forgotten", 0) < FORGET
+            if forget:
+                state["forgotten"] = state.get("forgotten", 0) + 1
+        if forget:
+            # In repair mode closing the socket sends nothing: the client is left with a
+            # connection this side no longer has.
+            self.request.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+            self.request.close()
             return
         if HANG:
             self.rfile.read()

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use super::wire::{ServerReply, Wire, command, read_reply, write_all};
 use super::{Endpoint, Peer, Settings, Transaction};
@@ -97,11 +96,10 @@ impl Connection {
         let timeout = settings.timeout;
         let wire: Box<dyn Wire> = match &peer.endpoint {
             Endpoint::Tcp { host, port } => {
-                let tcp = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), *port)))
+                let tcp = tokio::time::timeout(timeout, crate::net::connect_tcp(host, *port))
                     .await
                     .map_err(|_| "timed out connecting".to_string())?
                     .map_err(|e| format!("cannot connect: {e}"))?;
-                let _ = tcp.set_nodelay(true);
                 Box::new(tcp)
             }
             Endpoint::Unix(path) => Box::new(

@@ -21,7 +21,9 @@
 //!   `delivery.connection_reuse_limit` transactions); a cached connection the server has
 //!   meanwhile closed is noticed before any message byte is sent and replaced by a new one;
 //! - per-destination concurrency: at most `delivery.destination_concurrency` deliveries (and
-//!   so connections, cached ones included) per destination at a time.
+//!   so connections, cached ones included) per destination at a time;
+//! - TCP keepalive ([`crate::net::connect_tcp`]): a connection the server no longer knows is
+//!   noticed within half a minute, not at the end of a reply timeout.
 
 mod auth;
 mod connection;
