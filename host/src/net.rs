@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 /// How long a connection to a next hop may be silent before TCP keepalive probes it, how
 /// often it probes then, and how many unanswered probes end the connection.
-pub const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(15), Duration::from_secs(5), 3);
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(15), Duration::from_secs(5), 3);
 
 /// A TCP connection to a next hop, with Nagle off and TCP keepalive on.
 ///

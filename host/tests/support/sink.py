@@ -65,6 +65,15 @@ def save_stats():
     os.replace(os.path.join(OUT, "stats.tmp"), os.path.join(OUT, "stats.json"))
 
 
+def among_first(counter, n):
+    """Whether this is one of the first `n` times `counter` comes up (then counted)."""
+    with lock:
+        seen = state.get(counter, 0)
+        if seen < n:
+            state[counter] = seen + 1
+        return seen < n
+
+
 def waiting(sock, rfile):
     """Whether more input is already here (buffered or on the socket), without blocking."""
     sock.setblocking(False)
@@ -84,11 +93,7 @@ class Handler(socketserver.StreamRequestHandler):
     def handle(self):
         if RESET:
             return
-        with lock:
-            forget = state.get("forgotten", 0) < FORGET
-            if forget:
-                state["forgotten"] = state.get("forgotten", 0) + 1
-        if forget:
+        if among_first("forgotten", FORGET):
             # In repair mode closing the socket sends nothing: the client is left with a
             # connection this side no longer has.
             self.request.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
@@ -180,16 +185,11 @@ class Handler(socketserver.StreamRequestHandler):
                     if raw == b".\r\n":
                         break
                     data.append(raw[1:] if raw.startswith(b"..") else raw)
-                    if len(data) == 2:
-                        with lock:
-                            reset = state.get("resets", 0) < RESET_IN_DATA
-                            if reset:
-                                state["resets"] = state.get("resets", 0) + 1
-                        if reset:
-                            # Abort: linger 0 makes close() send a RST.
-                            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                            self.request.close()
-                            return
+                    if len(data) == 2 and among_first("resets", RESET_IN_DATA):
+                        # Abort: linger 0 makes close() send a RST.
+                        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.request.close()
+                        return
                 if DELAY:
                     time.sleep(DELAY)
                 with lock:
